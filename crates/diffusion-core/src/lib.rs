@@ -1,0 +1,37 @@
+//! Shared plumbing of the prompt-diffusion workspace.
+//!
+//! * [`Error`] — the one error type of every crate, naming the file, tensor key, shape or
+//!   field at fault.
+//! * [`weights`] — reading safetensors (single, sharded) and PyTorch pickles, finding the
+//!   weights of diffusers component folders, and loading them strictly into burn modules with a
+//!   cast to the chosen float type.
+//! * [`config`] — reading reference `config.json` files into typed configs.
+//! * [`nn`] — GroupNorm/LayerNorm with f32 statistics, the attention entry point, activations.
+//! * [`image`], [`noise`], [`progress`] — image ⇄ tensor, reproducible noise, step callbacks.
+//!
+//! ```no_run
+//! use prompt_diffusion_core::weights::{TensorSource, open_component_weights};
+//!
+//! # fn main() -> prompt_diffusion_core::Result<()> {
+//! // A diffusers component folder…
+//! let unet = open_component_weights("stable-diffusion-v1-5/unet", Some("fp16"))?;
+//! // …or the UNet part of an original single-file checkpoint.
+//! let ckpt = TensorSource::open("v1-5-pruned-emaonly.safetensors")?;
+//! let ldm_unet = ckpt.strip_prefix("model.diffusion_model.");
+//! # let _ = (unet, ldm_unet);
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod dtype;
+mod error;
+pub mod image;
+pub mod nn;
+pub mod noise;
+pub mod progress;
+pub mod weights;
+
+pub use dtype::Precision;
+pub use error::{Error, Result, ShapeMismatch, WeightsError};

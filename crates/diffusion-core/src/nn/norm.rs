@@ -1,0 +1,182 @@
+//! GroupNorm and LayerNorm whose statistics are computed in f32 whatever the input dtype.
+//!
+//! burn 0.21's own norms compute mean and variance in the input dtype; with f16 activations
+//! the sums overflow (a 64×64×10 group sums 40,960 values). These keep PyTorch's parameter names
+//! (`weight`, `bias`) so reference checkpoints load without renaming.
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::DType;
+
+/// Configuration of a [`GroupNorm`] (`torch.nn.GroupNorm`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupNormConfig {
+    /// Number of groups the channels are split into.
+    pub num_groups: usize,
+    /// Number of channels (dimension 1 of the input).
+    pub num_channels: usize,
+    /// Added to the variance (PyTorch default 1e-5).
+    pub eps: f64,
+}
+
+impl GroupNormConfig {
+    /// A config with PyTorch's default epsilon.
+    pub fn new(num_groups: usize, num_channels: usize) -> Self {
+        Self {
+            num_groups,
+            num_channels,
+            eps: 1e-5,
+        }
+    }
+
+    /// Sets the epsilon.
+    pub fn with_eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Creates the layer with unit weight and zero bias.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> GroupNorm<B> {
+        GroupNorm {
+            weight: Param::from_tensor(Tensor::ones([self.num_channels], device)),
+            bias: Param::from_tensor(Tensor::zeros([self.num_channels], device)),
+            num_groups: self.num_groups,
+            eps: self.eps,
+        }
+    }
+}
+
+/// Group normalisation over `[batch, channels, ...]` with an affine transform.
+#[derive(Module, Debug)]
+pub struct GroupNorm<B: Backend> {
+    /// Per-channel scale, `[channels]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Per-channel shift, `[channels]`.
+    pub bias: Param<Tensor<B, 1>>,
+    num_groups: usize,
+    eps: f64,
+}
+
+impl<B: Backend> GroupNorm<B> {
+    /// Normalises each group of channels to zero mean and unit variance, then applies the affine
+    /// transform. The result has the input's dtype.
+    ///
+    /// # Shapes
+    /// `[batch, channels, *spatial]` → same.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let shape = x.dims();
+        let (batch, channels) = (shape[0], shape[1]);
+        let x = to_f32(x).reshape([batch as i64, self.num_groups as i64, -1]);
+        let mean = x.clone().mean_dim(2);
+        let centered = x - mean;
+        let var = centered.clone().square().mean_dim(2);
+        let normed = centered / (var + self.eps).sqrt();
+        let mut affine_shape = [1usize; D];
+        affine_shape[1] = channels;
+        let weight = to_f32(self.weight.val()).reshape(affine_shape);
+        let bias = to_f32(self.bias.val()).reshape(affine_shape);
+        let out = normed.reshape(shape) * weight + bias;
+        out.cast(dtype)
+    }
+}
+
+/// Configuration of a [`LayerNorm`] (`torch.nn.LayerNorm` over the last dimension).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerNormConfig {
+    /// Size of the normalised (last) dimension.
+    pub dim: usize,
+    /// Added to the variance (PyTorch default 1e-5).
+    pub eps: f64,
+}
+
+impl LayerNormConfig {
+    /// A config with PyTorch's default epsilon.
+    pub fn new(dim: usize) -> Self {
+        Self { dim, eps: 1e-5 }
+    }
+
+    /// Sets the epsilon.
+    pub fn with_eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Creates the layer with unit weight and zero bias.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LayerNorm<B> {
+        LayerNorm {
+            weight: Param::from_tensor(Tensor::ones([self.dim], device)),
+            bias: Param::from_tensor(Tensor::zeros([self.dim], device)),
+            eps: self.eps,
+        }
+    }
+}
+
+/// Layer normalisation over the last dimension with an affine transform.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    /// Scale, `[dim]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Shift, `[dim]`.
+    pub bias: Param<Tensor<B, 1>>,
+    eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    /// Normalises the last dimension. The result has the input's dtype.
+    ///
+    /// # Shapes
+    /// `[..., dim]` → same.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = to_f32(x);
+        let mean = x.clone().mean_dim(D - 1);
+        let centered = x - mean;
+        let var = centered.clone().square().mean_dim(D - 1);
+        let normed = centered / (var + self.eps).sqrt();
+        let mut affine_shape = [1usize; D];
+        affine_shape[D - 1] = self.weight.dims()[0];
+        let out = normed * to_f32(self.weight.val()).reshape(affine_shape)
+            + to_f32(self.bias.val()).reshape(affine_shape);
+        out.cast(dtype)
+    }
+}
+
+fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if x.dtype() == DType::F32 { x } else { x.cast(DType::F32) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn_ndarray::NdArray;
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn group_norm_matches_definition() {
+        let device = Default::default();
+        // 1 batch, 4 channels, 2 groups, 3 values each.
+        let x = Tensor::<B, 3>::from_floats(
+            [[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [0.0, 0.0, 3.0], [3.0, 6.0, 6.0]]],
+            &device,
+        );
+        let gn = GroupNormConfig::new(2, 4).with_eps(0.0).init::<B>(&device);
+        let y: Vec<f32> = gn.forward(x).into_data().to_vec().unwrap();
+        // Group 0 = 1..6: mean 3.5, var 35/12.
+        let sd = (35.0f32 / 12.0).sqrt();
+        assert!((y[0] - (1.0 - 3.5) / sd).abs() < 1e-6);
+        // Group 1 = 0,0,3,3,6,6: mean 3, var 6.
+        assert!((y[11] - 3.0 / 6.0f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_matches_definition() {
+        let device = Default::default();
+        let x = Tensor::<B, 2>::from_floats([[1.0, 2.0, 3.0, 6.0]], &device);
+        let ln = LayerNormConfig::new(4).with_eps(0.0).init::<B>(&device);
+        let y: Vec<f32> = ln.forward(x).into_data().to_vec().unwrap();
+        let sd = 3.5f32.sqrt();
+        assert!((y[3] - 3.0 / sd).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,80 @@
+//! Weight files: reading them ([`TensorSource`]), finding them in diffusers folders
+//! ([`find_component_weights`]) and loading them strictly into modules ([`load_module`]).
+//!
+//! Every model crate addresses tensors by the reference's own names and keeps the key tables for
+//! other checkpoint layouts (original LDM single files, official repositories) in its
+//! `weights.rs`, as functions passed to [`TensorSource::rename`].
+
+mod load;
+mod source;
+
+use std::path::{Path, PathBuf};
+
+pub use load::{CastFloats, LoadOptions, SqueezeConv1x1, load_module};
+pub use source::{DataFn, TensorSource, WeightFormat};
+
+use crate::{Error, Result};
+
+/// The weight-file stems diffusers and transformers use, in the order they are looked for.
+pub const WEIGHT_STEMS: [&str; 3] = ["diffusion_pytorch_model", "model", "pytorch_model"];
+
+/// Finds the weights of a diffusers component folder (`unet/`, `vae/`, `text_encoder/`, …).
+///
+/// Looks, for each stem of [`WEIGHT_STEMS`], for `<stem>.<variant>.safetensors`, the sharded
+/// `<stem>.safetensors.index.<variant>.json`, then the same without the variant, then the
+/// legacy `<stem>[.<variant>].bin`. A requested variant that is absent falls back to the
+/// default files with a warning, as diffusers does for folders without that variant.
+///
+/// # Errors
+/// [`Error::Io`] when the folder does not exist, [`Error::Format`] when it has no weight file.
+pub fn find_component_weights(dir: impl AsRef<Path>, variant: Option<&str>) -> Result<PathBuf> {
+    let dir = dir.as_ref();
+    if !dir.is_dir() {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "component folder not found"),
+        ));
+    }
+    let mut candidates = Vec::new();
+    if let Some(v) = variant {
+        for stem in WEIGHT_STEMS {
+            candidates.push(format!("{stem}.{v}.safetensors"));
+            candidates.push(format!("{stem}.safetensors.index.{v}.json"));
+        }
+    }
+    for stem in WEIGHT_STEMS {
+        candidates.push(format!("{stem}.safetensors"));
+        candidates.push(format!("{stem}.safetensors.index.json"));
+    }
+    for stem in WEIGHT_STEMS {
+        if let Some(v) = variant {
+            candidates.push(format!("{stem}.{v}.bin"));
+        }
+        candidates.push(format!("{stem}.bin"));
+    }
+    let found = candidates
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            Error::format(
+                dir,
+                "no weight file (expected diffusion_pytorch_model.safetensors, model.safetensors, a sharded .safetensors.index.json or a .bin)",
+            )
+        })?;
+    if let Some(v) = variant {
+        let name = found.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !name.contains(&format!(".{v}.")) {
+            tracing::warn!(
+                "{}: no `{v}` variant, using {name}",
+                dir.display()
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// Opens the weights of a diffusers component folder (see [`find_component_weights`]).
+pub fn open_component_weights(dir: impl AsRef<Path>, variant: Option<&str>) -> Result<TensorSource> {
+    TensorSource::open(find_component_weights(dir, variant)?)
+}

@@ -1,0 +1,8 @@
+//! prompt-diffusion: Stable Diffusion 1.5 and the systems built on it, on burn.
+#![warn(missing_docs)]
+
+pub use prompt_diffusion_clip as clip;
+pub use prompt_diffusion_core as core;
+pub use prompt_diffusion_schedulers as schedulers;
+pub use prompt_diffusion_unet as unet;
+pub use prompt_diffusion_vae as vae;
