@@ -31,6 +31,7 @@ pub mod image;
 pub mod nn;
 pub mod noise;
 pub mod progress;
+pub mod testing;
 pub mod weights;
 
 pub use dtype::Precision;

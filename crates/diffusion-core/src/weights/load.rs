@@ -23,12 +23,21 @@ pub struct LoadOptions {
     /// keeps in its state dict, such as CLIP's `position_ids`). Anything else unexpected is an
     /// error.
     pub ignore_unexpected: Vec<Regex>,
+    /// Weight-file variant to prefer in diffusers folders (e.g. `fp16` for
+    /// `diffusion_pytorch_model.fp16.safetensors`).
+    pub variant: Option<String>,
 }
 
 impl LoadOptions {
     /// Options that cast to `dtype`.
     pub fn with_dtype(mut self, dtype: DType) -> Self {
         self.dtype = Some(dtype);
+        self
+    }
+
+    /// Prefers the given weight-file variant in diffusers folders.
+    pub fn with_variant(mut self, variant: impl Into<String>) -> Self {
+        self.variant = Some(variant.into());
         self
     }
 
@@ -70,7 +79,9 @@ pub fn load_module<B: Backend, M: Module<B>>(
     let adapter = SqueezeConv1x1
         .chain(PyTorchToBurnAdapter)
         .chain(CastFloats(dtype));
-    let result = module.apply(source.snapshots(), None, Some(Box::new(adapter)), false);
+    // Enum variants are not path segments, so an enum module (a layer that exists in several
+    // kinds) loads from the reference's names.
+    let result = module.apply(source.snapshots(), None, Some(Box::new(adapter)), true);
 
     let mut report = WeightsError {
         source: source.description().to_string(),
