@@ -35,7 +35,10 @@ pub fn parse_config<T: DeserializeOwned>(text: &str) -> Result<T> {
     let de = serde_ignored::Deserializer::new(&mut json, &mut callback);
     let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
-        Error::config(if field == "." { "<root>".into() } else { field }, e.into_inner().to_string())
+        Error::config(
+            if field == "." { "<root>".into() } else { field },
+            e.into_inner().to_string(),
+        )
     })?;
     if !unknown.is_empty() {
         tracing::warn!(

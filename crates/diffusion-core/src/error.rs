@@ -46,10 +46,13 @@ pub enum Error {
 
     /// Tensors in a weight file do not match the module they are loaded into.
     #[error(transparent)]
-    Weights(#[from] WeightsError),
+    Weights(Box<WeightsError>),
 
     /// A single tensor has the wrong shape (outside module loading, e.g. a latents file).
-    #[error("{}tensor `{key}` has shape {found:?}, expected {expected}", fmt_origin(origin))]
+    #[error(
+        "{}tensor `{key}` has shape {found:?}, expected {expected}",
+        fmt_origin(origin)
+    )]
     Shape {
         /// The file the tensor came from, when there is one.
         origin: Option<PathBuf>,
@@ -62,7 +65,10 @@ pub enum Error {
     },
 
     /// A tensor has a dtype that cannot be used here.
-    #[error("{}tensor `{key}` has dtype {found}, expected {expected}", fmt_origin(origin))]
+    #[error(
+        "{}tensor `{key}` has dtype {found}, expected {expected}",
+        fmt_origin(origin)
+    )]
     DType {
         /// The file the tensor came from, when there is one.
         origin: Option<PathBuf>,
@@ -119,6 +125,12 @@ fn fmt_origin(origin: &Option<PathBuf>) -> String {
         .as_ref()
         .map(|p| format!("{}: ", p.display()))
         .unwrap_or_default()
+}
+
+impl From<WeightsError> for Error {
+    fn from(report: WeightsError) -> Self {
+        Error::Weights(Box::new(report))
+    }
 }
 
 impl Error {
@@ -235,11 +247,7 @@ fn list(f: &mut fmt::Formatter<'_>, label: &str, items: &[String]) -> fmt::Resul
 
 impl fmt::Display for WeightsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: weights do not match {}",
-            self.source, self.module
-        )?;
+        write!(f, "{}: weights do not match {}", self.source, self.module)?;
         list(f, "missing", &self.missing)?;
         list(f, "unexpected", &self.unexpected)?;
         let shapes: Vec<String> = self

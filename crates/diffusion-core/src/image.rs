@@ -29,7 +29,9 @@ pub enum PixelRange {
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
     let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
     let img = reader.decode().map_err(|source| Error::Image {
         path: path.to_path_buf(),
         source,
@@ -85,14 +87,20 @@ pub fn images_to_tensor<B: Backend>(
     }
     let data = TensorData::new(values, [images.len(), 3, h, w]);
     let dtype = crate::dtype::default_float_dtype::<B>(device);
-    Ok(Tensor::from_data(data.convert_dtype(dtype), (device, dtype)))
+    Ok(Tensor::from_data(
+        data.convert_dtype(dtype),
+        (device, dtype),
+    ))
 }
 
 /// Converts a `[n, 3, h, w]` tensor in `range` to `n` images.
 ///
 /// # Errors
 /// [`Error::Shape`] when the tensor does not have 3 channels.
-pub fn tensor_to_images<B: Backend>(tensor: Tensor<B, 4>, range: PixelRange) -> Result<Vec<RgbImage>> {
+pub fn tensor_to_images<B: Backend>(
+    tensor: Tensor<B, 4>,
+    range: PixelRange,
+) -> Result<Vec<RgbImage>> {
     let [n, c, h, w] = tensor.dims();
     if c != 3 {
         return Err(Error::Shape {
@@ -153,7 +161,9 @@ mod tests {
 
     #[test]
     fn round_trip_is_exact() {
-        let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([(x * 50) as u8, (y * 100) as u8, 255]));
+        let img = RgbImage::from_fn(5, 3, |x, y| {
+            image::Rgb([(x * 50) as u8, (y * 100) as u8, 255])
+        });
         let device = Default::default();
         for range in [PixelRange::MinusOneToOne, PixelRange::ZeroToOne] {
             let t = images_to_tensor::<B>(&[img.clone(), img.clone()], range, &device).unwrap();

@@ -100,13 +100,17 @@ impl ReplayNoise {
 
 impl NoiseSource for ReplayNoise {
     fn sample(&mut self, shape: &[usize]) -> Result<TensorData> {
-        let next = self.queue.pop_front().ok_or_else(|| {
-            Error::invalid_input("noise", "the replayed noise is exhausted")
-        })?;
+        let next = self
+            .queue
+            .pop_front()
+            .ok_or_else(|| Error::invalid_input("noise", "the replayed noise is exhausted"))?;
         if next.shape.as_slice() != shape {
             return Err(Error::invalid_input(
                 "noise",
-                format!("replayed noise has shape {:?}, expected {shape:?}", next.shape),
+                format!(
+                    "replayed noise has shape {:?}, expected {shape:?}",
+                    next.shape
+                ),
             ));
         }
         Ok(next.convert_dtype(DType::F32))
@@ -136,7 +140,10 @@ mod tests {
         let mut r = ReplayNoise::new([TensorData::new(vec![1.0f32, 2.0], [2])]);
         assert!(r.sample(&[3]).is_err());
         let mut r = ReplayNoise::new([TensorData::new(vec![1.0f32, 2.0], [2])]);
-        assert_eq!(r.sample(&[2]).unwrap().to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
+        assert_eq!(
+            r.sample(&[2]).unwrap().to_vec::<f32>().unwrap(),
+            vec![1.0, 2.0]
+        );
         assert!(r.sample(&[2]).is_err());
     }
 }

@@ -27,5 +27,8 @@ pub fn assert_close<B: Backend, const D: usize>(
     tol: f32,
 ) {
     let diff = max_abs_diff(actual, expected);
-    assert!(diff <= tol, "{what}: max abs difference {diff:e} exceeds {tol:e}");
+    assert!(
+        diff <= tol,
+        "{what}: max abs difference {diff:e} exceeds {tol:e}"
+    );
 }

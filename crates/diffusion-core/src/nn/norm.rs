@@ -143,7 +143,11 @@ impl<B: Backend> LayerNorm<B> {
 }
 
 fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if x.dtype() == DType::F32 { x } else { x.cast(DType::F32) }
+    if x.dtype() == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    }
 }
 
 #[cfg(test)]
@@ -158,7 +162,12 @@ mod tests {
         let device = Default::default();
         // 1 batch, 4 channels, 2 groups, 3 values each.
         let x = Tensor::<B, 3>::from_floats(
-            [[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [0.0, 0.0, 3.0], [3.0, 6.0, 6.0]]],
+            [[
+                [1.0, 2.0, 3.0],
+                [4.0, 5.0, 6.0],
+                [0.0, 0.0, 3.0],
+                [3.0, 6.0, 6.0],
+            ]],
             &device,
         );
         let gn = GroupNormConfig::new(2, 4).with_eps(0.0).init::<B>(&device);

@@ -5,14 +5,12 @@ use std::rc::Rc;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, TensorData};
-use burn_store::{
-    ApplyError, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot,
-};
+use burn_store::{ApplyError, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
 use regex::Regex;
 
 use super::TensorSource;
+use crate::Result;
 use crate::error::{ShapeMismatch, WeightsError};
-use crate::{Error, Result};
 
 /// How [`load_module`] treats dtypes and tolerated extra tensors.
 #[derive(Debug, Clone, Default)]
@@ -108,15 +106,14 @@ pub fn load_module<B: Backend, M: Module<B>>(
             ApplyError::DTypeMismatch { path, .. } => {
                 report.unreadable.push((path, "unsupported dtype".into()))
             }
-            ApplyError::AdapterError { path, message } | ApplyError::LoadError { path, message } => {
-                report.unreadable.push((path, message))
-            }
+            ApplyError::AdapterError { path, message }
+            | ApplyError::LoadError { path, message } => report.unreadable.push((path, message)),
         }
     }
     if report.is_empty() {
         Ok(module)
     } else {
-        Err(Error::Weights(report))
+        Err(report.into())
     }
 }
 
@@ -131,9 +128,12 @@ impl ModuleAdapter for CastFloats {
             return snapshot.clone();
         }
         let load = snapshot.clone_data_fn();
-        rebuild(snapshot, to, snapshot.shape.to_vec(), Rc::new(move || {
-            load().map(|d| d.convert_dtype(to))
-        }))
+        rebuild(
+            snapshot,
+            to,
+            snapshot.shape.to_vec(),
+            Rc::new(move || load().map(|d| d.convert_dtype(to))),
+        )
     }
 
     fn clone_box(&self) -> Box<dyn ModuleAdapter> {
@@ -160,9 +160,12 @@ impl ModuleAdapter for SqueezeConv1x1 {
         }
         let (out, inp) = (shape[0], shape[1]);
         let load = snapshot.clone_data_fn();
-        rebuild(snapshot, snapshot.dtype, vec![out, inp], Rc::new(move || {
-            load().map(|d| TensorData::from_bytes(d.bytes, [out, inp], d.dtype))
-        }))
+        rebuild(
+            snapshot,
+            snapshot.dtype,
+            vec![out, inp],
+            Rc::new(move || load().map(|d| TensorData::from_bytes(d.bytes, [out, inp], d.dtype))),
+        )
     }
 
     fn clone_box(&self) -> Box<dyn ModuleAdapter> {

@@ -63,18 +63,21 @@ pub fn find_component_weights(dir: impl AsRef<Path>, variant: Option<&str>) -> R
             )
         })?;
     if let Some(v) = variant {
-        let name = found.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = found
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if !name.contains(&format!(".{v}.")) {
-            tracing::warn!(
-                "{}: no `{v}` variant, using {name}",
-                dir.display()
-            );
+            tracing::warn!("{}: no `{v}` variant, using {name}", dir.display());
         }
     }
     Ok(found)
 }
 
 /// Opens the weights of a diffusers component folder (see [`find_component_weights`]).
-pub fn open_component_weights(dir: impl AsRef<Path>, variant: Option<&str>) -> Result<TensorSource> {
+pub fn open_component_weights(
+    dir: impl AsRef<Path>,
+    variant: Option<&str>,
+) -> Result<TensorSource> {
     TensorSource::open(find_component_weights(dir, variant)?)
 }

@@ -13,7 +13,9 @@ use std::rc::Rc;
 use burn::module::ParamId;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use burn_store::{ModuleStore, PytorchStore, SafetensorsStore, TensorSnapshot, TensorSnapshotError};
+use burn_store::{
+    ModuleStore, PytorchStore, SafetensorsStore, TensorSnapshot, TensorSnapshotError,
+};
 
 use crate::{Error, Result};
 
@@ -275,7 +277,10 @@ impl TensorSource {
             });
         }
         let dtype = dtype.unwrap_or_else(|| crate::dtype::default_float_dtype::<B>(device));
-        Ok(Tensor::from_data(data.convert_dtype(dtype), (device, dtype)))
+        Ok(Tensor::from_data(
+            data.convert_dtype(dtype),
+            (device, dtype),
+        ))
     }
 
     /// Keeps the tensors whose name starts with `prefix` and removes the prefix from their names.
@@ -310,7 +315,9 @@ impl TensorSource {
             if entries.insert(new_key.clone(), entry.clone()).is_some() {
                 return Err(Error::format(
                     PathBuf::from(&self.description),
-                    format!("two tensors map to the same name `{new_key}` (one of them is `{key}`)"),
+                    format!(
+                        "two tensors map to the same name `{new_key}` (one of them is `{key}`)"
+                    ),
                 ));
             }
         }
@@ -350,11 +357,23 @@ impl TensorSource {
 
     /// Adds (or replaces) a tensor computed on demand, e.g. one third of a fused `qkv` weight.
     /// The tensor inherits the source's description as its file.
-    pub fn insert_lazy(&mut self, key: impl Into<String>, dtype: DType, shape: Vec<usize>, data: DataFn) {
+    pub fn insert_lazy(
+        &mut self,
+        key: impl Into<String>,
+        dtype: DType,
+        shape: Vec<usize>,
+        data: DataFn,
+    ) {
         let key = key.into();
         let path_stack = key.split('.').map(str::to_string).collect();
-        let snapshot =
-            TensorSnapshot::from_closure(data, dtype, shape.into(), path_stack, Vec::new(), ParamId::new());
+        let snapshot = TensorSnapshot::from_closure(
+            data,
+            dtype,
+            shape.into(),
+            path_stack,
+            Vec::new(),
+            ParamId::new(),
+        );
         let file = Rc::new(PathBuf::from(&self.description));
         self.entries.insert(key, Entry { snapshot, file });
     }
