@@ -27,6 +27,7 @@ pub fn assert_close<B: Backend, const D: usize>(
     tol: f32,
 ) {
     let diff = max_abs_diff(actual, expected);
+    eprintln!("{what}: max abs difference {diff:e} (tolerance {tol:e})");
     assert!(
         diff <= tol,
         "{what}: max abs difference {diff:e} exceeds {tol:e}"

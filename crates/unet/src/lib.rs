@@ -1,1 +1,43 @@
-//! placeholder
+//! `UNet2DConditionModel`, the denoising UNet of Stable Diffusion 1.x/2.x, on burn —
+//! numerically equal to diffusers.
+//!
+//! Built from a diffusers `unet/config.json` (SD1 and SD2 families, any levels, layers per
+//! level and block kinds of the `CrossAttn*`/`Down`/`Up` families), loaded from diffusers
+//! folders or the original LDM layout. Two extension points serve the models built on it:
+//! [`UNetResiduals`] (ControlNet and plug-in features added to the skip connections) and
+//! [`CrossAttentionContext`] (what each cross-attention slot attends to, and with which
+//! weights).
+//!
+//! ```no_run
+//! use burn::tensor::Tensor;
+//! use burn_ndarray::NdArray;
+//! use prompt_diffusion_core::weights::LoadOptions;
+//! use prompt_diffusion_unet::UNet2DConditionModel;
+//!
+//! # fn main() -> prompt_diffusion_core::Result<()> {
+//! let device = Default::default();
+//! let unet = UNet2DConditionModel::<NdArray>::from_folder("stable-diffusion-v1-5/unet", &LoadOptions::default(), &device)?;
+//! let noise_pred = unet.forward(
+//!     Tensor::zeros([1, 4, 64, 64], &device),
+//!     Tensor::from_floats([999.0], &device),
+//!     Tensor::zeros([1, 77, 768], &device),
+//! )?;
+//! # let _ = noise_pred;
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod attention;
+mod config;
+mod context;
+pub mod embeddings;
+pub mod transformer_2d;
+pub mod unet_2d_blocks;
+mod unet_2d_condition;
+pub mod weights;
+
+pub use config::{DownBlockType, MidBlockType, UNet2DConditionConfig, UpBlockType};
+pub use context::{ContextTokens, CrossAttentionContext};
+pub use transformer_2d::{Transformer2DConfig, Transformer2DModel};
+pub use unet_2d_condition::{UNet2DConditionModel, UNetResiduals};

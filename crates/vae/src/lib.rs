@@ -1,1 +1,28 @@
-//! placeholder
+//! `AutoencoderKL`, the Stable Diffusion VAE, on burn — numerically equal to diffusers.
+//!
+//! Loads diffusers `vae/` folders (current and ≤ 0.13 attention names) and the original LDM
+//! layout of single-file checkpoints and `kl-f8.pth`.
+//!
+//! ```no_run
+//! use burn_ndarray::NdArray;
+//! use prompt_diffusion_core::weights::LoadOptions;
+//! use prompt_diffusion_vae::AutoencoderKL;
+//!
+//! # fn main() -> prompt_diffusion_core::Result<()> {
+//! let device = Default::default();
+//! let vae = AutoencoderKL::<NdArray>::from_folder("stable-diffusion-v1-5/vae", &LoadOptions::default(), &device)?;
+//! let latents = burn::tensor::Tensor::zeros([1, 4, 64, 64], &device);
+//! let image = vae.decode(vae.unscale_latents(latents)); // [1, 3, 512, 512] in [-1, 1]
+//! # let _ = image;
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod autoencoder_kl;
+mod config;
+pub mod vae;
+pub mod weights;
+
+pub use autoencoder_kl::{AutoencoderKL, DiagonalGaussian};
+pub use config::{AutoencoderKLConfig, DownEncoderBlockType, UpDecoderBlockType};

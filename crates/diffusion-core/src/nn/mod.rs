@@ -1,10 +1,17 @@
 //! Layers shared by every model crate: normalisations with f32 statistics, the attention entry
-//! point, and activations by their config names.
+//! point and diffusers' `Attention` layer, the residual block and the up/down samplers used by
+//! the UNet, the VAE and the ControlNets, and activations by their config names.
 
 mod activation;
 mod attention;
+mod attention_processor;
 mod norm;
+mod resnet;
+mod sampling;
 
 pub use activation::Activation;
 pub use attention::{AttentionOptions, attention};
+pub use attention_processor::{Attention, AttentionConfig};
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
+pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+pub use sampling::{Downsample2D, DownsamplePadding, Upsample2D, upsample_nearest};

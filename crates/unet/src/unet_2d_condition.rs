@@ -1,0 +1,402 @@
+//! `UNet2DConditionModel` (diffusers `models/unets/unet_2d_condition.py`, LDM `UNetModel`).
+
+use std::path::Path;
+
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::prelude::*;
+use prompt_diffusion_core::nn::{
+    Downsample2D, DownsamplePadding, GroupNorm, GroupNormConfig, ResnetBlock2DConfig, Upsample2D,
+};
+use prompt_diffusion_core::weights::{
+    LoadOptions, TensorSource, load_module, open_component_weights,
+};
+use prompt_diffusion_core::{Error, Result};
+
+use crate::UNet2DConditionConfig;
+use crate::context::{ContextTokens, CrossAttentionContext};
+use crate::embeddings::{TimestepEmbedding, timestep_embedding};
+use crate::transformer_2d::{Transformer2DConfig, Transformer2DModel};
+use crate::unet_2d_blocks::{DownBlock2D, Slots, UNetMidBlock2DCrossAttn, UpBlock2D};
+use crate::weights::{UNetWeightLayout, to_diffusers_names};
+
+/// Features added to the UNet's skip connections and to its mid-block output, after the
+/// encoder has run (diffusers' `down_block_additional_residuals` and
+/// `mid_block_additional_residual`, the ControlNet semantics).
+///
+/// `down[i]` is added to skip `i` (0 = `conv_in`'s output, then each encoder resnet/attention
+/// pair and downsampler in order; SD has 12). The list may be shorter than the number of skips
+/// and entries may be `None`: those skips are left as they are.
+#[derive(Debug, Clone)]
+pub struct UNetResiduals<B: Backend> {
+    /// One optional residual per skip connection.
+    pub down: Vec<Option<Tensor<B, 4>>>,
+    /// Added to the mid-block output.
+    pub mid: Option<Tensor<B, 4>>,
+}
+
+impl<B: Backend> Default for UNetResiduals<B> {
+    fn default() -> Self {
+        Self {
+            down: Vec::new(),
+            mid: None,
+        }
+    }
+}
+
+impl<B: Backend> UNetResiduals<B> {
+    /// Residuals for every skip and the mid block (a ControlNet's output).
+    pub fn new(down: Vec<Tensor<B, 4>>, mid: Tensor<B, 4>) -> Self {
+        Self {
+            down: down.into_iter().map(Some).collect(),
+            mid: Some(mid),
+        }
+    }
+}
+
+/// The conditional denoising UNet of Stable Diffusion 1.x/2.x.
+#[derive(Module, Debug)]
+pub struct UNet2DConditionModel<B: Backend> {
+    /// Input convolution.
+    pub conv_in: Conv2d<B>,
+    /// Time MLP.
+    pub time_embedding: TimestepEmbedding<B>,
+    /// Encoder levels.
+    pub down_blocks: Vec<DownBlock2D<B>>,
+    /// Bottleneck.
+    pub mid_block: UNetMidBlock2DCrossAttn<B>,
+    /// Decoder levels.
+    pub up_blocks: Vec<UpBlock2D<B>>,
+    /// Output GroupNorm.
+    pub conv_norm_out: GroupNorm<B>,
+    /// Output convolution.
+    pub conv_out: Conv2d<B>,
+    #[module(skip)]
+    config: UNet2DConditionConfig,
+}
+
+fn conv<B: Backend>(i: usize, o: usize, kernel: usize, device: &B::Device) -> Conv2d<B> {
+    let p = (kernel - 1) / 2;
+    Conv2dConfig::new([i, o], [kernel, kernel])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .init(device)
+}
+
+impl<B: Backend> UNet2DConditionModel<B> {
+    /// Creates the model for `config` (weights are filled by loading).
+    ///
+    /// # Errors
+    /// [`Error::Config`]/[`Error::Unsupported`] from [`UNet2DConditionConfig::validate`].
+    pub fn new(config: &UNet2DConditionConfig, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        let levels = config.levels()?;
+        let boc = &config.block_out_channels;
+        let n = boc.len();
+        let groups = config.groups();
+        let temb = config.time_embed_dim();
+        let resnet = |i, o, scale| {
+            ResnetBlock2DConfig::new(i, o, Some(temb))
+                .with_groups(groups)
+                .with_eps(config.norm_eps)
+                .with_act(config.act_fn)
+                .with_output_scale_factor(scale)
+                .init(device)
+        };
+        let transformer = |level: usize, channels| {
+            Transformer2DConfig {
+                channels,
+                heads: levels.heads[level],
+                layers: levels.transformer_layers[level],
+                cross_attention_dim: levels.cross_attention_dim[level],
+                groups,
+            }
+            .init(device)
+        };
+        let out_scale = config.resnet_out_scale_factor;
+
+        let down_blocks = (0..n)
+            .map(|i| {
+                let (inp, out) = (if i == 0 { boc[0] } else { boc[i - 1] }, boc[i]);
+                let layers = levels.layers[i];
+                let padding = if config.downsample_padding == 0 {
+                    DownsamplePadding::RightBottom
+                } else {
+                    DownsamplePadding::Symmetric
+                };
+                DownBlock2D {
+                    resnets: (0..layers)
+                        .map(|j| resnet(if j == 0 { inp } else { out }, out, out_scale))
+                        .collect(),
+                    attentions: if config.down_block_types[i].has_attention() {
+                        (0..layers).map(|_| transformer(i, out)).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    downsamplers: (i + 1 < n)
+                        .then(|| Downsample2D::new(out, out, padding, device))
+                        .into_iter()
+                        .collect(),
+                }
+            })
+            .collect();
+
+        let mid = boc[n - 1];
+        let mid_block = UNetMidBlock2DCrossAttn {
+            resnets: (0..2)
+                .map(|_| resnet(mid, mid, config.mid_block_scale_factor))
+                .collect(),
+            attentions: vec![transformer(n - 1, mid)],
+        };
+
+        let reversed: Vec<usize> = boc.iter().rev().copied().collect();
+        let up_blocks = (0..n)
+            .map(|i| {
+                let level = n - 1 - i;
+                let prev = if i == 0 { reversed[0] } else { reversed[i - 1] };
+                let out = reversed[i];
+                let skip_in = reversed[(i + 1).min(n - 1)];
+                let layers = levels.layers[level] + 1;
+                UpBlock2D {
+                    resnets: (0..layers)
+                        .map(|j| {
+                            let res_in = if j == 0 { prev } else { out };
+                            let skip = if j == layers - 1 { skip_in } else { out };
+                            resnet(res_in + skip, out, out_scale)
+                        })
+                        .collect(),
+                    attentions: if config.up_block_types[i].has_attention() {
+                        (0..layers).map(|_| transformer(level, out)).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    upsamplers: (i + 1 < n)
+                        .then(|| Upsample2D::new(out, out, device))
+                        .into_iter()
+                        .collect(),
+                }
+            })
+            .collect();
+
+        Ok(Self {
+            conv_in: conv(config.in_channels, boc[0], config.conv_in_kernel, device),
+            time_embedding: TimestepEmbedding::new(boc[0], temb, config.act_fn, device),
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: GroupNormConfig::new(groups, boc[0])
+                .with_eps(config.norm_eps)
+                .init(device),
+            conv_out: conv(boc[0], config.out_channels, config.conv_out_kernel, device),
+            config: config.clone(),
+        })
+    }
+
+    /// Loads a diffusers `unet/` folder (`config.json` and the weights, in the variant of
+    /// `options` when present).
+    pub fn from_folder(
+        dir: impl AsRef<Path>,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = UNet2DConditionConfig::from_file(dir.join("config.json"))?;
+        let source = open_component_weights(dir, options.variant.as_deref())?;
+        Self::from_source(&config, &source, options, device)
+    }
+
+    /// Loads weights in diffusers or original LDM naming (detected from the keys; for a
+    /// single-file checkpoint pass the tensors under `model.diffusion_model.` with the prefix
+    /// stripped).
+    pub fn from_source(
+        config: &UNet2DConditionConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let model = Self::new(config, device)?;
+        let source = to_diffusers_names(source, UNetWeightLayout::detect(source), config)?;
+        load_module(model, &source, "UNet2DConditionModel", options)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &UNet2DConditionConfig {
+        &self.config
+    }
+
+    /// The predicted noise (or v) for `sample` at `timestep`, attending to `context`.
+    ///
+    /// # Shapes
+    /// `sample: [batch, in_channels, h, w]`, `timestep: [batch]` or `[1]`,
+    /// `context: [batch, tokens, cross_attention_dim]` → `[batch, out_channels, h, w]`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when an input does not match the model.
+    pub fn forward(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: Tensor<B, 1>,
+        context: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 4>> {
+        self.forward_with_residuals(sample, timestep, context, &UNetResiduals::default())
+    }
+
+    /// [`forward`](Self::forward) with ControlNet-style residuals added to the skip
+    /// connections and the mid block.
+    pub fn forward_with_residuals(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: Tensor<B, 1>,
+        context: Tensor<B, 3>,
+        residuals: &UNetResiduals<B>,
+    ) -> Result<Tensor<B, 4>> {
+        let width = context.dims()[2];
+        let expected = self.config.levels()?.cross_attention_dim;
+        if expected.iter().any(|d| *d != width) || context.dims()[0] != sample.dims()[0] {
+            return Err(shape_error(
+                "encoder_hidden_states",
+                format!("[{}, tokens, {}]", sample.dims()[0], expected[0]),
+                &context.dims(),
+            ));
+        }
+        self.forward_with_context(sample, timestep, &ContextTokens(context), residuals)
+    }
+
+    /// The general forward: each cross-attention slot is run by `context` (see
+    /// [`CrossAttentionContext`]), residuals are added as in
+    /// [`forward_with_residuals`](Self::forward_with_residuals).
+    pub fn forward_with_context(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: Tensor<B, 1>,
+        context: &dyn CrossAttentionContext<B>,
+        residuals: &UNetResiduals<B>,
+    ) -> Result<Tensor<B, 4>> {
+        let [batch, channels, _, _] = sample.dims();
+        if channels != self.config.in_channels {
+            return Err(shape_error(
+                "sample",
+                format!("[batch, {}, h, w]", self.config.in_channels),
+                &sample.dims(),
+            ));
+        }
+        let temb = self.time_embed(timestep, batch, sample.dtype())?;
+        let sample = if self.config.center_input_sample {
+            sample * 2.0 - 1.0
+        } else {
+            sample
+        };
+
+        let mut slots = Slots { context, next: 0 };
+        let mut h = self.conv_in.forward(sample);
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks {
+            h = block.forward(h, &temb, &mut slots, &mut skips);
+        }
+        add_down_residuals(&mut skips, &residuals.down)?;
+
+        h = self.mid_block.forward(h, &temb, &mut slots);
+        if let Some(mid) = &residuals.mid {
+            check_shape("mid_block_additional_residual", mid, &h)?;
+            h = h + mid.clone();
+        }
+
+        for block in &self.up_blocks {
+            let taken = block.resnets.len();
+            let upsample_size = skips.len().checked_sub(taken + 1).map(|i| {
+                let [_, _, sh, sw] = skips[i].dims();
+                [sh, sw]
+            });
+            h = block.forward(h, &temb, &mut slots, &mut skips, upsample_size);
+        }
+
+        let h = self.config.act_fn.forward(self.conv_norm_out.forward(h));
+        Ok(self.conv_out.forward(h))
+    }
+
+    /// The time embedding fed to every resnet, in `dtype`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `timestep` has neither 1 nor `batch` entries.
+    pub fn time_embed(
+        &self,
+        timestep: Tensor<B, 1>,
+        batch: usize,
+        dtype: burn::tensor::DType,
+    ) -> Result<Tensor<B, 2>> {
+        let [n] = timestep.dims();
+        let timestep = match n {
+            n if n == batch => timestep,
+            1 => timestep.expand([batch]),
+            _ => return Err(shape_error("timestep", format!("[1] or [{batch}]"), &[n])),
+        };
+        let dim = self.config.block_out_channels[0];
+        let t = timestep_embedding(
+            timestep,
+            dim,
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift,
+        );
+        Ok(self.time_embedding.forward(t.cast(dtype)))
+    }
+
+    /// The transformers of every cross-attention slot, in the order
+    /// [`CrossAttentionContext`] numbers them.
+    pub fn attention_slots(&self) -> Vec<&Transformer2DModel<B>> {
+        let down = self.down_blocks.iter().flat_map(|b| &b.attentions);
+        let mid = self.mid_block.attentions.iter();
+        let up = self.up_blocks.iter().flat_map(|b| &b.attentions);
+        down.chain(mid).chain(up).collect()
+    }
+}
+
+fn add_down_residuals<B: Backend>(
+    skips: &mut [Tensor<B, 4>],
+    residuals: &[Option<Tensor<B, 4>>],
+) -> Result<()> {
+    if residuals.len() > skips.len() {
+        return Err(Error::invalid_input(
+            "down_block_additional_residuals",
+            format!(
+                "{} residuals for {} skip connections",
+                residuals.len(),
+                skips.len()
+            ),
+        ));
+    }
+    for (i, (skip, residual)) in skips.iter_mut().zip(residuals).enumerate() {
+        if let Some(residual) = residual {
+            check_shape(
+                &format!("down_block_additional_residuals[{i}]"),
+                residual,
+                skip,
+            )?;
+            *skip = skip.clone() + residual.clone();
+        }
+    }
+    Ok(())
+}
+
+fn check_shape<B: Backend>(
+    what: &str,
+    residual: &Tensor<B, 4>,
+    target: &Tensor<B, 4>,
+) -> Result<()> {
+    if residual.dims() == target.dims() {
+        Ok(())
+    } else {
+        Err(shape_error(
+            what,
+            format!("{:?}", target.dims()),
+            &residual.dims(),
+        ))
+    }
+}
+
+fn shape_error(key: &str, expected: String, found: &[usize]) -> Error {
+    Error::Shape {
+        origin: None,
+        key: key.into(),
+        expected,
+        found: found.to_vec(),
+    }
+}

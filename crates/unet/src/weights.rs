@@ -1,0 +1,248 @@
+//! Key tables from UNet checkpoint layouts to diffusers' names.
+//!
+//! * diffusers — the module's own names.
+//! * original LDM (`model.diffusion_model.*` of single-file checkpoints, prefix stripped):
+//!   `input_blocks.N.{0,1}`, `middle_block.{0,1,2}`, `output_blocks.N.{0,1,2}`, `time_embed.{0,2}`,
+//!   `out.{0,2}`, resnets as `in_layers`/`emb_layers`/`out_layers`/`skip_connection`
+//!   (diffusers' `convert_ldm_unet_checkpoint`). The table depends on the config (levels,
+//!   layers per level, which levels have attention). SD1's 1×1-conv `proj_in`/`proj_out` are
+//!   squeezed on load.
+
+use prompt_diffusion_core::Result;
+use prompt_diffusion_core::weights::TensorSource;
+
+use crate::UNet2DConditionConfig;
+
+/// The naming of a UNet weight file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UNetWeightLayout {
+    /// diffusers names.
+    Diffusers,
+    /// Original LDM `openaimodel` names.
+    Ldm,
+}
+
+impl UNetWeightLayout {
+    /// Guesses the layout from the tensor names.
+    pub fn detect(source: &TensorSource) -> Self {
+        if source.has_prefix("input_blocks.") || source.has_prefix("middle_block.") {
+            Self::Ldm
+        } else {
+            Self::Diffusers
+        }
+    }
+}
+
+/// Renames the tensors of `source` (in `layout`) to diffusers' names for a UNet of `config`.
+///
+/// # Errors
+/// An invalid config, or two tensors mapping to the same name.
+pub fn to_diffusers_names(
+    source: &TensorSource,
+    layout: UNetWeightLayout,
+    config: &UNet2DConditionConfig,
+) -> Result<TensorSource> {
+    match layout {
+        UNetWeightLayout::Diffusers => Ok(source.clone()),
+        UNetWeightLayout::Ldm => {
+            let table = ldm_table(config)?;
+            source.rename(|key| Some(rename_ldm(key, &table)))
+        }
+    }
+}
+
+/// One LDM module prefix and the diffusers prefix it becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub ldm: String,
+    pub diffusers: String,
+    pub resnet: bool,
+}
+
+fn entry(ldm: impl Into<String>, diffusers: impl Into<String>, resnet: bool) -> Entry {
+    Entry {
+        ldm: ldm.into(),
+        diffusers: diffusers.into(),
+        resnet,
+    }
+}
+
+/// The LDM → diffusers prefix table for `config` (the block-index arithmetic of
+/// `convert_ldm_unet_checkpoint`).
+pub(crate) fn ldm_table(config: &UNet2DConditionConfig) -> Result<Vec<Entry>> {
+    let layers = config.levels()?.layers;
+    let n = layers.len();
+    let mut table = vec![
+        entry("time_embed.0", "time_embedding.linear_1", false),
+        entry("time_embed.2", "time_embedding.linear_2", false),
+        entry("input_blocks.0.0", "conv_in", false),
+        entry("middle_block.0", "mid_block.resnets.0", true),
+        entry("middle_block.1", "mid_block.attentions.0", false),
+        entry("middle_block.2", "mid_block.resnets.1", true),
+        entry("out.0", "conv_norm_out", false),
+        entry("out.2", "conv_out", false),
+    ];
+    let mut i = 1;
+    for (b, &count) in layers.iter().enumerate() {
+        for j in 0..count {
+            table.push(entry(
+                format!("input_blocks.{i}.0"),
+                format!("down_blocks.{b}.resnets.{j}"),
+                true,
+            ));
+            if config.down_block_types[b].has_attention() {
+                table.push(entry(
+                    format!("input_blocks.{i}.1"),
+                    format!("down_blocks.{b}.attentions.{j}"),
+                    false,
+                ));
+            }
+            i += 1;
+        }
+        if b + 1 < n {
+            table.push(entry(
+                format!("input_blocks.{i}.0.op"),
+                format!("down_blocks.{b}.downsamplers.0.conv"),
+                false,
+            ));
+            i += 1;
+        }
+    }
+    let mut i = 0;
+    for (b, up_type) in config.up_block_types.iter().enumerate() {
+        let count = layers[n - 1 - b] + 1;
+        let attn = up_type.has_attention();
+        for j in 0..count {
+            table.push(entry(
+                format!("output_blocks.{i}.0"),
+                format!("up_blocks.{b}.resnets.{j}"),
+                true,
+            ));
+            if attn {
+                table.push(entry(
+                    format!("output_blocks.{i}.1"),
+                    format!("up_blocks.{b}.attentions.{j}"),
+                    false,
+                ));
+            }
+            if j + 1 == count && b + 1 < n {
+                let k = if attn { 2 } else { 1 };
+                table.push(entry(
+                    format!("output_blocks.{i}.{k}.conv"),
+                    format!("up_blocks.{b}.upsamplers.0.conv"),
+                    false,
+                ));
+            }
+            i += 1;
+        }
+    }
+    Ok(table)
+}
+
+/// LDM `ResBlock` member names → diffusers `ResnetBlock2D` names.
+pub(crate) fn resnet_member(rest: &str) -> String {
+    const NAMES: [(&str, &str); 6] = [
+        ("in_layers.0.", "norm1."),
+        ("in_layers.2.", "conv1."),
+        ("emb_layers.1.", "time_emb_proj."),
+        ("out_layers.0.", "norm2."),
+        ("out_layers.3.", "conv2."),
+        ("skip_connection.", "conv_shortcut."),
+    ];
+    for (old, new) in NAMES {
+        if let Some(tail) = rest.strip_prefix(old) {
+            return format!("{new}{tail}");
+        }
+    }
+    rest.to_string()
+}
+
+/// Renames one key with the longest matching table prefix; unknown keys are kept (and then
+/// reported as unexpected by the loader).
+pub(crate) fn rename_ldm(key: &str, table: &[Entry]) -> String {
+    let best = table
+        .iter()
+        .filter(|e| {
+            key.len() > e.ldm.len()
+                && key.starts_with(&e.ldm)
+                && key.as_bytes()[e.ldm.len()] == b'.'
+        })
+        .max_by_key(|e| e.ldm.len());
+    match best {
+        Some(e) => {
+            let rest = &key[e.ldm.len() + 1..];
+            let rest = if e.resnet {
+                resnet_member(rest)
+            } else {
+                rest.to_string()
+            };
+            format!("{}.{rest}", e.diffusers)
+        }
+        None => key.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sd15_table_matches_the_reference_layout() {
+        let table = ldm_table(&UNet2DConditionConfig::sd_v1_5()).unwrap();
+        let cases = [
+            (
+                "input_blocks.1.0.in_layers.2.weight",
+                "down_blocks.0.resnets.0.conv1.weight",
+            ),
+            (
+                "input_blocks.2.1.proj_in.weight",
+                "down_blocks.0.attentions.1.proj_in.weight",
+            ),
+            (
+                "input_blocks.3.0.op.bias",
+                "down_blocks.0.downsamplers.0.conv.bias",
+            ),
+            (
+                "input_blocks.4.0.skip_connection.weight",
+                "down_blocks.1.resnets.0.conv_shortcut.weight",
+            ),
+            (
+                "input_blocks.11.0.emb_layers.1.weight",
+                "down_blocks.3.resnets.1.time_emb_proj.weight",
+            ),
+            (
+                "middle_block.1.transformer_blocks.0.attn2.to_k.weight",
+                "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+            ),
+            (
+                "middle_block.2.out_layers.3.bias",
+                "mid_block.resnets.1.conv2.bias",
+            ),
+            (
+                "output_blocks.2.1.conv.weight",
+                "up_blocks.0.upsamplers.0.conv.weight",
+            ),
+            (
+                "output_blocks.5.2.conv.weight",
+                "up_blocks.1.upsamplers.0.conv.weight",
+            ),
+            (
+                "output_blocks.8.2.conv.bias",
+                "up_blocks.2.upsamplers.0.conv.bias",
+            ),
+            (
+                "output_blocks.11.1.norm.weight",
+                "up_blocks.3.attentions.2.norm.weight",
+            ),
+            (
+                "output_blocks.3.0.out_layers.0.weight",
+                "up_blocks.1.resnets.0.norm2.weight",
+            ),
+            ("out.2.weight", "conv_out.weight"),
+            ("time_embed.2.bias", "time_embedding.linear_2.bias"),
+        ];
+        for (ldm, diffusers) in cases {
+            assert_eq!(rename_ldm(ldm, &table), diffusers, "{ldm}");
+        }
+    }
+}

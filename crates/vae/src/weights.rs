@@ -1,0 +1,198 @@
+//! Key tables from the VAE checkpoint layouts to diffusers' names.
+//!
+//! * diffusers ≥ 0.14 — the module's own names; nothing to do.
+//! * diffusers ≤ 0.13 — mid-block attention as `query`/`key`/`value`/`proj_attn`
+//!   (diffusers' `_convert_deprecated_attention_blocks`).
+//! * original LDM / CompVis (`first_stage_model.*` of single-file checkpoints, `kl-f8.pth`) —
+//!   `encoder.down.{i}.block.{j}`, `decoder.up.{i}` in reverse order, `mid.block_1`,
+//!   `mid.attn_1.{norm,q,k,v,proj_out}` with 1×1-conv weights, `norm_out`, `nin_shortcut`
+//!   (diffusers' `convert_ldm_vae_checkpoint`). The 1×1 weights are squeezed on load.
+
+use prompt_diffusion_core::Result;
+use prompt_diffusion_core::weights::TensorSource;
+
+/// The naming of a VAE weight file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaeWeightLayout {
+    /// diffusers names (current or ≤ 0.13 attention names).
+    Diffusers,
+    /// Original LDM names.
+    Ldm,
+}
+
+impl VaeWeightLayout {
+    /// Guesses the layout from the tensor names.
+    pub fn detect(source: &TensorSource) -> Self {
+        if source.has_prefix("encoder.down.") || source.has_prefix("decoder.up.") {
+            Self::Ldm
+        } else {
+            Self::Diffusers
+        }
+    }
+}
+
+/// Renames the tensors of `source` (in `layout`, of a VAE with `num_blocks` resolution levels)
+/// to the current diffusers names. LDM training leftovers (`loss.*`) are dropped.
+///
+/// # Errors
+/// When two tensors map to the same name.
+pub fn to_diffusers_names(
+    source: &TensorSource,
+    layout: VaeWeightLayout,
+    num_blocks: usize,
+) -> Result<TensorSource> {
+    match layout {
+        VaeWeightLayout::Diffusers => source.rename(|key| Some(legacy_attention(key))),
+        VaeWeightLayout::Ldm => source.rename(|key| ldm_key(key, num_blocks)),
+    }
+}
+
+/// `mid_block.attentions.0.query.*` → `…to_q.*` and the other ≤ 0.13 names.
+fn legacy_attention(key: &str) -> String {
+    const NAMES: [(&str, &str); 4] = [
+        (".query.", ".to_q."),
+        (".key.", ".to_k."),
+        (".value.", ".to_v."),
+        (".proj_attn.", ".to_out.0."),
+    ];
+    if key.contains(".mid_block.attentions.") {
+        for (old, new) in NAMES {
+            if key.contains(old) {
+                return key.replacen(old, new, 1);
+            }
+        }
+    }
+    key.to_string()
+}
+
+fn ldm_key(key: &str, num_blocks: usize) -> Option<String> {
+    if key.starts_with("loss.") {
+        return None;
+    }
+    let Some((side, rest)) = key.split_once('.') else {
+        return Some(key.to_string());
+    };
+    if side != "encoder" && side != "decoder" {
+        return Some(key.to_string());
+    }
+    let parts: Vec<&str> = rest.split('.').collect();
+    let mapped = match parts.as_slice() {
+        ["norm_out", tail @ ..] => format!("conv_norm_out.{}", tail.join(".")),
+        ["down", i, "block", j, tail @ ..] => {
+            format!("down_blocks.{i}.resnets.{j}.{}", resnet_tail(tail))
+        }
+        ["down", i, "downsample", tail @ ..] => {
+            format!("down_blocks.{i}.downsamplers.0.{}", tail.join("."))
+        }
+        ["up", i, "block", j, tail @ ..] => {
+            format!(
+                "up_blocks.{}.resnets.{j}.{}",
+                reverse(i, num_blocks)?,
+                resnet_tail(tail)
+            )
+        }
+        ["up", i, "upsample", tail @ ..] => {
+            format!(
+                "up_blocks.{}.upsamplers.0.{}",
+                reverse(i, num_blocks)?,
+                tail.join(".")
+            )
+        }
+        ["mid", block, tail @ ..] if block.starts_with("block_") => {
+            let n: usize = block["block_".len()..].parse().ok()?;
+            format!(
+                "mid_block.resnets.{}.{}",
+                n.checked_sub(1)?,
+                resnet_tail(tail)
+            )
+        }
+        ["mid", "attn_1", name, tail @ ..] => {
+            let name = match *name {
+                "norm" => "group_norm",
+                "q" => "to_q",
+                "k" => "to_k",
+                "v" => "to_v",
+                "proj_out" => "to_out.0",
+                other => other,
+            };
+            format!("mid_block.attentions.0.{name}.{}", tail.join("."))
+        }
+        _ => rest.to_string(),
+    };
+    Some(format!("{side}.{mapped}"))
+}
+
+fn resnet_tail(tail: &[&str]) -> String {
+    let joined = tail.join(".");
+    match joined.strip_prefix("nin_shortcut.") {
+        Some(rest) => format!("conv_shortcut.{rest}"),
+        None => joined,
+    }
+}
+
+/// LDM numbers decoder levels from the smallest resolution; diffusers from the largest.
+fn reverse(index: &str, num_blocks: usize) -> Option<usize> {
+    let i: usize = index.parse().ok()?;
+    num_blocks.checked_sub(1)?.checked_sub(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldm_names_map_to_diffusers() {
+        let cases = [
+            (
+                "encoder.down.1.block.0.nin_shortcut.weight",
+                "encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
+            ),
+            (
+                "encoder.down.2.downsample.conv.bias",
+                "encoder.down_blocks.2.downsamplers.0.conv.bias",
+            ),
+            (
+                "decoder.up.0.block.2.conv1.weight",
+                "decoder.up_blocks.3.resnets.2.conv1.weight",
+            ),
+            (
+                "decoder.up.3.upsample.conv.weight",
+                "decoder.up_blocks.0.upsamplers.0.conv.weight",
+            ),
+            (
+                "decoder.mid.block_2.norm1.bias",
+                "decoder.mid_block.resnets.1.norm1.bias",
+            ),
+            (
+                "encoder.mid.attn_1.proj_out.weight",
+                "encoder.mid_block.attentions.0.to_out.0.weight",
+            ),
+            (
+                "encoder.mid.attn_1.norm.weight",
+                "encoder.mid_block.attentions.0.group_norm.weight",
+            ),
+            ("decoder.norm_out.weight", "decoder.conv_norm_out.weight"),
+            ("quant_conv.weight", "quant_conv.weight"),
+        ];
+        for (ldm, diffusers) in cases {
+            assert_eq!(ldm_key(ldm, 4).as_deref(), Some(diffusers), "{ldm}");
+        }
+        assert_eq!(ldm_key("loss.logvar", 4), None);
+    }
+
+    #[test]
+    fn legacy_attention_names_map_to_current() {
+        assert_eq!(
+            legacy_attention("decoder.mid_block.attentions.0.proj_attn.bias"),
+            "decoder.mid_block.attentions.0.to_out.0.bias"
+        );
+        assert_eq!(
+            legacy_attention("encoder.mid_block.attentions.0.query.weight"),
+            "encoder.mid_block.attentions.0.to_q.weight"
+        );
+        assert_eq!(
+            legacy_attention("encoder.conv_in.weight"),
+            "encoder.conv_in.weight"
+        );
+    }
+}
