@@ -270,7 +270,7 @@ impl UNet2DConditionConfig {
     }
 
     /// GroupNorm groups (diffusers allows none; SD always has 32).
-    pub(crate) fn groups(&self) -> usize {
+    pub fn groups(&self) -> usize {
         self.norm_num_groups.unwrap_or(32)
     }
 

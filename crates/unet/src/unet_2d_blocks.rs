@@ -8,22 +8,175 @@
 //! (or which weights it uses) without copying the blocks.
 
 use burn::prelude::*;
-use prompt_diffusion_core::nn::{Downsample2D, ResnetBlock2D, Upsample2D};
+use prompt_diffusion_core::Result;
+use prompt_diffusion_core::nn::{
+    Downsample2D, DownsamplePadding, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D,
+};
 
+use crate::UNet2DConditionConfig;
+use crate::config::Levels;
 use crate::context::CrossAttentionContext;
-use crate::transformer_2d::Transformer2DModel;
+use crate::transformer_2d::{Transformer2DConfig, Transformer2DModel};
 
-/// Numbers the cross-attention slots as the UNet runs them.
-pub(crate) struct Slots<'a, B: Backend> {
-    pub context: &'a dyn CrossAttentionContext<B>,
-    pub next: usize,
+/// Runs the cross-attention slots through a [`CrossAttentionContext`], numbering them in
+/// execution order. A model that runs several block lists (a UNet, a ControlNet) passes one
+/// cursor through all of them.
+pub struct AttentionSlots<'a, B: Backend> {
+    context: &'a dyn CrossAttentionContext<B>,
+    next: usize,
 }
 
-impl<B: Backend> Slots<'_, B> {
+impl<'a, B: Backend> AttentionSlots<'a, B> {
+    /// A cursor at slot 0.
+    pub fn new(context: &'a dyn CrossAttentionContext<B>) -> Self {
+        Self { context, next: 0 }
+    }
+
+    /// The number of the next slot.
+    pub fn next_slot(&self) -> usize {
+        self.next
+    }
+
     fn apply(&mut self, transformer: &Transformer2DModel<B>, hidden: Tensor<B, 4>) -> Tensor<B, 4> {
         let slot = self.next;
         self.next += 1;
         self.context.apply(slot, transformer, hidden)
+    }
+}
+
+/// Builds the blocks of a UNet-shaped model from a [`UNet2DConditionConfig`]; ControlNets and
+/// plug-in branches build their encoder copies with the same code.
+pub struct BlockBuilder<'a> {
+    config: &'a UNet2DConditionConfig,
+    levels: Levels,
+}
+
+impl<'a> BlockBuilder<'a> {
+    /// A builder for a validated `config`.
+    ///
+    /// # Errors
+    /// [`Error::Config`](prompt_diffusion_core::Error::Config) when a per-level list has the
+    /// wrong length.
+    pub fn new(config: &'a UNet2DConditionConfig) -> Result<Self> {
+        Ok(Self {
+            levels: config.levels()?,
+            config,
+        })
+    }
+
+    fn resnet<B: Backend>(
+        &self,
+        i: usize,
+        o: usize,
+        scale: f64,
+        device: &B::Device,
+    ) -> ResnetBlock2D<B> {
+        ResnetBlock2DConfig::new(i, o, Some(self.config.time_embed_dim()))
+            .with_groups(self.config.groups())
+            .with_eps(self.config.norm_eps)
+            .with_act(self.config.act_fn)
+            .with_output_scale_factor(scale)
+            .init(device)
+    }
+
+    fn transformer<B: Backend>(
+        &self,
+        level: usize,
+        channels: usize,
+        device: &B::Device,
+    ) -> Transformer2DModel<B> {
+        Transformer2DConfig {
+            channels,
+            heads: self.levels.heads[level],
+            layers: self.levels.transformer_layers[level],
+            cross_attention_dim: self.levels.cross_attention_dim[level],
+            groups: self.config.groups(),
+        }
+        .init(device)
+    }
+
+    /// The encoder levels (`down_blocks`).
+    pub fn down_blocks<B: Backend>(&self, device: &B::Device) -> Vec<DownBlock2D<B>> {
+        let config = self.config;
+        let boc = &config.block_out_channels;
+        let n = boc.len();
+        let padding = if config.downsample_padding == 0 {
+            DownsamplePadding::RightBottom
+        } else {
+            DownsamplePadding::Symmetric
+        };
+        let scale = config.resnet_out_scale_factor;
+        (0..n)
+            .map(|i| {
+                let (inp, out) = (if i == 0 { boc[0] } else { boc[i - 1] }, boc[i]);
+                let layers = self.levels.layers[i];
+                DownBlock2D {
+                    resnets: (0..layers)
+                        .map(|j| self.resnet(if j == 0 { inp } else { out }, out, scale, device))
+                        .collect(),
+                    attentions: if config.down_block_types[i].has_attention() {
+                        (0..layers)
+                            .map(|_| self.transformer(i, out, device))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
+                    downsamplers: (i + 1 < n)
+                        .then(|| Downsample2D::new(out, out, padding, device))
+                        .into_iter()
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The bottleneck (`mid_block`).
+    pub fn mid_block<B: Backend>(&self, device: &B::Device) -> UNetMidBlock2DCrossAttn<B> {
+        let n = self.config.block_out_channels.len();
+        let c = self.config.block_out_channels[n - 1];
+        UNetMidBlock2DCrossAttn {
+            resnets: (0..2)
+                .map(|_| self.resnet(c, c, self.config.mid_block_scale_factor, device))
+                .collect(),
+            attentions: vec![self.transformer(n - 1, c, device)],
+        }
+    }
+
+    /// The decoder levels (`up_blocks`).
+    pub fn up_blocks<B: Backend>(&self, device: &B::Device) -> Vec<UpBlock2D<B>> {
+        let config = self.config;
+        let reversed: Vec<usize> = config.block_out_channels.iter().rev().copied().collect();
+        let n = reversed.len();
+        let scale = config.resnet_out_scale_factor;
+        (0..n)
+            .map(|i| {
+                let level = n - 1 - i;
+                let prev = if i == 0 { reversed[0] } else { reversed[i - 1] };
+                let out = reversed[i];
+                let skip_in = reversed[(i + 1).min(n - 1)];
+                let layers = self.levels.layers[level] + 1;
+                UpBlock2D {
+                    resnets: (0..layers)
+                        .map(|j| {
+                            let res_in = if j == 0 { prev } else { out };
+                            let skip = if j == layers - 1 { skip_in } else { out };
+                            self.resnet(res_in + skip, out, scale, device)
+                        })
+                        .collect(),
+                    attentions: if config.up_block_types[i].has_attention() {
+                        (0..layers)
+                            .map(|_| self.transformer(level, out, device))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
+                    upsamplers: (i + 1 < n)
+                        .then(|| Upsample2D::new(out, out, device))
+                        .into_iter()
+                        .collect(),
+                }
+            })
+            .collect()
     }
 }
 
@@ -41,11 +194,11 @@ pub struct DownBlock2D<B: Backend> {
 
 impl<B: Backend> DownBlock2D<B> {
     /// Runs the level, appending each skip connection it produces to `skips`.
-    pub(crate) fn forward(
+    pub fn forward(
         &self,
         mut h: Tensor<B, 4>,
         temb: &Tensor<B, 2>,
-        slots: &mut Slots<'_, B>,
+        slots: &mut AttentionSlots<'_, B>,
         skips: &mut Vec<Tensor<B, 4>>,
     ) -> Tensor<B, 4> {
         for (i, resnet) in self.resnets.iter().enumerate() {
@@ -73,11 +226,12 @@ pub struct UNetMidBlock2DCrossAttn<B: Backend> {
 }
 
 impl<B: Backend> UNetMidBlock2DCrossAttn<B> {
-    pub(crate) fn forward(
+    /// Runs the bottleneck.
+    pub fn forward(
         &self,
         h: Tensor<B, 4>,
         temb: &Tensor<B, 2>,
-        slots: &mut Slots<'_, B>,
+        slots: &mut AttentionSlots<'_, B>,
     ) -> Tensor<B, 4> {
         let mut h = self.resnets[0].forward(h, Some(temb));
         for (attention, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
@@ -104,11 +258,11 @@ pub struct UpBlock2D<B: Backend> {
 impl<B: Backend> UpBlock2D<B> {
     /// Runs the level, popping one skip per resnet; the upsampler targets `upsample_size`
     /// (the size of the next skip) when given.
-    pub(crate) fn forward(
+    pub fn forward(
         &self,
         mut h: Tensor<B, 4>,
         temb: &Tensor<B, 2>,
-        slots: &mut Slots<'_, B>,
+        slots: &mut AttentionSlots<'_, B>,
         skips: &mut Vec<Tensor<B, 4>>,
         upsample_size: Option<[usize; 2]>,
     ) -> Tensor<B, 4> {

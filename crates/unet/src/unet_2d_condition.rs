@@ -5,9 +5,7 @@ use std::path::Path;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
-use prompt_diffusion_core::nn::{
-    Downsample2D, DownsamplePadding, GroupNorm, GroupNormConfig, ResnetBlock2DConfig, Upsample2D,
-};
+use prompt_diffusion_core::nn::{GroupNorm, GroupNormConfig};
 use prompt_diffusion_core::weights::{
     LoadOptions, TensorSource, load_module, open_component_weights,
 };
@@ -16,8 +14,10 @@ use prompt_diffusion_core::{Error, Result};
 use crate::UNet2DConditionConfig;
 use crate::context::{ContextTokens, CrossAttentionContext};
 use crate::embeddings::{TimestepEmbedding, timestep_embedding};
-use crate::transformer_2d::{Transformer2DConfig, Transformer2DModel};
-use crate::unet_2d_blocks::{DownBlock2D, Slots, UNetMidBlock2DCrossAttn, UpBlock2D};
+use crate::transformer_2d::Transformer2DModel;
+use crate::unet_2d_blocks::{
+    AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
+};
 use crate::weights::{UNetWeightLayout, to_diffusers_names};
 
 /// Features added to the UNet's skip connections and to its mid-block output, after the
@@ -89,101 +89,20 @@ impl<B: Backend> UNet2DConditionModel<B> {
     /// [`Error::Config`]/[`Error::Unsupported`] from [`UNet2DConditionConfig::validate`].
     pub fn new(config: &UNet2DConditionConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
-        let levels = config.levels()?;
+        let blocks = BlockBuilder::new(config)?;
         let boc = &config.block_out_channels;
-        let n = boc.len();
-        let groups = config.groups();
-        let temb = config.time_embed_dim();
-        let resnet = |i, o, scale| {
-            ResnetBlock2DConfig::new(i, o, Some(temb))
-                .with_groups(groups)
-                .with_eps(config.norm_eps)
-                .with_act(config.act_fn)
-                .with_output_scale_factor(scale)
-                .init(device)
-        };
-        let transformer = |level: usize, channels| {
-            Transformer2DConfig {
-                channels,
-                heads: levels.heads[level],
-                layers: levels.transformer_layers[level],
-                cross_attention_dim: levels.cross_attention_dim[level],
-                groups,
-            }
-            .init(device)
-        };
-        let out_scale = config.resnet_out_scale_factor;
-
-        let down_blocks = (0..n)
-            .map(|i| {
-                let (inp, out) = (if i == 0 { boc[0] } else { boc[i - 1] }, boc[i]);
-                let layers = levels.layers[i];
-                let padding = if config.downsample_padding == 0 {
-                    DownsamplePadding::RightBottom
-                } else {
-                    DownsamplePadding::Symmetric
-                };
-                DownBlock2D {
-                    resnets: (0..layers)
-                        .map(|j| resnet(if j == 0 { inp } else { out }, out, out_scale))
-                        .collect(),
-                    attentions: if config.down_block_types[i].has_attention() {
-                        (0..layers).map(|_| transformer(i, out)).collect()
-                    } else {
-                        Vec::new()
-                    },
-                    downsamplers: (i + 1 < n)
-                        .then(|| Downsample2D::new(out, out, padding, device))
-                        .into_iter()
-                        .collect(),
-                }
-            })
-            .collect();
-
-        let mid = boc[n - 1];
-        let mid_block = UNetMidBlock2DCrossAttn {
-            resnets: (0..2)
-                .map(|_| resnet(mid, mid, config.mid_block_scale_factor))
-                .collect(),
-            attentions: vec![transformer(n - 1, mid)],
-        };
-
-        let reversed: Vec<usize> = boc.iter().rev().copied().collect();
-        let up_blocks = (0..n)
-            .map(|i| {
-                let level = n - 1 - i;
-                let prev = if i == 0 { reversed[0] } else { reversed[i - 1] };
-                let out = reversed[i];
-                let skip_in = reversed[(i + 1).min(n - 1)];
-                let layers = levels.layers[level] + 1;
-                UpBlock2D {
-                    resnets: (0..layers)
-                        .map(|j| {
-                            let res_in = if j == 0 { prev } else { out };
-                            let skip = if j == layers - 1 { skip_in } else { out };
-                            resnet(res_in + skip, out, out_scale)
-                        })
-                        .collect(),
-                    attentions: if config.up_block_types[i].has_attention() {
-                        (0..layers).map(|_| transformer(level, out)).collect()
-                    } else {
-                        Vec::new()
-                    },
-                    upsamplers: (i + 1 < n)
-                        .then(|| Upsample2D::new(out, out, device))
-                        .into_iter()
-                        .collect(),
-                }
-            })
-            .collect();
-
         Ok(Self {
             conv_in: conv(config.in_channels, boc[0], config.conv_in_kernel, device),
-            time_embedding: TimestepEmbedding::new(boc[0], temb, config.act_fn, device),
-            down_blocks,
-            mid_block,
-            up_blocks,
-            conv_norm_out: GroupNormConfig::new(groups, boc[0])
+            time_embedding: TimestepEmbedding::new(
+                boc[0],
+                config.time_embed_dim(),
+                config.act_fn,
+                device,
+            ),
+            down_blocks: blocks.down_blocks(device),
+            mid_block: blocks.mid_block(device),
+            up_blocks: blocks.up_blocks(device),
+            conv_norm_out: GroupNormConfig::new(config.groups(), boc[0])
                 .with_eps(config.norm_eps)
                 .init(device),
             conv_out: conv(boc[0], config.out_channels, config.conv_out_kernel, device),
@@ -286,7 +205,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
             sample
         };
 
-        let mut slots = Slots { context, next: 0 };
+        let mut slots = AttentionSlots::new(context);
         let mut h = self.conv_in.forward(sample);
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {

@@ -53,13 +53,17 @@ pub fn to_diffusers_names(
 
 /// One LDM module prefix and the diffusers prefix it becomes.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
+pub struct Entry {
+    /// The LDM module path (e.g. `input_blocks.1.0`).
     pub ldm: String,
+    /// The diffusers module path (e.g. `down_blocks.0.resnets.0`).
     pub diffusers: String,
+    /// Whether the module is a resnet, whose members are renamed too.
     pub resnet: bool,
 }
 
-fn entry(ldm: impl Into<String>, diffusers: impl Into<String>, resnet: bool) -> Entry {
+/// Shorthand for an [`Entry`].
+pub fn entry(ldm: impl Into<String>, diffusers: impl Into<String>, resnet: bool) -> Entry {
     Entry {
         ldm: ldm.into(),
         diffusers: diffusers.into(),
@@ -69,7 +73,7 @@ fn entry(ldm: impl Into<String>, diffusers: impl Into<String>, resnet: bool) -> 
 
 /// The LDM → diffusers prefix table for `config` (the block-index arithmetic of
 /// `convert_ldm_unet_checkpoint`).
-pub(crate) fn ldm_table(config: &UNet2DConditionConfig) -> Result<Vec<Entry>> {
+pub fn ldm_table(config: &UNet2DConditionConfig) -> Result<Vec<Entry>> {
     let layers = config.levels()?.layers;
     let n = layers.len();
     let mut table = vec![
@@ -140,7 +144,7 @@ pub(crate) fn ldm_table(config: &UNet2DConditionConfig) -> Result<Vec<Entry>> {
 }
 
 /// LDM `ResBlock` member names → diffusers `ResnetBlock2D` names.
-pub(crate) fn resnet_member(rest: &str) -> String {
+pub fn resnet_member(rest: &str) -> String {
     const NAMES: [(&str, &str); 6] = [
         ("in_layers.0.", "norm1."),
         ("in_layers.2.", "conv1."),
@@ -159,7 +163,7 @@ pub(crate) fn resnet_member(rest: &str) -> String {
 
 /// Renames one key with the longest matching table prefix; unknown keys are kept (and then
 /// reported as unexpected by the loader).
-pub(crate) fn rename_ldm(key: &str, table: &[Entry]) -> String {
+pub fn rename_ldm(key: &str, table: &[Entry]) -> String {
     let best = table
         .iter()
         .filter(|e| {
