@@ -1,0 +1,344 @@
+//! The CLIP text tower: `CLIPTextModel` and `CLIPTextModelWithProjection`.
+//!
+//! Ports `CLIPTextEmbeddings`, `CLIPTextModel` and `CLIPTextModelWithProjection` from
+//! `transformers/models/clip/modeling_clip.py` (v5). The forward pass adds token and position
+//! embeddings, runs the pre-LN encoder with a causal mask, applies `final_layer_norm`
+//! (`last_hidden_state`, Stable Diffusion's context) and pools one token per sequence: at
+//! `argmax(input_ids)` when `eos_token_id == 2` (the legacy openai configs), otherwise at the
+//! first `eos_token_id`. No padding mask is used, as in Stable Diffusion.
+//!
+//! Parameter paths are the released checkpoint keys: `text_model.embeddings.…`,
+//! `text_model.encoder.layers.{i}.…`, `text_model.final_layer_norm.…`, `text_projection.weight`.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use prompt_diffusion_core::Result;
+use prompt_diffusion_core::nn::{LayerNorm, LayerNormConfig};
+use prompt_diffusion_core::weights::{
+    LoadOptions, TensorSource, load_module, open_component_weights,
+};
+
+use crate::config::{CLIPTextConfig, Tower, read_tower};
+use crate::encoder::{CLIPEncoder, CLIPEncoderConfig};
+use crate::weights;
+
+/// Token and position embeddings (`CLIPTextEmbeddings`).
+#[derive(Module, Debug)]
+pub struct CLIPTextEmbeddings<B: Backend> {
+    /// `[vocab_size, D]`.
+    pub token_embedding: Embedding<B>,
+    /// `[max_position_embeddings, D]`.
+    pub position_embedding: Embedding<B>,
+}
+
+impl<B: Backend> CLIPTextEmbeddings<B> {
+    /// Token embedding plus the embedding of positions `0..seq`.
+    ///
+    /// # Shapes
+    /// `[batch, seq]` ids → `[batch, seq, D]`.
+    ///
+    /// # Panics
+    /// When `seq` exceeds `max_position_embeddings`.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [_, seq] = input_ids.dims();
+        let positions = self
+            .position_embedding
+            .weight
+            .val()
+            .slice([0..seq])
+            .unsqueeze::<3>();
+        self.token_embedding.forward(input_ids) + positions
+    }
+}
+
+/// The text transformer (transformers 5's `CLIPTextModel` body, the `text_model` of the
+/// released checkpoints).
+#[derive(Module, Debug)]
+pub struct CLIPTextTransformer<B: Backend> {
+    /// Token and position embeddings.
+    pub embeddings: CLIPTextEmbeddings<B>,
+    /// The causal encoder.
+    pub encoder: CLIPEncoder<B>,
+    /// Norm applied to the encoder output.
+    pub final_layer_norm: LayerNorm<B>,
+    eos_token_id: u32,
+}
+
+/// Outputs of the text tower.
+#[derive(Debug, Clone)]
+pub struct CLIPTextOutput<B: Backend> {
+    /// `final_layer_norm(encoder output)`, `[batch, seq, D]`: Stable Diffusion's context.
+    pub last_hidden_state: Tensor<B, 3>,
+    /// `last_hidden_state` at the pooled (end-of-text) position, `[batch, D]`.
+    pub pooled_output: Tensor<B, 2>,
+    /// With [`forward_with_hidden_states`](CLIPTextTransformer::forward_with_hidden_states):
+    /// the embeddings, then each layer's output (before `final_layer_norm`),
+    /// `num_hidden_layers + 1` tensors `[batch, seq, D]`. `hidden_states[-1 - k]` followed by
+    /// `final_layer_norm` is "CLIP skip k".
+    pub hidden_states: Option<Vec<Tensor<B, 3>>>,
+}
+
+impl<B: Backend> CLIPTextTransformer<B> {
+    /// Creates the transformer for `config` (placeholder parameters until weights are loaded).
+    pub fn init(config: &CLIPTextConfig, device: &B::Device) -> Self {
+        Self {
+            embeddings: CLIPTextEmbeddings {
+                token_embedding: EmbeddingConfig::new(config.vocab_size, config.hidden_size)
+                    .init(device),
+                position_embedding: EmbeddingConfig::new(
+                    config.max_position_embeddings,
+                    config.hidden_size,
+                )
+                .init(device),
+            },
+            encoder: encoder_config(config).init(device),
+            final_layer_norm: LayerNormConfig::new(config.hidden_size)
+                .with_eps(config.layer_norm_eps)
+                .init(device),
+            eos_token_id: config.eos_token_id,
+        }
+    }
+
+    /// Encodes token ids.
+    ///
+    /// # Shapes
+    /// `[batch, seq]` → `last_hidden_state [batch, seq, D]`, `pooled_output [batch, D]`.
+    ///
+    /// # Panics
+    /// When `seq` exceeds `max_position_embeddings` (77); tokenizer output never does.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> CLIPTextOutput<B> {
+        self.run(input_ids, false)
+    }
+
+    /// [`forward`](Self::forward) that also returns every hidden state.
+    pub fn forward_with_hidden_states(&self, input_ids: Tensor<B, 2, Int>) -> CLIPTextOutput<B> {
+        self.run(input_ids, true)
+    }
+
+    fn run(&self, input_ids: Tensor<B, 2, Int>, keep: bool) -> CLIPTextOutput<B> {
+        let h = self.embeddings.forward(input_ids.clone());
+        let (h, hidden_states) = self.encoder.forward(h, true, keep);
+        let last_hidden_state = self.final_layer_norm.forward(h);
+        let pooled_output = gather_rows(
+            last_hidden_state.clone(),
+            pooled_positions(input_ids, self.eos_token_id),
+        );
+        CLIPTextOutput {
+            last_hidden_state,
+            pooled_output,
+            hidden_states,
+        }
+    }
+}
+
+/// The position pooled for each sequence, `[batch, 1]`: transformers' rule, with ties resolved
+/// to the first position whatever the backend's `argmax` does with ties.
+fn pooled_positions<B: Backend>(ids: Tensor<B, 2, Int>, eos_token_id: u32) -> Tensor<B, 2, Int> {
+    let [batch, seq] = ids.dims();
+    let seq_i = seq as i64;
+    let pos = Tensor::<B, 1, Int>::arange(0..seq_i, &ids.device())
+        .reshape([1, seq])
+        .repeat_dim(0, batch);
+    let score = if eos_token_id == 2 {
+        // argmax(ids): larger id first, then the earlier position.
+        ids.mul_scalar(seq_i) + pos.neg().add_scalar(seq_i - 1)
+    } else {
+        // First position holding the eos id; position 0 when there is none (torch's argmax of
+        // an all-zero row).
+        let is_eos = ids.equal_elem(i64::from(eos_token_id)).int();
+        let first = pos.clone().equal_elem(0).int();
+        is_eos * (pos.neg().add_scalar(seq_i)).mul_scalar(2) + first
+    };
+    score.argmax(1)
+}
+
+/// Rows `x[b, index[b], :]`.
+fn gather_rows<B: Backend>(x: Tensor<B, 3>, index: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    let [batch, _, width] = x.dims();
+    let index = index.reshape([batch, 1, 1]).repeat_dim(2, width);
+    x.gather(1, index).reshape([batch, width])
+}
+
+fn encoder_config(config: &CLIPTextConfig) -> CLIPEncoderConfig {
+    CLIPEncoderConfig {
+        hidden_size: config.hidden_size,
+        intermediate_size: config.intermediate_size,
+        num_attention_heads: config.num_attention_heads,
+        num_hidden_layers: config.num_hidden_layers,
+        hidden_act: config.hidden_act,
+        layer_norm_eps: config.layer_norm_eps,
+    }
+}
+
+/// `CLIPTextModel`: the text transformer alone (Stable Diffusion's `text_encoder`).
+#[derive(Module, Debug)]
+pub struct CLIPTextModel<B: Backend> {
+    /// The transformer (`text_model.*` keys).
+    pub text_model: CLIPTextTransformer<B>,
+}
+
+impl<B: Backend> CLIPTextModel<B> {
+    /// Creates the model for `config` (placeholder parameters until weights are loaded).
+    pub fn init(config: &CLIPTextConfig, device: &B::Device) -> Self {
+        Self {
+            text_model: CLIPTextTransformer::init(config, device),
+        }
+    }
+
+    /// Loads a transformers folder (`config.json` + weights, e.g. a diffusers
+    /// `text_encoder/`); the weight-file variant comes from `options.variant`. A folder holding
+    /// a full `CLIPModel` loads its text tower.
+    ///
+    /// # Errors
+    /// [`Error::Io`](prompt_diffusion_core::Error::Io) /
+    /// [`Error::Config`](prompt_diffusion_core::Error::Config) for the config,
+    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) listing missing, unexpected
+    /// and mis-shaped tensors.
+    pub fn from_folder(
+        dir: impl AsRef<Path>,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let (config, source) = open_text_folder(dir.as_ref(), options)?;
+        Self::from_source(config, &source, options, device)
+    }
+
+    /// Loads weights named as in transformers (`text_model.*`, or the same without the
+    /// `text_model.` level) into a model built from `config`. Tolerates `position_ids`.
+    ///
+    /// # Errors
+    /// [`Error::Config`](prompt_diffusion_core::Error::Config) when `config` is invalid,
+    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) when the tensors do not match.
+    pub fn from_source(
+        config: CLIPTextConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let source = weights::text_model_keys(source)?;
+        let options = weights::tolerate_buffers(options);
+        load_module(
+            Self::init(&config, device),
+            &source,
+            "CLIPTextModel",
+            &options,
+        )
+    }
+
+    /// See [`CLIPTextTransformer::forward`].
+    ///
+    /// # Shapes
+    /// `[batch, seq]` → `last_hidden_state [batch, seq, D]`, `pooled_output [batch, D]`.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> CLIPTextOutput<B> {
+        self.text_model.forward(input_ids)
+    }
+
+    /// See [`CLIPTextTransformer::forward_with_hidden_states`].
+    pub fn forward_with_hidden_states(&self, input_ids: Tensor<B, 2, Int>) -> CLIPTextOutput<B> {
+        self.text_model.forward_with_hidden_states(input_ids)
+    }
+}
+
+/// Outputs of [`CLIPTextModelWithProjection`].
+#[derive(Debug, Clone)]
+pub struct CLIPTextProjectionOutput<B: Backend> {
+    /// `text_projection(pooled_output)`, `[batch, projection_dim]`.
+    pub text_embeds: Tensor<B, 2>,
+    /// `[batch, seq, D]`, see [`CLIPTextOutput::last_hidden_state`].
+    pub last_hidden_state: Tensor<B, 3>,
+    /// `[batch, D]`, see [`CLIPTextOutput::pooled_output`].
+    pub pooled_output: Tensor<B, 2>,
+    /// See [`CLIPTextOutput::hidden_states`].
+    pub hidden_states: Option<Vec<Tensor<B, 3>>>,
+}
+
+/// `CLIPTextModelWithProjection`: the text transformer and `text_projection` (no bias), as
+/// used by Versatile Diffusion and SDXL's second encoder.
+#[derive(Module, Debug)]
+pub struct CLIPTextModelWithProjection<B: Backend> {
+    /// The transformer (`text_model.*` keys).
+    pub text_model: CLIPTextTransformer<B>,
+    /// `[D → projection_dim]`, no bias.
+    pub text_projection: Linear<B>,
+}
+
+impl<B: Backend> CLIPTextModelWithProjection<B> {
+    /// Creates the model for `config` (placeholder parameters until weights are loaded).
+    pub fn init(config: &CLIPTextConfig, device: &B::Device) -> Self {
+        Self {
+            text_model: CLIPTextTransformer::init(config, device),
+            text_projection: LinearConfig::new(config.hidden_size, config.projection_dim)
+                .with_bias(false)
+                .init(device),
+        }
+    }
+
+    /// As [`CLIPTextModel::from_folder`].
+    pub fn from_folder(
+        dir: impl AsRef<Path>,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let (config, source) = open_text_folder(dir.as_ref(), options)?;
+        Self::from_source(config, &source, options, device)
+    }
+
+    /// As [`CLIPTextModel::from_source`], with `text_projection.weight` as well.
+    pub fn from_source(
+        config: CLIPTextConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let source = weights::text_model_keys(source)?;
+        let options = weights::tolerate_buffers(options);
+        load_module(
+            Self::init(&config, device),
+            &source,
+            "CLIPTextModelWithProjection",
+            &options,
+        )
+    }
+
+    /// Encodes token ids and projects the pooled token.
+    ///
+    /// # Shapes
+    /// `[batch, seq]` → `text_embeds [batch, P]`, `last_hidden_state [batch, seq, D]`,
+    /// `pooled_output [batch, D]`.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> CLIPTextProjectionOutput<B> {
+        self.project(self.text_model.forward(input_ids))
+    }
+
+    /// [`forward`](Self::forward) that also returns every hidden state.
+    pub fn forward_with_hidden_states(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+    ) -> CLIPTextProjectionOutput<B> {
+        self.project(self.text_model.forward_with_hidden_states(input_ids))
+    }
+
+    fn project(&self, out: CLIPTextOutput<B>) -> CLIPTextProjectionOutput<B> {
+        CLIPTextProjectionOutput {
+            text_embeds: self.text_projection.forward(out.pooled_output.clone()),
+            last_hidden_state: out.last_hidden_state,
+            pooled_output: out.pooled_output,
+            hidden_states: out.hidden_states,
+        }
+    }
+}
+
+fn open_text_folder(dir: &Path, options: &LoadOptions) -> Result<(CLIPTextConfig, TensorSource)> {
+    let (config, full_clip) = read_tower(&dir.join("config.json"), Tower::Text)?;
+    let source = open_component_weights(dir, options.variant.as_deref())?;
+    let source = if full_clip {
+        weights::text_tower(&source)
+    } else {
+        source
+    };
+    Ok((config, source))
+}
