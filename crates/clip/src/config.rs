@@ -254,7 +254,7 @@ fn positive(field: &str, value: usize) -> Result<()> {
 fn check_width(hidden_size: usize, heads: usize) -> Result<()> {
     positive("hidden_size", hidden_size)?;
     positive("num_attention_heads", heads)?;
-    if hidden_size % heads != 0 {
+    if !hidden_size.is_multiple_of(heads) {
         return Err(Error::config(
             "num_attention_heads",
             format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {heads}"),
@@ -292,67 +292,21 @@ impl Tower {
 
 /// Keys every transformers `PreTrainedConfig` may carry (bookkeeping, generation defaults,
 /// heads); they say nothing about the CLIP architecture and are dropped without a warning.
+#[rustfmt::skip]
 const GENERIC_KEYS: &[&str] = &[
-    "architectures",
-    "model_type",
-    "transformers_version",
-    "dtype",
-    "torch_dtype",
-    "initializer_range",
-    "initializer_factor",
-    "attention_dropout",
-    "dropout",
-    "return_dict",
-    "output_hidden_states",
-    "output_attentions",
-    "torchscript",
-    "use_bfloat16",
-    "tf_legacy_loss",
-    "pruned_heads",
-    "tie_word_embeddings",
-    "chunk_size_feed_forward",
-    "is_encoder_decoder",
-    "is_decoder",
-    "cross_attention_hidden_size",
-    "add_cross_attention",
-    "tie_encoder_decoder",
-    "max_length",
-    "min_length",
-    "do_sample",
-    "early_stopping",
-    "num_beams",
-    "num_beam_groups",
-    "diversity_penalty",
-    "temperature",
-    "top_k",
-    "top_p",
-    "typical_p",
-    "repetition_penalty",
-    "length_penalty",
-    "no_repeat_ngram_size",
-    "encoder_no_repeat_ngram_size",
-    "bad_words_ids",
-    "num_return_sequences",
-    "output_scores",
-    "return_dict_in_generate",
-    "forced_bos_token_id",
-    "forced_eos_token_id",
-    "remove_invalid_values",
-    "exponential_decay_length_penalty",
-    "suppress_tokens",
-    "begin_suppress_tokens",
-    "finetuning_task",
-    "id2label",
-    "label2id",
-    "num_labels",
-    "tokenizer_class",
-    "prefix",
-    "sep_token_id",
-    "decoder_start_token_id",
-    "task_specific_params",
-    "problem_type",
-    "gradient_checkpointing",
-    "logit_scale_init_value",
+    "architectures", "model_type", "transformers_version", "dtype", "torch_dtype",
+    "initializer_range", "initializer_factor", "attention_dropout", "dropout", "return_dict",
+    "output_hidden_states", "output_attentions", "torchscript", "use_bfloat16", "tf_legacy_loss",
+    "pruned_heads", "tie_word_embeddings", "chunk_size_feed_forward", "is_encoder_decoder",
+    "is_decoder", "cross_attention_hidden_size", "add_cross_attention", "tie_encoder_decoder",
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+    "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+    "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+    "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
+    "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
+    "suppress_tokens", "begin_suppress_tokens", "finetuning_task", "id2label", "label2id",
+    "num_labels", "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id",
+    "task_specific_params", "problem_type", "gradient_checkpointing", "logit_scale_init_value",
 ];
 
 /// Reads one tower's config; the flag tells whether the file was a full `CLIPConfig`.
@@ -399,21 +353,23 @@ fn parse_tower<T: serde::de::DeserializeOwned>(text: &str, tower: Tower) -> Resu
     for key in GENERIC_KEYS {
         config.remove(*key);
     }
-    let text = Value::Object(config).to_string();
-    let parsed = parse_config(&text).map_err(|e| match (nested, e) {
-        (
-            true,
-            Error::Config {
-                origin,
-                field,
-                reason,
-            },
-        ) => Error::Config {
+    if tower == Tower::Vision {
+        // Token ids appear in vision configs as generic (null) generation settings.
+        for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+            config.remove(key);
+        }
+    }
+    let parsed = parse_config(&Value::Object(config).to_string()).map_err(|e| match e {
+        Error::Config {
+            origin,
+            field,
+            reason,
+        } if nested => Error::Config {
             origin,
             field: format!("{}.{field}", tower.key()),
             reason,
         },
-        (_, e) => e,
+        e => e,
     })?;
     Ok((parsed, nested))
 }

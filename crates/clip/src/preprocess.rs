@@ -17,10 +17,10 @@ use burn::prelude::*;
 use image::RgbImage;
 use prompt_diffusion_core::{Error, Result};
 
-/// OpenAI CLIP normalisation mean (R, G, B).
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// OpenAI CLIP normalisation standard deviation (R, G, B).
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+/// OpenAI CLIP normalisation mean (R, G, B), as transformers' `OPENAI_CLIP_MEAN`.
+pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+/// OpenAI CLIP normalisation standard deviation (R, G, B), as `OPENAI_CLIP_STD`.
+pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// Preprocesses images for the CLIP vision tower (224 for ViT-L/14).
 ///
@@ -53,8 +53,9 @@ pub fn clip_image_preprocess<B: Backend>(
         let (rh, rw) = (planes.height, planes.width);
         let (top, left) = ((rh - size) / 2, (rw - size) / 2);
         for (c, plane) in planes.data.iter().enumerate() {
-            let mean = CLIP_MEAN[c] * 255.0;
-            let std = CLIP_STD[c] * 255.0;
+            // transformers fuses the /255 into the statistics, in f32: (x - 255·mean) / (255·std).
+            let mean = CLIP_MEAN[c] as f32 * 255.0;
+            let std = CLIP_STD[c] as f32 * 255.0;
             for y in top..top + size {
                 let row = &plane[y * rw + left..y * rw + left + size];
                 values.extend(row.iter().map(|&p| (f32::from(p) - mean) / std));
@@ -252,7 +253,7 @@ mod tests {
         assert_eq!(t.dims(), [2, 3, 8, 8]);
         let v: Vec<f32> = t.into_data().to_vec().unwrap();
         // A flat image stays flat: (128 - 0.4815·255) / (0.2686·255).
-        assert!((v[0] - (128.0 / 255.0 - CLIP_MEAN[0]) / CLIP_STD[0]).abs() < 1e-5);
+        assert!((v[0] - (128.0 / 255.0 - CLIP_MEAN[0] as f32) / CLIP_STD[0] as f32).abs() < 1e-5);
         assert!(clip_image_preprocess::<B>(&[], 8, &device).is_err());
         assert!(clip_image_preprocess::<B>(&[RgbImage::new(0, 3)], 8, &device).is_err());
     }

@@ -48,7 +48,7 @@ impl<B: Backend> CLIPTextEmbeddings<B> {
             .position_embedding
             .weight
             .val()
-            .slice([0..seq])
+            .narrow(0, 0, seq)
             .unsqueeze::<3>();
         self.token_embedding.forward(input_ids) + positions
     }
@@ -341,4 +341,32 @@ fn open_text_folder(dir: &Path, options: &LoadOptions) -> Result<(CLIPTextConfig
         source
     };
     Ok((config, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn_ndarray::NdArray;
+
+    type B = NdArray<f32>;
+
+    fn positions(ids: [[i64; 5]; 3], eos: u32) -> Vec<i64> {
+        let device = Default::default();
+        let ids = Tensor::<B, 2, Int>::from_data(ids, &device);
+        pooled_positions(ids, eos)
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap()
+    }
+
+    #[test]
+    fn pooling_rules_resolve_ties_to_the_first_position() {
+        // Legacy rule: argmax(ids), first of equal maxima.
+        let ids = [[0, 5, 9, 9, 9], [9, 1, 2, 3, 9], [4, 4, 4, 4, 4]];
+        assert_eq!(positions(ids, 2), [2, 0, 0]);
+        // eos 4: the first 4; none → position 0, as torch's argmax of an all-false row.
+        let ids = [[0, 5, 4, 9, 4], [9, 1, 2, 3, 9], [1, 1, 1, 1, 4]];
+        assert_eq!(positions(ids, 4), [2, 0, 4]);
+    }
 }

@@ -178,23 +178,23 @@ pub fn open_clip_text(
             );
         }
     }
-    if with_projection {
-        if let (Some([d, p]), Some(load)) = (
+    if with_projection
+        && let (Some([d, p]), Some(load)) = (
             source
                 .shape("text_projection")
                 .and_then(|s| <[usize; 2]>::try_from(s).ok()),
             source.data_fn("text_projection"),
-        ) {
-            out.insert_lazy(
-                "text_projection.weight",
-                DType::F32,
-                vec![p, d],
-                derived(load, move |v| {
-                    let t = (0..p * d).map(|j| v[(j % d) * p + j / d]).collect();
-                    (t, vec![p, d])
-                }),
-            );
-        }
+        )
+    {
+        out.insert_lazy(
+            "text_projection.weight",
+            DType::F32,
+            vec![p, d],
+            derived(load, move |v| {
+                let t = (0..p * d).map(|j| v[(j % d) * p + j / d]).collect();
+                (t, vec![p, d])
+            }),
+        );
     }
     Ok(out)
 }

@@ -1,0 +1,97 @@
+//! Vision tower and preprocessing parity with transformers (`fixtures/clip/`, made by
+//! `tools/fixtures/gen_clip.py`).
+
+mod common;
+
+use common::{B, Reference, TOL, check, check_hidden_states, clip_fixture, device};
+use prompt_diffusion_clip::{
+    CLIPVisionModel, CLIPVisionModelWithProjection, clip_image_preprocess,
+};
+use prompt_diffusion_core::image::load_rgb;
+use prompt_diffusion_core::testing::max_abs_diff;
+use prompt_diffusion_core::weights::LoadOptions;
+
+#[test]
+fn with_projection_outputs_and_hidden_states() {
+    let model = CLIPVisionModelWithProjection::<B>::from_folder(
+        clip_fixture("vision_proj"),
+        &LoadOptions::default(),
+        &device(),
+    )
+    .unwrap();
+    let r = Reference::open(clip_fixture("vision_io.safetensors"));
+    let pixels = r.float::<4>("pixel_values");
+    model
+        .vision_model
+        .check_pixel_values(pixels.dims())
+        .unwrap();
+    let out = model.forward_with_hidden_states(pixels.clone());
+    assert_eq!(out.last_hidden_state.dims(), [2, 65, 32]);
+    check(
+        "last_hidden_state",
+        out.last_hidden_state.clone(),
+        r.float("last_hidden_state"),
+        TOL,
+    );
+    check(
+        "pooled_output",
+        out.pooled_output,
+        r.float("pooled_output"),
+        TOL,
+    );
+    check(
+        "image_embeds",
+        out.image_embeds,
+        r.float("image_embeds"),
+        TOL,
+    );
+    let hidden = out.hidden_states.unwrap();
+    check_hidden_states("vision", &hidden, &r);
+    // hidden_states[num_layers] is last_hidden_state (before post_layernorm).
+    assert_eq!(max_abs_diff(hidden[3].clone(), out.last_hidden_state), 0.0);
+
+    // The tower alone, from the same folder (its visual_projection is ignored).
+    let tower = CLIPVisionModel::<B>::from_folder(
+        clip_fixture("vision_proj"),
+        &LoadOptions::default(),
+        &device(),
+    )
+    .unwrap();
+    let plain = tower.forward(pixels);
+    assert!(plain.hidden_states.is_none());
+    check(
+        "CLIPVisionModel pooled_output",
+        plain.pooled_output,
+        r.float("pooled_output"),
+        TOL,
+    );
+}
+
+#[test]
+fn wrong_pixel_shape_is_reported() {
+    let model = CLIPVisionModelWithProjection::<B>::from_folder(
+        clip_fixture("vision_proj"),
+        &LoadOptions::default(),
+        &device(),
+    )
+    .unwrap();
+    let err = model
+        .vision_model
+        .check_pixel_values([1, 3, 224, 224])
+        .unwrap_err();
+    assert!(err.to_string().contains("[batch, 3, 32, 32]"), "{err}");
+}
+
+#[test]
+fn preprocessing_matches_clip_image_processor() {
+    let r = Reference::open(clip_fixture("preprocess.safetensors"));
+    for name in ["landscape", "portrait"] {
+        let image = load_rgb(clip_fixture(&format!("images/{name}.png"))).unwrap();
+        let pixels = clip_image_preprocess::<B>(&[image.clone(), image], 32, &device()).unwrap();
+        assert_eq!(pixels.dims(), [2, 3, 32, 32]);
+        let expected = r.float::<4>(name);
+        for i in 0..2 {
+            check(name, pixels.clone().narrow(0, i, 1), expected.clone(), 1e-5);
+        }
+    }
+}
