@@ -108,7 +108,8 @@ impl<B: Backend> CLIPTextTransformer<B> {
     /// `[batch, seq]` → `last_hidden_state [batch, seq, D]`, `pooled_output [batch, D]`.
     ///
     /// # Panics
-    /// When `seq` exceeds `max_position_embeddings` (77); tokenizer output never does.
+    /// When `seq` exceeds `max_position_embeddings` (77; tokenizer output never does), see
+    /// [`check_input_ids`](Self::check_input_ids), or an id is not below `vocab_size`.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> CLIPTextOutput<B> {
         self.run(input_ids, false)
     }
@@ -116,6 +117,23 @@ impl<B: Backend> CLIPTextTransformer<B> {
     /// [`forward`](Self::forward) that also returns every hidden state.
     pub fn forward_with_hidden_states(&self, input_ids: Tensor<B, 2, Int>) -> CLIPTextOutput<B> {
         self.run(input_ids, true)
+    }
+
+    /// Checks that token ids of shape `[batch, seq]` fit the model (`1 ≤ seq ≤
+    /// max_position_embeddings`, `batch ≥ 1`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](prompt_diffusion_core::Error::InvalidInput) naming the limit.
+    pub fn check_input_ids(&self, dims: [usize; 2]) -> Result<()> {
+        let max = self.embeddings.position_embedding.weight.dims()[0];
+        let [batch, seq] = dims;
+        if batch == 0 || seq == 0 || seq > max {
+            return Err(prompt_diffusion_core::Error::invalid_input(
+                "input_ids",
+                format!("shape {dims:?}, expected [batch ≥ 1, 1..={max}]"),
+            ));
+        }
+        Ok(())
     }
 
     fn run(&self, input_ids: Tensor<B, 2, Int>, keep: bool) -> CLIPTextOutput<B> {

@@ -58,6 +58,8 @@ fn bare_gelu_model_pools_at_first_eos() {
     )
     .unwrap();
     let r = Reference::open(clip_fixture("text_gelu_io.safetensors"));
+    model.text_model.check_input_ids([2, 10]).unwrap();
+    assert!(model.text_model.check_input_ids([2, 17]).is_err());
     let out = model.forward_with_hidden_states(r.ids("input_ids"));
     assert_eq!(out.last_hidden_state.dims(), [2, 10, 32]);
     check(
