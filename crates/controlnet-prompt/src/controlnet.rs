@@ -1,0 +1,342 @@
+//! `ControlNetModel` (diffusers `models/controlnets/controlnet.py`; the `ControlNet` of
+//! lllyasviel's `cldm/cldm.py`).
+//!
+//! A trainable copy of the UNet's encoder and mid block: `conv_in(sample)` plus the hint
+//! embedding runs through the encoder; every skip connection and the mid-block output pass a
+//! 1×1 "zero convolution" and become residuals for the UNet's skips
+//! ([`UNetResiduals`], consumed by `UNet2DConditionModel::forward_with_residuals`).
+//! The blocks are the UNet crate's, built by its [`BlockBuilder`].
+
+use std::path::Path;
+
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::prelude::*;
+use burn::tensor::DType;
+use prompt_diffusion_core::weights::{
+    LoadOptions, TensorSource, load_module, open_component_weights,
+};
+use prompt_diffusion_core::{Error, Result};
+use prompt_diffusion_unet::embeddings::{TimestepEmbedding, timestep_embedding};
+use prompt_diffusion_unet::unet_2d_blocks::{
+    AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn,
+};
+use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals};
+
+use crate::conditioning_embedding::ControlNetConditioningEmbedding;
+use crate::config::{ChannelOrder, ControlNetConfig};
+use crate::scales::ControlScales;
+use crate::weights::{
+    ControlNetWeightLayout, HintEncoders, controlnet_tensors, to_diffusers_names,
+};
+
+/// A ControlNet: the UNet encoder copy, its hint encoder and the zero convolutions.
+#[derive(Module, Debug)]
+pub struct ControlNetModel<B: Backend> {
+    /// Input convolution of the latent.
+    pub conv_in: Conv2d<B>,
+    /// Time MLP.
+    pub time_embedding: TimestepEmbedding<B>,
+    /// The hint encoder.
+    pub controlnet_cond_embedding: ControlNetConditioningEmbedding<B>,
+    /// Encoder levels (the UNet's `down_blocks`).
+    pub down_blocks: Vec<DownBlock2D<B>>,
+    /// One 1×1 convolution per skip connection.
+    pub controlnet_down_blocks: Vec<Conv2d<B>>,
+    /// Bottleneck (the UNet's `mid_block`).
+    pub mid_block: UNetMidBlock2DCrossAttn<B>,
+    /// 1×1 convolution of the mid-block output.
+    pub controlnet_mid_block: Conv2d<B>,
+    #[module(skip)]
+    config: ControlNetConfig,
+}
+
+fn conv<B: Backend>(i: usize, o: usize, kernel: usize, device: &B::Device) -> Conv2d<B> {
+    let p = (kernel - 1) / 2;
+    Conv2dConfig::new([i, o], [kernel, kernel])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .init(device)
+}
+
+impl<B: Backend> ControlNetModel<B> {
+    /// Creates the model for `config` (weights are filled by loading).
+    ///
+    /// # Errors
+    /// [`Error::Config`]/[`Error::Unsupported`] from [`ControlNetConfig::validate`].
+    pub fn new(config: &ControlNetConfig, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        let unet = config.to_unet_config();
+        let blocks = BlockBuilder::new(&unet)?;
+        let boc = &config.block_out_channels;
+        let mut zero_convs = vec![conv(boc[0], boc[0], 1, device)];
+        for (i, &c) in boc.iter().enumerate() {
+            let per_level = config.layers_per_block + usize::from(i + 1 < boc.len());
+            zero_convs.extend((0..per_level).map(|_| conv(c, c, 1, device)));
+        }
+        let last = boc[boc.len() - 1];
+        Ok(Self {
+            conv_in: conv(config.in_channels, boc[0], 3, device),
+            time_embedding: TimestepEmbedding::new(
+                boc[0],
+                unet.time_embed_dim(),
+                config.act_fn,
+                device,
+            ),
+            controlnet_cond_embedding: ControlNetConditioningEmbedding::new(
+                config.conditioning_channels,
+                config.hint_channels()?,
+                boc[0],
+                device,
+            ),
+            down_blocks: blocks.down_blocks(device),
+            controlnet_down_blocks: zero_convs,
+            mid_block: blocks.mid_block(device),
+            controlnet_mid_block: conv(last, last, 1, device),
+            config: config.clone(),
+        })
+    }
+
+    /// Loads a diffusers `controlnet/` folder (`config.json` and the weights, in the variant of
+    /// `options` when present).
+    pub fn from_folder(
+        dir: impl AsRef<Path>,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = ControlNetConfig::from_file(dir.join("config.json"))?;
+        let source = open_component_weights(dir, options.variant.as_deref())?;
+        Self::from_source(&config, &source, options, device)
+    }
+
+    /// Loads weights in diffusers or original naming (detected from the keys). Tensors under
+    /// `control_model.` (an original single file such as lllyasviel's `control_sd15_*.pth`) are
+    /// taken with the prefix removed and the rest of such a file is ignored.
+    ///
+    /// # Errors
+    /// [`Error::Weights`] naming every missing, unexpected or mis-shaped tensor.
+    pub fn from_source(
+        config: &ControlNetConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let model = Self::new(config, device)?;
+        let source = controlnet_tensors(source);
+        let layout = ControlNetWeightLayout::detect(&source);
+        let source = to_diffusers_names(&source, layout, config, HintEncoders::Single)?;
+        load_module(model, &source, "ControlNetModel", options)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ControlNetConfig {
+        &self.config
+    }
+
+    /// The residuals for the UNet: `sample` at `timestep`, attending to `context`, guided by
+    /// `hint`, scaled by `scales`.
+    ///
+    /// # Shapes
+    /// `sample: [batch, in_channels, h, w]`, `timestep: [batch]` or `[1]`,
+    /// `context: [batch, tokens, cross_attention_dim]`,
+    /// `hint: [batch, conditioning_channels, f·h, f·w]` with `f` =
+    /// [`ControlNetConfig::hint_downscale_factor`] (8 for SD) → one down residual per UNet skip
+    /// connection (12 for SD, shaped as the skips) and the mid residual.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when an input does not match the model or the others.
+    pub fn forward(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: Tensor<B, 1>,
+        context: Tensor<B, 3>,
+        hint: Tensor<B, 4>,
+        scales: &ControlScales,
+    ) -> Result<UNetResiduals<B>> {
+        self.check_context(&sample, &context)?;
+        self.forward_with_context(sample, timestep, &ContextTokens(context), hint, scales)
+    }
+
+    /// [`forward`](Self::forward) with each cross-attention slot run by `context` (slots are
+    /// numbered from 0 within the ControlNet).
+    pub fn forward_with_context(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: Tensor<B, 1>,
+        context: &dyn CrossAttentionContext<B>,
+        hint: Tensor<B, 4>,
+        scales: &ControlScales,
+    ) -> Result<UNetResiduals<B>> {
+        self.check_sample(&sample)?;
+        let embedding = self.embed_hint(hint, &sample)?;
+        self.run(sample, timestep, context, vec![embedding], scales)
+    }
+
+    /// The hint embedding, after checking the hint against `sample`.
+    ///
+    /// # Shapes
+    /// `hint: [batch, conditioning_channels, f·h, f·w]` → `[batch, block_out_channels[0], h, w]`.
+    pub(crate) fn embed_hint(
+        &self,
+        hint: Tensor<B, 4>,
+        sample: &Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>> {
+        check_hint(
+            "controlnet_cond",
+            &hint,
+            self.config.conditioning_channels,
+            sample,
+            self.config.hint_downscale_factor(),
+        )?;
+        let hint = match self.config.controlnet_conditioning_channel_order {
+            ChannelOrder::Rgb => hint,
+            ChannelOrder::Bgr => hint.flip([1]),
+        };
+        Ok(self.controlnet_cond_embedding.forward(hint))
+    }
+
+    /// Checks the latent against the model.
+    pub(crate) fn check_sample(&self, sample: &Tensor<B, 4>) -> Result<()> {
+        let [_, channels, h, w] = sample.dims();
+        if channels != self.config.in_channels || h == 0 || w == 0 {
+            return Err(shape_error(
+                "sample",
+                format!("[batch, {}, h, w]", self.config.in_channels),
+                &sample.dims(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the text context against the model and the latent.
+    pub(crate) fn check_context(
+        &self,
+        sample: &Tensor<B, 4>,
+        context: &Tensor<B, 3>,
+    ) -> Result<()> {
+        let [batch, _, width] = context.dims();
+        if batch != sample.dims()[0] || width != self.config.cross_attention_dim {
+            return Err(shape_error(
+                "encoder_hidden_states",
+                format!(
+                    "[{}, tokens, {}]",
+                    sample.dims()[0],
+                    self.config.cross_attention_dim
+                ),
+                &context.dims(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The encoder from `conv_in` on: `conv_in(sample) + Σ embeddings`, the down and mid
+    /// blocks, the zero convolutions and the scaling.
+    pub(crate) fn run(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: Tensor<B, 1>,
+        context: &dyn CrossAttentionContext<B>,
+        embeddings: Vec<Tensor<B, 4>>,
+        scales: &ControlScales,
+    ) -> Result<UNetResiduals<B>> {
+        let [batch, _, _, _] = sample.dims();
+        let temb = self.time_embed(timestep, batch, sample.dtype())?;
+        let n = self.controlnet_down_blocks.len() + 1;
+        let scales = if self.config.global_pool_conditions && scales.is_guess_mode() {
+            // diffusers applies guess-mode scaling only without global pooling.
+            match scales {
+                ControlScales::GuessMode(s) | ControlScales::LdmGuessMode(s) => vec![*s; n],
+                _ => scales.resolve(n)?,
+            }
+        } else {
+            scales.resolve(n)?
+        };
+
+        let mut h = embeddings
+            .into_iter()
+            .fold(self.conv_in.forward(sample), |h, e| h + e);
+        let mut slots = AttentionSlots::new(context);
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks {
+            h = block.forward(h, &temb, &mut slots, &mut skips);
+        }
+        h = self.mid_block.forward(h, &temb, &mut slots);
+
+        let pool = self.config.global_pool_conditions;
+        let finish = |r: Tensor<B, 4>, scale: f32| {
+            let r = r * scale;
+            if pool {
+                let dims = r.dims();
+                r.mean_dim(3).mean_dim(2).expand(dims)
+            } else {
+                r
+            }
+        };
+        let down = skips
+            .into_iter()
+            .zip(&self.controlnet_down_blocks)
+            .zip(&scales)
+            .map(|((skip, zero_conv), &s)| Some(finish(zero_conv.forward(skip), s)))
+            .collect();
+        let mid = finish(self.controlnet_mid_block.forward(h), scales[n - 1]);
+        Ok(UNetResiduals {
+            down,
+            mid: Some(mid),
+        })
+    }
+
+    /// The time embedding fed to every resnet, in `dtype`.
+    fn time_embed(
+        &self,
+        timestep: Tensor<B, 1>,
+        batch: usize,
+        dtype: DType,
+    ) -> Result<Tensor<B, 2>> {
+        let [n] = timestep.dims();
+        let timestep = match n {
+            n if n == batch => timestep,
+            1 => timestep.expand([batch]),
+            _ => return Err(shape_error("timestep", format!("[1] or [{batch}]"), &[n])),
+        };
+        let t = timestep_embedding(
+            timestep,
+            self.config.block_out_channels[0],
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift,
+        );
+        Ok(self.time_embedding.forward(t.cast(dtype)))
+    }
+}
+
+/// Checks a hint image against the latent: same batch, `channels` channels, `factor` times
+/// the latent's height and width.
+pub(crate) fn check_hint<B: Backend>(
+    what: &str,
+    hint: &Tensor<B, 4>,
+    channels: usize,
+    sample: &Tensor<B, 4>,
+    factor: usize,
+) -> Result<()> {
+    let [batch, _, h, w] = sample.dims();
+    let expected = [batch, channels, h * factor, w * factor];
+    if hint.dims() == expected {
+        Ok(())
+    } else {
+        Err(shape_error(
+            what,
+            format!(
+                "{expected:?} (the latent's batch, {channels} channels, {factor}× the latent's {h}×{w})"
+            ),
+            &hint.dims(),
+        ))
+    }
+}
+
+pub(crate) fn shape_error(key: &str, expected: String, found: &[usize]) -> Error {
+    Error::Shape {
+        origin: None,
+        key: key.into(),
+        expected,
+        found: found.to_vec(),
+    }
+}

@@ -1,0 +1,213 @@
+//! `PromptDiffusionControlNet`: the ControlNet of Prompt Diffusion (Z. Wang et al., "In-Context
+//! Learning Unlocked for Diffusion Models", NeurIPS 2023; official `cldm/cldm.py`, diffusers
+//! `examples/research_projects/promptdiffusion/promptdiffusioncontrolnet.py`).
+//!
+//! A [`ControlNetModel`] whose hint is an example pair (source ‖ target, 6 channels, through
+//! `controlnet_cond_embedding`) plus a second, 3-channel hint encoder for the query image
+//! (`controlnet_query_cond_embedding`, LDM `input_cond_block`). Both embeddings are added to
+//! `conv_in`'s output: `conv_in(x) + pair_embedding(pair) + query_embedding(query)`.
+//!
+//! Loading accepts the diffusers-converted folder (`zhendongw/prompt-diffusion-diffusers`
+//! `controlnet/`), the `control_model.*` tensors of the original checkpoint, and the whole
+//! original file; [`PromptDiffusionDenoiser::from_single_file`] takes the UNet from the same
+//! file, as Prompt Diffusion's UNet decoder is fine-tuned.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use prompt_diffusion_core::weights::{
+    LoadOptions, TensorSource, load_module, open_component_weights,
+};
+use prompt_diffusion_core::{Error, Result};
+use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals};
+
+use crate::conditioning_embedding::ControlNetConditioningEmbedding;
+use crate::config::ControlNetConfig;
+use crate::controlnet::{ControlNetModel, check_hint};
+use crate::scales::ControlScales;
+use crate::weights::{
+    CONTROL_MODEL_PREFIX, ControlNetWeightLayout, HintEncoders, controlnet_tensors,
+    to_diffusers_names,
+};
+
+/// Channels of the query image (fixed by the official model and the diffusers port).
+pub const QUERY_CHANNELS: usize = 3;
+
+const QUERY_PREFIX: &str = "controlnet_query_cond_embedding.";
+const INNER_PREFIX: &str = "controlnet.";
+
+/// The Prompt Diffusion ControlNet: a ControlNet with an example-pair and a query hint encoder.
+#[derive(Module, Debug)]
+pub struct PromptDiffusionControlNet<B: Backend> {
+    /// The ControlNet; its `controlnet_cond_embedding` encodes the example pair. Its
+    /// parameters carry diffusers' names without this field's `controlnet.` segment.
+    pub controlnet: ControlNetModel<B>,
+    /// The query-image encoder.
+    pub controlnet_query_cond_embedding: ControlNetConditioningEmbedding<B>,
+}
+
+impl<B: Backend> PromptDiffusionControlNet<B> {
+    /// Creates the model for `config` (`conditioning_channels` is the pair's channel count, 6
+    /// for the released model; the query encoder takes 3 channels and has the same stages).
+    ///
+    /// # Errors
+    /// [`Error::Config`]/[`Error::Unsupported`] from [`ControlNetConfig::validate`].
+    pub fn new(config: &ControlNetConfig, device: &B::Device) -> Result<Self> {
+        let controlnet = ControlNetModel::new(config, device)?;
+        Ok(Self {
+            controlnet_query_cond_embedding: ControlNetConditioningEmbedding::new(
+                QUERY_CHANNELS,
+                config.hint_channels()?,
+                config.block_out_channels[0],
+                device,
+            ),
+            controlnet,
+        })
+    }
+
+    /// Loads a diffusers-converted `controlnet/` folder (`config.json` with
+    /// `_class_name: PromptDiffusionControlNetModel` and the weights).
+    pub fn from_folder(
+        dir: impl AsRef<Path>,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = ControlNetConfig::from_file(dir.join("config.json"))?;
+        let source = open_component_weights(dir, options.variant.as_deref())?;
+        Self::from_source(&config, &source, options, device)
+    }
+
+    /// Loads weights in diffusers or original naming (detected from the keys). Tensors under
+    /// `control_model.` (the original single file) are taken with the prefix removed; the rest
+    /// of such a file is ignored.
+    ///
+    /// # Errors
+    /// [`Error::Weights`] naming, in diffusers' naming, every missing, unexpected or mis-shaped
+    /// tensor.
+    pub fn from_source(
+        config: &ControlNetConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let model = Self::new(config, device)?;
+        let source = controlnet_tensors(source);
+        let layout = ControlNetWeightLayout::detect(&source);
+        let source = to_diffusers_names(&source, layout, config, HintEncoders::PairAndQuery)?;
+        // The inner ControlNet's parameters sit under `controlnet.`.
+        let source = source.rename(|key| {
+            Some(if key.starts_with(QUERY_PREFIX) {
+                key.to_string()
+            } else {
+                format!("{INNER_PREFIX}{key}")
+            })
+        })?;
+        load_module(model, &source, "PromptDiffusionControlNetModel", options)
+            .map_err(diffusers_names_in_report)
+    }
+
+    /// Loads the ControlNet of an original Prompt Diffusion checkpoint (`control_model.*` of
+    /// `network-step=04999.ckpt` or a safetensors copy). Pair it with the UNet of the same file
+    /// (see [`PromptDiffusionDenoiser::from_single_file`]), never with stock SD 1.5's.
+    ///
+    /// # Errors
+    /// [`Error::Format`] when the file has no `control_model.*` tensors, else as
+    /// [`from_source`](Self::from_source).
+    pub fn from_single_file(
+        config: &ControlNetConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        if !source.has_prefix(CONTROL_MODEL_PREFIX) {
+            return Err(Error::format(
+                source.description(),
+                "no `control_model.*` tensors: not an original ControlNet/Prompt Diffusion checkpoint",
+            ));
+        }
+        Self::from_source(config, source, options, device)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ControlNetConfig {
+        self.controlnet.config()
+    }
+
+    /// The residuals for the UNet, guided by the example `pair` and the `query` image.
+    ///
+    /// # Shapes
+    /// `sample: [batch, in_channels, h, w]`, `timestep: [batch]` or `[1]`,
+    /// `context: [batch, tokens, cross_attention_dim]`,
+    /// `pair: [batch, conditioning_channels, 8h, 8w]` (channels 0..3 the example source, 3..6
+    /// its target), `query: [batch, 3, 8h, 8w]` (8 = [`ControlNetConfig::hint_downscale_factor`]
+    /// for SD) → 12 down residuals (SD) shaped as the UNet's skips, and the mid residual.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when an input does not match the model or the others.
+    pub fn forward(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: Tensor<B, 1>,
+        context: Tensor<B, 3>,
+        pair: Tensor<B, 4>,
+        query: Tensor<B, 4>,
+        scales: &ControlScales,
+    ) -> Result<UNetResiduals<B>> {
+        self.controlnet.check_context(&sample, &context)?;
+        self.forward_with_context(
+            sample,
+            timestep,
+            &ContextTokens(context),
+            pair,
+            query,
+            scales,
+        )
+    }
+
+    /// [`forward`](Self::forward) with each cross-attention slot run by `context` (slots are
+    /// numbered from 0 within the ControlNet).
+    pub fn forward_with_context(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: Tensor<B, 1>,
+        context: &dyn CrossAttentionContext<B>,
+        pair: Tensor<B, 4>,
+        query: Tensor<B, 4>,
+        scales: &ControlScales,
+    ) -> Result<UNetResiduals<B>> {
+        self.controlnet.check_sample(&sample)?;
+        let factor = self.config().hint_downscale_factor();
+        check_hint(
+            "controlnet_query_cond",
+            &query,
+            QUERY_CHANNELS,
+            &sample,
+            factor,
+        )?;
+        let pair = self.controlnet.embed_hint(pair, &sample)?;
+        let query = self.controlnet_query_cond_embedding.forward(query);
+        self.controlnet
+            .run(sample, timestep, context, vec![pair, query], scales)
+    }
+}
+
+/// Rewrites a loading report from the module's paths (`controlnet.down_blocks…`) to the
+/// checkpoint's diffusers names (`down_blocks…`).
+fn diffusers_names_in_report(error: Error) -> Error {
+    match error {
+        Error::Weights(mut report) => {
+            let strip = |key: &mut String| {
+                if let Some(rest) = key.strip_prefix(INNER_PREFIX) {
+                    *key = rest.to_string();
+                }
+            };
+            report.missing.iter_mut().for_each(strip);
+            report.unexpected.iter_mut().for_each(strip);
+            report.shapes.iter_mut().for_each(|s| strip(&mut s.key));
+            report.unreadable.iter_mut().for_each(|(k, _)| strip(k));
+            Error::Weights(report)
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,205 @@
+//! Key tables from ControlNet checkpoint layouts to diffusers' names.
+//!
+//! * diffusers (`ControlNetModel`, and the converted Prompt Diffusion
+//!   `PromptDiffusionControlNetModel`): the modules' own names — `conv_in`, `time_embedding`,
+//!   `controlnet_cond_embedding`, `controlnet_query_cond_embedding`, `down_blocks`, `mid_block`,
+//!   `controlnet_down_blocks.N`, `controlnet_mid_block`. No table.
+//! * original (`control_model.*` of the official single files, prefix stripped; also the bare
+//!   lllyasviel ControlNet files): [`original_table`]. The encoder part (`time_embed`,
+//!   `input_blocks`, `middle_block`) is the UNet's LDM table
+//!   ([`prompt_diffusion_unet::weights::ldm_table`]); the ControlNet part is
+//!
+//!   | original | diffusers |
+//!   |---|---|
+//!   | `input_hint_block.0` / `.{2k+2}` / `.{2(blocks+1)}` | `controlnet_cond_embedding.conv_in` / `.blocks.{k}` / `.conv_out` |
+//!   | `input_cond_block.…` (Prompt Diffusion's query encoder) | `controlnet_query_cond_embedding.…` (same indices) |
+//!   | `zero_convs.{i}.0` | `controlnet_down_blocks.{i}` |
+//!   | `middle_block_out.0` | `controlnet_mid_block` |
+//!
+//!   (diffusers' `convert_controlnet_checkpoint` and Prompt Diffusion's
+//!   `convert_original_promptdiffusion_to_diffusers.py`).
+
+use prompt_diffusion_core::Result;
+use prompt_diffusion_core::weights::TensorSource;
+use prompt_diffusion_unet::weights::{Entry, entry, ldm_table, rename_ldm};
+
+use crate::ControlNetConfig;
+
+/// The prefix of the ControlNet in original single-file checkpoints.
+pub const CONTROL_MODEL_PREFIX: &str = "control_model.";
+
+/// The naming of a ControlNet weight file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlNetWeightLayout {
+    /// diffusers names.
+    Diffusers,
+    /// Original `cldm` names (`input_hint_block`, `zero_convs`, …), without `control_model.`.
+    Original,
+}
+
+impl ControlNetWeightLayout {
+    /// Guesses the layout from the tensor names (of the ControlNet alone, prefix removed).
+    pub fn detect(source: &TensorSource) -> Self {
+        let original = [
+            "input_hint_block.",
+            "input_blocks.",
+            "zero_convs.",
+            "time_embed.",
+        ];
+        if original.iter().any(|p| source.has_prefix(p)) {
+            Self::Original
+        } else {
+            Self::Diffusers
+        }
+    }
+}
+
+/// The hint encoders a model has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintEncoders {
+    /// One hint (standard ControlNets): `input_hint_block` ↔ `controlnet_cond_embedding`.
+    Single,
+    /// Prompt Diffusion: the example-pair encoder (`input_hint_block` ↔
+    /// `controlnet_cond_embedding`) and the query encoder (`input_cond_block` ↔
+    /// `controlnet_query_cond_embedding`).
+    PairAndQuery,
+}
+
+impl HintEncoders {
+    /// `(original, diffusers)` module names of each encoder.
+    pub fn names(self) -> &'static [(&'static str, &'static str)] {
+        const ALL: [(&str, &str); 2] = [
+            ("input_hint_block", "controlnet_cond_embedding"),
+            ("input_cond_block", "controlnet_query_cond_embedding"),
+        ];
+        match self {
+            Self::Single => &ALL[..1],
+            Self::PairAndQuery => &ALL,
+        }
+    }
+}
+
+/// The original → diffusers prefix table of a ControlNet of `config` with `hints`.
+///
+/// # Errors
+/// [`Error::Config`](prompt_diffusion_core::Error::Config) for an invalid config.
+pub fn original_table(config: &ControlNetConfig, hints: HintEncoders) -> Result<Vec<Entry>> {
+    let encoder_modules = ["time_embed.", "input_blocks.", "middle_block."];
+    let mut table: Vec<Entry> = ldm_table(&config.to_unet_config())?
+        .into_iter()
+        .filter(|e| encoder_modules.iter().any(|m| e.ldm.starts_with(m)))
+        .collect();
+    let blocks = 2 * (config.hint_channels()?.len() - 1);
+    for (ldm, diffusers) in hints.names() {
+        table.push(entry(
+            format!("{ldm}.0"),
+            format!("{diffusers}.conv_in"),
+            false,
+        ));
+        for k in 0..blocks {
+            table.push(entry(
+                format!("{ldm}.{}", 2 * k + 2),
+                format!("{diffusers}.blocks.{k}"),
+                false,
+            ));
+        }
+        table.push(entry(
+            format!("{ldm}.{}", 2 * (blocks + 1)),
+            format!("{diffusers}.conv_out"),
+            false,
+        ));
+    }
+    for i in 0..config.num_down_residuals() {
+        table.push(entry(
+            format!("zero_convs.{i}.0"),
+            format!("controlnet_down_blocks.{i}"),
+            false,
+        ));
+    }
+    table.push(entry("middle_block_out.0", "controlnet_mid_block", false));
+    Ok(table)
+}
+
+/// Renames the tensors of `source` (in `layout`, without `control_model.`) to diffusers'
+/// names for a ControlNet of `config` with `hints`. Unknown keys are kept, so loading reports
+/// them as unexpected.
+///
+/// # Errors
+/// An invalid config, or two tensors mapping to the same name.
+pub fn to_diffusers_names(
+    source: &TensorSource,
+    layout: ControlNetWeightLayout,
+    config: &ControlNetConfig,
+    hints: HintEncoders,
+) -> Result<TensorSource> {
+    match layout {
+        ControlNetWeightLayout::Diffusers => Ok(source.clone()),
+        ControlNetWeightLayout::Original => {
+            let table = original_table(config, hints)?;
+            source.rename(|key| Some(rename_ldm(key, &table)))
+        }
+    }
+}
+
+/// The ControlNet's tensors of `source`: those under `control_model.` with the prefix removed
+/// when the source is an original single file, else the source itself.
+pub fn controlnet_tensors(source: &TensorSource) -> TensorSource {
+    if source.has_prefix(CONTROL_MODEL_PREFIX) {
+        source.strip_prefix(CONTROL_MODEL_PREFIX)
+    } else {
+        source.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hint_encoder_indices_follow_the_sequential() {
+        let config = ControlNetConfig::prompt_diffusion();
+        let table = original_table(&config, HintEncoders::PairAndQuery).unwrap();
+        let cases = [
+            (
+                "input_hint_block.0.weight",
+                "controlnet_cond_embedding.conv_in.weight",
+            ),
+            (
+                "input_hint_block.2.bias",
+                "controlnet_cond_embedding.blocks.0.bias",
+            ),
+            (
+                "input_hint_block.12.weight",
+                "controlnet_cond_embedding.blocks.5.weight",
+            ),
+            (
+                "input_hint_block.14.bias",
+                "controlnet_cond_embedding.conv_out.bias",
+            ),
+            (
+                "input_cond_block.10.weight",
+                "controlnet_query_cond_embedding.blocks.4.weight",
+            ),
+            ("zero_convs.11.0.weight", "controlnet_down_blocks.11.weight"),
+            ("middle_block_out.0.bias", "controlnet_mid_block.bias"),
+            (
+                "input_blocks.3.0.op.weight",
+                "down_blocks.0.downsamplers.0.conv.weight",
+            ),
+            (
+                "middle_block.2.in_layers.0.weight",
+                "mid_block.resnets.1.norm1.weight",
+            ),
+            // Not part of a ControlNet: left for the loader to report.
+            ("out.0.weight", "out.0.weight"),
+        ];
+        for (ldm, diffusers) in cases {
+            assert_eq!(rename_ldm(ldm, &table), diffusers, "{ldm}");
+        }
+        let single = original_table(&config, HintEncoders::Single).unwrap();
+        assert_eq!(
+            rename_ldm("input_cond_block.0.weight", &single),
+            "input_cond_block.0.weight"
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! Prompt Diffusion ControlNet parity with the reference (diffusers' `ControlNetModel` plus the
+//! query encoder) on the fixtures of `tools/fixtures/gen_controlnet.py`, in both checkpoint
+//! layouts, and the fine-tuned UNet with the residuals.
+
+mod common;
+
+use burn::prelude::*;
+use common::{B, Io, controlnet_fixture, fixtures};
+use prompt_diffusion_controlnet_prompt::{
+    ControlNetConfig, ControlScales, PromptDiffusionControlNet, PromptDiffusionDenoiser,
+};
+use prompt_diffusion_core::Error;
+use prompt_diffusion_core::testing::{assert_close, max_abs_diff};
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
+use prompt_diffusion_unet::UNet2DConditionModel;
+
+const IO: &str = "prompt_diffusion_io.safetensors";
+
+fn folder_model() -> PromptDiffusionControlNet<B> {
+    PromptDiffusionControlNet::from_folder(
+        controlnet_fixture("prompt-diffusion"),
+        &LoadOptions::default(),
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+fn folder_config() -> ControlNetConfig {
+    ControlNetConfig::from_file(controlnet_fixture("prompt-diffusion/config.json")).unwrap()
+}
+
+fn residuals(
+    model: &PromptDiffusionControlNet<B>,
+    io: &Io,
+    scales: &ControlScales,
+) -> prompt_diffusion_controlnet_prompt::UNetResiduals<B> {
+    model
+        .forward(
+            io.t("sample"),
+            io.t("timestep"),
+            io.t("context"),
+            io.t("pair"),
+            io.t("query"),
+            scales,
+        )
+        .unwrap()
+}
+
+#[test]
+fn diffusers_layout_matches_the_reference() {
+    let io = Io::open(IO);
+    let model = folder_model();
+    assert_eq!(model.config().conditioning_channels, 6);
+    let out = residuals(&model, &io, &ControlScales::Uniform(1.0));
+    io.assert_residuals("prompt diffusion (diffusers)", "", &out, 1e-4);
+}
+
+#[test]
+fn guess_mode_matches_diffusers_logspace_scaling() {
+    let io = Io::open(IO);
+    let model = folder_model();
+    let out = residuals(&model, &io, &ControlScales::GuessMode(0.9));
+    io.assert_residuals("prompt diffusion guess mode", "guess.", &out, 1e-4);
+
+    // Explicit scales equal to the schedule give the same residuals; the original repository's
+    // schedule differs from diffusers' (0.825^12 ≈ 0.0994 vs 0.1 for the first residual).
+    let n = model.config().num_down_residuals() + 1;
+    let explicit = ControlScales::PerResidual(ControlScales::GuessMode(0.9).resolve(n).unwrap());
+    let same = residuals(&model, &io, &explicit);
+    let first =
+        |r: &prompt_diffusion_controlnet_prompt::UNetResiduals<B>| r.down[0].clone().unwrap();
+    assert_eq!(max_abs_diff(first(&same), first(&out)), 0.0);
+    let ldm = residuals(&model, &io, &ControlScales::LdmGuessMode(0.9));
+    assert!(max_abs_diff(first(&ldm), first(&out)) > 0.0);
+}
+
+#[test]
+fn original_single_files_match_the_reference() {
+    let io = Io::open(IO);
+    let reference = residuals(&folder_model(), &io, &ControlScales::Uniform(1.0));
+    // Original files carry no config: the tiny architecture comes from the folder's.
+    let config = folder_config();
+    for file in [
+        "tiny-prompt-diffusion.safetensors",
+        "tiny-prompt-diffusion.ckpt",
+    ] {
+        let source = TensorSource::open(controlnet_fixture(file)).unwrap();
+        let model = PromptDiffusionControlNet::<B>::from_single_file(
+            &config,
+            &source,
+            &LoadOptions::default(),
+            &io.device,
+        )
+        .unwrap();
+        let out = residuals(&model, &io, &ControlScales::Uniform(1.0));
+        io.assert_residuals(file, "", &out, 1e-4);
+        for (a, b) in out.down.iter().zip(&reference.down) {
+            assert_eq!(
+                max_abs_diff(a.clone().unwrap(), b.clone().unwrap()),
+                0.0,
+                "{file}"
+            );
+        }
+    }
+}
+
+#[test]
+fn denoiser_uses_the_fine_tuned_unet_of_the_single_file() {
+    let io = Io::open(IO);
+    let source =
+        TensorSource::open(controlnet_fixture("tiny-prompt-diffusion.safetensors")).unwrap();
+    let denoiser = PromptDiffusionDenoiser::<B>::from_single_file(
+        &folder_config(),
+        &source,
+        &LoadOptions::default(),
+        &io.device,
+    )
+    .unwrap();
+    let out = denoiser
+        .forward(
+            io.t("sample"),
+            io.t("timestep"),
+            io.t("context"),
+            io.t("pair"),
+            io.t("query"),
+            &ControlScales::Uniform(1.0),
+        )
+        .unwrap();
+    assert_close(
+        "unet with prompt diffusion residuals",
+        out.clone(),
+        io.t("unet_out"),
+        1e-4,
+    );
+
+    // The same residuals through stock tiny-sd's UNet (decoder not fine-tuned) differ.
+    let stock = UNet2DConditionModel::<B>::from_folder(
+        fixtures().join("tiny-sd/unet"),
+        &LoadOptions::default(),
+        &io.device,
+    )
+    .unwrap();
+    let residuals = residuals(&denoiser.controlnet, &io, &ControlScales::Uniform(1.0));
+    let stock_out = stock
+        .forward_with_residuals(
+            io.t("sample"),
+            io.t("timestep"),
+            io.t("context"),
+            &residuals,
+        )
+        .unwrap();
+    assert!(max_abs_diff(stock_out, out) > 1e-2);
+}
+
+#[test]
+fn single_file_helpers_require_their_prefixes() {
+    let config = folder_config();
+    // tiny-sd has no ControlNet.
+    let sd = TensorSource::open(fixtures().join("tiny-sd.safetensors")).unwrap();
+    let err = PromptDiffusionControlNet::<B>::from_single_file(
+        &config,
+        &sd,
+        &LoadOptions::default(),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Format { .. }) && err.to_string().contains("control_model"),
+        "{err}"
+    );
+    // The pickle holds the ControlNet only: the denoiser refuses to go without its UNet.
+    let ckpt = TensorSource::open(controlnet_fixture("tiny-prompt-diffusion.ckpt")).unwrap();
+    let err = PromptDiffusionDenoiser::<B>::from_single_file(
+        &config,
+        &ckpt,
+        &LoadOptions::default(),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("model.diffusion_model"), "{err}");
+}
+
+#[test]
+fn bad_hints_are_typed_errors() {
+    let io = Io::open(IO);
+    let model = folder_model();
+    let sample: Tensor<B, 4> = io.t("sample");
+    let [batch, _, h, w] = sample.dims();
+    let run = |pair: Tensor<B, 4>, query: Tensor<B, 4>| {
+        model
+            .forward(
+                sample.clone(),
+                io.t("timestep"),
+                io.t("context"),
+                pair,
+                query,
+                &ControlScales::Uniform(1.0),
+            )
+            .unwrap_err()
+    };
+    let zeros = |dims: [usize; 4]| Tensor::<B, 4>::zeros(dims, &io.device);
+    let pair_ok = zeros([batch, 6, 8 * h, 8 * w]);
+    let query_ok = zeros([batch, 3, 8 * h, 8 * w]);
+
+    // A 3-channel pair (a single image instead of source ‖ target).
+    let err = run(zeros([batch, 3, 8 * h, 8 * w]), query_ok.clone());
+    assert!(
+        matches!(&err, Error::Shape { key, .. } if key == "controlnet_cond"),
+        "{err}"
+    );
+    // A hint at the latent size instead of 8× it.
+    let err = run(pair_ok.clone(), zeros([batch, 3, h, w]));
+    assert!(
+        matches!(&err, Error::Shape { key, .. } if key == "controlnet_query_cond"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("8×"), "{err}");
+    // Off by one pixel.
+    let err = run(zeros([batch, 6, 8 * h + 1, 8 * w]), query_ok.clone());
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    // Batch mismatch.
+    let err = run(zeros([1, 6, 8 * h, 8 * w]), query_ok.clone());
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+
+    // Wrong latent channels, context width and timestep count.
+    let err = model
+        .forward(
+            zeros([batch, 3, h, w]),
+            io.t("timestep"),
+            io.t("context"),
+            pair_ok.clone(),
+            query_ok.clone(),
+            &ControlScales::Uniform(1.0),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Shape { key, .. } if key == "sample"),
+        "{err}"
+    );
+    let err = model
+        .forward(
+            sample.clone(),
+            io.t("timestep"),
+            Tensor::zeros([batch, 77, 5], &io.device),
+            pair_ok.clone(),
+            query_ok.clone(),
+            &ControlScales::Uniform(1.0),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Shape { key, .. } if key == "encoder_hidden_states"),
+        "{err}"
+    );
+    let err = model
+        .forward(
+            sample.clone(),
+            Tensor::zeros([3], &io.device),
+            io.t("context"),
+            pair_ok.clone(),
+            query_ok.clone(),
+            &ControlScales::Uniform(1.0),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Shape { key, .. } if key == "timestep"),
+        "{err}"
+    );
+    let err = model
+        .forward(
+            sample,
+            io.t("timestep"),
+            io.t("context"),
+            pair_ok,
+            query_ok,
+            &ControlScales::PerResidual(vec![1.0; 3]),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+}
