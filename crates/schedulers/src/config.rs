@@ -1,0 +1,371 @@
+//! `scheduler_config.json`: one struct holding every key of every supported scheduler.
+//!
+//! Ports the parts of diffusers' `configuration_utils.py` (`ConfigMixin.from_config`,
+//! `extract_init_dict`) that decide which values a scheduler is built with. A field is `None` when
+//! the file does not contain the key; each scheduler then fills it with **its own** class default
+//! (see the scheduler modules), never with another class's default and never with SD1.5 values.
+
+use std::path::Path;
+
+use burn::prelude::Backend;
+use prompt_diffusion_core::config::parse_config;
+use prompt_diffusion_core::{Error, Result};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::kind::SchedulerKind;
+use crate::options::{
+    AlgorithmType, BetaSchedule, FinalSigmasType, InterpolationType, PredictionType, SolverType,
+    TimestepSpacing, TimestepType, VarianceType,
+};
+use crate::{
+    DdimScheduler, DdpmScheduler, DpmSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler, LmsDiscreteScheduler, PndmScheduler, Scheduler,
+    UniPcMultistepScheduler,
+};
+
+/// The contents of a diffusers `scheduler_config.json`: every key of every supported scheduler,
+/// each `None` when the file does not set it.
+///
+/// Keys are named exactly as in the file. Unknown keys are reported with a `tracing` warning;
+/// `_diffusers_version` and other `_`-prefixed bookkeeping keys are ignored. Python's JSON
+/// extensions `Infinity`, `-Infinity` and `NaN` (written by diffusers for e.g.
+/// `lambda_min_clipped`) are accepted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct SchedulerConfig {
+    /// `_class_name`: the diffusers class the file was written for (e.g. `"PNDMScheduler"`).
+    #[serde(rename = "_class_name", skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Number of training timesteps (default 1000).
+    pub num_train_timesteps: Option<usize>,
+    /// First beta of the `linear` / `scaled_linear` schedules (default 0.0001).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub beta_start: Option<f64>,
+    /// Last beta (default 0.02).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub beta_end: Option<f64>,
+    /// How betas are laid out (default `linear`).
+    pub beta_schedule: Option<BetaSchedule>,
+    /// Explicit betas; when set they replace `beta_start`/`beta_end`/`beta_schedule`.
+    pub trained_betas: Option<Vec<f64>>,
+    /// What the model predicts (default `epsilon`).
+    pub prediction_type: Option<PredictionType>,
+    /// How inference timesteps are spread (default `leading` for DDIM/DDPM/PNDM, `linspace` for
+    /// the others).
+    pub timestep_spacing: Option<TimestepSpacing>,
+    /// Offset added to `leading` timesteps (default 0; SD1.5 uses 1).
+    pub steps_offset: Option<usize>,
+    /// Rescale betas to zero terminal SNR (default false; not taken by PNDM and LMS).
+    pub rescale_betas_zero_snr: Option<bool>,
+    /// DDIM/DDPM: clip the predicted x0 (default true).
+    pub clip_sample: Option<bool>,
+    /// DDIM/DDPM: clip range (default 1.0).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub clip_sample_range: Option<f64>,
+    /// DDIM (default true) / PNDM (default false): use alpha 1 after the last step.
+    pub set_alpha_to_one: Option<bool>,
+    /// Dynamic thresholding (default false; not supported by this crate).
+    pub thresholding: Option<bool>,
+    /// Dynamic thresholding quantile (default 0.995).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub dynamic_thresholding_ratio: Option<f64>,
+    /// Dynamic thresholding bound (default 1.0).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub sample_max_value: Option<f64>,
+    /// DDPM: the variance of the added noise (default `fixed_small`); DPM-Solver: learned
+    /// variance channels (default none).
+    pub variance_type: Option<VarianceType>,
+    /// PNDM: skip the Runge–Kutta warm-up (default false; SD1.5 uses true).
+    pub skip_prk_steps: Option<bool>,
+    /// Euler: how sigmas are interpolated at the timesteps (default `linear`).
+    pub interpolation_type: Option<InterpolationType>,
+    /// Karras et al. sigma spacing (default false).
+    pub use_karras_sigmas: Option<bool>,
+    /// Exponential sigma spacing (default false).
+    pub use_exponential_sigmas: Option<bool>,
+    /// Beta-distribution sigma spacing (default false; not supported by this crate).
+    pub use_beta_sigmas: Option<bool>,
+    /// Lower sigma bound for Karras/exponential spacing (default: the schedule's).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub sigma_min: Option<f64>,
+    /// Upper sigma bound for Karras/exponential spacing (default: the schedule's).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub sigma_max: Option<f64>,
+    /// Euler: `discrete` timesteps or `continuous` (`0.25·ln σ`, v-prediction only).
+    pub timestep_type: Option<TimestepType>,
+    /// The sigma after the last step (default `zero`).
+    pub final_sigmas_type: Option<FinalSigmasType>,
+    /// DPM-Solver/UniPC: multistep order (default 2).
+    pub solver_order: Option<usize>,
+    /// DPM-Solver: algorithm (default `dpmsolver++`).
+    pub algorithm_type: Option<AlgorithmType>,
+    /// DPM-Solver (`midpoint`, default) / UniPC (`bh2`, default) solver variant.
+    pub solver_type: Option<SolverType>,
+    /// Lower the order on the last steps (default true).
+    pub lower_order_final: Option<bool>,
+    /// DPM-Solver: first-order last step (default false).
+    pub euler_at_final: Option<bool>,
+    /// DPM-Solver: uniform log-SNR spacing (default false).
+    pub use_lu_lambdas: Option<bool>,
+    /// Flow-matching sigmas (default false; not supported by this crate).
+    pub use_flow_sigmas: Option<bool>,
+    /// Flow-matching shift (default 1.0; unused here).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub flow_shift: Option<f64>,
+    /// DPM-Solver: clip log-SNR below this value (default −∞).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub lambda_min_clipped: Option<f64>,
+    /// Dynamic shifting (default false; not supported by this crate).
+    pub use_dynamic_shifting: Option<bool>,
+    /// Dynamic shifting kind (default `"exponential"`; unused here).
+    pub time_shift_type: Option<String>,
+    /// UniPC: solve in data-prediction form (default true).
+    pub predict_x0: Option<bool>,
+    /// UniPC: step indices whose corrector is skipped (default none).
+    pub disable_corrector: Option<Vec<usize>>,
+    /// UniPC: an external predictor scheduler (must be null).
+    pub solver_p: Option<serde_json::Value>,
+    /// UniPC: flow-matching terminal shift (must be null).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub shift_terminal: Option<f64>,
+}
+
+impl SchedulerConfig {
+    /// Reads a `scheduler_config.json`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be read, [`Error::Config`] naming the file and the field
+    /// when the JSON is invalid or a value has the wrong type or an unknown enumerated value.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text).map_err(|e| e.with_config_origin(path))
+    }
+
+    /// Parses the text of a `scheduler_config.json`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the field when the JSON is invalid or a value is of the wrong
+    /// type or an unknown enumerated value.
+    pub fn from_json(text: &str) -> Result<Self> {
+        parse_config(&quote_non_finite(text))
+    }
+
+    /// SD1.5's `scheduler/scheduler_config.json` (a PNDM scheduler with PLMS steps).
+    pub fn sd_v1_5() -> Self {
+        Self {
+            class_name: Some("PNDMScheduler".into()),
+            num_train_timesteps: Some(1000),
+            beta_start: Some(0.00085),
+            beta_end: Some(0.012),
+            beta_schedule: Some(BetaSchedule::ScaledLinear),
+            set_alpha_to_one: Some(false),
+            skip_prk_steps: Some(true),
+            steps_offset: Some(1),
+            clip_sample: Some(false),
+            ..Self::default()
+        }
+    }
+
+    /// The scheduler kind this file describes (from `_class_name`; a DPM-Solver file with
+    /// `use_karras_sigmas: true` is [`SchedulerKind::DpmSolverMultistepKarras`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `_class_name` is missing, [`Error::Unsupported`] for a class this
+    /// crate does not implement.
+    pub fn kind(&self) -> Result<SchedulerKind> {
+        let name = self.class_name.as_deref().ok_or_else(|| {
+            Error::config(
+                "_class_name",
+                "missing: name a scheduler kind to build from this config",
+            )
+        })?;
+        let kind = SchedulerKind::from_class_name(name)?;
+        Ok(match kind {
+            SchedulerKind::DpmSolverMultistep if self.use_karras_sigmas == Some(true) => {
+                SchedulerKind::DpmSolverMultistepKarras
+            }
+            other => other,
+        })
+    }
+
+    /// Builds a scheduler.
+    ///
+    /// `None` builds the class named by `_class_name`. `Some(kind)` behaves like diffusers'
+    /// `OtherScheduler.from_config(pipe.scheduler.config)`: every key the target class takes is
+    /// read from this file when the file sets it, and the target's own defaults fill the rest.
+    /// Defaults the folder's own class filled in are not carried over, because diffusers records
+    /// them in `_use_default_values` and drops them (so SD1.5's PNDM config switched to Euler
+    /// gets Euler's `timestep_spacing = "linspace"`, not PNDM's `"leading"`). Keys a class does
+    /// not take but diffusers reads through `hasattr(self.config, …)` (`sigma_min`/`sigma_max`
+    /// for DPM-Solver's Karras and LMS's exponential sigmas) are honoured the same way.
+    /// [`SchedulerKind::DpmSolverMultistepKarras`] forces `use_karras_sigmas = true`.
+    /// `device` is where the scheduler will be used; no tensor is created before `step`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for values diffusers rejects, [`Error::Unsupported`] for options this
+    /// crate does not implement (e.g. thresholding, learned variances, flow sigmas).
+    pub fn build<B: Backend>(
+        &self,
+        kind: Option<SchedulerKind>,
+        device: &B::Device,
+    ) -> Result<Box<dyn Scheduler<B>>> {
+        // Schedulers allocate nothing up front: their tensors follow the inputs of `step`.
+        let _ = device;
+        let kind = match kind {
+            Some(kind) => kind,
+            None => self.kind()?,
+        };
+        let config = match kind {
+            SchedulerKind::DpmSolverMultistepKarras => Self {
+                use_karras_sigmas: Some(true),
+                ..self.clone()
+            },
+            _ => self.clone(),
+        };
+        Ok(match kind {
+            SchedulerKind::Ddim => Box::new(DdimScheduler::new(&config)?),
+            SchedulerKind::Ddpm => Box::new(DdpmScheduler::new(&config)?),
+            SchedulerKind::Pndm => Box::new(PndmScheduler::new(&config)?),
+            SchedulerKind::Euler => Box::new(EulerDiscreteScheduler::new(&config)?),
+            SchedulerKind::EulerAncestral => {
+                Box::new(EulerAncestralDiscreteScheduler::new(&config)?)
+            }
+            SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => {
+                Box::new(DpmSolverMultistepScheduler::new(&config)?)
+            }
+            SchedulerKind::UniPc => Box::new(UniPcMultistepScheduler::new(&config)?),
+            SchedulerKind::Lms => Box::new(LmsDiscreteScheduler::new(&config)?),
+        })
+    }
+}
+
+/// Rejects a flag this crate does not implement.
+pub(crate) fn reject_flag(value: Option<bool>, field: &str, what: &str) -> Result<()> {
+    if value == Some(true) {
+        return Err(Error::Unsupported(format!("{what} (`{field}: true`)")));
+    }
+    Ok(())
+}
+
+/// The configured prediction type (default epsilon), if `class` accepts it.
+pub(crate) fn prediction_type(
+    config: &SchedulerConfig,
+    class: &str,
+    accepted: &[PredictionType],
+) -> Result<PredictionType> {
+    let p = config.prediction_type.unwrap_or(PredictionType::Epsilon);
+    if p == PredictionType::FlowPrediction && accepted.contains(&p) {
+        return Err(Error::Unsupported(format!(
+            "{class} with prediction_type flow_prediction"
+        )));
+    }
+    if !accepted.contains(&p) {
+        return Err(Error::config(
+            "prediction_type",
+            format!("{p:?} is not supported by {class} (diffusers rejects it too)"),
+        ));
+    }
+    Ok(p)
+}
+
+/// Wraps the bare tokens `NaN`, `Infinity` and `-Infinity` (Python's JSON extensions) in quotes
+/// so `serde_json` accepts them; float fields read them back through [`lenient_f64`].
+fn quote_non_finite(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else {
+            let token = ["-Infinity", "Infinity", "NaN"]
+                .into_iter()
+                .find(|t| rest.starts_with(t));
+            if let Some(token) = token {
+                out.push('"');
+                out.push_str(token);
+                out.push('"');
+                rest = &rest[token.len()..];
+                continue;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// A float that may also be one of the strings `"Infinity"`, `"-Infinity"`, `"NaN"`.
+fn lenient_f64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Number(f64),
+        Text(String),
+    }
+    match Option::<Lenient>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Lenient::Number(v)) => Ok(Some(v)),
+        Some(Lenient::Text(t)) => match t.as_str() {
+            "Infinity" => Ok(Some(f64::INFINITY)),
+            "-Infinity" => Ok(Some(f64::NEG_INFINITY)),
+            "NaN" => Ok(Some(f64::NAN)),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a number, found the string {other:?}"
+            ))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_non_finite_floats_are_accepted() {
+        let c = SchedulerConfig::from_json(
+            r#"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity,
+                "sigma_max": Infinity, "time_shift_type": "-Infinity NaN"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.lambda_min_clipped, Some(f64::NEG_INFINITY));
+        assert_eq!(c.sigma_max, Some(f64::INFINITY));
+        assert_eq!(c.time_shift_type.as_deref(), Some("-Infinity NaN"));
+    }
+
+    #[test]
+    fn unknown_enum_value_is_a_config_error() {
+        let err = SchedulerConfig::from_json(r#"{"beta_schedule": "cubic"}"#).unwrap_err();
+        match err {
+            Error::Config { field, .. } => assert_eq!(field, "beta_schedule"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn sd15_preset_round_trips() {
+        let text = r#"{"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0",
+            "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true,
+            "steps_offset": 1, "clip_sample": false, "trained_betas": null}"#;
+        assert_eq!(
+            SchedulerConfig::from_json(text).unwrap(),
+            SchedulerConfig::sd_v1_5()
+        );
+        assert_eq!(
+            SchedulerConfig::sd_v1_5().kind().unwrap(),
+            SchedulerKind::Pndm
+        );
+    }
+}
