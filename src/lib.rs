@@ -6,3 +6,7 @@ pub use prompt_diffusion_core as core;
 pub use prompt_diffusion_schedulers as schedulers;
 pub use prompt_diffusion_unet as unet;
 pub use prompt_diffusion_vae as vae;
+
+pub mod pipelines;
+
+pub use pipelines::{Generation, ModelOptions, StableDiffusion};

@@ -32,9 +32,20 @@ pub trait NoiseSource {
     where
         Self: Sized,
     {
-        let data = self.sample(&shape)?.convert_dtype(dtype);
-        Ok(Tensor::from_data(data, (device, dtype)))
+        noise_tensor(self, shape, device, dtype)
     }
+}
+
+/// The next `shape`-sized block of `noise` as a tensor on `device` in `dtype` (for a
+/// `dyn NoiseSource`, whose generic method is unavailable).
+pub fn noise_tensor<B: Backend, const D: usize>(
+    noise: &mut dyn NoiseSource,
+    shape: [usize; D],
+    device: &B::Device,
+    dtype: DType,
+) -> Result<Tensor<B, D>> {
+    let data = noise.sample(&shape)?.convert_dtype(dtype);
+    Ok(Tensor::from_data(data, (device, dtype)))
 }
 
 /// Seeded noise: ChaCha8 uniforms through Box–Muller.

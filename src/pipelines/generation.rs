@@ -1,0 +1,169 @@
+//! The options every generation pipeline shares, and their validation.
+
+use burn::tensor::TensorData;
+use prompt_diffusion_core::{Error, Result};
+use prompt_diffusion_schedulers::SchedulerKind;
+
+/// Options of a text-conditioned generation (txt2img, img2img and the pipelines built on
+/// them), with diffusers' defaults.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The prompt.
+    pub prompt: String,
+    /// What to steer away from; `None` means the empty prompt.
+    pub negative_prompt: Option<String>,
+    /// Denoising steps (default 50).
+    pub steps: usize,
+    /// Classifier-free guidance scale; guidance is off at ≤ 1 (default 7.5).
+    pub guidance_scale: f64,
+    /// The scheduler; `None` uses the model folder's own (default).
+    pub scheduler: Option<SchedulerKind>,
+    /// Output width in pixels, a multiple of 8; `None` uses the model's native size.
+    pub width: Option<usize>,
+    /// Output height in pixels, a multiple of 8; `None` uses the model's native size.
+    pub height: Option<usize>,
+    /// Images generated (default 1).
+    pub num_images: usize,
+    /// Seed of every random draw of the run (default 0).
+    pub seed: u64,
+    /// Initial latents (before scaling by the scheduler's initial sigma), `[n, 4, h/8, w/8]`
+    /// with `n` = `num_images` or 1; replaces the seeded draw, e.g. to reproduce another
+    /// implementation's run.
+    pub latents: Option<TensorData>,
+    /// DDIM's η (default 0).
+    pub eta: f64,
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: None,
+            steps: 50,
+            guidance_scale: 7.5,
+            scheduler: None,
+            width: None,
+            height: None,
+            num_images: 1,
+            seed: 0,
+            latents: None,
+            eta: 0.0,
+        }
+    }
+}
+
+impl Generation {
+    /// Options for `prompt` with the defaults.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the negative prompt.
+    pub fn with_negative_prompt(mut self, negative: impl Into<String>) -> Self {
+        self.negative_prompt = Some(negative.into());
+        self
+    }
+
+    /// Sets the number of steps.
+    pub fn with_steps(mut self, steps: usize) -> Self {
+        self.steps = steps;
+        self
+    }
+
+    /// Sets the guidance scale.
+    pub fn with_guidance_scale(mut self, scale: f64) -> Self {
+        self.guidance_scale = scale;
+        self
+    }
+
+    /// Chooses the scheduler.
+    pub fn with_scheduler(mut self, kind: SchedulerKind) -> Self {
+        self.scheduler = Some(kind);
+        self
+    }
+
+    /// Sets the output size in pixels.
+    pub fn with_size(mut self, width: usize, height: usize) -> Self {
+        self.width = Some(width);
+        self.height = Some(height);
+        self
+    }
+
+    /// Sets the number of images.
+    pub fn with_num_images(mut self, n: usize) -> Self {
+        self.num_images = n;
+        self
+    }
+
+    /// Sets the seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Gives the initial latents.
+    pub fn with_latents(mut self, latents: TensorData) -> Self {
+        self.latents = Some(latents);
+        self
+    }
+
+    /// Whether classifier-free guidance runs (diffusers: `guidance_scale > 1`).
+    pub fn guided(&self) -> bool {
+        self.guidance_scale > 1.0
+    }
+
+    /// Checks the options that do not depend on the model.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the option.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::invalid_input("steps", "must be at least 1"));
+        }
+        if !self.guidance_scale.is_finite() {
+            return Err(Error::invalid_input(
+                "guidance scale",
+                "must be a finite number",
+            ));
+        }
+        if self.num_images == 0 {
+            return Err(Error::invalid_input(
+                "number of images",
+                "must be at least 1",
+            ));
+        }
+        if !(self.eta.is_finite() && self.eta >= 0.0) {
+            return Err(Error::invalid_input("eta", "must be a non-negative number"));
+        }
+        for (what, value) in [("width", self.width), ("height", self.height)] {
+            if let Some(v) = value
+                && (v == 0 || !v.is_multiple_of(8))
+            {
+                return Err(Error::invalid_input(
+                    what,
+                    format!("{v} is not a positive multiple of 8"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The output size, defaulting to `native` pixels.
+    pub(crate) fn size(&self, native: usize) -> (usize, usize) {
+        (self.width.unwrap_or(native), self.height.unwrap_or(native))
+    }
+}
+
+/// Checks a strength value of img2img-style pipelines.
+pub(crate) fn check_strength(strength: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&strength) {
+        return Err(Error::invalid_input(
+            "strength",
+            format!("{strength} is outside [0, 1]"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! Finding and loading Stable Diffusion's components: diffusers pipeline folders
+//! (`model_index.json` + component folders) and original single-file checkpoints
+//! (`.safetensors`/`.ckpt` with the LDM prefixes).
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use prompt_diffusion_clip::{
+    CLIPTextConfig, CLIPTextModel, ClipTokenizer, weights as clip_weights,
+};
+use prompt_diffusion_core::config::OneOrMany;
+use prompt_diffusion_core::dtype::default_float_dtype;
+use prompt_diffusion_core::nn::Activation;
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
+use prompt_diffusion_core::{Error, Result};
+use prompt_diffusion_schedulers::SchedulerConfig;
+use prompt_diffusion_unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use prompt_diffusion_vae::{AutoencoderKL, AutoencoderKLConfig};
+
+/// How weights are read.
+#[derive(Debug, Clone, Default)]
+pub struct ModelOptions {
+    /// Weight-file variant to prefer in diffusers folders (e.g. `fp16`).
+    pub variant: Option<String>,
+    /// For single-file checkpoints: a diffusers pipeline folder whose component configs,
+    /// tokenizer and scheduler config describe the checkpoint (diffusers' `config=`). Without
+    /// it the family (SD1 or SD2) is detected from the tensor names and the published configs
+    /// are used.
+    pub config: Option<PathBuf>,
+}
+
+impl ModelOptions {
+    /// Prefers a weight-file variant.
+    pub fn with_variant(mut self, variant: impl Into<String>) -> Self {
+        self.variant = Some(variant.into());
+        self
+    }
+
+    /// Describes a single-file checkpoint by a diffusers folder's configs and tokenizer.
+    pub fn with_config(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config = Some(dir.into());
+        self
+    }
+
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            variant: self.variant.clone(),
+            ..LoadOptions::default()
+        }
+    }
+}
+
+/// The components of a Stable Diffusion model.
+#[derive(Debug)]
+pub struct Components<B: Backend> {
+    /// The CLIP tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// The CLIP text encoder.
+    pub text_encoder: CLIPTextModel<B>,
+    /// The denoising UNet.
+    pub unet: UNet2DConditionModel<B>,
+    /// The VAE (in f32 when its config asks for upcasting and the backend runs half precision).
+    pub vae: AutoencoderKL<B>,
+    /// The scheduler configuration the model was published with.
+    pub scheduler: SchedulerConfig,
+}
+
+/// Checks that `dir` is a folder, with an error naming it.
+pub(crate) fn require_dir(dir: &Path, what: &str) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("{what} not found")),
+        ))
+    }
+}
+
+/// The dtype the VAE runs in: f32 when the pipeline is in half precision and the VAE's config
+/// asks for upcasting (diffusers' `force_upcast`, SD's VAE overflows in f16).
+fn vae_options<B: Backend>(
+    config: &AutoencoderKLConfig,
+    options: &LoadOptions,
+    device: &B::Device,
+) -> LoadOptions {
+    let mut options = options.clone();
+    if config.force_upcast && default_float_dtype::<B>(device) != DType::F32 {
+        options.dtype = Some(DType::F32);
+    }
+    options
+}
+
+impl<B: Backend> Components<B> {
+    /// Loads a diffusers pipeline folder (`tokenizer/`, `text_encoder/`, `unet/`, `vae/`,
+    /// `scheduler/`).
+    ///
+    /// # Errors
+    /// A missing folder or file, an invalid config, or weights that do not match (each error
+    /// names the file and the tensor or field).
+    pub fn from_pretrained(
+        dir: impl AsRef<Path>,
+        options: &ModelOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        require_dir(dir, "model folder")?;
+        let load = options.load_options();
+        let vae_config = AutoencoderKLConfig::from_file(dir.join("vae/config.json"))?;
+        let vae_source = prompt_diffusion_core::weights::open_component_weights(
+            dir.join("vae"),
+            load.variant.as_deref(),
+        )?;
+        Ok(Self {
+            tokenizer: ClipTokenizer::from_folder(dir.join("tokenizer"))?,
+            text_encoder: CLIPTextModel::from_folder(dir.join("text_encoder"), &load, device)?,
+            unet: UNet2DConditionModel::from_folder(dir.join("unet"), &load, device)?,
+            vae: AutoencoderKL::from_source(
+                &vae_config,
+                &vae_source,
+                &vae_options::<B>(&vae_config, &load, device),
+                device,
+            )?,
+            scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
+        })
+    }
+
+    /// Loads an original single-file checkpoint (`model.diffusion_model.*`,
+    /// `first_stage_model.*`, `cond_stage_model.transformer.*` for SD1 or
+    /// `cond_stage_model.model.*` for SD2).
+    ///
+    /// Configs, tokenizer and scheduler come from `options.config` when given; otherwise the
+    /// family is detected and the published SD1.5/SD2.1 configs are used, and the tokenizer
+    /// must be given through `options.config` (single files carry none).
+    pub fn from_single_file(
+        path: impl AsRef<Path>,
+        options: &ModelOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let checkpoint = TensorSource::open(path)?;
+        Self::from_checkpoint(&checkpoint, options, device)
+    }
+
+    /// [`from_single_file`](Self::from_single_file) for an already opened checkpoint (e.g. a
+    /// ControlNet file that also holds the Stable Diffusion weights).
+    pub fn from_checkpoint(
+        checkpoint: &TensorSource,
+        options: &ModelOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let load = options.load_options();
+        let unet_source = checkpoint.strip_prefix("model.diffusion_model.");
+        if unet_source.is_empty() {
+            return Err(Error::format(
+                checkpoint.description(),
+                "no UNet tensors (`model.diffusion_model.*`): not a Stable Diffusion checkpoint",
+            ));
+        }
+        let vae_source = if checkpoint.has_prefix("first_stage_model.") {
+            checkpoint.strip_prefix("first_stage_model.")
+        } else {
+            checkpoint.strip_prefix("vae.")
+        };
+        if vae_source.is_empty() {
+            return Err(Error::format(
+                checkpoint.description(),
+                "no VAE tensors (`first_stage_model.*`)",
+            ));
+        }
+        let family = Family::detect(checkpoint)?;
+        let (unet_config, vae_config, text_config, scheduler) = match &options.config {
+            Some(dir) => {
+                require_dir(dir, "config folder")?;
+                (
+                    UNet2DConditionConfig::from_file(dir.join("unet/config.json"))?,
+                    AutoencoderKLConfig::from_file(dir.join("vae/config.json"))?,
+                    CLIPTextConfig::from_file(dir.join("text_encoder/config.json"))?,
+                    SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
+                )
+            }
+            None => family.configs(&unet_source)?,
+        };
+        let tokenizer = match &options.config {
+            Some(dir) => ClipTokenizer::from_folder(dir.join("tokenizer"))?,
+            None => {
+                return Err(Error::invalid_input(
+                    "tokenizer",
+                    format!(
+                        "{} carries no tokenizer: give a diffusers folder with a `tokenizer/` as the config",
+                        checkpoint.description()
+                    ),
+                ));
+            }
+        };
+        let text_source = match family {
+            Family::Sd1 => clip_weights::sd1_text_encoder(checkpoint)?.unwrap_or_default(),
+            Family::Sd2 => clip_weights::open_clip_text(
+                &checkpoint.strip_prefix("cond_stage_model.model."),
+                text_config.num_hidden_layers,
+                false,
+            )?,
+        };
+        Ok(Self {
+            tokenizer,
+            text_encoder: CLIPTextModel::from_source(text_config, &text_source, &load, device)?,
+            unet: UNet2DConditionModel::from_source(&unet_config, &unet_source, &load, device)?,
+            vae: AutoencoderKL::from_source(
+                &vae_config,
+                &vae_source,
+                &vae_options::<B>(&vae_config, &load, device),
+                device,
+            )?,
+            scheduler,
+        })
+    }
+}
+
+/// The Stable Diffusion family of a single-file checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Sd1,
+    Sd2,
+}
+
+impl Family {
+    fn detect(checkpoint: &TensorSource) -> Result<Self> {
+        if checkpoint.has_prefix("cond_stage_model.transformer.") {
+            Ok(Self::Sd1)
+        } else if checkpoint.has_prefix("cond_stage_model.model.") {
+            Ok(Self::Sd2)
+        } else {
+            Err(Error::Unsupported(format!(
+                "{}: no SD1 (`cond_stage_model.transformer.*`) or SD2 (`cond_stage_model.model.*`) text encoder; SDXL and other families are not supported",
+                checkpoint.description()
+            )))
+        }
+    }
+
+    /// The published configs, with the input channels and projection kind read from the
+    /// weights (inpainting models, SD2 linear projections).
+    fn configs(
+        self,
+        unet: &TensorSource,
+    ) -> Result<(
+        UNet2DConditionConfig,
+        AutoencoderKLConfig,
+        CLIPTextConfig,
+        SchedulerConfig,
+    )> {
+        let mut unet_config = match self {
+            Self::Sd1 => UNet2DConditionConfig::sd_v1_5(),
+            Self::Sd2 => UNet2DConditionConfig::sd_v2_1(),
+        };
+        if let Some(shape) = unet.shape("input_blocks.0.0.weight") {
+            unet_config.in_channels = shape[1];
+        }
+        if let Some(shape) = unet.shape("input_blocks.1.1.proj_in.weight") {
+            unet_config.use_linear_projection = shape.len() == 2;
+        }
+        let text = match self {
+            Self::Sd1 => CLIPTextConfig::sd_v1_5(),
+            Self::Sd2 => CLIPTextConfig {
+                hidden_size: 1024,
+                intermediate_size: 4096,
+                projection_dim: 512,
+                num_hidden_layers: 23,
+                num_attention_heads: 16,
+                hidden_act: Activation::Gelu,
+                ..CLIPTextConfig::sd_v1_5()
+            },
+        };
+        if self == Self::Sd2 {
+            unet_config.sample_size = Some(OneOrMany::One(96));
+        }
+        Ok((
+            unet_config,
+            AutoencoderKLConfig::sd_v1_5(),
+            text,
+            SchedulerConfig::sd_v1_5(),
+        ))
+    }
+}

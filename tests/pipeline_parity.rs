@@ -1,0 +1,220 @@
+//! Whole pipelines against diffusers on the tiny model (`tools/fixtures/gen_pipeline.py`):
+//! with diffusers' initial latents (and, for stochastic steps, its noise replayed), every pixel
+//! is within 2/255 of diffusers' image.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use burn_ndarray::{NdArray, NdArrayDevice};
+use image::RgbImage;
+use prompt_diffusion::core::Error;
+use prompt_diffusion::core::noise::ReplayNoise;
+use prompt_diffusion::core::progress::{NoProgress, StepInfo};
+use prompt_diffusion::core::weights::TensorSource;
+use prompt_diffusion::schedulers::SchedulerKind;
+use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
+
+type B = NdArray<f32>;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
+}
+
+fn model() -> StableDiffusion<B> {
+    StableDiffusion::from_pretrained(
+        fixtures().join("tiny-sd"),
+        &ModelOptions::default(),
+        &NdArrayDevice::Cpu,
+    )
+    .unwrap()
+}
+
+fn reference() -> TensorSource {
+    TensorSource::open(fixtures().join("pipeline/txt2img.safetensors")).unwrap()
+}
+
+fn generation(io: &TensorSource, latents: &str) -> Generation {
+    Generation::new("a watercolor painting of a fox in the snow")
+        .with_negative_prompt("blurry, low quality")
+        .with_steps(8)
+        .with_guidance_scale(7.5)
+        .with_latents(io.data(latents).unwrap())
+}
+
+/// diffusers' uint8 images `[n, h, w, 3]` from the fixture.
+fn expected(io: &TensorSource, key: &str) -> Vec<RgbImage> {
+    let data = io.data(key).unwrap();
+    let [n, h, w, _] = data.shape[..] else {
+        panic!("{key}: not [n, h, w, 3]")
+    };
+    let bytes: Vec<u8> = data.to_vec().unwrap();
+    bytes
+        .chunks(h * w * 3)
+        .take(n)
+        .map(|c| RgbImage::from_raw(w as u32, h as u32, c.to_vec()).unwrap())
+        .collect()
+}
+
+fn assert_images_close(what: &str, actual: &[RgbImage], expected: &[RgbImage]) {
+    assert_eq!(actual.len(), expected.len(), "{what}: image count");
+    let mut worst = 0u8;
+    for (a, e) in actual.iter().zip(expected) {
+        assert_eq!(a.dimensions(), e.dimensions(), "{what}: size");
+        for (pa, pe) in a.as_raw().iter().zip(e.as_raw()) {
+            worst = worst.max(pa.abs_diff(*pe));
+        }
+    }
+    eprintln!("{what}: max pixel difference {worst}/255");
+    assert!(
+        worst <= 2,
+        "{what}: max pixel difference {worst}/255 exceeds 2/255"
+    );
+}
+
+fn replay(io: &TensorSource, prefix: &str) -> ReplayNoise {
+    let draws = (0..)
+        .map_while(|i| io.data(&format!("{prefix}{i}")).ok())
+        .collect::<Vec<_>>();
+    ReplayNoise::new(draws)
+}
+
+#[test]
+fn txt2img_matches_diffusers_for_every_scheduler() {
+    let sd = model();
+    let io = reference();
+    for (name, kind) in [
+        ("ddim", SchedulerKind::Ddim),
+        ("euler", SchedulerKind::Euler),
+        ("dpm++2m", SchedulerKind::DpmSolverMultistep),
+        ("dpm++2m-karras", SchedulerKind::DpmSolverMultistepKarras),
+        ("pndm", SchedulerKind::Pndm),
+        ("unipc", SchedulerKind::UniPc),
+        ("lms", SchedulerKind::Lms),
+        ("euler-ancestral", SchedulerKind::EulerAncestral),
+    ] {
+        let generation = generation(&io, "latents").with_scheduler(kind);
+        let mut noise = replay(&io, &format!("{name}.noise."));
+        let images = sd
+            .text_to_image_with_noise(&generation, &mut noise, &mut NoProgress)
+            .unwrap();
+        assert_eq!(noise.remaining(), 0, "{name}: unused reference noise");
+        assert_images_close(name, &images, &expected(&io, &format!("{name}.image")));
+    }
+}
+
+#[test]
+fn batches_and_unguided_runs_match_diffusers() {
+    let sd = model();
+    let io = reference();
+    let generation = generation(&io, "latents_batch2")
+        .with_scheduler(SchedulerKind::Ddim)
+        .with_num_images(2);
+    let images = sd.text_to_image(&generation, &mut NoProgress).unwrap();
+    assert_images_close("batch of 2", &images, &expected(&io, "ddim.batch2.image"));
+
+    let generation = Generation::new("a watercolor painting of a fox in the snow")
+        .with_steps(8)
+        .with_guidance_scale(1.0)
+        .with_scheduler(SchedulerKind::Ddim)
+        .with_latents(io.data("latents").unwrap());
+    let images = sd.text_to_image(&generation, &mut NoProgress).unwrap();
+    assert_images_close(
+        "no guidance",
+        &images,
+        &expected(&io, "ddim.unguided.image"),
+    );
+}
+
+#[test]
+fn img2img_matches_diffusers() {
+    let sd = model();
+    let io = TensorSource::open(fixtures().join("pipeline/img2img.safetensors")).unwrap();
+    let init =
+        prompt_diffusion::core::image::load_rgb(fixtures().join("pipeline/init.png")).unwrap();
+    let generation = Generation::new("a watercolor painting of a fox in the snow")
+        .with_negative_prompt("blurry, low quality")
+        .with_steps(10)
+        .with_scheduler(SchedulerKind::Ddim);
+    let mut noise = replay(&io, "noise.");
+    let images = sd
+        .image_to_image_with_noise(&generation, &init, 0.6, &mut noise, &mut NoProgress)
+        .unwrap();
+    assert_eq!(noise.remaining(), 0);
+    assert_images_close("img2img", &images, &expected(&io, "image"));
+}
+
+#[test]
+fn single_file_checkpoints_generate_the_same_image() {
+    let io = reference();
+    let generation = generation(&io, "latents").with_scheduler(SchedulerKind::Ddim);
+    let folder = model().text_to_image(&generation, &mut NoProgress).unwrap();
+    for file in ["tiny-sd.safetensors", "tiny-sd.ckpt"] {
+        let options = ModelOptions::default().with_config(fixtures().join("tiny-sd"));
+        let sd = StableDiffusion::<B>::from_single_file(
+            fixtures().join(file),
+            &options,
+            &NdArrayDevice::Cpu,
+        )
+        .unwrap();
+        let images = sd.text_to_image(&generation, &mut NoProgress).unwrap();
+        assert_eq!(images, folder, "{file}");
+    }
+}
+
+#[test]
+fn same_seed_same_image_and_callbacks_can_cancel() {
+    let sd = model();
+    let generation = Generation::new("a fox")
+        .with_steps(3)
+        .with_seed(7)
+        .with_scheduler(SchedulerKind::Ddim);
+    let a = sd.text_to_image(&generation, &mut NoProgress).unwrap();
+    let b = sd.text_to_image(&generation, &mut NoProgress).unwrap();
+    assert_eq!(a, b);
+    let c = sd
+        .text_to_image(&generation.clone().with_seed(8), &mut NoProgress)
+        .unwrap();
+    assert_ne!(a, c);
+
+    let mut seen = Vec::new();
+    let mut stop_after_two = |info: &StepInfo| {
+        seen.push((info.step, info.total));
+        if info.step == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let err = sd
+        .text_to_image(&generation, &mut stop_after_two)
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled { step: 1 }), "{err}");
+    assert_eq!(seen, vec![(1, 3), (2, 3)]);
+}
+
+#[test]
+fn invalid_requests_are_typed_errors() {
+    let sd = model();
+    let base = Generation::new("a fox").with_steps(2);
+    let cases = [
+        base.clone().with_size(100, 128),
+        base.clone().with_steps(0),
+        base.clone().with_num_images(0),
+        base.clone()
+            .with_latents(burn::tensor::TensorData::new(vec![0f32; 4], [1, 4, 1, 1])),
+    ];
+    for generation in cases {
+        let err = sd.text_to_image(&generation, &mut NoProgress).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidInput { .. } | Error::Shape { .. }),
+            "{err}"
+        );
+    }
+    let init = RgbImage::new(64, 64);
+    for strength in [-0.1, 1.5, 0.0] {
+        let err = sd
+            .image_to_image(&base, &init, strength, &mut NoProgress)
+            .unwrap_err();
+        assert!(err.to_string().contains("strength"), "{err}");
+    }
+}
