@@ -172,7 +172,8 @@ impl<B: Backend> ControlNetModel<B> {
         self.run(sample, timestep, context, vec![embedding], scales)
     }
 
-    /// The hint embedding, after checking the hint against `sample`.
+    /// The hint embedding, after checking the hint against `sample` (and casting it to the
+    /// latent's dtype).
     ///
     /// # Shapes
     /// `hint: [batch, conditioning_channels, f·h, f·w]` → `[batch, block_out_channels[0], h, w]`.
@@ -188,6 +189,7 @@ impl<B: Backend> ControlNetModel<B> {
             sample,
             self.config.hint_downscale_factor(),
         )?;
+        let hint = hint.cast(sample.dtype());
         let hint = match self.config.controlnet_conditioning_channel_order {
             ChannelOrder::Rgb => hint,
             ChannelOrder::Bgr => hint.flip([1]),

@@ -9,8 +9,8 @@
 //!
 //! Loading accepts the diffusers-converted folder (`zhendongw/prompt-diffusion-diffusers`
 //! `controlnet/`), the `control_model.*` tensors of the original checkpoint, and the whole
-//! original file; [`PromptDiffusionDenoiser::from_single_file`] takes the UNet from the same
-//! file, as Prompt Diffusion's UNet decoder is fine-tuned.
+//! original file; [`PromptDiffusionDenoiser`](crate::PromptDiffusionDenoiser) takes the UNet from
+//! the same file, as Prompt Diffusion's UNet decoder is fine-tuned.
 
 use std::path::Path;
 
@@ -109,7 +109,7 @@ impl<B: Backend> PromptDiffusionControlNet<B> {
 
     /// Loads the ControlNet of an original Prompt Diffusion checkpoint (`control_model.*` of
     /// `network-step=04999.ckpt` or a safetensors copy). Pair it with the UNet of the same file
-    /// (see [`PromptDiffusionDenoiser::from_single_file`]), never with stock SD 1.5's.
+    /// (see [`PromptDiffusionDenoiser::from_single_file`](crate::PromptDiffusionDenoiser::from_single_file)), never with stock SD 1.5's.
     ///
     /// # Errors
     /// [`Error::Format`] when the file has no `control_model.*` tensors, else as
@@ -186,7 +186,9 @@ impl<B: Backend> PromptDiffusionControlNet<B> {
             factor,
         )?;
         let pair = self.controlnet.embed_hint(pair, &sample)?;
-        let query = self.controlnet_query_cond_embedding.forward(query);
+        let query = self
+            .controlnet_query_cond_embedding
+            .forward(query.cast(sample.dtype()));
         self.controlnet
             .run(sample, timestep, context, vec![pair, query], scales)
     }
