@@ -241,12 +241,12 @@ impl SchedulerConfig {
     }
 }
 
-/// Rejects a flag this crate does not implement.
-pub(crate) fn reject_flag(value: Option<bool>, field: &str, what: &str) -> Result<()> {
-    if value == Some(true) {
-        return Err(Error::Unsupported(format!("{what} (`{field}: true`)")));
+/// Rejects the flags (`field: true`) this crate does not implement for `class`.
+pub(crate) fn reject_flags(class: &str, flags: &[(&str, Option<bool>)]) -> Result<()> {
+    match flags.iter().find(|(_, value)| *value == Some(true)) {
+        Some((field, _)) => Err(Error::Unsupported(format!("{class} with `{field}: true`"))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The configured prediction type (default epsilon), if `class` accepts it.

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use prompt_diffusion_core::noise::NoiseSource;
 use prompt_diffusion_core::{Error, Result};
 
-use crate::config::{SchedulerConfig, prediction_type, reject_flag};
+use crate::config::{SchedulerConfig, prediction_type, reject_flags};
 use crate::options::{PredictionType, TimestepSpacing};
 use crate::schedule::{NoiseSchedule, leading_desc, linspace_desc, round_even, trailing_desc};
 use crate::tensor::{
@@ -44,11 +44,7 @@ impl<B: Backend> DdimScheduler<B> {
     /// [`Error::Config`] for a prediction type DDIM rejects, [`Error::Unsupported`] for
     /// thresholding or a DDPM-only beta schedule.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        reject_flag(
-            config.thresholding,
-            "thresholding",
-            "DDIM dynamic thresholding",
-        )?;
+        reject_flags("DDIMScheduler", &[("thresholding", config.thresholding)])?;
         let schedule = NoiseSchedule::new(config, true, false)?;
         let prediction_type = prediction_type(
             config,

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use prompt_diffusion_core::noise::NoiseSource;
 use prompt_diffusion_core::{Error, Result};
 
-use crate::config::{SchedulerConfig, prediction_type, reject_flag};
+use crate::config::{SchedulerConfig, prediction_type, reject_flags};
 use crate::ddim::discrete_timesteps;
 use crate::options::{PredictionType, TimestepSpacing, VarianceType};
 use crate::schedule::NoiseSchedule;
@@ -48,11 +48,7 @@ impl<B: Backend> DdpmScheduler<B> {
     /// [`Error::Config`] for a prediction type DDPM rejects, [`Error::Unsupported`] for learned
     /// variances, thresholding, or the sigmoid/laplace beta schedules.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        reject_flag(
-            config.thresholding,
-            "thresholding",
-            "DDPM dynamic thresholding",
-        )?;
+        reject_flags("DDPMScheduler", &[("thresholding", config.thresholding)])?;
         let variance_type = config.variance_type.unwrap_or(VarianceType::FixedSmall);
         if matches!(
             variance_type,

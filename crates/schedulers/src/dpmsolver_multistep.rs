@@ -12,14 +12,14 @@ use burn::prelude::*;
 use prompt_diffusion_core::noise::NoiseSource;
 use prompt_diffusion_core::{Error, Result};
 
-use crate::config::{SchedulerConfig, prediction_type, reject_flag};
+use crate::config::{SchedulerConfig, prediction_type, reject_flags};
 use crate::options::{
     AlgorithmType, BetaSchedule, FinalSigmasType, PredictionType, SolverType, TimestepSpacing,
     VarianceType,
 };
 use crate::schedule::{
-    NoiseSchedule, SigmaSpacing, StepIndex, alpha_sigma, lambda, leading_desc, linspace_desc,
-    np_interp, np_linspace, round_even, sigma_of, sigma_to_t, trailing_desc,
+    NoiseSchedule, SigmaSpacing, StepIndex, alpha_sigma, lambda, linspace_desc,
+    multistep_timesteps, np_interp, np_linspace, round_even, sigma_of, sigma_to_t,
 };
 use crate::tensor::{
     check_history, check_step_shapes, check_steps, convert_model_output, draw_noise, exhausted,
@@ -68,20 +68,13 @@ impl<B: Backend> DpmSolverMultistepScheduler<B> {
     /// zero with a noise-prediction algorithm, conflicting sigma options),
     /// [`Error::Unsupported`] for the options listed on the type.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        reject_flag(
-            config.thresholding,
-            "thresholding",
-            "DPM-Solver dynamic thresholding",
-        )?;
-        reject_flag(
-            config.use_flow_sigmas,
-            "use_flow_sigmas",
-            "DPM-Solver flow sigmas",
-        )?;
-        reject_flag(
-            config.use_dynamic_shifting,
-            "use_dynamic_shifting",
-            "DPM-Solver dynamic shifting",
+        reject_flags(
+            "DPMSolverMultistepScheduler",
+            &[
+                ("thresholding", config.thresholding),
+                ("use_flow_sigmas", config.use_flow_sigmas),
+                ("use_dynamic_shifting", config.use_dynamic_shifting),
+            ],
         )?;
         if let Some(v @ (VarianceType::Learned | VarianceType::LearnedRange)) = config.variance_type
         {
@@ -284,24 +277,8 @@ impl<B: Backend> Scheduler<B> for DpmSolverMultistepScheduler<B> {
         let n = num_inference_steps;
         check_steps(n, n_train)?;
         let last = self.last_timestep();
-        let mut timesteps: Vec<f64> = match self.timestep_spacing {
-            TimestepSpacing::Linspace => {
-                let mut v: Vec<f64> = linspace_desc(last as f64 - 1.0, n + 1)
-                    .into_iter()
-                    .map(round_even)
-                    .collect();
-                v.pop();
-                v
-            }
-            TimestepSpacing::Leading => {
-                let mut v = leading_desc(last / (n + 1), n + 1, 0);
-                v.pop();
-                v.into_iter()
-                    .map(|t| t + self.steps_offset as f64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => trailing_desc(last as f64, n_train as f64 / n as f64),
-        };
+        let mut timesteps =
+            multistep_timesteps(self.timestep_spacing, n_train, last, n, self.steps_offset);
         let train = self.schedule.sigmas();
         let log_sigmas: Vec<f32> = train.iter().map(|s| s.ln()).collect();
         let round = self.schedule.beta_schedule != BetaSchedule::SquaredcosCapV2;

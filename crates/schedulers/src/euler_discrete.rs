@@ -48,8 +48,10 @@ impl<B: Backend> EulerDiscreteScheduler<B> {
     /// Builds the scheduler from a config, filling absent keys with Euler's defaults.
     ///
     /// # Errors
-    /// [`Error::Config`] for conflicting sigma options or an unknown prediction type,
-    /// [`Error::Unsupported`] for beta sigmas or a DDPM-only beta schedule.
+    /// [`Error::Config`](prompt_diffusion_core::Error::Config) for conflicting sigma options or
+    /// an unknown prediction type,
+    /// [`Error::Unsupported`](prompt_diffusion_core::Error::Unsupported) for beta sigmas or a
+    /// DDPM-only beta schedule.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let spacing = SigmaSpacing::from_config(config)?;
         let schedule = NoiseSchedule::new(config, true, true)?;

@@ -11,11 +11,11 @@ use burn::prelude::*;
 use prompt_diffusion_core::noise::NoiseSource;
 use prompt_diffusion_core::{Error, Result};
 
-use crate::config::{SchedulerConfig, prediction_type, reject_flag};
+use crate::config::{SchedulerConfig, prediction_type, reject_flags};
 use crate::options::{FinalSigmasType, PredictionType, SolverType, TimestepSpacing};
 use crate::schedule::{
-    NoiseSchedule, SigmaSpacing, StepIndex, alpha_sigma, lambda, leading_desc, linspace_desc,
-    np_interp, round_even, sigma_of, sigma_to_t, trailing_desc,
+    NoiseSchedule, SigmaSpacing, StepIndex, alpha_sigma, lambda, linspace_desc,
+    multistep_timesteps, np_interp, round_even, sigma_of, sigma_to_t, solve,
 };
 use crate::tensor::{
     check_history, check_step_shapes, check_steps, convert_model_output, exhausted, f32,
@@ -69,20 +69,13 @@ impl<B: Backend> UniPcMultistepScheduler<B> {
     /// [`Error::Unsupported`] for thresholding, flow sigmas, dynamic shifting, beta sigmas or an
     /// external `solver_p`.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        reject_flag(
-            config.thresholding,
-            "thresholding",
-            "UniPC dynamic thresholding",
-        )?;
-        reject_flag(
-            config.use_flow_sigmas,
-            "use_flow_sigmas",
-            "UniPC flow sigmas",
-        )?;
-        reject_flag(
-            config.use_dynamic_shifting,
-            "use_dynamic_shifting",
-            "UniPC dynamic shifting",
+        reject_flags(
+            "UniPCMultistepScheduler",
+            &[
+                ("thresholding", config.thresholding),
+                ("use_flow_sigmas", config.use_flow_sigmas),
+                ("use_dynamic_shifting", config.use_dynamic_shifting),
+            ],
         )?;
         if config.solver_p.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(Error::Unsupported("UniPC with an external solver_p".into()));
@@ -281,48 +274,6 @@ fn weighted_sum<B: Backend>(rhos: &[f32], d1s: Vec<Tensor<B, 4>>) -> Option<Tens
         .reduce(|acc, t| acc.add(t))
 }
 
-/// `torch.linalg.solve` for the tiny float32 systems of UniPC (LU with partial pivoting).
-fn solve(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Result<Vec<f32>> {
-    let n = b.len();
-    let singular = || {
-        Error::invalid_input(
-            "UniPC step",
-            "the order-conditions matrix is singular (a zero-length log-SNR step)",
-        )
-    };
-    for col in 0..n {
-        let pivot = (col..n)
-            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
-            .ok_or_else(singular)?;
-        if a[pivot][col] == 0.0 || !a[pivot][col].is_finite() {
-            return Err(singular());
-        }
-        a.swap(col, pivot);
-        b.swap(col, pivot);
-        let inv = 1.0 / a[col][col];
-        let (pivot_row, pivot_b) = (a[col].clone(), b[col]);
-        for (row, b_row) in a[col + 1..].iter_mut().zip(&mut b[col + 1..]) {
-            let l = row[col] * inv;
-            for (x, p) in row[col + 1..].iter_mut().zip(&pivot_row[col + 1..]) {
-                *x -= l * p;
-            }
-            *b_row -= l * pivot_b;
-        }
-    }
-    for row in (0..n).rev() {
-        let mut acc = b[row];
-        for (x, bc) in a[row][row + 1..].iter().zip(&b[row + 1..]) {
-            acc -= x * bc;
-        }
-        b[row] = acc / a[row][row];
-    }
-    if b.iter().all(|v| v.is_finite()) {
-        Ok(b)
-    } else {
-        Err(singular())
-    }
-}
-
 impl<B: Backend> Scheduler<B> for UniPcMultistepScheduler<B> {
     fn kind(&self) -> SchedulerKind {
         SchedulerKind::UniPc
@@ -332,24 +283,13 @@ impl<B: Backend> Scheduler<B> for UniPcMultistepScheduler<B> {
         let n_train = self.schedule.num_train_timesteps;
         let n = num_inference_steps;
         check_steps(n, n_train)?;
-        let mut timesteps: Vec<f64> = match self.timestep_spacing {
-            TimestepSpacing::Linspace => {
-                let mut v: Vec<f64> = linspace_desc((n_train - 1) as f64, n + 1)
-                    .into_iter()
-                    .map(round_even)
-                    .collect();
-                v.pop();
-                v
-            }
-            TimestepSpacing::Leading => {
-                let mut v = leading_desc(n_train / (n + 1), n + 1, 0);
-                v.pop();
-                v.into_iter()
-                    .map(|t| t + self.steps_offset as f64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => trailing_desc(n_train as f64, n_train as f64 / n as f64),
-        };
+        let mut timesteps = multistep_timesteps(
+            self.timestep_spacing,
+            n_train,
+            n_train,
+            n,
+            self.steps_offset,
+        );
         let train = self.schedule.sigmas();
         let sigmas: Vec<f64> = if self.spacing == SigmaSpacing::Interpolated {
             timesteps.iter().map(|&t| np_interp(t, &train)).collect()
