@@ -233,7 +233,7 @@ impl<B: Backend> Scheduler<B> for PndmScheduler<B> {
                 .map(round_even)
                 .collect(),
             TimestepSpacing::Leading => (0..n)
-                .map(|i| (i * (n_train / n) + self.steps_offset) as f64)
+                .map(|i| (i * (n_train / n)) as f64 + self.steps_offset as f64)
                 .collect(),
             TimestepSpacing::Trailing => {
                 np_arange(n_train as f64, 0.0, -(n_train as f64 / n as f64))

@@ -169,14 +169,14 @@ impl<B: Backend> UniPcMultistepScheduler<B> {
         let h_phi_1 = hh.exp_m1();
         let mut h_phi_k = h_phi_1 / hh - 1.0;
         let b_h = if self.bh1 { hh } else { hh.exp_m1() };
-        let mut factorial = 1u64;
+        let mut factorial = 1f64;
         let mut r = Vec::with_capacity(order);
         let mut b = Vec::with_capacity(order);
         for i in 1..=order {
             r.push(rks.iter().map(|&x| powi(x, i - 1)).collect::<Vec<f32>>());
             b.push(h_phi_k * factorial as f32 / b_h);
-            factorial *= i as u64 + 1;
-            h_phi_k = h_phi_k / hh - (1.0 / factorial as f64) as f32;
+            factorial *= (i + 1) as f64;
+            h_phi_k = h_phi_k / hh - (1.0 / factorial) as f32;
         }
         let (base_x, base_m, scale) = if self.predict_x0 {
             (sigma_t / sigma_s0, alpha_t * h_phi_1, alpha_t * b_h)

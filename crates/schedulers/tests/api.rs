@@ -203,6 +203,46 @@ fn misuse_is_an_error_not_a_panic() {
         );
         assert_eq!(off.is_err(), !falls_back, "{kind}");
     }
+    // Extreme config values: errors or odd numbers, never a panic.
+    let mut far = build(
+        r#"{"_class_name": "DDIMScheduler", "steps_offset": 1000000000000000000}"#,
+        None,
+    )
+    .unwrap();
+    far.set_timesteps(5).unwrap();
+    let t = far.timesteps()[0];
+    let x = latents(5);
+    assert!(far.step(x.clone(), t, x.clone(), &mut noise).is_err());
+    let mut high = build(
+        r#"{"_class_name": "UniPCMultistepScheduler", "solver_order": 30,
+            "lower_order_final": false, "final_sigmas_type": "sigma_min"}"#,
+        None,
+    )
+    .unwrap();
+    high.set_timesteps(25).unwrap();
+    let mut y = x.clone();
+    for t in high.timesteps().to_vec() {
+        match high.step(y.clone().mul_scalar(0.1), t, y.clone(), &mut noise) {
+            Ok(next) => y = next,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        build(
+            r#"{"_class_name": "DDIMScheduler", "num_train_timesteps": 0}"#,
+            None
+        )
+        .is_err()
+    );
+    assert!(
+        build(
+            r#"{"_class_name": "DDIMScheduler", "num_train_timesteps": 100000000000}"#,
+            None
+        )
+        .is_err()
+    );
+    assert!(build(r#"{"_class_name": "DDIMScheduler", "beta_end": 1.5}"#, None).is_err());
+
     // Running past the end of the schedule.
     let mut s = SchedulerConfig::sd_v1_5()
         .build::<B>(Some(SchedulerKind::Euler), &device())

@@ -25,6 +25,9 @@ use prompt_diffusion_core::{Error, Result};
 use crate::config::SchedulerConfig;
 use crate::options::BetaSchedule;
 
+/// The largest `num_train_timesteps` accepted (published models use 1000).
+const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
+
 /// The training noise schedule: `alphas_cumprod` as diffusers holds it (a float32 tensor).
 #[derive(Debug, Clone)]
 pub(crate) struct NoiseSchedule {
@@ -42,8 +45,11 @@ impl NoiseSchedule {
     /// `terminal_floor` whether it then sets ᾱ_{N−1} = 2⁻²⁴ (the sigma-based schedulers).
     pub fn new(config: &SchedulerConfig, rescale: bool, terminal_floor: bool) -> Result<Self> {
         let n = config.num_train_timesteps.unwrap_or(1000);
-        if n < 2 {
-            return Err(Error::config("num_train_timesteps", "must be at least 2"));
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&n) {
+            return Err(Error::config(
+                "num_train_timesteps",
+                format!("{n} is outside 2..={MAX_TRAIN_TIMESTEPS}"),
+            ));
         }
         let beta_start = config.beta_start.unwrap_or(0.0001);
         let beta_end = config.beta_end.unwrap_or(0.02);
@@ -73,8 +79,12 @@ impl NoiseSchedule {
             }
         };
         if let Some(bad) = betas.iter().find(|b| !(0.0..1.0).contains(*b)) {
+            let field = match config.trained_betas {
+                Some(_) => "trained_betas",
+                None => "beta_end",
+            };
             return Err(Error::config(
-                "trained_betas",
+                field,
                 format!("betas must lie in [0, 1), found {bad}"),
             ));
         }

@@ -18,7 +18,7 @@ pub(crate) fn linspace_desc(end: f64, count: usize) -> Vec<f64> {
 pub(crate) fn leading_desc(ratio: usize, count: usize, offset: usize) -> Vec<f64> {
     (0..count)
         .rev()
-        .map(|i| (i * ratio + offset) as f64)
+        .map(|i| (i * ratio) as f64 + offset as f64)
         .collect()
 }
 
