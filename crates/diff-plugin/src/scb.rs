@@ -1,0 +1,203 @@
+//! `SCBNet`, the Spatial Complement Branch (Diff-Plugin `modules/SCB.py`): a truncated
+//! ControlNet that encodes the degraded image's latent.
+//!
+//! `conv3×3(z_c)` → the UNet crate's encoder blocks (resnets with the branch's own time
+//! embedding, transformers attending to the task prompt F^p) → one 1×1 "zero convolution" per
+//! skip. **The noisy latent is never read** (the official forward overwrites it with the
+//! condition embedding), so the branch takes only the timestep, F^p and z_c. Its outputs F^s
+//! are added to the UNet's first skip connections after the encoder has run (diffusers 0.17
+//! `down_block_additional_residuals` semantics), so they reach the image only through the
+//! last decoder stage.
+
+use std::path::Path;
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, PaddingConfig2d};
+use burn::prelude::*;
+use prompt_diffusion_core::weights::{
+    LoadOptions, TensorSource, load_module, open_component_weights,
+};
+use prompt_diffusion_core::{Error, Result};
+use prompt_diffusion_unet::embeddings::{TimestepEmbedding, timestep_embedding};
+use prompt_diffusion_unet::unet_2d_blocks::{AttentionSlots, BlockBuilder, DownBlock2D};
+use prompt_diffusion_unet::{ContextTokens, UNetResiduals};
+
+use crate::SCBNetConfig;
+
+/// The Spatial Complement Branch. Parameter paths are the official keys.
+#[derive(Module, Debug)]
+pub struct SCBNet<B: Backend> {
+    /// 3×3 convolution of the condition latent z_c.
+    pub controlnet_cond_embedding: Conv2d<B>,
+    /// The branch's own time MLP.
+    pub time_embedding: TimestepEmbedding<B>,
+    /// Encoder levels (UNet `CrossAttnDownBlock2D`s).
+    pub down_blocks: Vec<DownBlock2D<B>>,
+    /// One 1×1 convolution per residual (zero at initialisation).
+    pub controlnet_down_blocks: Vec<Conv2d<B>>,
+    #[module(skip)]
+    config: SCBNetConfig,
+}
+
+impl<B: Backend> SCBNet<B> {
+    /// Creates the branch for `config`: random weights as PyTorch initialises them, the zero
+    /// convolutions at zero (the state training starts from).
+    ///
+    /// # Errors
+    /// [`Error::Config`]/[`Error::Unsupported`] from [`SCBNetConfig::validate`].
+    pub fn new(config: &SCBNetConfig, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        let unet = config.to_unet_config();
+        let blocks = BlockBuilder::new(&unet)?;
+        let c0 = config.block_out_channels[0];
+        let zero_conv = |c: usize| {
+            Conv2dConfig::new([c, c], [1, 1])
+                .with_initializer(Initializer::Zeros)
+                .init(device)
+        };
+        let mut zero_convs = vec![zero_conv(c0)];
+        let n = config.block_out_channels.len();
+        for (i, &c) in config.block_out_channels.iter().enumerate() {
+            let per_level = config.layers_per_block + usize::from(i + 1 < n);
+            zero_convs.extend((0..per_level).map(|_| zero_conv(c)));
+        }
+        Ok(Self {
+            controlnet_cond_embedding: Conv2dConfig::new([config.in_channels, c0], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+            time_embedding: TimestepEmbedding::new(
+                c0,
+                config.time_embed_dim(),
+                config.act_fn,
+                device,
+            ),
+            down_blocks: blocks.down_blocks(device),
+            controlnet_down_blocks: zero_convs,
+            config: config.clone(),
+        })
+    }
+
+    /// Loads a diffusers folder (`scb/` of a released plugin, `scb_net/` of a training
+    /// checkpoint): `config.json` and `diffusion_pytorch_model.{safetensors,bin}`.
+    ///
+    /// # Errors
+    /// A missing or invalid config or weight file, or weights that do not match the config
+    /// ([`Error::Weights`] names every missing, unexpected and mis-shaped tensor).
+    pub fn from_folder(
+        dir: impl AsRef<Path>,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = SCBNetConfig::from_file(dir.join("config.json"))?;
+        let source = open_component_weights(dir, options.variant.as_deref())?;
+        Self::from_source(&config, &source, options, device)
+    }
+
+    /// Loads weights under the official names (a `module.` prefix is removed).
+    ///
+    /// # Errors
+    /// As [`from_folder`](Self::from_folder).
+    pub fn from_source(
+        config: &SCBNetConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let source = crate::weights::strip_data_parallel(source);
+        load_module(Self::new(config, device)?, &source, "SCBNet", options)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SCBNetConfig {
+        &self.config
+    }
+
+    /// F^s: the residuals for the UNet's first skip connections, conditioning scale 1.
+    ///
+    /// # Shapes
+    /// `timestep: [batch]` or `[1]`, `prompt` (F^p): `[batch, tokens, cross_attention_dim]`,
+    /// `condition` (z_c): `[batch, in_channels, h, w]` → [`num_residuals`] tensors shaped as the
+    /// UNet's skips (3 × `[batch, 320, h, w]` for the released branch).
+    ///
+    /// [`num_residuals`]: SCBNetConfig::num_residuals
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the inputs do not match the branch or each other.
+    pub fn forward(
+        &self,
+        timestep: Tensor<B, 1>,
+        prompt: Tensor<B, 3>,
+        condition: Tensor<B, 4>,
+    ) -> Result<Vec<Tensor<B, 4>>> {
+        let [batch, channels, h, w] = condition.dims();
+        if channels != self.config.in_channels || h == 0 || w == 0 {
+            return Err(shape_error(
+                "cond_img",
+                format!("[batch, {}, h, w]", self.config.in_channels),
+                &condition.dims(),
+            ));
+        }
+        let [pb, _, width] = prompt.dims();
+        if pb != batch || width != self.config.cross_attention_dim {
+            return Err(shape_error(
+                "encoder_hidden_states",
+                format!("[{batch}, tokens, {}]", self.config.cross_attention_dim),
+                &prompt.dims(),
+            ));
+        }
+        let timestep = match timestep.dims() {
+            [n] if n == batch => timestep,
+            [1] => timestep.expand([batch]),
+            [n] => return Err(shape_error("timestep", format!("[1] or [{batch}]"), &[n])),
+        };
+        let dtype = condition.dtype();
+        let t = timestep_embedding(
+            timestep,
+            self.config.block_out_channels[0],
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift,
+        );
+        let temb = self.time_embedding.forward(t.cast(dtype));
+
+        let context = ContextTokens(prompt.cast(dtype));
+        let mut slots = AttentionSlots::new(&context);
+        let mut h = self.controlnet_cond_embedding.forward(condition);
+        let mut skips = vec![h.clone()];
+        for block in &self.down_blocks {
+            h = block.forward(h, &temb, &mut slots, &mut skips);
+        }
+        Ok(skips
+            .into_iter()
+            .zip(&self.controlnet_down_blocks)
+            .map(|(skip, zero_conv)| zero_conv.forward(skip))
+            .collect())
+    }
+
+    /// [`forward`](Self::forward) packed as UNet residuals: F^s for the first skips, nothing
+    /// for the others and the mid block.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn residuals(
+        &self,
+        timestep: Tensor<B, 1>,
+        prompt: Tensor<B, 3>,
+        condition: Tensor<B, 4>,
+    ) -> Result<UNetResiduals<B>> {
+        let down = self.forward(timestep, prompt, condition)?;
+        Ok(UNetResiduals {
+            down: down.into_iter().map(Some).collect(),
+            mid: None,
+        })
+    }
+}
+
+fn shape_error(key: &str, expected: String, found: &[usize]) -> Error {
+    Error::Shape {
+        origin: None,
+        key: key.into(),
+        expected,
+        found: found.to_vec(),
+    }
+}
