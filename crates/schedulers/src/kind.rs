@@ -1,4 +1,6 @@
-//! The scheduler kinds, their command-line names and diffusers class names.
+//! The scheduler kinds, their command-line names and diffusers class names (the entries of
+//! `KarrasDiffusionSchedulers` in diffusers' `schedulers/scheduling_utils.py` that this crate
+//! implements).
 
 use std::fmt;
 use std::str::FromStr;

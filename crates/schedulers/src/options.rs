@@ -1,4 +1,5 @@
-//! The enumerated string options of diffusers' scheduler configs, as serde enums.
+//! The enumerated string options of diffusers' scheduler configs (the `Literal[...]` parameters of
+//! the `scheduling_*.py` constructors), as serde enums.
 //!
 //! Every value diffusers 0.42.1 accepts for a key is a variant here, so a valid config file always
 //! parses; values this crate does not implement are rejected when a scheduler is built.

@@ -1,4 +1,6 @@
-//! Small tensor helpers shared by the schedulers: float32 promotion, shape checks, noise.
+//! Small tensor helpers shared by the schedulers: float32 promotion, shape checks, noise, and the
+//! tensor parts diffusers copies between scheduler files (`DDPMScheduler.add_noise` from
+//! `scheduling_ddpm.py`, `convert_model_output` of the multistep solvers).
 
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};

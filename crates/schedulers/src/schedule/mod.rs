@@ -1,8 +1,9 @@
 //! Noise-schedule math shared by every scheduler, computed once on the host.
 //!
-//! Ports `betas_for_alpha_bar`, `rescale_zero_terminal_snr` and the beta/alpha/sigma tables each
-//! diffusers scheduler builds in its constructor, plus the NumPy/PyTorch primitives they use, so
-//! that the tables equal diffusers' bit for bit: `torch.linspace` in float32 (PyTorch's CPU kernel
+//! Ports `betas_for_alpha_bar` and `rescale_zero_terminal_snr` (diffusers'
+//! `schedulers/scheduling_ddpm.py`, copied into every scheduler file) and the beta/alpha/sigma
+//! tables each diffusers scheduler builds in its constructor, plus the NumPy/PyTorch primitives
+//! they use, so that the tables equal diffusers' bit for bit: `torch.linspace` in float32 (PyTorch's CPU kernel
 //! computes `start + step·i` below the midpoint and `end − step·(steps−1−i)` from it, each as one
 //! fused multiply-add), betas squared and `1 − β` in float32, `cumprod` accumulated in float64 and
 //! rounded to float32, `np.linspace`/`np.arange`/`np.interp` in float64 with NumPy's rounding.

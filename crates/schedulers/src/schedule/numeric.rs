@@ -1,5 +1,6 @@
 //! The NumPy and PyTorch primitives diffusers' schedulers compute their tables with, reproduced
-//! with the same rounding (see the parent module), and the small linear solve of UniPC.
+//! with the same rounding (see the parent module): `torch.linspace`, `np.linspace`, `np.arange`,
+//! `np.interp`, `np.round`, and the `torch.linalg.solve` of `scheduling_unipc_multistep.py`.
 
 use prompt_diffusion_core::{Error, Result};
 

@@ -1,5 +1,7 @@
-//! Inference timesteps and sigmas: the spacings, Karras/exponential sigmas, the sigma → timestep
-//! map and the step index of the sigma-based schedulers.
+//! Inference timesteps and sigmas: the `timestep_spacing` layouts of the `set_timesteps` methods,
+//! `_convert_to_karras` / `_convert_to_exponential`, `_sigma_to_t`, and the `_step_index` /
+//! `_begin_index` / `index_for_timestep` logic of `scheduling_euler_discrete.py` and the files
+//! that copy it.
 
 use prompt_diffusion_core::{Error, Result};
 
