@@ -97,7 +97,11 @@ impl<B: Backend> TaskPlugin<B> {
     ///
     /// # Errors
     /// A missing file (named), an invalid config, or weights that do not match.
-    pub fn from_dir(dir: impl AsRef<Path>, options: &LoadOptions, device: &B::Device) -> Result<Self> {
+    pub fn from_dir(
+        dir: impl AsRef<Path>,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
         Self::from_files(&PluginFiles::find(dir)?, options, device)
     }
 
@@ -105,7 +109,11 @@ impl<B: Backend> TaskPlugin<B> {
     ///
     /// # Errors
     /// As [`from_dir`](Self::from_dir).
-    pub fn from_files(files: &PluginFiles, options: &LoadOptions, device: &B::Device) -> Result<Self> {
+    pub fn from_files(
+        files: &PluginFiles,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
         let tpb = weights::load_tpb(&files.tpb, options, device)?;
         let scb = SCBNet::from_folder(&files.scb, options, device)?;
         check_widths(&tpb.config(), scb.config())?;
@@ -127,5 +135,8 @@ fn check_widths(tpb: &TPBConfig, scb: &SCBNetConfig) -> Result<()> {
 }
 
 fn not_found(path: &Path, what: &str) -> Error {
-    Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, what.to_string()))
+    Error::io(
+        path,
+        std::io::Error::new(std::io::ErrorKind::NotFound, what.to_string()),
+    )
 }

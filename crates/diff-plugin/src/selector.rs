@@ -70,11 +70,19 @@ impl<B: Backend> PluginSelector<B> {
     pub fn scores(&self, instruction: Tensor<B, 2>, rows: Tensor<B, 3>) -> Result<Tensor<B, 1>> {
         let dim = self.dim();
         if instruction.dims() != [1, dim] {
-            return Err(shape_error("instruction", format!("[1, {dim}]"), &instruction.dims()));
+            return Err(shape_error(
+                "instruction",
+                format!("[1, {dim}]"),
+                &instruction.dims(),
+            ));
         }
         let [n, tokens, width] = rows.dims();
         if width != dim || tokens == 0 || n == 0 {
-            return Err(shape_error("rows", format!("[n, tokens, {dim}]"), &rows.dims()));
+            return Err(shape_error(
+                "rows",
+                format!("[n, tokens, {dim}]"),
+                &rows.dims(),
+            ));
         }
         let pooled = rows.max_dim(1).reshape([n, dim]);
         let v = normalize(self.proj_v.forward(pooled));
@@ -112,7 +120,11 @@ pub fn select(tasks: &[Task], raw: &[f32]) -> Result<Selection> {
     if raw.len() != tasks.len() + 1 {
         return Err(Error::invalid_input(
             "selector scores",
-            format!("{} scores for {} tasks and the null row", raw.len(), tasks.len()),
+            format!(
+                "{} scores for {} tasks and the null row",
+                raw.len(),
+                tasks.len()
+            ),
         ));
     }
     if tasks.windows(2).any(|w| w[0] >= w[1]) {

@@ -37,7 +37,13 @@ pub fn strip_data_parallel(source: &TensorSource) -> TensorSource {
         return source.clone();
     }
     source
-        .rename(|k| Some(k.strip_prefix(DATA_PARALLEL_PREFIX).unwrap_or(k).to_string()))
+        .rename(|k| {
+            Some(
+                k.strip_prefix(DATA_PARALLEL_PREFIX)
+                    .unwrap_or(k)
+                    .to_string(),
+            )
+        })
         // Keys differing only by the prefix cannot come from one module; keep the original
         // names so loading reports them.
         .unwrap_or_else(|_| source.clone())
@@ -114,7 +120,9 @@ pub fn tpb_config(source: &TensorSource) -> Result<TPBConfig> {
             num_cross_proj_layers: last / 3,
             out_dim,
         }),
-        other => Err(bad(format!("`{key}` has shape {other:?}, expected [out, in]"))),
+        other => Err(bad(format!(
+            "`{key}` has shape {other:?}, expected [out, in]"
+        ))),
     }
 }
 
@@ -231,7 +239,10 @@ mod tests {
         let t = |k: &str| (k.to_string(), TensorData::new(vec![0f32], [1]));
         let source = TensorSource::from_tensors(
             "test",
-            [t("model.module.proj_v.weight"), t("model.module.logit_scale")],
+            [
+                t("model.module.proj_v.weight"),
+                t("model.module.logit_scale"),
+            ],
         );
         let inner = unwrap_checkpoint(&source);
         let keys: Vec<&str> = inner.keys().collect();
