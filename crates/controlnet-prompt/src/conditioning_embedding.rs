@@ -60,7 +60,9 @@ impl<B: Backend> ControlNetConditioningEmbedding<B> {
 
     /// How many times smaller than the hint the embedding is (`2^(stages − 1)`).
     pub fn downscale_factor(&self) -> usize {
-        1 << (self.blocks.len() / 2)
+        1usize
+            .checked_shl((self.blocks.len() / 2) as u32)
+            .unwrap_or(usize::MAX)
     }
 
     /// Encodes a hint image.

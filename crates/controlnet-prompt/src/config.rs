@@ -199,7 +199,7 @@ impl ControlNetConfig {
             .conditioning_embedding_out_channels
             .as_ref()
             .map_or(1, |c| c.len().max(1));
-        1 << (stages - 1)
+        1usize.checked_shl(stages as u32 - 1).unwrap_or(usize::MAX)
     }
 
     /// The number of down-block residuals (12 for SD; one per UNet skip connection).

@@ -199,8 +199,8 @@ impl<B: Backend> ControlNetModel<B> {
 
     /// Checks the latent against the model.
     pub(crate) fn check_sample(&self, sample: &Tensor<B, 4>) -> Result<()> {
-        let [_, channels, h, w] = sample.dims();
-        if channels != self.config.in_channels || h == 0 || w == 0 {
+        let [batch, channels, h, w] = sample.dims();
+        if channels != self.config.in_channels || batch == 0 || h == 0 || w == 0 {
             return Err(shape_error(
                 "sample",
                 format!("[batch, {}, h, w]", self.config.in_channels),
@@ -244,14 +244,14 @@ impl<B: Backend> ControlNetModel<B> {
         let [batch, _, _, _] = sample.dims();
         let temb = self.time_embed(timestep, batch, sample.dtype())?;
         let n = self.controlnet_down_blocks.len() + 1;
-        let scales = if self.config.global_pool_conditions && scales.is_guess_mode() {
+        let scales = match scales {
             // diffusers applies guess-mode scaling only without global pooling.
-            match scales {
-                ControlScales::GuessMode(s) | ControlScales::LdmGuessMode(s) => vec![*s; n],
-                _ => scales.resolve(n)?,
+            ControlScales::GuessMode(s) | ControlScales::LdmGuessMode(s)
+                if self.config.global_pool_conditions =>
+            {
+                ControlScales::Uniform(*s).resolve(n)?
             }
-        } else {
-            scales.resolve(n)?
+            other => other.resolve(n)?,
         };
 
         let mut h = embeddings
@@ -320,7 +320,12 @@ pub(crate) fn check_hint<B: Backend>(
     factor: usize,
 ) -> Result<()> {
     let [batch, _, h, w] = sample.dims();
-    let expected = [batch, channels, h * factor, w * factor];
+    let expected = [
+        batch,
+        channels,
+        h.saturating_mul(factor),
+        w.saturating_mul(factor),
+    ];
     if hint.dims() == expected {
         Ok(())
     } else {
