@@ -7,6 +7,7 @@ pub use prompt_diffusion_schedulers as schedulers;
 pub use prompt_diffusion_unet as unet;
 pub use prompt_diffusion_vae as vae;
 
+pub mod backends;
 pub mod pipelines;
 
 pub use pipelines::{Generation, ModelOptions, StableDiffusion};

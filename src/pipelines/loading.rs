@@ -131,8 +131,9 @@ impl<B: Backend> Components<B> {
     /// `cond_stage_model.model.*` for SD2).
     ///
     /// Configs, tokenizer and scheduler come from `options.config` when given; otherwise the
-    /// family is detected and the published SD1.5/SD2.1 configs are used, and the tokenizer
-    /// must be given through `options.config` (single files carry none).
+    /// family is detected from the tensor names and the published SD1.5/SD2.1 configs, the
+    /// embedded CLIP vocabulary and SD1.5's scheduler config are used (single files carry
+    /// none of them; SD2 768-px v-prediction models need `options.config`).
     pub fn from_single_file(
         path: impl AsRef<Path>,
         options: &ModelOptions,
@@ -182,17 +183,10 @@ impl<B: Backend> Components<B> {
             }
             None => family.configs(&unet_source)?,
         };
-        let tokenizer = match &options.config {
-            Some(dir) => ClipTokenizer::from_folder(dir.join("tokenizer"))?,
-            None => {
-                return Err(Error::invalid_input(
-                    "tokenizer",
-                    format!(
-                        "{} carries no tokenizer: give a diffusers folder with a `tokenizer/` as the config",
-                        checkpoint.description()
-                    ),
-                ));
-            }
+        let tokenizer = match (&options.config, family) {
+            (Some(dir), _) => ClipTokenizer::from_folder(dir.join("tokenizer"))?,
+            (None, Family::Sd1) => ClipTokenizer::openai_clip()?,
+            (None, Family::Sd2) => ClipTokenizer::open_clip_sd2()?,
         };
         let text_source = match family {
             Family::Sd1 => clip_weights::sd1_text_encoder(checkpoint)?.unwrap_or_default(),

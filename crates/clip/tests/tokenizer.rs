@@ -106,6 +106,19 @@ fn sd2_special_tokens_pad_with_exclamation_mark() {
 }
 
 #[test]
+fn embedded_vocabulary_equals_the_folders() {
+    let sd1 = ClipTokenizer::openai_clip().unwrap();
+    assert_eq!(
+        (sd1.bos_id(), sd1.eos_id(), sd1.pad_id(), sd1.max_length()),
+        (49406, 49407, 49407, 77)
+    );
+    check_all(&sd1, |c| &c.sd1, "embedded sd1");
+    let sd2 = ClipTokenizer::open_clip_sd2().unwrap();
+    assert_eq!(sd2.pad_id(), 0);
+    check_all(&sd2, |c| &c.sd2, "embedded sd2");
+}
+
+#[test]
 fn tokenizer_json_folder() {
     let tokenizer = ClipTokenizer::from_folder(clip_fixture("tokenizer_json")).unwrap();
     assert_eq!((tokenizer.bos_id(), tokenizer.eos_id()), (2512, 2513));

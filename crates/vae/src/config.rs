@@ -59,6 +59,10 @@ pub struct AutoencoderKLConfig {
     pub use_post_quant_conv: bool,
     /// diffusers runs the VAE in f32 when the pipeline is f16 if set (default true).
     pub force_upcast: bool,
+    /// Per-channel latent means of newer VAEs (must be unset for Stable Diffusion 1/2).
+    pub latents_mean: Option<Vec<f64>>,
+    /// Per-channel latent deviations of newer VAEs (must be unset for Stable Diffusion 1/2).
+    pub latents_std: Option<Vec<f64>>,
 }
 
 impl Default for AutoencoderKLConfig {
@@ -80,6 +84,8 @@ impl Default for AutoencoderKLConfig {
             use_quant_conv: true,
             use_post_quant_conv: true,
             force_upcast: true,
+            latents_mean: None,
+            latents_std: None,
         }
     }
 }
@@ -160,6 +166,11 @@ impl AutoencoderKLConfig {
             return Err(Error::config(
                 "latent_channels",
                 "channel counts must be positive",
+            ));
+        }
+        if self.latents_mean.is_some() || self.latents_std.is_some() {
+            return Err(Error::Unsupported(
+                "AutoencoderKL with `latents_mean`/`latents_std` (per-channel latent normalisation)".into(),
             ));
         }
         if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {

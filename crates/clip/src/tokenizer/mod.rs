@@ -32,6 +32,7 @@ use tokenizers::{
     TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
+mod embedded;
 mod files;
 
 use files::tokenizer_error;
@@ -91,6 +92,28 @@ impl ClipTokenizer {
             return Err(tokenizer_error(&dir, "tokenizer folder not found"));
         }
         Self::build(&dir, files::read_folder(&dir)?)
+    }
+
+    /// The tokenizer of OpenAI's CLIP (SD1.x's), built from the embedded vocabulary: for
+    /// single-file checkpoints, which carry no tokenizer. Gives the same ids as the
+    /// `tokenizer/` folder of SD1.5.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] only if the embedded data is corrupt.
+    pub fn openai_clip() -> Result<Self> {
+        Self::build(
+            Path::new("<embedded CLIP vocabulary>"),
+            embedded::files("<|endoftext|>")?,
+        )
+    }
+
+    /// The SD2.x variant of [`openai_clip`](Self::openai_clip): the same vocabulary, padded
+    /// with `!` (OpenCLIP's padding).
+    pub fn open_clip_sd2() -> Result<Self> {
+        Self::build(
+            Path::new("<embedded CLIP vocabulary, pad `!`>"),
+            embedded::files("!")?,
+        )
     }
 
     fn build(dir: &Path, files: files::FolderFiles) -> Result<Self> {

@@ -1,0 +1,167 @@
+//! Choosing a backend and a precision at run time.
+//!
+//! Every model is generic over `burn::tensor::backend::Backend`; applications that let users
+//! pick the backend (the CLI, benches) write their work once as a [`BackendTask`] and run it
+//! with [`run_on`]. The backends are cargo features of this crate:
+//!
+//! | [`BackendKind`] | feature | device | precisions |
+//! |---|---|---|---|
+//! | `ndarray` | `ndarray` (default) | CPU | f32 (f16/bf16 run on `flex`) |
+//! | `flex` | `ndarray` | CPU (burn-flex, pure Rust) | f32, f16, bf16 |
+//! | `wgpu` | `wgpu` | GPU through Vulkan/Metal/DX12 (or lavapipe on a CPU) | f32, f16 where the adapter has it |
+//! | `cuda` | `cuda` | NVIDIA GPU | f32, f16, bf16 |
+//!
+//! The precision is set as the device's default float type before anything is created, so
+//! models load (and are cast) straight into it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::backend::Backend;
+use prompt_diffusion_core::{Error, Precision, Result};
+
+/// The backends this crate knows (whether compiled in or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendKind {
+    /// burn-ndarray on the CPU.
+    #[default]
+    Ndarray,
+    /// burn-flex on the CPU (also half precision).
+    Flex,
+    /// burn-wgpu.
+    Wgpu,
+    /// burn-cuda.
+    Cuda,
+}
+
+impl BackendKind {
+    /// Every kind, in CLI order.
+    pub const ALL: [BackendKind; 4] = [Self::Ndarray, Self::Flex, Self::Wgpu, Self::Cuda];
+
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ndarray => "ndarray",
+            Self::Flex => "flex",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this build includes the backend.
+    pub fn compiled(self) -> bool {
+        match self {
+            Self::Ndarray | Self::Flex => cfg!(feature = "ndarray"),
+            Self::Wgpu => cfg!(feature = "wgpu"),
+            Self::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                Error::invalid_input(
+                    "backend",
+                    format!("`{s}` is not one of ndarray, flex, wgpu, cuda"),
+                )
+            })
+    }
+}
+
+/// Work that runs on whichever backend [`run_on`] picks.
+pub trait BackendTask {
+    /// What the work returns.
+    type Output;
+
+    /// Runs on backend `B`, whose `device` already has the requested default float type.
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+/// Runs `task` on `kind` in `precision`.
+///
+/// # Errors
+/// [`Error::Unsupported`] when the backend is not compiled in or cannot compute in
+/// `precision`; otherwise the task's own result.
+pub fn run_on<T: BackendTask>(
+    kind: BackendKind,
+    precision: Precision,
+    task: T,
+) -> Result<T::Output> {
+    if !kind.compiled() {
+        return Err(Error::Unsupported(format!(
+            "backend `{kind}` is not compiled into this build (rebuild with `--features {}`)",
+            match kind {
+                BackendKind::Ndarray | BackendKind::Flex => "ndarray",
+                BackendKind::Wgpu => "wgpu",
+                BackendKind::Cuda => "cuda",
+            }
+        )));
+    }
+    match kind {
+        #[cfg(feature = "ndarray")]
+        BackendKind::Ndarray if precision == Precision::F32 => {
+            task.run::<burn_ndarray::NdArray<f32>>(burn_ndarray::NdArrayDevice::Cpu)
+        }
+        #[cfg(feature = "ndarray")]
+        BackendKind::Ndarray | BackendKind::Flex => {
+            start::<burn_flex::Flex, T>(burn_flex::FlexDevice, kind, precision, task)
+        }
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => start::<burn_wgpu::Wgpu, T>(Default::default(), kind, precision, task),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => start::<burn_cuda::Cuda, T>(Default::default(), kind, precision, task),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("checked by BackendKind::compiled"),
+    }
+}
+
+/// Sets the device's default float type, then runs the task.
+#[allow(dead_code)]
+fn start<B: Backend, T: BackendTask>(
+    device: B::Device,
+    kind: BackendKind,
+    precision: Precision,
+    task: T,
+) -> Result<T::Output> {
+    set_precision::<B>(&device, precision).map_err(|reason| {
+        Error::Unsupported(format!("backend `{kind}` in {precision}: {reason}"))
+    })?;
+    task.run::<B>(device)
+}
+
+/// Makes `precision` the default float type of `device` (once per device and process; asking
+/// again for the precision already set is fine).
+///
+/// # Errors
+/// A description when the device lacks the type or was set to another one.
+pub fn set_precision<B: Backend>(
+    device: &B::Device,
+    precision: Precision,
+) -> std::result::Result<(), String> {
+    use burn::tensor::backend::{DeviceError, set_default_float_dtype};
+    if !B::supports_dtype(device, precision.dtype()) {
+        return Err(format!("the device has no {precision} arithmetic"));
+    }
+    match set_default_float_dtype::<B>(device, precision.float_dtype()) {
+        Ok(()) => Ok(()),
+        Err(DeviceError::AlreadyInitialized { .. })
+            if prompt_diffusion_core::dtype::default_float_dtype::<B>(device)
+                == precision.dtype() =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -1,0 +1,112 @@
+//! `prompt-diffusion`: Stable Diffusion 1.5 and the systems built on it, from the command line.
+//!
+//! ```text
+//! prompt-diffusion txt2img --model fixtures/tiny-sd --prompt "a fox" --steps 20 --seed 1
+//! prompt-diffusion img2img --checkpoint v1-5-pruned-emaonly.safetensors --init-image in.png --prompt "…"
+//! ```
+//! Every error is printed as one line and the exit status is non-zero.
+
+mod args;
+mod output;
+mod sd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use prompt_diffusion::backends::run_on;
+
+/// Stable Diffusion 1.5, Prompt Diffusion, Versatile Diffusion and Diff-Plugin on burn.
+#[derive(Debug, Parser)]
+#[command(name = "prompt-diffusion", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate images from a prompt.
+    Txt2img(sd::Txt2ImgArgs),
+    /// Transform an image according to a prompt.
+    Img2img(sd::Img2ImgArgs),
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Txt2img(args) => {
+            let task = sd::SdRun::txt2img(&args)?;
+            run_on(args.model.backend, args.model.precision, task)?
+        }
+        Command::Img2img(args) => {
+            let task = sd::SdRun::img2img(&args)?;
+            run_on(args.model.backend, args.model.precision, task)?
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping causes the message already quotes.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line.replace('\n', " ")
+}
+
+/// Panics are bugs; still, report them as one line like every other error.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        let place = info
+            .location()
+            .map(|l| format!(" ({}:{})", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error: {}{place}",
+            message.lines().next().unwrap_or("")
+        );
+    }));
+}
+
+fn main() -> ExitCode {
+    install_panic_hook();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Reading latents files, writing images, and the progress display.
+
+use std::io::IsTerminal;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use burn::tensor::TensorData;
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use prompt_diffusion::core::progress::{StepCallback, StepInfo};
+use prompt_diffusion::core::weights::TensorSource;
+
+/// The tensor `latents` of a safetensors file, rank 4.
+pub fn read_latents(path: &Path) -> anyhow::Result<TensorData> {
+    let source = TensorSource::open(path)?;
+    if !source.contains("latents") {
+        bail!("{}: no tensor named `latents`", path.display());
+    }
+    let data = source.data("latents")?;
+    if data.shape.len() != 4 {
+        bail!(
+            "{}: tensor `latents` has shape {:?}, expected [n, 4, height/8, width/8]",
+            path.display(),
+            data.shape
+        );
+    }
+    Ok(data)
+}
+
+/// The file names of `count` images: `output` itself for one, `stem_i.ext` for several.
+pub fn output_paths(output: &Path, count: usize) -> Vec<PathBuf> {
+    if count == 1 {
+        return vec![output.to_path_buf()];
+    }
+    let stem = output
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("output");
+    let ext = output.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    (0..count)
+        .map(|i| output.with_file_name(format!("{stem}_{i}.{ext}")))
+        .collect()
+}
+
+/// Checks the output path before any work is done.
+pub fn check_output(output: &Path) -> anyhow::Result<()> {
+    let ext = output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    if ext.as_deref() != Some("png") {
+        bail!("output {}: must be a .png file", output.display());
+    }
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        bail!(
+            "output {}: folder {} does not exist",
+            output.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Saves images as PNG, printing each path.
+pub fn save_images(images: &[RgbImage], output: &Path) -> anyhow::Result<()> {
+    for (image, path) in images.iter().zip(output_paths(output, images.len())) {
+        image
+            .save_with_format(&path, image::ImageFormat::Png)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// An indicatif bar over the denoising steps (hidden when stdout is not a terminal) that
+/// records the time per step.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    label: String,
+    steps: usize,
+    busy: Duration,
+    start: Instant,
+}
+
+impl Progress {
+    /// A bar labelled `label`.
+    pub fn new(label: &str) -> Self {
+        Self {
+            bar: None,
+            label: label.to_string(),
+            steps: 0,
+            busy: Duration::ZERO,
+            start: Instant::now(),
+        }
+    }
+
+    /// Prints the step count and times.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        if self.steps > 0 {
+            let per_step = self.busy.as_secs_f64() / self.steps as f64;
+            println!(
+                "{}: {} steps in {:.2} s ({:.3} s/step), {:.2} s in all",
+                self.label,
+                self.steps,
+                self.busy.as_secs_f64(),
+                per_step,
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+impl StepCallback for Progress {
+    fn on_step(&mut self, info: &StepInfo) -> ControlFlow<()> {
+        let bar = self.bar.get_or_insert_with(|| {
+            if !std::io::stdout().is_terminal() {
+                return ProgressBar::hidden();
+            }
+            let bar = ProgressBar::new(info.total as u64);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} steps, {per_sec}, eta {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(self.label.clone());
+            bar
+        });
+        bar.set_position(info.step as u64);
+        self.steps += 1;
+        self.busy += info.elapsed;
+        ControlFlow::Continue(())
+    }
+}

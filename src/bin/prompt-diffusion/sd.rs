@@ -1,0 +1,118 @@
+//! `txt2img` and `img2img`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use clap::Args;
+use prompt_diffusion::StableDiffusion;
+use prompt_diffusion::backends::BackendTask;
+use prompt_diffusion::core::image::load_rgb;
+use prompt_diffusion::core::{Error, Result};
+
+use crate::args::{GenerationArgs, ModelArgs};
+use crate::output::{Progress, check_output, save_images};
+
+/// Arguments of `txt2img`.
+#[derive(Debug, Clone, Args)]
+pub struct Txt2ImgArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+}
+
+/// Arguments of `img2img`.
+#[derive(Debug, Clone, Args)]
+pub struct Img2ImgArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+    /// The image to transform.
+    #[arg(long, value_name = "FILE")]
+    pub init_image: PathBuf,
+    /// How much of the schedule runs, in [0, 1] (1 ignores the image's content).
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    pub strength: f64,
+}
+
+/// Loads a Stable Diffusion model from `--model` or `--checkpoint`, printing the time taken.
+pub fn load_model<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<StableDiffusion<B>> {
+    let start = Instant::now();
+    let sd = match (&args.model, &args.checkpoint) {
+        (Some(dir), _) => StableDiffusion::from_pretrained(dir, &args.options(), device)?,
+        (None, Some(file)) => StableDiffusion::from_single_file(file, &args.options(), device)?,
+        (None, None) => {
+            return Err(Error::invalid_input(
+                "model",
+                "give --model DIR or --checkpoint FILE",
+            ));
+        }
+    };
+    println!(
+        "loaded model on {} ({}) in {:.2} s",
+        B::name(device),
+        args.precision,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(sd)
+}
+
+/// A txt2img or img2img run, ready to be dispatched to a backend.
+pub struct SdRun {
+    pub model: ModelArgs,
+    pub generation: prompt_diffusion::Generation,
+    pub output: PathBuf,
+    pub init: Option<(image::RgbImage, f64)>,
+}
+
+impl SdRun {
+    /// Checks everything that can be checked without the model.
+    pub fn txt2img(args: &Txt2ImgArgs) -> anyhow::Result<Self> {
+        check_output(&args.generation.output)?;
+        let generation = args.generation.generation()?;
+        Ok(Self {
+            model: args.model.clone(),
+            generation,
+            output: args.generation.output.clone(),
+            init: None,
+        })
+    }
+
+    /// Checks everything that can be checked without the model.
+    pub fn img2img(args: &Img2ImgArgs) -> anyhow::Result<Self> {
+        check_output(&args.generation.output)?;
+        if !(0.0..=1.0).contains(&args.strength) {
+            anyhow::bail!("--strength {} is outside [0, 1]", args.strength);
+        }
+        if args.generation.latents.is_some() {
+            anyhow::bail!("--latents applies to txt2img only");
+        }
+        let image = load_rgb(&args.init_image)?;
+        let generation = args.generation.generation()?;
+        Ok(Self {
+            model: args.model.clone(),
+            generation,
+            output: args.generation.output.clone(),
+            init: Some((image, args.strength)),
+        })
+    }
+}
+
+impl BackendTask for SdRun {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
+        let sd = load_model::<B>(&self.model, &device)?;
+        let mut progress = Progress::new("denoising");
+        let images = match &self.init {
+            None => sd.text_to_image(&self.generation, &mut progress)?,
+            Some((image, strength)) => {
+                sd.image_to_image(&self.generation, image, *strength, &mut progress)?
+            }
+        };
+        progress.finish();
+        Ok(save_images(&images, &self.output))
+    }
+}

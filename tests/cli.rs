@@ -1,0 +1,273 @@
+//! The `prompt-diffusion` program: bad input exits non-zero with one readable line naming the
+//! problem (never a panic), and the same seed writes the same PNG bytes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prompt-diffusion"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("the program starts")
+}
+
+fn tiny() -> String {
+    fixtures().join("tiny-sd").display().to_string()
+}
+
+/// Asserts a failure with a one-line error containing every `needle`.
+fn assert_fails(args: &[&str], needles: &[&str]) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one error line, got {stderr:?}"
+    );
+    assert!(lines[0].starts_with("error:"), "{args:?}: {stderr}");
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: `{needle}` not in {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_a_non_zero_exit() {
+    let tiny = tiny();
+    let base = ["txt2img", "--model", tiny.as_str(), "--prompt", "a fox"];
+    let with = |extra: &[&'static str]| -> Vec<String> {
+        base.iter()
+            .map(|s| s.to_string())
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            with(&["--width", "100"]),
+            vec!["width", "100", "multiple of 8"],
+        ),
+        (with(&["--height", "30"]), vec!["height", "30"]),
+        (
+            with(&["--scheduler", "fastest"]),
+            vec!["scheduler", "fastest"],
+        ),
+        (with(&["--steps", "0"]), vec!["steps"]),
+        (with(&["--backend", "tpu"]), vec!["backend", "tpu"]),
+        (with(&["--output", "out.jpg"]), vec!["png"]),
+        (
+            vec![
+                "txt2img".into(),
+                "--model".into(),
+                "/no/such/model".into(),
+                "--prompt".into(),
+                "x".into(),
+            ],
+            vec!["/no/such/model", "not found"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_fails(&args, &needles);
+    }
+}
+
+#[test]
+fn img2img_input_errors() {
+    let tiny = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.png");
+    std::fs::write(&garbage, b"not an image").unwrap();
+    let garbage = garbage.display().to_string();
+    let init = fixtures().join("pipeline/init.png").display().to_string();
+    let base = ["img2img", "--model", tiny.as_str(), "--prompt", "a fox"];
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["--init-image", "/no/such.png"], &["/no/such.png"]),
+        (&["--init-image", garbage.as_str()], &["garbage.png"]),
+        (
+            &["--init-image", init.as_str(), "--strength", "1.5"],
+            &["strength", "1.5"],
+        ),
+        (
+            &["--init-image", init.as_str(), "--strength", "-0.2"],
+            &["strength"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        assert_fails(&args, needles);
+    }
+}
+
+#[test]
+fn truncated_weights_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("tiny-sd"), dir.path());
+    let unet = dir.path().join("unet/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&unet).unwrap();
+    std::fs::write(&unet, &bytes[..bytes.len() / 2]).unwrap();
+    let model = dir.path().display().to_string();
+    assert_fails(
+        &[
+            "txt2img", "--model", &model, "--prompt", "x", "--steps", "1",
+        ],
+        &["unet/diffusion_pytorch_model.safetensors"],
+    );
+}
+
+#[test]
+fn same_seed_writes_identical_png_bytes() {
+    let tiny = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
+    for name in ["a.png", "b.png"] {
+        let out = dir.path().join(name).display().to_string();
+        let args = [
+            "txt2img", "--model", &tiny, "--prompt", "a fox", "--steps", "3", "--seed", "42",
+            "--output", &out,
+        ];
+        let result = run(&args);
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(outputs[0], outputs[1]);
+    assert!(image::load_from_memory(&outputs[0]).is_ok());
+}
+
+#[test]
+fn latents_file_sets_batch_and_size() {
+    let tiny = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    let values: Vec<f32> = (0..2 * 4 * 6 * 8)
+        .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
+        .collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 4, 6, 8], &bytes)
+            .unwrap();
+    safetensors::serialize_to_file([("latents", view)], None, &latents).unwrap();
+    let out = dir.path().join("batch.png").display().to_string();
+    let latents = latents.display().to_string();
+    let result = run(&[
+        "txt2img",
+        "--model",
+        &tiny,
+        "--prompt",
+        "a fox",
+        "--steps",
+        "2",
+        "--latents",
+        &latents,
+        "--output",
+        &out,
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    for name in ["batch_0.png", "batch_1.png"] {
+        let image = image::open(dir.path().join(name)).unwrap();
+        assert_eq!((image.width(), image.height()), (64, 48));
+    }
+    // A latents file whose size contradicts --width is rejected before any work.
+    assert_fails(
+        &[
+            "txt2img",
+            "--model",
+            &tiny,
+            "--prompt",
+            "x",
+            "--latents",
+            &latents,
+            "--width",
+            "128",
+        ],
+        &["latents"],
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn half_precision_images_are_not_black_and_follow_f32() {
+    let tiny = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    let mut images = Vec::new();
+    for precision in ["f32", "f16", "bf16"] {
+        let out = dir
+            .path()
+            .join(format!("{precision}.png"))
+            .display()
+            .to_string();
+        let result = run(&[
+            "txt2img",
+            "--model",
+            &tiny,
+            "--prompt",
+            "a fox",
+            "--steps",
+            "5",
+            "--seed",
+            "3",
+            "--precision",
+            precision,
+            "--output",
+            &out,
+        ]);
+        assert!(
+            result.status.success(),
+            "{precision}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        images.push(image::open(&out).unwrap().to_rgb8());
+    }
+    for (image, precision) in images.iter().zip(["f32", "f16", "bf16"]) {
+        let pixels = image.as_raw();
+        let black = image.pixels().filter(|p| p.0 == [0, 0, 0]).count();
+        let mean = pixels.iter().map(|&v| f64::from(v)).sum::<f64>() / pixels.len() as f64;
+        assert!(
+            black * 100 < image.pixels().len(),
+            "{precision}: {black} black pixels (NaN?)"
+        );
+        assert!(mean > 20.0 && mean < 235.0, "{precision}: mean {mean}");
+    }
+    let max_diff = |a: &image::RgbImage, b: &image::RgbImage| {
+        a.as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap()
+    };
+    let f16 = max_diff(&images[0], &images[1]);
+    let bf16 = max_diff(&images[0], &images[2]);
+    eprintln!("f16 vs f32: {f16}/255, bf16 vs f32: {bf16}/255");
+    assert!(f16 <= 16, "f16 differs from f32 by {f16}/255");
+    assert!(bf16 <= 96, "bf16 differs from f32 by {bf16}/255");
+}
