@@ -3,6 +3,7 @@
 
 pub use prompt_diffusion_clip as clip;
 pub use prompt_diffusion_core as core;
+pub use prompt_diffusion_diff_plugin as diff_plugin;
 pub use prompt_diffusion_schedulers as schedulers;
 pub use prompt_diffusion_unet as unet;
 pub use prompt_diffusion_vae as vae;

@@ -5,6 +5,7 @@
 //! * [`denoise`] — the one denoising loop (classifier-free guidance, progress, cancellation).
 
 mod denoise;
+pub mod diff_plugin;
 mod generation;
 mod loading;
 mod stable_diffusion;
