@@ -36,7 +36,9 @@ impl BackendTask for UNetStep<'_> {
         let context = Tensor::<B, 3>::random([2, 77, width], normal, &device);
         let t = Tensor::<B, 1>::from_floats([500.0], &device);
         let mut step = || {
-            let out = unet.forward(sample.clone(), t.clone(), context.clone()).expect("valid inputs");
+            let out = unet
+                .forward(sample.clone(), t.clone(), context.clone())
+                .expect("valid inputs");
             B::sync(&device).expect("device sync");
             out
         };
@@ -49,17 +51,35 @@ impl BackendTask for UNetStep<'_> {
 
 fn unet_step(c: &mut Criterion) {
     let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
-    let backend: BackendKind = env("BENCH_BACKEND", "ndarray").parse().expect("BENCH_BACKEND");
-    let precision: Precision = env("BENCH_PRECISION", "f32").parse().expect("BENCH_PRECISION");
+    let backend: BackendKind = env("BENCH_BACKEND", "ndarray")
+        .parse()
+        .expect("BENCH_BACKEND");
+    let precision: Precision = env("BENCH_PRECISION", "f32")
+        .parse()
+        .expect("BENCH_PRECISION");
     let (config, latent) = match env("BENCH_CONFIG", "tiny").as_str() {
         "sd15" => (UNet2DConditionConfig::sd_v1_5(), 64),
         _ => {
-            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny-sd/unet/config.json");
-            (UNet2DConditionConfig::from_file(path).expect("tiny config"), 16)
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/fixtures/tiny-sd/unet/config.json"
+            );
+            (
+                UNet2DConditionConfig::from_file(path).expect("tiny config"),
+                16,
+            )
         }
     };
-    let label = format!("{}-{latent}x{latent}-{precision}", env("BENCH_CONFIG", "tiny"));
-    let task = UNetStep { criterion: c, config, latent, label };
+    let label = format!(
+        "{}-{latent}x{latent}-{precision}",
+        env("BENCH_CONFIG", "tiny")
+    );
+    let task = UNetStep {
+        criterion: c,
+        config,
+        latent,
+        label,
+    };
     run_on(backend, precision, task).expect("benchmark run");
 }
 

@@ -12,20 +12,29 @@ use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let model = args.next().unwrap_or_else(|| "fixtures/tiny-sd".into());
-    let input = args.next().unwrap_or_else(|| "fixtures/pipeline/init.png".into());
-    let prompt = args.next().unwrap_or_else(|| "a snowy landscape, oil painting".into());
+    let input = args
+        .next()
+        .unwrap_or_else(|| "fixtures/pipeline/init.png".into());
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "a snowy landscape, oil painting".into());
     let output = args.next().unwrap_or_else(|| "img2img.png".into());
 
     let device = NdArrayDevice::Cpu;
     // A single-file checkpoint loads the same way:
     // StableDiffusion::from_single_file("v1-5-pruned-emaonly.safetensors", &ModelOptions::default(), &device)
-    let sd = StableDiffusion::<NdArray>::from_pretrained(&model, &ModelOptions::default(), &device)?;
+    let sd =
+        StableDiffusion::<NdArray>::from_pretrained(&model, &ModelOptions::default(), &device)?;
     let init = load_rgb(&input)?;
 
     let generation = Generation::new(prompt).with_steps(30).with_seed(7);
     // strength 0.6: start 60 % of the way into the schedule, keeping the input's composition.
     let images = sd.image_to_image(&generation, &init, 0.6, &mut NoProgress)?;
     images[0].save(&output)?;
-    println!("wrote {output} ({}x{})", images[0].width(), images[0].height());
+    println!(
+        "wrote {output} ({}x{})",
+        images[0].width(),
+        images[0].height()
+    );
     Ok(())
 }

@@ -15,11 +15,14 @@ use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let model = args.next().unwrap_or_else(|| "fixtures/tiny-sd".into());
-    let prompt = args.next().unwrap_or_else(|| "a watercolor painting of a fox".into());
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "a watercolor painting of a fox".into());
     let output = args.next().unwrap_or_else(|| "txt2img.png".into());
 
     let device = NdArrayDevice::Cpu;
-    let sd = StableDiffusion::<NdArray>::from_pretrained(&model, &ModelOptions::default(), &device)?;
+    let sd =
+        StableDiffusion::<NdArray>::from_pretrained(&model, &ModelOptions::default(), &device)?;
 
     let generation = Generation::new(prompt)
         .with_negative_prompt("blurry, low quality")
@@ -29,7 +32,10 @@ fn main() -> anyhow::Result<()> {
         .with_seed(42);
     // Any `FnMut(&StepInfo) -> ControlFlow<()>` reports progress; `Break` cancels the run.
     let mut report = |info: &StepInfo| {
-        eprintln!("step {}/{} (t = {:.0}) in {:?}", info.step, info.total, info.timestep, info.elapsed);
+        eprintln!(
+            "step {}/{} (t = {:.0}) in {:?}",
+            info.step, info.total, info.timestep, info.elapsed
+        );
         ControlFlow::Continue(())
     };
     let images = sd.text_to_image(&generation, &mut report)?;
