@@ -131,6 +131,38 @@ impl SCBNetConfig {
         }
     }
 
+    /// The branch `train.py` creates for `unet` (`SCBNet.from_unet` with the released
+    /// truncation): the UNet's first level only, with its channels, heads, norms and context
+    /// width.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a per-level list of `unet` has the wrong length.
+    pub fn for_unet(unet: &UNet2DConditionConfig) -> Result<Self> {
+        let n = unet.block_out_channels.len();
+        let first = |v: Vec<usize>| v.first().copied().unwrap_or(0);
+        Ok(Self {
+            in_channels: unet.in_channels,
+            flip_sin_to_cos: unet.flip_sin_to_cos,
+            freq_shift: unet.freq_shift,
+            down_block_types: vec![DownBlockType::CrossAttnDownBlock2D],
+            block_out_channels: vec![unet.block_out_channels.first().copied().unwrap_or(0)],
+            layers_per_block: first(unet.layers_per_block.per_block(n, "layers_per_block")?),
+            act_fn: unet.act_fn,
+            norm_num_groups: unet.norm_num_groups,
+            norm_eps: unet.norm_eps,
+            cross_attention_dim: first(
+                unet.cross_attention_dim
+                    .per_block(n, "cross_attention_dim")?,
+            ),
+            attention_head_dim: OneOrMany::One(first(
+                unet.attention_head_dim.per_block(n, "attention_head_dim")?,
+            )),
+            use_linear_projection: unet.use_linear_projection,
+            upcast_attention: unet.upcast_attention,
+            ..Self::released()
+        })
+    }
+
     /// Reads a `config.json` and validates it.
     ///
     /// # Errors
@@ -240,6 +272,8 @@ mod tests {
         assert_eq!(config, released);
         assert_eq!(config.num_residuals(), 3);
         assert_eq!(config.time_embed_dim(), 1280);
+        let from_unet = SCBNetConfig::for_unet(&UNet2DConditionConfig::sd_v1_5()).unwrap();
+        assert_eq!(from_unet, SCBNetConfig::released());
     }
 
     #[test]

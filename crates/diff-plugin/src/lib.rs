@@ -11,6 +11,8 @@
 //!   checkpoint; [`Task`] — the eight tasks, their official order and start latents.
 //! * [`PluginSelector`], [`select`] — the Plugin-Selector that picks plugins from an
 //!   instruction.
+//! * [`train`] — training a plugin on (degraded, clean) pairs ([`train::PluginTrainer`]);
+//!   [`checkpoint`] writes the official checkpoint layout (`scb_net/`, `tpb_net.pt`).
 //! * [`weights`] — the official file layouts and key tables.
 //!
 //! The restore pipeline (CLIP, VAE, UNet, UniPC) lives in the `prompt-diffusion` facade.
@@ -39,12 +41,15 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 mod config;
 mod plugin;
 mod scb;
 mod selector;
 mod task;
+pub mod torch_save;
 mod tpb;
+pub mod train;
 pub mod weights;
 
 pub use config::SCBNetConfig;
