@@ -7,10 +7,12 @@
 
 use std::path::Path;
 
-use prompt_diffusion_core::config::{OneOrMany, read_config};
+use prompt_diffusion_core::config::{OneOrMany, parse_config};
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::{Error, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::data_layers::{DataLayerKind, normalize_flat_config};
 
 /// Encoder block kinds (`down_block_types`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +140,28 @@ pub struct UNet2DConditionConfig {
     pub attention_type: String,
     /// Output scale of the encoder/decoder resnets (default 1).
     pub resnet_out_scale_factor: f64,
+    /// Time-embedding activation of the resnets' projection (must be false).
+    pub resnet_skip_time_act: bool,
+    /// Concatenate class and time embeddings (must be false).
+    pub class_embeddings_concat: bool,
+    /// Mid block without self-attention (must be unset or false).
+    pub mid_block_only_cross_attention: Option<bool>,
+    /// Norm of the context in cross-attention (must be unset).
+    pub cross_attention_norm: Option<String>,
+    /// Projection kind of the context (must be unset).
+    pub encoder_hid_dim_type: Option<String>,
+    /// Input width of class-embedding projections (SDXL; ignored when unused).
+    pub projection_class_embeddings_input_dim: Option<usize>,
+    /// Width of SDXL's added time ids (ignored when unused).
+    pub addition_time_embed_dim: Option<usize>,
+    /// Heads of the added text-time embedding (ignored when unused; default 64).
+    pub addition_embed_type_num_heads: usize,
+    /// Per-block transformer depths of the decoder (SDXL; must be unset).
+    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
+    /// Convolutional (default) or flat data layers. Not a `config.json` key: a
+    /// `UNetFlatConditionModel` config (Versatile Diffusion's `text_unet`) sets it when read.
+    #[serde(skip)]
+    pub data_layers: DataLayerKind,
 }
 
 impl Default for UNet2DConditionConfig {
@@ -192,6 +216,16 @@ impl Default for UNet2DConditionConfig {
             encoder_hid_dim: None,
             attention_type: "default".into(),
             resnet_out_scale_factor: 1.0,
+            resnet_skip_time_act: false,
+            class_embeddings_concat: false,
+            mid_block_only_cross_attention: None,
+            cross_attention_norm: None,
+            encoder_hid_dim_type: None,
+            projection_class_embeddings_input_dim: None,
+            addition_time_embed_dim: None,
+            addition_embed_type_num_heads: 64,
+            reverse_transformer_layers_per_block: None,
+            data_layers: DataLayerKind::Conv2D,
         }
     }
 }
@@ -227,11 +261,22 @@ impl UNet2DConditionConfig {
         }
     }
 
-    /// Reads a diffusers `config.json` and validates it.
+    /// Reads a diffusers `config.json` (of a `UNet2DConditionModel` or, with flat data layers,
+    /// a `UNetFlatConditionModel`) and validates it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let config: Self = read_config(path)?;
-        config.validate().map_err(|e| e.with_config_origin(path))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text).map_err(|e| e.with_config_origin(path))
+    }
+
+    /// [`from_file`](Self::from_file) for the text of a `config.json`.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let mut value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::config("<root>", format!("invalid JSON: {e}")))?;
+        let data_layers = normalize_flat_config(&mut value)?;
+        let mut config: Self = parse_config(&value.to_string())?;
+        config.data_layers = data_layers;
+        config.validate()?;
         Ok(config)
     }
 
@@ -327,6 +372,20 @@ impl UNet2DConditionConfig {
                 "channel counts must be positive",
             ));
         }
+        if let DataLayerKind::Flat {
+            sample_in,
+            sample_out,
+        } = self.data_layers
+            && (sample_in[0] != self.in_channels || sample_out[0] != self.out_channels)
+        {
+            return Err(Error::config(
+                "in_channels",
+                format!(
+                    "flat sample shapes {sample_in:?} → {sample_out:?} disagree with in_channels {} / out_channels {}",
+                    self.in_channels, self.out_channels
+                ),
+            ));
+        }
         if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return Err(Error::config("conv_in_kernel", "kernel sizes must be odd"));
         }
@@ -359,6 +418,20 @@ impl UNet2DConditionConfig {
                     .contains(&true),
             ),
             ("mid_block_type", self.mid_block_type.is_none()),
+            ("resnet_skip_time_act", self.resnet_skip_time_act),
+            ("class_embeddings_concat", self.class_embeddings_concat),
+            (
+                "mid_block_only_cross_attention",
+                self.mid_block_only_cross_attention == Some(true),
+            ),
+            ("cross_attention_norm", self.cross_attention_norm.is_some()),
+            ("encoder_hid_dim_type", self.encoder_hid_dim_type.is_some()),
+            (
+                "reverse_transformer_layers_per_block",
+                self.reverse_transformer_layers_per_block
+                    .as_ref()
+                    .is_some_and(|v| !v.is_null()),
+            ),
         ];
         if let Some((field, _)) = unsupported.iter().find(|(_, bad)| *bad) {
             return Err(Error::Unsupported(format!(

@@ -3,7 +3,9 @@
 //!
 //! Built from a diffusers `unet/config.json` (SD1 and SD2 families, any levels, layers per
 //! level and block kinds of the `CrossAttn*`/`Down`/`Up` families), loaded from diffusers
-//! folders or the original LDM layout. Two extension points serve the models built on it:
+//! folders or the original LDM layout. The same blocks with fully connected data layers
+//! ([`DataLayerKind::Flat`]) are Versatile Diffusion's text UNet (`UNetFlatConditionModel`,
+//! read from its `text_unet/config.json`). Two extension points serve the models built on it:
 //! [`UNetResiduals`] (ControlNet and plug-in features added to the skip connections) and
 //! [`CrossAttentionContext`] (what each cross-attention slot attends to, and with which
 //! weights).
@@ -31,7 +33,9 @@
 pub mod attention;
 mod config;
 mod context;
+pub mod data_layers;
 pub mod embeddings;
+pub mod resnet_flat;
 pub mod transformer_2d;
 pub mod unet_2d_blocks;
 mod unet_2d_condition;
@@ -39,5 +43,7 @@ pub mod weights;
 
 pub use config::{DownBlockType, MidBlockType, UNet2DConditionConfig, UpBlockType};
 pub use context::{ContextTokens, CrossAttentionContext};
+pub use data_layers::{DataDownsample, DataLayerKind, DataProjection, DataResnet, DataUpsample};
+pub use resnet_flat::{FLAT_SECOND_DIM, LinearMultiDim, ResnetBlockFlat};
 pub use transformer_2d::{Transformer2DConfig, Transformer2DModel};
 pub use unet_2d_condition::{UNet2DConditionModel, UNetResiduals};

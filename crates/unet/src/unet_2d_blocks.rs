@@ -5,17 +5,19 @@
 //! A block with and without cross-attention is the same struct; the plain kinds have an empty
 //! `attentions` list. Every cross-attention slot is run through a [`CrossAttentionContext`],
 //! which numbers the slots in execution order, so callers can change what each slot attends to
-//! (or which weights it uses) without copying the blocks.
+//! (or which weights it uses) without copying the blocks. The data layers (resnets, down- and
+//! upsamplers) are of the config's [`DataLayerKind`]: convolutional, or the fully connected
+//! layers of Versatile Diffusion's flat text UNet (`CrossAttnDownBlockFlat`, …).
 
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
-use prompt_diffusion_core::nn::{
-    Downsample2D, DownsamplePadding, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D,
-};
+use prompt_diffusion_core::nn::{Downsample2D, DownsamplePadding, ResnetBlock2DConfig, Upsample2D};
 
 use crate::UNet2DConditionConfig;
 use crate::config::Levels;
 use crate::context::CrossAttentionContext;
+use crate::data_layers::{DataDownsample, DataLayerKind, DataResnet, DataUpsample};
+use crate::resnet_flat::{LinearMultiDim, ResnetBlockFlat, flat_shape};
 use crate::transformer_2d::{Transformer2DConfig, Transformer2DModel};
 
 /// Runs the cross-attention slots through a [`CrossAttentionContext`], numbering them in
@@ -70,13 +72,51 @@ impl<'a> BlockBuilder<'a> {
         o: usize,
         scale: f64,
         device: &B::Device,
-    ) -> ResnetBlock2D<B> {
-        ResnetBlock2DConfig::new(i, o, Some(self.config.time_embed_dim()))
-            .with_groups(self.config.groups())
-            .with_eps(self.config.norm_eps)
-            .with_act(self.config.act_fn)
-            .with_output_scale_factor(scale)
-            .init(device)
+    ) -> DataResnet<B> {
+        let temb = self.config.time_embed_dim();
+        match self.config.data_layers {
+            DataLayerKind::Conv2D => DataResnet::Conv(
+                ResnetBlock2DConfig::new(i, o, Some(temb))
+                    .with_groups(self.config.groups())
+                    .with_eps(self.config.norm_eps)
+                    .with_act(self.config.act_fn)
+                    .with_output_scale_factor(scale)
+                    .init(device),
+            ),
+            // diffusers' ResnetBlockFlat ignores the output scale factor and the activation
+            // name (always SiLU).
+            DataLayerKind::Flat { .. } => DataResnet::Flat(ResnetBlockFlat::new(
+                flat_shape(i),
+                flat_shape(o),
+                temb,
+                self.config.groups(),
+                self.config.norm_eps,
+                device,
+            )),
+        }
+    }
+
+    fn downsampler<B: Backend>(
+        &self,
+        c: usize,
+        padding: DownsamplePadding,
+        device: &B::Device,
+    ) -> DataDownsample<B> {
+        match self.config.data_layers {
+            DataLayerKind::Conv2D => DataDownsample::Conv(Downsample2D::new(c, c, padding, device)),
+            DataLayerKind::Flat { .. } => {
+                DataDownsample::Flat(LinearMultiDim::new(flat_shape(c), flat_shape(c), device))
+            }
+        }
+    }
+
+    fn upsampler<B: Backend>(&self, c: usize, device: &B::Device) -> DataUpsample<B> {
+        match self.config.data_layers {
+            DataLayerKind::Conv2D => DataUpsample::Conv(Upsample2D::new(c, c, device)),
+            DataLayerKind::Flat { .. } => {
+                DataUpsample::Flat(LinearMultiDim::new(flat_shape(c), flat_shape(c), device))
+            }
+        }
     }
 
     fn transformer<B: Backend>(
@@ -122,7 +162,7 @@ impl<'a> BlockBuilder<'a> {
                         Vec::new()
                     },
                     downsamplers: (i + 1 < n)
-                        .then(|| Downsample2D::new(out, out, padding, device))
+                        .then(|| self.downsampler(out, padding, device))
                         .into_iter()
                         .collect(),
                 }
@@ -140,6 +180,55 @@ impl<'a> BlockBuilder<'a> {
                 .collect(),
             attentions: vec![self.transformer(n - 1, c, device)],
         }
+    }
+
+    /// The cross-attention transformers alone, in slot order (those of
+    /// [`UNet2DConditionModel::attention_slots`](crate::UNet2DConditionModel::attention_slots)),
+    /// e.g. to hold one modality's context layers without its data layers.
+    pub fn attention_transformers<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Vec<Transformer2DModel<B>> {
+        self.attention_slot_specs()
+            .into_iter()
+            .map(|(_, level, channels)| self.transformer(level, channels, device))
+            .collect()
+    }
+
+    /// The diffusers module path of every cross-attention slot, in slot order
+    /// (`down_blocks.0.attentions.0`, …, `mid_block.attentions.0`, …, `up_blocks.3.attentions.2`).
+    pub fn attention_slot_paths(&self) -> Vec<String> {
+        self.attention_slot_specs()
+            .into_iter()
+            .map(|(path, _, _)| path)
+            .collect()
+    }
+
+    /// `(path, level, channels)` of every slot, in execution order.
+    fn attention_slot_specs(&self) -> Vec<(String, usize, usize)> {
+        let config = self.config;
+        let boc = &config.block_out_channels;
+        let n = boc.len();
+        let mut specs = Vec::new();
+        for (i, kind) in config.down_block_types.iter().enumerate() {
+            if kind.has_attention() {
+                specs.extend(
+                    (0..self.levels.layers[i])
+                        .map(|j| (format!("down_blocks.{i}.attentions.{j}"), i, boc[i])),
+                );
+            }
+        }
+        specs.push(("mid_block.attentions.0".into(), n - 1, boc[n - 1]));
+        for (i, kind) in config.up_block_types.iter().enumerate() {
+            let level = n - 1 - i;
+            if kind.has_attention() {
+                specs.extend(
+                    (0..=self.levels.layers[level])
+                        .map(|j| (format!("up_blocks.{i}.attentions.{j}"), level, boc[level])),
+                );
+            }
+        }
+        specs
     }
 
     /// The decoder levels (`up_blocks`).
@@ -171,7 +260,7 @@ impl<'a> BlockBuilder<'a> {
                         Vec::new()
                     },
                     upsamplers: (i + 1 < n)
-                        .then(|| Upsample2D::new(out, out, device))
+                        .then(|| self.upsampler(out, device))
                         .into_iter()
                         .collect(),
                 }
@@ -185,11 +274,11 @@ impl<'a> BlockBuilder<'a> {
 #[derive(Module, Debug)]
 pub struct DownBlock2D<B: Backend> {
     /// Residual blocks.
-    pub resnets: Vec<ResnetBlock2D<B>>,
+    pub resnets: Vec<DataResnet<B>>,
     /// One transformer per resnet (empty for `DownBlock2D`).
     pub attentions: Vec<Transformer2DModel<B>>,
     /// The downsampler (empty at the deepest level).
-    pub downsamplers: Vec<Downsample2D<B>>,
+    pub downsamplers: Vec<DataDownsample<B>>,
 }
 
 impl<B: Backend> DownBlock2D<B> {
@@ -220,7 +309,7 @@ impl<B: Backend> DownBlock2D<B> {
 #[derive(Module, Debug)]
 pub struct UNetMidBlock2DCrossAttn<B: Backend> {
     /// Residual blocks (one more than transformers).
-    pub resnets: Vec<ResnetBlock2D<B>>,
+    pub resnets: Vec<DataResnet<B>>,
     /// Transformers.
     pub attentions: Vec<Transformer2DModel<B>>,
 }
@@ -248,11 +337,11 @@ impl<B: Backend> UNetMidBlock2DCrossAttn<B> {
 #[derive(Module, Debug)]
 pub struct UpBlock2D<B: Backend> {
     /// Residual blocks.
-    pub resnets: Vec<ResnetBlock2D<B>>,
+    pub resnets: Vec<DataResnet<B>>,
     /// One transformer per resnet (empty for `UpBlock2D`).
     pub attentions: Vec<Transformer2DModel<B>>,
     /// The upsampler (empty at the finest level).
-    pub upsamplers: Vec<Upsample2D<B>>,
+    pub upsamplers: Vec<DataUpsample<B>>,
 }
 
 impl<B: Backend> UpBlock2D<B> {

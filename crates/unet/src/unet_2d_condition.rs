@@ -1,4 +1,6 @@
-//! `UNet2DConditionModel` (diffusers `models/unets/unet_2d_condition.py`, LDM `UNetModel`).
+//! `UNet2DConditionModel` (diffusers `models/unets/unet_2d_condition.py`, LDM `UNetModel`),
+//! and with flat data layers Versatile Diffusion's `UNetFlatConditionModel`
+//! (`pipelines/deprecated/versatile_diffusion/modeling_text_unet.py`).
 
 use std::path::Path;
 
@@ -13,7 +15,9 @@ use prompt_diffusion_core::{Error, Result};
 
 use crate::UNet2DConditionConfig;
 use crate::context::{ContextTokens, CrossAttentionContext};
+use crate::data_layers::{DataLayerKind, DataProjection};
 use crate::embeddings::{TimestepEmbedding, timestep_embedding};
+use crate::resnet_flat::{LinearMultiDim, flat_shape};
 use crate::transformer_2d::Transformer2DModel;
 use crate::unet_2d_blocks::{
     AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
@@ -54,11 +58,13 @@ impl<B: Backend> UNetResiduals<B> {
     }
 }
 
-/// The conditional denoising UNet of Stable Diffusion 1.x/2.x.
+/// The conditional denoising UNet of Stable Diffusion 1.x/2.x — and, with flat data layers
+/// ([`DataLayerKind::Flat`]), the text UNet of Versatile Diffusion (`UNetFlatConditionModel`:
+/// the same blocks on `[batch, C, 4, 1]` pseudo-images, samples `[batch, 768, 1, 1]`).
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel<B: Backend> {
-    /// Input convolution.
-    pub conv_in: Conv2d<B>,
+    /// Input convolution (`LinearMultiDim` when flat).
+    pub conv_in: DataProjection<B>,
     /// Time MLP.
     pub time_embedding: TimestepEmbedding<B>,
     /// Encoder levels.
@@ -69,8 +75,8 @@ pub struct UNet2DConditionModel<B: Backend> {
     pub up_blocks: Vec<UpBlock2D<B>>,
     /// Output GroupNorm.
     pub conv_norm_out: GroupNorm<B>,
-    /// Output convolution.
-    pub conv_out: Conv2d<B>,
+    /// Output convolution (`LinearMultiDim` when flat).
+    pub conv_out: DataProjection<B>,
     #[module(skip)]
     config: UNet2DConditionConfig,
 }
@@ -91,8 +97,31 @@ impl<B: Backend> UNet2DConditionModel<B> {
         config.validate()?;
         let blocks = BlockBuilder::new(config)?;
         let boc = &config.block_out_channels;
+        let (conv_in, conv_out) = match config.data_layers {
+            DataLayerKind::Conv2D => (
+                DataProjection::Conv(conv(
+                    config.in_channels,
+                    boc[0],
+                    config.conv_in_kernel,
+                    device,
+                )),
+                DataProjection::Conv(conv(
+                    boc[0],
+                    config.out_channels,
+                    config.conv_out_kernel,
+                    device,
+                )),
+            ),
+            DataLayerKind::Flat {
+                sample_in,
+                sample_out,
+            } => (
+                DataProjection::Flat(LinearMultiDim::new(sample_in, flat_shape(boc[0]), device)),
+                DataProjection::Flat(LinearMultiDim::new(flat_shape(boc[0]), sample_out, device)),
+            ),
+        };
         Ok(Self {
-            conv_in: conv(config.in_channels, boc[0], config.conv_in_kernel, device),
+            conv_in,
             time_embedding: TimestepEmbedding::new(
                 boc[0],
                 config.time_embed_dim(),
@@ -105,7 +134,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
             conv_norm_out: GroupNormConfig::new(config.groups(), boc[0])
                 .with_eps(config.norm_eps)
                 .init(device),
-            conv_out: conv(boc[0], config.out_channels, config.conv_out_kernel, device),
+            conv_out,
             config: config.clone(),
         })
     }
@@ -183,6 +212,10 @@ impl<B: Backend> UNet2DConditionModel<B> {
     /// The general forward: each cross-attention slot is run by `context` (see
     /// [`CrossAttentionContext`]), residuals are added as in
     /// [`forward_with_residuals`](Self::forward_with_residuals).
+    ///
+    /// # Shapes
+    /// As [`forward`](Self::forward); a flat UNet takes and returns `[batch, *sample_in]` /
+    /// `[batch, *sample_out]` (`[batch, 768, 1, 1]` for Versatile Diffusion).
     pub fn forward_with_context(
         &self,
         sample: Tensor<B, 4>,
@@ -190,13 +223,26 @@ impl<B: Backend> UNet2DConditionModel<B> {
         context: &dyn CrossAttentionContext<B>,
         residuals: &UNetResiduals<B>,
     ) -> Result<Tensor<B, 4>> {
-        let [batch, channels, _, _] = sample.dims();
-        if channels != self.config.in_channels {
-            return Err(shape_error(
-                "sample",
-                format!("[batch, {}, h, w]", self.config.in_channels),
-                &sample.dims(),
-            ));
+        let [batch, channels, h, w] = sample.dims();
+        match self.config.data_layers {
+            DataLayerKind::Conv2D if channels != self.config.in_channels => {
+                return Err(shape_error(
+                    "sample",
+                    format!("[batch, {}, h, w]", self.config.in_channels),
+                    &sample.dims(),
+                ));
+            }
+            DataLayerKind::Flat { sample_in, .. } if [channels, h, w] != sample_in => {
+                return Err(shape_error(
+                    "sample",
+                    format!(
+                        "[batch, {}, {}, {}]",
+                        sample_in[0], sample_in[1], sample_in[2]
+                    ),
+                    &sample.dims(),
+                ));
+            }
+            _ => {}
         }
         let temb = self.time_embed(timestep, batch, sample.dtype())?;
         let sample = if self.config.center_input_sample {
