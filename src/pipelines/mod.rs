@@ -3,14 +3,23 @@
 //! * [`StableDiffusion`] — text→image and image→image, and the shared steps (prompt encoding,
 //!   initial latents, schedulers, decoding) the other pipelines build on.
 //! * [`denoise`] — the one denoising loop (classifier-free guidance, progress, cancellation).
+//! * [`StableDiffusionControlNet`] — text→image guided by a standard ControlNet and a hint.
+//! * [`PromptDiffusion`] — in-context generation from an example pair and a query image.
 
+mod controlnet;
 mod denoise;
 pub mod diff_plugin;
 mod generation;
 mod loading;
+mod prompt_diffusion;
 mod stable_diffusion;
 
+pub use controlnet::{ControlNetOptions, StableDiffusionControlNet};
 pub use denoise::denoise;
 pub use generation::Generation;
 pub use loading::{Components, ModelOptions};
+pub use prompt_diffusion::{
+    InContextOptions, NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX, PromptDiffusion,
+    in_context_size,
+};
 pub use stable_diffusion::StableDiffusion;

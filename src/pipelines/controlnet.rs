@@ -1,0 +1,226 @@
+//! `StableDiffusionControlNet`: text→image guided by a standard ControlNet and one hint image
+//! (diffusers `StableDiffusionControlNetPipeline`), and the ControlNet-guided text→image run
+//! that [`PromptDiffusion`](super::PromptDiffusion) shares.
+//!
+//! The run is txt2img's: the same prompt encoding, initial latents, scheduler, denoising loop
+//! ([`denoise`]) and decoding, with the ControlNet's residuals added to the UNet's skips and
+//! mid block at every step.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use image::RgbImage;
+use prompt_diffusion_controlnet_prompt::{ControlNetConfig, ControlNetModel, ControlScales};
+use prompt_diffusion_core::image::{PixelRange, images_to_tensor, resize};
+use prompt_diffusion_core::noise::{NoiseSource, SeededNoise};
+use prompt_diffusion_core::progress::StepCallback;
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource, open_component_weights};
+use prompt_diffusion_core::{Error, Result};
+use prompt_diffusion_unet::UNetResiduals;
+
+use super::denoise::denoise;
+use super::generation::Generation;
+use super::loading::ModelOptions;
+use super::stable_diffusion::StableDiffusion;
+
+/// How the ControlNet's residuals enter (diffusers' defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ControlNetOptions {
+    /// Multiplier of every residual (`controlnet_conditioning_scale`, default 1).
+    pub conditioning_scale: f32,
+    /// diffusers' guess mode: residuals scaled by `logspace(−1, 0, 13) · conditioning_scale`
+    /// and, under guidance, the ControlNet runs on the conditional half only (the
+    /// unconditional half gets no residuals). Always on for `global_pool_conditions` models,
+    /// as in diffusers (default false).
+    pub guess_mode: bool,
+}
+
+impl Default for ControlNetOptions {
+    fn default() -> Self {
+        Self {
+            conditioning_scale: 1.0,
+            guess_mode: false,
+        }
+    }
+}
+
+/// A Stable Diffusion model with a standard (single-hint) ControlNet.
+#[derive(Debug)]
+pub struct StableDiffusionControlNet<B: Backend> {
+    /// The Stable Diffusion model.
+    pub sd: StableDiffusion<B>,
+    /// The ControlNet, matching the UNet's encoder.
+    pub controlnet: ControlNetModel<B>,
+}
+
+impl<B: Backend> StableDiffusionControlNet<B> {
+    /// Pairs a model with a ControlNet.
+    pub fn new(sd: StableDiffusion<B>, controlnet: ControlNetModel<B>) -> Self {
+        Self { sd, controlnet }
+    }
+
+    /// Loads a ControlNet: a diffusers folder (`config.json` + weights), or a single weight file
+    /// in diffusers or original naming (e.g. `control_sd15_canny.pth`). `config` (a diffusers
+    /// `config.json`) replaces the folder's config, and describes a single file, which is
+    /// otherwise read with SD 1.5's ControlNet config.
+    ///
+    /// # Errors
+    /// A missing file or folder, an invalid config, or weights that do not match.
+    pub fn load_controlnet(
+        path: impl AsRef<Path>,
+        config: Option<&Path>,
+        options: &ModelOptions,
+        device: &B::Device,
+    ) -> Result<ControlNetModel<B>> {
+        let path = path.as_ref();
+        let load = load_options(options);
+        let config = match (config, path.is_dir()) {
+            (Some(file), _) => ControlNetConfig::from_file(file)?,
+            (None, true) => ControlNetConfig::from_file(path.join("config.json"))?,
+            (None, false) => ControlNetConfig::sd_v1_5(),
+        };
+        let source = if path.is_dir() {
+            open_component_weights(path, load.variant.as_deref())?
+        } else {
+            TensorSource::open(path)?
+        };
+        ControlNetModel::from_source(&config, &source, &load, device)
+    }
+
+    /// Generates images from a prompt guided by `hint` (in the ControlNet's convention: edges,
+    /// depth, …, RGB). The output has the requested size, or the hint's own size rounded down to
+    /// a multiple of 8; the hint is resized to it.
+    ///
+    /// # Errors
+    /// Invalid options ([`Error::InvalidInput`]), a hint the ControlNet cannot take
+    /// ([`Error::Shape`]), or [`Error::Cancelled`] from `callback`.
+    pub fn generate(
+        &self,
+        hint: &RgbImage,
+        generation: &Generation,
+        options: &ControlNetOptions,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
+        let mut noise = SeededNoise::new(generation.seed);
+        self.generate_with_noise(hint, generation, options, &mut noise, callback)
+    }
+
+    /// [`generate`](Self::generate) with an explicit noise stream.
+    pub fn generate_with_noise(
+        &self,
+        hint: &RgbImage,
+        generation: &Generation,
+        options: &ControlNetOptions,
+        noise: &mut dyn NoiseSource,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
+        generation.validate()?;
+        let (w, h) = (hint.width() as usize, hint.height() as usize);
+        let width = generation.width.unwrap_or(w / 8 * 8);
+        let height = generation.height.unwrap_or(h / 8 * 8);
+        if width == 0 || height == 0 {
+            return Err(Error::invalid_input(
+                "hint",
+                format!("{w}x{h} is smaller than 8 pixels"),
+            ));
+        }
+        let hint = resize(hint, width as u32, height as u32);
+        let hint = images_to_tensor::<B>(&[hint], PixelRange::ZeroToOne, self.sd.device())?;
+        let guided = generation.guided();
+        // diffusers: `guess_mode = guess_mode or global_pool_conditions`.
+        let guess_mode = options.guess_mode || self.controlnet.config().global_pool_conditions;
+        let scales = if guess_mode {
+            ControlScales::GuessMode(options.conditioning_scale)
+        } else {
+            ControlScales::Uniform(options.conditioning_scale)
+        };
+        let cond_only = guess_mode && guided;
+        let n = generation.num_images;
+        let hint = Tensor::cat(vec![hint; if guided && !cond_only { 2 * n } else { n }], 0);
+        let mut residuals = |x: Tensor<B, 4>, t: Tensor<B, 1>, context: Tensor<B, 3>| {
+            if !cond_only {
+                return self
+                    .controlnet
+                    .forward(x, t, context, hint.clone(), &scales);
+            }
+            let cond = self.controlnet.forward(
+                x.narrow(0, n, n),
+                t,
+                context.narrow(0, n, n),
+                hint.clone(),
+                &scales,
+            )?;
+            Ok(zero_unconditional_half(cond))
+        };
+        controlled_text_to_image(
+            &self.sd,
+            generation,
+            (width, height),
+            noise,
+            callback,
+            &mut residuals,
+        )
+    }
+}
+
+/// The ControlNet residuals for the scaled latent input `[(2·)n, c, h, w]`, the timestep and
+/// the text context of one step.
+pub(crate) type ResidualsFn<'a, B> =
+    dyn FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Result<UNetResiduals<B>> + 'a;
+
+/// Text→image of `width`×`height` images with `residuals` added to the UNet at every step.
+pub(crate) fn controlled_text_to_image<B: Backend>(
+    sd: &StableDiffusion<B>,
+    generation: &Generation,
+    (width, height): (usize, usize),
+    noise: &mut dyn NoiseSource,
+    callback: &mut dyn StepCallback,
+    residuals: &mut ResidualsFn<'_, B>,
+) -> Result<Vec<RgbImage>> {
+    let context = sd.encode_prompt(generation)?;
+    let mut scheduler = sd.scheduler(generation.scheduler, generation.eta)?;
+    scheduler.set_timesteps(generation.steps)?;
+    let latents = sd.initial_latents(
+        generation,
+        width,
+        height,
+        scheduler.init_noise_sigma(),
+        noise,
+    )?;
+    let timesteps = scheduler.timesteps().to_vec();
+    let unet = &sd.components.unet;
+    let dtype = context.dtype();
+    let mut model = |x: Tensor<B, 4>, t: f64| {
+        let (x, t) = (x.cast(dtype), sd.timestep(t));
+        let added = residuals(x.clone(), t.clone(), context.clone())?;
+        unet.forward_with_residuals(x, t, context.clone(), &added)
+    };
+    let guidance = generation.guided().then_some(generation.guidance_scale);
+    let latents = denoise(
+        scheduler.as_mut(),
+        latents,
+        &timesteps,
+        guidance,
+        &mut model,
+        noise,
+        callback,
+    )?;
+    sd.decode(latents)
+}
+
+/// Residuals of the conditional half, with zeros for the unconditional half before them.
+fn zero_unconditional_half<B: Backend>(cond: UNetResiduals<B>) -> UNetResiduals<B> {
+    let pad = |r: Tensor<B, 4>| Tensor::cat(vec![r.zeros_like(), r], 0);
+    UNetResiduals {
+        down: cond.down.into_iter().map(|r| r.map(pad)).collect(),
+        mid: cond.mid.map(pad),
+    }
+}
+
+/// The weight-loading options of `options`.
+pub(crate) fn load_options(options: &ModelOptions) -> LoadOptions {
+    LoadOptions {
+        variant: options.variant.clone(),
+        ..LoadOptions::default()
+    }
+}

@@ -1,0 +1,348 @@
+//! `PromptDiffusion`: in-context generation (Z. Wang et al., "In-Context Learning Unlocked for
+//! Diffusion Models", NeurIPS 2023; the official `run_prompt_diffusion.ipynb` and diffusers'
+//! research pipeline `pipeline_prompt_diffusion.py`).
+//!
+//! An example pair (source → target) shows a task, the query is a new source, and the prompt
+//! describes the wanted result; the output applies the task to the query. The example pair (6
+//! channels) and the query (3 channels) go through the two hint encoders of a
+//! [`PromptDiffusionControlNet`], whose residuals are added to Stable Diffusion's UNet (its
+//! decoder is fine-tuned, so UNet and ControlNet come from the same checkpoint).
+//!
+//! As in the notebook: every image is resized so that the query's short side is `resolution`
+//! (default: the model's native 512) with both sides rounded to multiples of 64; hints are in
+//! [-1, 1] as in training ([`PixelRange::ZeroToOne`] reproduces the diffusers port); under
+//! classifier-free guidance the unconditional branch keeps the pair and the query and only
+//! changes the text. The rest is the txt2img run of
+//! [`controlled_text_to_image`](super::controlnet), with DDIM unless another scheduler is named.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use image::RgbImage;
+use prompt_diffusion_controlnet_prompt::{
+    ControlNetConfig, ControlScales, PromptDiffusionControlNet, UNET_PREFIX,
+};
+use prompt_diffusion_core::image::{PixelRange, images_to_tensor, resize};
+use prompt_diffusion_core::noise::{NoiseSource, SeededNoise};
+use prompt_diffusion_core::progress::StepCallback;
+use prompt_diffusion_core::weights::TensorSource;
+use prompt_diffusion_core::{Error, Result};
+use prompt_diffusion_schedulers::SchedulerKind;
+
+use super::controlnet::{controlled_text_to_image, load_options};
+use super::generation::Generation;
+use super::loading::{Components, ModelOptions, require_dir};
+use super::stable_diffusion::StableDiffusion;
+
+/// The official notebook's `a_prompt`, appended to the prompt after `", "`.
+pub const NOTEBOOK_PROMPT_SUFFIX: &str = "best quality, extremely detailed";
+
+/// The official notebook's `n_prompt`.
+pub const NOTEBOOK_NEGATIVE_PROMPT: &str = "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality";
+
+/// Options of an in-context generation. [`Default`] is DDIM, 50 steps, guidance 7.5, no prompt
+/// suffix or negative prompt and hints in [-1, 1]; [`notebook`](Self::notebook) is the
+/// official notebook's settings.
+#[derive(Debug, Clone)]
+pub struct InContextOptions {
+    /// What to steer away from; `None` means the empty prompt.
+    pub negative_prompt: Option<String>,
+    /// Text appended to the prompt after `", "` (the notebook's `a_prompt`).
+    pub prompt_suffix: Option<String>,
+    /// Denoising steps (default 50).
+    pub steps: usize,
+    /// Classifier-free guidance scale; off at ≤ 1 (default 7.5).
+    pub guidance_scale: f64,
+    /// The scheduler; `None` is DDIM (built from the model's scheduler config).
+    pub scheduler: Option<SchedulerKind>,
+    /// Short side of the output; the other side keeps the query's aspect ratio and both are
+    /// rounded to multiples of 64. `None` is the model's native size (512 for SD 1.5).
+    pub resolution: Option<usize>,
+    /// Output width (a multiple of 8), overriding `resolution`.
+    pub width: Option<usize>,
+    /// Output height (a multiple of 8), overriding `resolution`.
+    pub height: Option<usize>,
+    /// Images generated (default 1).
+    pub num_images: usize,
+    /// Seed of every random draw (default 0).
+    pub seed: u64,
+    /// Initial latents `[n, 4, h/8, w/8]`, replacing the seeded draw (as in txt2img).
+    pub latents: Option<TensorData>,
+    /// DDIM's η (default 0).
+    pub eta: f64,
+    /// Value range of the hints: [-1, 1] as in training and the notebook (default), or [0, 1]
+    /// as in the diffusers port.
+    pub hint_range: PixelRange,
+    /// Scales of the ControlNet residuals (default 1 for all; the notebook's guess mode is
+    /// [`ControlScales::LdmGuessMode`]). Both guidance halves get the same residual scales.
+    pub control_scales: ControlScales,
+}
+
+impl Default for InContextOptions {
+    fn default() -> Self {
+        let g = Generation::default();
+        Self {
+            negative_prompt: None,
+            prompt_suffix: None,
+            steps: g.steps,
+            guidance_scale: g.guidance_scale,
+            scheduler: None,
+            resolution: None,
+            width: None,
+            height: None,
+            num_images: g.num_images,
+            seed: g.seed,
+            latents: None,
+            eta: g.eta,
+            hint_range: PixelRange::MinusOneToOne,
+            control_scales: ControlScales::Uniform(1.0),
+        }
+    }
+}
+
+impl InContextOptions {
+    /// The official notebook: DDIM with 100 steps, guidance 9, [`NOTEBOOK_PROMPT_SUFFIX`] and
+    /// [`NOTEBOOK_NEGATIVE_PROMPT`], hints in [-1, 1], short side 512 (native).
+    pub fn notebook() -> Self {
+        Self {
+            negative_prompt: Some(NOTEBOOK_NEGATIVE_PROMPT.into()),
+            prompt_suffix: Some(NOTEBOOK_PROMPT_SUFFIX.into()),
+            steps: 100,
+            guidance_scale: 9.0,
+            scheduler: Some(SchedulerKind::Ddim),
+            ..Self::default()
+        }
+    }
+
+    /// The txt2img options of the run for `prompt` (suffix appended, DDIM by default).
+    pub fn generation(&self, prompt: &str) -> Generation {
+        Generation {
+            prompt: match &self.prompt_suffix {
+                Some(suffix) => format!("{prompt}, {suffix}"),
+                None => prompt.to_string(),
+            },
+            negative_prompt: self.negative_prompt.clone(),
+            steps: self.steps,
+            guidance_scale: self.guidance_scale,
+            scheduler: Some(self.scheduler.unwrap_or(SchedulerKind::Ddim)),
+            width: self.width,
+            height: self.height,
+            num_images: self.num_images,
+            seed: self.seed,
+            latents: self.latents.clone(),
+            eta: self.eta,
+        }
+    }
+}
+
+/// The output size for a `width`×`height` query: the notebook's `resize_image` (short side
+/// `resolution`, each side rounded half-to-even to a multiple of 64).
+///
+/// # Errors
+/// [`Error::InvalidInput`] when a side would be 0.
+pub fn in_context_size(width: u32, height: u32, resolution: usize) -> Result<(usize, usize)> {
+    let short = width.min(height);
+    if short == 0 || resolution == 0 {
+        return Err(Error::invalid_input(
+            "size",
+            format!("a {width}x{height} query at resolution {resolution} is empty"),
+        ));
+    }
+    let k = resolution as f64 / f64::from(short);
+    let round64 = |side: u32| (f64::from(side) * k / 64.0).round_ties_even() as usize * 64;
+    let (w, h) = (round64(width), round64(height));
+    if w == 0 || h == 0 {
+        return Err(Error::invalid_input(
+            "resolution",
+            format!("{resolution} makes the {width}x{height} query {w}x{h}; use at least 64"),
+        ));
+    }
+    Ok((w, h))
+}
+
+/// A Stable Diffusion model with the Prompt Diffusion ControlNet.
+#[derive(Debug)]
+pub struct PromptDiffusion<B: Backend> {
+    /// The Stable Diffusion model (its UNet is Prompt Diffusion's fine-tuned one).
+    pub sd: StableDiffusion<B>,
+    /// The ControlNet with the example-pair and query encoders.
+    pub controlnet: PromptDiffusionControlNet<B>,
+}
+
+impl<B: Backend> PromptDiffusion<B> {
+    /// Pairs a model with a Prompt Diffusion ControlNet.
+    pub fn new(sd: StableDiffusion<B>, controlnet: PromptDiffusionControlNet<B>) -> Self {
+        Self { sd, controlnet }
+    }
+
+    /// Loads the diffusers-converted layout: a folder with `controlnet/` and the pipeline
+    /// components, either beside it (`zhendongw/prompt-diffusion-diffusers`) or in `base/`
+    /// (`iczaw/prompt-diffusion-diffusers`).
+    ///
+    /// # Errors
+    /// A missing folder or file, an invalid config, or weights that do not match.
+    pub fn from_pretrained(
+        dir: impl AsRef<Path>,
+        options: &ModelOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        require_dir(dir, "model folder")?;
+        if !dir.join("controlnet").is_dir() {
+            return Err(Error::format(
+                dir,
+                "no `controlnet/` folder: not a Prompt Diffusion model (diffusers layout: pipeline components + controlnet/)",
+            ));
+        }
+        let controlnet = PromptDiffusionControlNet::from_folder(
+            dir.join("controlnet"),
+            &load_options(options),
+            device,
+        )?;
+        let base = dir.join("base");
+        let base = if base.is_dir() {
+            base
+        } else {
+            dir.to_path_buf()
+        };
+        let sd = StableDiffusion::from_pretrained(base, options, device)?;
+        Ok(Self::new(sd, controlnet))
+    }
+
+    /// Loads the original single checkpoint (`network-step=04999.ckpt` or a safetensors copy):
+    /// ControlNet `control_model.*`, fine-tuned UNet `model.diffusion_model.*`, VAE and CLIP.
+    /// `options.config` may name a diffusers folder describing it (as for SD single files); its
+    /// `controlnet/config.json`, when present, replaces the released model's ControlNet config.
+    ///
+    /// # Errors
+    /// A missing or unreadable file, a file without Prompt Diffusion's ControlNet, or weights
+    /// that do not match.
+    pub fn from_single_file(
+        path: impl AsRef<Path>,
+        options: &ModelOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let checkpoint = TensorSource::open(path)?;
+        if !checkpoint.has_prefix(UNET_PREFIX) {
+            return Err(Error::format(
+                checkpoint.description(),
+                "no `model.diffusion_model.*` tensors: Prompt Diffusion's fine-tuned UNet must come from the same checkpoint as its ControlNet",
+            ));
+        }
+        let config = match &options.config {
+            Some(dir) if dir.join("controlnet/config.json").is_file() => {
+                ControlNetConfig::from_file(dir.join("controlnet/config.json"))?
+            }
+            _ => ControlNetConfig::prompt_diffusion(),
+        };
+        let load = load_options(options);
+        let controlnet =
+            PromptDiffusionControlNet::from_single_file(&config, &checkpoint, &load, device)?;
+        let components = Components::from_checkpoint(&checkpoint, options, device)?;
+        Ok(Self::new(
+            StableDiffusion::new(components, device),
+            controlnet,
+        ))
+    }
+
+    /// Generates images that apply the `example_source` → `example_target` task to `query`,
+    /// described by `prompt`. Images of other sizes than the output are resized to it.
+    ///
+    /// # Errors
+    /// Invalid options ([`Error::InvalidInput`]), latents of the wrong shape ([`Error::Shape`]),
+    /// or [`Error::Cancelled`] from `callback`.
+    pub fn generate(
+        &self,
+        example_source: &RgbImage,
+        example_target: &RgbImage,
+        query: &RgbImage,
+        prompt: &str,
+        options: &InContextOptions,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
+        let mut noise = SeededNoise::new(options.seed);
+        let images = [example_source, example_target, query];
+        self.generate_with_noise(images, prompt, options, &mut noise, callback)
+    }
+
+    /// [`generate`](Self::generate) with the images as `[example_source, example_target,
+    /// query]` and an explicit noise stream.
+    pub fn generate_with_noise(
+        &self,
+        [source, target, query]: [&RgbImage; 3],
+        prompt: &str,
+        options: &InContextOptions,
+        noise: &mut dyn NoiseSource,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
+        let generation = options.generation(prompt);
+        generation.validate()?;
+        let resolution = options.resolution.unwrap_or(self.sd.native_size());
+        let (w, h) = in_context_size(query.width(), query.height(), resolution)?;
+        let size = (
+            generation.width.unwrap_or(w),
+            generation.height.unwrap_or(h),
+        );
+        if !same_aspect(source, query) || !same_aspect(target, query) {
+            tracing::warn!(
+                "the example pair's aspect ratio differs from the query's; it is stretched to {}x{}",
+                size.0,
+                size.1
+            );
+        }
+        let n = generation.num_images * if generation.guided() { 2 } else { 1 };
+        let hint = |image: &RgbImage| -> Result<Tensor<B, 4>> {
+            let image = resize(image, size.0 as u32, size.1 as u32);
+            let t = images_to_tensor::<B>(&[image], options.hint_range, self.sd.device())?;
+            Ok(Tensor::cat(vec![t; n], 0))
+        };
+        let pair = Tensor::cat(vec![hint(source)?, hint(target)?], 1);
+        let query = hint(query)?;
+        let scales = &options.control_scales;
+        let mut residuals = |x: Tensor<B, 4>, t: Tensor<B, 1>, context: Tensor<B, 3>| {
+            self.controlnet
+                .forward(x, t, context, pair.clone(), query.clone(), scales)
+        };
+        controlled_text_to_image(&self.sd, &generation, size, noise, callback, &mut residuals)
+    }
+}
+
+/// Whether two images' aspect ratios agree within 1 %.
+fn same_aspect(a: &RgbImage, b: &RgbImage) -> bool {
+    let ab = u64::from(a.width()) * u64::from(b.height());
+    let ba = u64::from(b.width()) * u64::from(a.height());
+    ab.abs_diff(ba) * 100 <= ab.max(ba)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_follow_the_notebook() {
+        assert_eq!(in_context_size(512, 512, 512).unwrap(), (512, 512));
+        // 640×480 → k = 512/480: 682.7 → 704, 512.
+        assert_eq!(in_context_size(640, 480, 512).unwrap(), (704, 512));
+        assert_eq!(in_context_size(480, 640, 512).unwrap(), (512, 704));
+        // 1000×300 at 64: 213.3 → 192.
+        assert_eq!(in_context_size(1000, 300, 64).unwrap(), (192, 64));
+        assert_eq!(in_context_size(96, 48, 64).unwrap(), (128, 64));
+        // A half multiple of 64 rounds to even, as numpy does: 96/64 = 1.5 → 2.
+        assert_eq!(in_context_size(96, 64, 64).unwrap(), (128, 64));
+        assert_eq!(in_context_size(160, 64, 64).unwrap(), (128, 64));
+        assert!(in_context_size(64, 64, 16).is_err());
+        assert!(in_context_size(0, 64, 512).is_err());
+        assert!(in_context_size(64, 64, 0).is_err());
+    }
+
+    #[test]
+    fn notebook_prompts() {
+        let g = InContextOptions::notebook().generation("a turtle");
+        assert_eq!(g.prompt, "a turtle, best quality, extremely detailed");
+        assert_eq!(g.negative_prompt.as_deref(), Some(NOTEBOOK_NEGATIVE_PROMPT));
+        assert_eq!((g.steps, g.guidance_scale), (100, 9.0));
+        let g = InContextOptions::default().generation("a turtle");
+        assert_eq!(g.prompt, "a turtle");
+        assert_eq!(g.scheduler, Some(SchedulerKind::Ddim));
+    }
+}

@@ -1,0 +1,367 @@
+//! Prompt Diffusion and the plain ControlNet pipeline against their references on the tiny
+//! model (`tools/fixtures/gen_prompt_diffusion.py`): with the reference's initial latents every
+//! pixel is within 2/255 of the reference image, from the diffusers-converted layout and from
+//! the original single checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use burn_ndarray::{NdArray, NdArrayDevice};
+use image::RgbImage;
+use prompt_diffusion::controlnet::ControlScales;
+use prompt_diffusion::core::Error;
+use prompt_diffusion::core::image::{PixelRange, load_rgb, resize};
+use prompt_diffusion::core::progress::NoProgress;
+use prompt_diffusion::core::weights::TensorSource;
+use prompt_diffusion::pipelines::ControlNetOptions;
+use prompt_diffusion::schedulers::SchedulerKind;
+use prompt_diffusion::{
+    Generation, InContextOptions, ModelOptions, PromptDiffusion, StableDiffusion,
+    StableDiffusionControlNet,
+};
+
+type B = NdArray<f32>;
+const DEVICE: NdArrayDevice = NdArrayDevice::Cpu;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
+}
+
+fn reference() -> TensorSource {
+    TensorSource::open(fixtures().join("prompt_diffusion/reference.safetensors")).unwrap()
+}
+
+fn image(name: &str) -> RgbImage {
+    load_rgb(fixtures().join("prompt_diffusion").join(name)).unwrap()
+}
+
+/// source, target, query.
+fn images() -> [RgbImage; 3] {
+    ["source.png", "target.png", "query.png"].map(image)
+}
+
+/// The reference's settings: the notebook's prompts, 8 steps, guidance 9, short side 64.
+fn options(io: &TensorSource, scheduler: SchedulerKind) -> InContextOptions {
+    InContextOptions {
+        steps: 8,
+        scheduler: Some(scheduler),
+        resolution: Some(64),
+        latents: Some(io.data("latents").unwrap()),
+        ..InContextOptions::notebook()
+    }
+}
+
+const PROMPT: &str = "a turtle stands on the beach";
+
+/// The reference's uint8 images `[n, h, w, 3]`.
+fn expected(io: &TensorSource, key: &str) -> Vec<RgbImage> {
+    let data = io.data(key).unwrap();
+    let [n, h, w, _] = data.shape[..] else {
+        panic!("{key}: not [n, h, w, 3]")
+    };
+    let bytes: Vec<u8> = data.to_vec().unwrap();
+    bytes
+        .chunks(h * w * 3)
+        .take(n)
+        .map(|c| RgbImage::from_raw(w as u32, h as u32, c.to_vec()).unwrap())
+        .collect()
+}
+
+fn assert_images_close(what: &str, actual: &[RgbImage], expected: &[RgbImage]) {
+    assert_eq!(actual.len(), expected.len(), "{what}: image count");
+    let mut worst = 0u8;
+    for (a, e) in actual.iter().zip(expected) {
+        assert_eq!(a.dimensions(), e.dimensions(), "{what}: size");
+        for (pa, pe) in a.as_raw().iter().zip(e.as_raw()) {
+            worst = worst.max(pa.abs_diff(*pe));
+        }
+    }
+    eprintln!("{what}: max pixel difference {worst}/255");
+    assert!(worst <= 2, "{what}: max pixel difference {worst}/255");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A diffusers-converted Prompt Diffusion folder: tiny-sd's components (at the root, or in
+/// `base/`) and the tiny Prompt Diffusion ControlNet in `controlnet/`.
+fn diffusers_layout(root: &Path, base: bool) -> PathBuf {
+    let components = if base {
+        root.join("base")
+    } else {
+        root.to_path_buf()
+    };
+    copy_dir(&fixtures().join("tiny-sd"), &components);
+    copy_dir(
+        &fixtures().join("controlnet/prompt-diffusion"),
+        &root.join("controlnet"),
+    );
+    root.to_path_buf()
+}
+
+fn run(pd: &PromptDiffusion<B>, options: &InContextOptions) -> Vec<RgbImage> {
+    let [source, target, query] = images();
+    pd.generate(&source, &target, &query, PROMPT, options, &mut NoProgress)
+        .unwrap()
+}
+
+#[test]
+fn in_context_matches_the_reference_from_the_diffusers_layout() {
+    let io = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let root = diffusers_layout(dir.path(), false);
+    let pd =
+        PromptDiffusion::<B>::from_pretrained(&root, &ModelOptions::default(), &DEVICE).unwrap();
+    for (name, kind) in [
+        ("ddim", SchedulerKind::Ddim),
+        ("unipc", SchedulerKind::UniPc),
+    ] {
+        let images = run(&pd, &options(&io, kind));
+        assert_images_close(
+            &format!("diffusers layout, {name}"),
+            &images,
+            &expected(&io, &format!("diffusers.{name}.image")),
+        );
+    }
+    let zero_one = InContextOptions {
+        hint_range: PixelRange::ZeroToOne,
+        ..options(&io, SchedulerKind::Ddim)
+    };
+    assert_images_close(
+        "hints in [0, 1]",
+        &run(&pd, &zero_one),
+        &expected(&io, "diffusers.zero_one.image"),
+    );
+    let guess = InContextOptions {
+        control_scales: ControlScales::LdmGuessMode(0.9),
+        ..options(&io, SchedulerKind::Ddim)
+    };
+    assert_images_close(
+        "original guess mode",
+        &run(&pd, &guess),
+        &expected(&io, "diffusers.guess.image"),
+    );
+
+    // The `base/` layout of iczaw/prompt-diffusion-diffusers loads the same model.
+    let dir = tempfile::tempdir().unwrap();
+    let root = diffusers_layout(dir.path(), true);
+    let pd =
+        PromptDiffusion::<B>::from_pretrained(&root, &ModelOptions::default(), &DEVICE).unwrap();
+    assert_images_close(
+        "base/ layout, ddim",
+        &run(&pd, &options(&io, SchedulerKind::Ddim)),
+        &expected(&io, "diffusers.ddim.image"),
+    );
+}
+
+#[test]
+fn in_context_matches_the_reference_from_the_original_checkpoint() {
+    let io = reference();
+    let dir = tempfile::tempdir().unwrap();
+    // The tiny model's configs (the released model needs none).
+    let config = diffusers_layout(dir.path(), false);
+    let checkpoint = fixtures().join("controlnet/tiny-prompt-diffusion.safetensors");
+    let pd = PromptDiffusion::<B>::from_single_file(
+        &checkpoint,
+        &ModelOptions::default().with_config(&config),
+        &DEVICE,
+    )
+    .unwrap();
+    for (name, kind) in [
+        ("ddim", SchedulerKind::Ddim),
+        ("unipc", SchedulerKind::UniPc),
+    ] {
+        let images = run(&pd, &options(&io, kind));
+        assert_images_close(
+            &format!("single checkpoint, {name}"),
+            &images,
+            &expected(&io, &format!("single.{name}.image")),
+        );
+    }
+}
+
+#[test]
+fn standard_controlnet_pipeline_matches_diffusers() {
+    let io = reference();
+    let sd = StableDiffusion::<B>::from_pretrained(
+        fixtures().join("tiny-sd"),
+        &ModelOptions::default(),
+        &DEVICE,
+    )
+    .unwrap();
+    let controlnet = StableDiffusionControlNet::<B>::load_controlnet(
+        fixtures().join("prompt_diffusion/controlnet-standard"),
+        None,
+        &ModelOptions::default(),
+        &DEVICE,
+    )
+    .unwrap();
+    let pipe = StableDiffusionControlNet::new(sd, controlnet);
+    let generation = Generation::new("a watercolor painting of a house")
+        .with_negative_prompt("blurry, low quality")
+        .with_steps(8)
+        .with_guidance_scale(7.5)
+        .with_scheduler(SchedulerKind::Ddim)
+        .with_latents(io.data("latents").unwrap());
+    let hint = image("query.png");
+    for (name, options) in [
+        (
+            "ddim",
+            ControlNetOptions {
+                conditioning_scale: 0.8,
+                guess_mode: false,
+            },
+        ),
+        (
+            "guess",
+            ControlNetOptions {
+                conditioning_scale: 1.0,
+                guess_mode: true,
+            },
+        ),
+    ] {
+        let images = pipe
+            .generate(&hint, &generation, &options, &mut NoProgress)
+            .unwrap();
+        assert_images_close(
+            &format!("controlnet, {name}"),
+            &images,
+            &expected(&io, &format!("controlnet.{name}.image")),
+        );
+    }
+}
+
+fn tiny_pd() -> PromptDiffusion<B> {
+    let sd = StableDiffusion::from_pretrained(
+        fixtures().join("tiny-sd"),
+        &ModelOptions::default(),
+        &DEVICE,
+    )
+    .unwrap();
+    let controlnet = prompt_diffusion::controlnet::PromptDiffusionControlNet::from_folder(
+        fixtures().join("controlnet/prompt-diffusion"),
+        &Default::default(),
+        &DEVICE,
+    )
+    .unwrap();
+    PromptDiffusion::new(sd, controlnet)
+}
+
+#[test]
+fn images_of_other_sizes_are_resized_to_the_query_at_the_resolution() {
+    let pd = tiny_pd();
+    let [source, target, query] = images();
+    let quick = InContextOptions {
+        steps: 2,
+        resolution: Some(64),
+        ..InContextOptions::default()
+    };
+    // Example images of other sizes (and aspect ratios) than the query: all become 128×64.
+    let small_query = resize(&query, 96, 48);
+    let out = pd
+        .generate(
+            &resize(&source, 100, 60),
+            &resize(&target, 50, 20),
+            &small_query,
+            PROMPT,
+            &quick,
+            &mut NoProgress,
+        )
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dimensions(), (128, 64));
+    // A portrait query at the default resolution (tiny-sd's native 128), two images.
+    let portrait = resize(&query, 40, 64);
+    let batch = InContextOptions {
+        resolution: None,
+        num_images: 2,
+        ..quick.clone()
+    };
+    let out = pd
+        .generate(&source, &target, &portrait, PROMPT, &batch, &mut NoProgress)
+        .unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].dimensions(), (128, 192));
+    // An explicit size wins over the resolution.
+    let sized = InContextOptions {
+        width: Some(64),
+        height: Some(64),
+        guidance_scale: 1.0,
+        ..quick
+    };
+    let out = pd
+        .generate(&source, &target, &query, PROMPT, &sized, &mut NoProgress)
+        .unwrap();
+    assert_eq!(out[0].dimensions(), (64, 64));
+}
+
+#[test]
+fn invalid_requests_and_wrong_files_are_typed_errors() {
+    let pd = tiny_pd();
+    let [source, target, query] = images();
+    let base = InContextOptions {
+        steps: 2,
+        resolution: Some(64),
+        ..InContextOptions::default()
+    };
+    let cases = [
+        InContextOptions {
+            resolution: Some(16),
+            ..base.clone()
+        },
+        InContextOptions {
+            steps: 0,
+            ..base.clone()
+        },
+        InContextOptions {
+            width: Some(100),
+            ..base.clone()
+        },
+        InContextOptions {
+            latents: Some(burn::tensor::TensorData::new(vec![0f32; 4], [1, 4, 1, 1])),
+            ..base.clone()
+        },
+        InContextOptions {
+            control_scales: ControlScales::PerResidual(vec![1.0; 3]),
+            ..base.clone()
+        },
+    ];
+    for options in cases {
+        let err = pd
+            .generate(&source, &target, &query, PROMPT, &options, &mut NoProgress)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidInput { .. } | Error::Shape { .. }),
+            "{err}"
+        );
+    }
+
+    let options = ModelOptions::default();
+    let err = PromptDiffusion::<B>::from_pretrained(fixtures().join("tiny-sd"), &options, &DEVICE)
+        .unwrap_err();
+    assert!(err.to_string().contains("controlnet/"), "{err}");
+    let err = PromptDiffusion::<B>::from_single_file(
+        fixtures().join("tiny-sd.safetensors"),
+        &options,
+        &DEVICE,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("control_model"), "{err}");
+    // The pickle holds the ControlNet only: no UNet to pair it with.
+    let err = PromptDiffusion::<B>::from_single_file(
+        fixtures().join("controlnet/tiny-prompt-diffusion.ckpt"),
+        &options.clone().with_config(fixtures().join("tiny-sd")),
+        &DEVICE,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("model.diffusion_model"), "{err}");
+}
