@@ -361,7 +361,7 @@ impl<B: AutodiffBackend> PluginTrainer<B> {
             losses.push(loss);
             let done = self.steps;
             if let Some((dir, every)) = checkpoints
-                && (done % every.max(1) == 0 || losses.len() == steps)
+                && (done.is_multiple_of(every.max(1)) || losses.len() == steps)
             {
                 save_checkpoint(&self.plugin, dir.join(format!("checkpoint-{done}")))?;
             }
