@@ -271,3 +271,62 @@ fn half_precision_images_are_not_black_and_follow_f32() {
     assert!(f16 <= 16, "f16 differs from f32 by {f16}/255");
     assert!(bf16 <= 96, "bf16 differs from f32 by {bf16}/255");
 }
+
+#[test]
+fn restore_runs_a_task_and_names_bad_input() {
+    let tiny = tiny();
+    let plugin = fixtures().join("diff_plugin");
+    let clip = plugin.join("clip-vision").display().to_string();
+    let plugins = plugin.join("pre-trained").display().to_string();
+    let input = plugin.join("input.png").display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("restored.png").display().to_string();
+    let base = [
+        "restore",
+        "--model",
+        &tiny,
+        "--clip-vision",
+        &clip,
+        "--plugins",
+        &plugins,
+        "--input",
+        &input,
+        "--size",
+        "64",
+    ];
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--task", "derain", "--steps", "3", "--output", &out])
+        .collect();
+    let result = run(&args);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(String::from_utf8_lossy(&result.stdout).contains("plugins: derain"));
+    let restored = image::open(&out).unwrap();
+    assert_eq!(restored.width().min(restored.height()), 64);
+
+    let args: Vec<&str> = base.iter().copied().chain(["--task", "sharpen"]).collect();
+    assert_fails(&args, &["task", "sharpen"]);
+    let empty = tempfile::tempdir().unwrap();
+    let empty = empty.path().display().to_string();
+    let args = [
+        "restore",
+        "--model",
+        &tiny,
+        "--clip-vision",
+        &clip,
+        "--plugins",
+        &empty,
+        "--input",
+        &input,
+        "--task",
+        "derain",
+        "--output",
+        &out,
+    ];
+    assert_fails(&args, &["derain"]);
+}

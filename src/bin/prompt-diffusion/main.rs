@@ -8,6 +8,7 @@
 
 mod args;
 mod output;
+mod restore;
 mod sd;
 
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ enum Command {
     Txt2img(sd::Txt2ImgArgs),
     /// Transform an image according to a prompt.
     Img2img(sd::Img2ImgArgs),
+    /// Restore an image with Diff-Plugin Task-Plugins (a task, or an instruction).
+    Restore(restore::RestoreArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -40,6 +43,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Img2img(args) => {
             let task = sd::SdRun::img2img(&args)?;
             run_on(args.model.backend, args.model.precision, task)?
+        }
+        Command::Restore(args) => {
+            let (backend, precision) = (args.model.backend, args.model.precision);
+            run_on(backend, precision, restore::RestoreRun::new(args)?)?
         }
     }
 }

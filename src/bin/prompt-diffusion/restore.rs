@@ -1,0 +1,121 @@
+//! `restore`: Diff-Plugin restoration with one task's plugin or from an instruction.
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use clap::Args;
+use prompt_diffusion::backends::BackendTask;
+use prompt_diffusion::core::image::load_rgb;
+use prompt_diffusion::core::{Error, Result};
+use prompt_diffusion::diff_plugin::Task;
+use prompt_diffusion::pipelines::diff_plugin::{DiffPlugin, Restore, WorkingSize};
+
+use crate::args::ModelArgs;
+use crate::output::{Progress, check_output, save_images};
+use crate::sd::load_model;
+
+fn parse_task(s: &str) -> std::result::Result<Task, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+/// Arguments of `restore`.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The base model (SD v1.4/1.5) and where it runs.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The CLIP ViT-L/14 vision folder (`openai/clip-vit-large-patch14`).
+    #[arg(long, value_name = "DIR")]
+    pub clip_vision: PathBuf,
+    /// The released `pre-trained/` folder (`<task>/tpb.pt`, `<task>/scb/`, `plugin_selector/`).
+    #[arg(long, value_name = "DIR")]
+    pub plugins: PathBuf,
+    /// The task: derain, desnow, dehaze, deblur, lowlight, highlight, face, demoire.
+    #[arg(long, value_parser = parse_task, conflicts_with = "instruction", required_unless_present = "instruction")]
+    pub task: Option<Task>,
+    /// An instruction for the Plugin-Selector ("remove the rain and brighten it").
+    #[arg(long)]
+    pub instruction: Option<String>,
+    /// The degraded image.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// UniPC steps of the first plugin.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Steps of later plugins in a chain.
+    #[arg(long, default_value_t = 3)]
+    pub chain_steps: usize,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Working size: the shorter side is scaled to this (default: 512 as a minimum for a task,
+    /// exactly 512 for an instruction, as the official scripts do).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Output PNG.
+    #[arg(long, default_value = "restored.png")]
+    pub output: PathBuf,
+}
+
+/// A restoration, checked and ready to dispatch.
+pub struct RestoreRun {
+    args: RestoreArgs,
+    image: image::RgbImage,
+    request: Restore,
+}
+
+impl RestoreRun {
+    /// Checks what can be checked before loading models.
+    pub fn new(args: RestoreArgs) -> anyhow::Result<Self> {
+        check_output(&args.output)?;
+        if args.steps == 0 || args.chain_steps == 0 {
+            anyhow::bail!("--steps and --chain-steps must be at least 1");
+        }
+        let image = load_rgb(&args.input)?;
+        let mut request = match (&args.task, &args.instruction) {
+            (Some(task), _) => Restore::task(*task),
+            (None, Some(instruction)) => Restore::instruction(instruction.clone()),
+            (None, None) => anyhow::bail!("give --task or --instruction"),
+        };
+        request = request
+            .with_steps(args.steps)
+            .with_chain_steps(args.chain_steps)
+            .with_seed(args.seed);
+        if let Some(size) = args.size {
+            if size < 8 {
+                anyhow::bail!("--size {size} is smaller than 8 pixels");
+            }
+            request = request.with_size(WorkingSize::ShortSide(size));
+        }
+        Ok(Self {
+            args,
+            image,
+            request,
+        })
+    }
+}
+
+impl BackendTask for RestoreRun {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
+        let sd = load_model::<B>(&self.args.model, &device)?;
+        let plugin = DiffPlugin::new(sd, &self.args.clip_vision, &self.args.plugins)?;
+        let mut progress = Progress::new("restoring");
+        let restored = plugin.restore(&self.image, &self.request, &mut progress)?;
+        progress.finish();
+        let names: Vec<&str> = restored.tasks.iter().map(|t| t.name()).collect();
+        println!(
+            "plugins: {}",
+            if names.is_empty() {
+                "none (null)".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+        Ok(save_images(
+            std::slice::from_ref(&restored.image),
+            &self.args.output,
+        ))
+    }
+}
