@@ -8,6 +8,7 @@ pub use prompt_diffusion_diff_plugin as diff_plugin;
 pub use prompt_diffusion_schedulers as schedulers;
 pub use prompt_diffusion_unet as unet;
 pub use prompt_diffusion_vae as vae;
+pub use prompt_diffusion_versatile_flows as versatile;
 
 pub mod annotators;
 pub mod backends;

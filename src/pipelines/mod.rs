@@ -5,6 +5,7 @@
 //! * [`denoise`] — the one denoising loop (classifier-free guidance, progress, cancellation).
 //! * [`StableDiffusionControlNet`] — text→image guided by a standard ControlNet and a hint.
 //! * [`PromptDiffusion`] — in-context generation from an example pair and a query image.
+//! * [`VersatileDiffusion`] — Versatile Diffusion's five flows (text/image ⇄ image/text).
 
 mod controlnet;
 mod denoise;
@@ -13,6 +14,7 @@ mod generation;
 mod loading;
 mod prompt_diffusion;
 mod stable_diffusion;
+mod versatile_diffusion;
 
 pub use controlnet::{ControlNetOptions, StableDiffusionControlNet};
 pub use denoise::denoise;
@@ -23,3 +25,6 @@ pub use prompt_diffusion::{
     in_context_size,
 };
 pub use stable_diffusion::StableDiffusion;
+pub use versatile_diffusion::{
+    ImagePrompt, VersatileDiffusion, VersatileModelOptions, VersatileOptions,
+};
