@@ -4,11 +4,13 @@
 //! * [`canny`] — Canny edges as ControlNet's `annotator/canny` (`cv2.Canny(img, 100, 200)`):
 //!   an optional Gaussian blur, 3×3 Sobel gradients with the L1 magnitude `|gx| + |gy|`,
 //!   non-maximum suppression along the quantised gradient direction and hysteresis
-//!   (pixels above `high` start edges, 8-connected pixels above `low` continue them). cv2 takes
-//!   the strongest channel's gradient; here the gradient is that of the luminance.
+//!   (pixels above `high` start edges, 8-connected pixels above `low` continue them). As in cv2,
+//!   each pixel takes the gradient of its strongest colour channel, so edges between colours
+//!   of equal brightness are found.
 //! * [`soft_edge`] — a soft edge map in the spirit of HED/PiDiNet (which are neural networks):
-//!   the Sobel gradient magnitude of a blurred luminance, normalised by its 99th percentile and
-//!   softened, so strong contours are bright, texture is faint and flat regions are black.
+//!   the Sobel gradient magnitude (strongest channel) of the blurred image, normalised by its 99th percentile,
+//!   with a floor and a gamma, so strong contours are bright and flat or finely textured
+//!   regions are black.
 //!
 //! Maps are white on black, with three equal channels (the annotators' `HWC3` convention).
 
@@ -91,6 +93,9 @@ pub struct SoftEdgeOptions {
     /// Exponent applied to the normalised magnitude; below 1 brightens faint edges
     /// (default 0.7).
     pub gamma: f32,
+    /// Normalised magnitudes below this are black, which removes fine texture and noise
+    /// (default 0.1).
+    pub floor: f32,
 }
 
 impl Default for SoftEdgeOptions {
@@ -98,16 +103,16 @@ impl Default for SoftEdgeOptions {
         Self {
             sigma: 1.5,
             gamma: 0.7,
+            floor: 0.1,
         }
     }
 }
 
 /// Canny edges of `image`: 255 on edges, 0 elsewhere.
 pub fn canny(image: &RgbImage, options: &CannyOptions) -> RgbImage {
-    let plane = luminance(image).blurred(options.sigma);
-    let (gx, gy) = plane.sobel();
+    let (gx, gy) = gradients(image, options.sigma);
     let magnitude: Vec<f32> = gx.iter().zip(&gy).map(|(x, y)| x.abs() + y.abs()).collect();
-    let (w, h) = (plane.w, plane.h);
+    let (w, h) = (image.width() as usize, image.height() as usize);
     let at = |x: isize, y: isize| -> f32 {
         if x < 0 || y < 0 || x >= w as isize || y >= h as isize {
             0.0
@@ -167,8 +172,7 @@ pub fn canny(image: &RgbImage, options: &CannyOptions) -> RgbImage {
 
 /// A soft edge map of `image`: bright on strong contours, black on flat regions.
 pub fn soft_edge(image: &RgbImage, options: &SoftEdgeOptions) -> RgbImage {
-    let plane = luminance(image).blurred(options.sigma);
-    let (gx, gy) = plane.sobel();
+    let (gx, gy) = gradients(image, options.sigma);
     let magnitude: Vec<f32> = gx.iter().zip(&gy).map(|(x, y)| x.hypot(*y)).collect();
     let mut sorted = magnitude.clone();
     sorted.sort_by(f32::total_cmp);
@@ -178,11 +182,13 @@ pub fn soft_edge(image: &RgbImage, options: &SoftEdgeOptions) -> RgbImage {
         .unwrap_or(0.0)
         .max(sorted.last().copied().unwrap_or(0.0) * 0.25);
     let gamma = options.gamma.max(0.01);
-    to_image(plane.w, plane.h, |i| {
+    let floor = options.floor.clamp(0.0, 0.99);
+    to_image(image.width() as usize, image.height() as usize, |i| {
         if reference <= 1e-3 {
             return 0;
         }
-        let v = (magnitude[i] / reference).clamp(0.0, 1.0).powf(gamma);
+        let v = (magnitude[i] / reference).clamp(0.0, 1.0);
+        let v = ((v - floor) / (1.0 - floor)).max(0.0).powf(gamma);
         (v * 255.0).round() as u8
     })
 }
@@ -205,17 +211,26 @@ struct Plane {
     data: Vec<f32>,
 }
 
-/// Luminance on 0–255 (`cv2.COLOR_RGB2GRAY` weights).
-fn luminance(image: &RgbImage) -> Plane {
-    let data = image
-        .pixels()
-        .map(|Rgb([r, g, b])| 0.299 * f32::from(*r) + 0.587 * f32::from(*g) + 0.114 * f32::from(*b))
+/// Sobel derivatives of the blurred image: per pixel, those of the channel with the largest
+/// L1 magnitude (cv2's rule for colour images).
+fn gradients(image: &RgbImage, sigma: f32) -> (Vec<f32>, Vec<f32>) {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let channels: Vec<(Vec<f32>, Vec<f32>)> = (0..3)
+        .map(|c| {
+            let data = image.pixels().map(|p| f32::from(p.0[c])).collect();
+            Plane { w, h, data }.blurred(sigma).sobel()
+        })
         .collect();
-    Plane {
-        w: image.width() as usize,
-        h: image.height() as usize,
-        data,
-    }
+    (0..w * h)
+        .map(|i| {
+            channels
+                .iter()
+                .max_by(|a, b| {
+                    (a.0[i].abs() + a.1[i].abs()).total_cmp(&(b.0[i].abs() + b.1[i].abs()))
+                })
+                .map_or((0.0, 0.0), |(gx, gy)| (gx[i], gy[i]))
+        })
+        .unzip()
 }
 
 impl Plane {
@@ -356,6 +371,24 @@ mod tests {
         let weak_only = synthetic(48, 32, |x, _| if x >= 24 { 30 } else { 0 });
         let edges = canny(&weak_only, &CannyOptions::default());
         assert!(edges.pixels().all(|p| p.0[0] == 0));
+    }
+
+    #[test]
+    fn edges_between_colours_of_equal_brightness_are_found() {
+        // Red (luminance 76.2) beside green (76.3).
+        let image = RgbImage::from_fn(32, 16, |x, _| {
+            if x < 16 {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 130, 0])
+            }
+        });
+        let edges = canny(&image, &CannyOptions::default());
+        for y in 0..16 {
+            assert_eq!((14..18).filter(|&x| on(&edges, x, y)).count(), 1, "row {y}");
+        }
+        let soft = soft_edge(&image, &SoftEdgeOptions::default());
+        assert!(soft.get_pixel(15, 8).0[0] > 200 && soft.get_pixel(4, 8).0[0] == 0);
     }
 
     #[test]

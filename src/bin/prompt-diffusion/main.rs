@@ -6,7 +6,10 @@
 //! ```
 //! Every error is printed as one line and the exit status is non-zero.
 
+mod annotate;
 mod args;
+mod controlnet;
+mod in_context;
 mod output;
 mod restore;
 mod sd;
@@ -30,6 +33,12 @@ enum Command {
     Txt2img(sd::Txt2ImgArgs),
     /// Transform an image according to a prompt.
     Img2img(sd::Img2ImgArgs),
+    /// Prompt Diffusion: apply an example pair's task (source → target) to a query image.
+    InContext(in_context::InContextArgs),
+    /// Generate images guided by a standard ControlNet and a hint image.
+    Controlnet(controlnet::ControlNetArgs),
+    /// Make a hint map (canny edges, soft edges) from an image.
+    Annotate(annotate::AnnotateArgs),
     /// Restore an image with Diff-Plugin Task-Plugins (a task, or an instruction).
     Restore(restore::RestoreArgs),
 }
@@ -44,6 +53,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let task = sd::SdRun::img2img(&args)?;
             run_on(args.model.backend, args.model.precision, task)?
         }
+        Command::InContext(args) => {
+            let task = in_context::InContextRun::new(&args)?;
+            run_on(args.model.backend, args.model.precision, task)?
+        }
+        Command::Controlnet(args) => {
+            let task = controlnet::ControlNetRun::new(&args)?;
+            run_on(args.model.backend, args.model.precision, task)?
+        }
+        Command::Annotate(args) => annotate::run(&args),
         Command::Restore(args) => {
             let (backend, precision) = (args.model.backend, args.model.precision);
             run_on(backend, precision, restore::RestoreRun::new(args)?)?

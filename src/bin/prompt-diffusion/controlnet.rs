@@ -1,0 +1,95 @@
+//! `controlnet`: text→image guided by a standard ControlNet and one hint image.
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use clap::Args;
+use image::RgbImage;
+use prompt_diffusion::backends::BackendTask;
+use prompt_diffusion::core::Result;
+use prompt_diffusion::core::image::load_rgb;
+use prompt_diffusion::pipelines::ControlNetOptions;
+use prompt_diffusion::{Generation, StableDiffusionControlNet};
+
+use crate::args::{GenerationArgs, ModelArgs};
+use crate::output::{Progress, check_output, save_images};
+use crate::sd::load_model;
+
+/// Arguments of `controlnet`.
+#[derive(Debug, Clone, Args)]
+pub struct ControlNetArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+    /// The ControlNet: a diffusers folder (config.json + weights) or a single weight file
+    /// (diffusers or original names, e.g. control_sd15_canny.pth).
+    #[arg(long, value_name = "DIR|FILE")]
+    pub controlnet: PathBuf,
+    /// A diffusers config.json for the ControlNet (default: the folder's own; SD 1.5's for a
+    /// single file).
+    #[arg(long, value_name = "FILE")]
+    pub controlnet_config: Option<PathBuf>,
+    /// The hint image (edges, depth, pose, … as the ControlNet expects). The output takes its
+    /// size, rounded down to a multiple of 8, unless --width/--height are given.
+    #[arg(long, value_name = "FILE")]
+    pub hint: PathBuf,
+    /// Multiplier of the ControlNet's residuals.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub conditioning_scale: f32,
+    /// diffusers' guess mode: the ControlNet sees the conditional half only, residuals scaled
+    /// from 0.1 (first skip) to 1 (mid block).
+    #[arg(long)]
+    pub guess_mode: bool,
+}
+
+/// A ControlNet run, ready to be dispatched to a backend.
+pub struct ControlNetRun {
+    args: ControlNetArgs,
+    hint: RgbImage,
+    generation: Generation,
+}
+
+impl ControlNetRun {
+    /// Reads the hint and checks everything that can be checked without the model.
+    pub fn new(args: &ControlNetArgs) -> anyhow::Result<Self> {
+        check_output(&args.generation.output)?;
+        if !args.conditioning_scale.is_finite() {
+            anyhow::bail!("--conditioning-scale must be a finite number");
+        }
+        if !args.controlnet.exists() {
+            anyhow::bail!("--controlnet {}: not found", args.controlnet.display());
+        }
+        let hint = load_rgb(&args.hint)?;
+        let generation = args.generation.generation()?;
+        Ok(Self {
+            args: args.clone(),
+            hint,
+            generation,
+        })
+    }
+}
+
+impl BackendTask for ControlNetRun {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
+        let args = &self.args;
+        let sd = load_model::<B>(&args.model, &device)?;
+        let controlnet = StableDiffusionControlNet::load_controlnet(
+            &args.controlnet,
+            args.controlnet_config.as_deref(),
+            &args.model.options(),
+            &device,
+        )?;
+        let pipe = StableDiffusionControlNet::new(sd, controlnet);
+        let options = ControlNetOptions {
+            conditioning_scale: args.conditioning_scale,
+            guess_mode: args.guess_mode,
+        };
+        let mut progress = Progress::new("denoising");
+        let images = pipe.generate(&self.hint, &self.generation, &options, &mut progress)?;
+        progress.finish();
+        Ok(save_images(&images, &args.generation.output))
+    }
+}

@@ -1,0 +1,168 @@
+//! `in-context`: Prompt Diffusion from an example pair and a query image.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use clap::{Args, ValueEnum};
+use image::RgbImage;
+use prompt_diffusion::backends::BackendTask;
+use prompt_diffusion::controlnet::ControlScales;
+use prompt_diffusion::core::image::{PixelRange, load_rgb};
+use prompt_diffusion::core::{Error, Result};
+use prompt_diffusion::pipelines::{NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX};
+use prompt_diffusion::{InContextOptions, PromptDiffusion};
+
+use crate::args::{GenerationArgs, ModelArgs};
+use crate::output::{Progress, check_output, save_images};
+
+/// The value range hints are given to the ControlNet in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HintRange {
+    /// [-1, 1], as the model was trained and the official notebook runs it.
+    Training,
+    /// [0, 1], as the diffusers port runs it.
+    Diffusers,
+}
+
+/// Arguments of `in-context`.
+#[derive(Debug, Clone, Args)]
+pub struct InContextArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+    /// The example's source image (e.g. a line drawing).
+    #[arg(long, value_name = "FILE")]
+    pub example_source: PathBuf,
+    /// The example's target image (what the source becomes).
+    #[arg(long, value_name = "FILE")]
+    pub example_target: PathBuf,
+    /// The query: a new source image to apply the example's task to.
+    #[arg(long, value_name = "FILE")]
+    pub query: PathBuf,
+    /// Short side of the output; both sides are rounded to multiples of 64 (default: the
+    /// model's native size, 512). --width/--height override it.
+    #[arg(long)]
+    pub resolution: Option<usize>,
+    /// Value range of the hints: training ([-1, 1]) or diffusers ([0, 1]).
+    #[arg(long, value_enum, default_value = "training")]
+    pub hint_range: HintRange,
+    /// Append the official notebook's ", best quality, extremely detailed" to the prompt and use
+    /// its negative prompt (unless --negative-prompt is given). The notebook also runs
+    /// --steps 100 --guidance 9 (DDIM, the default here).
+    #[arg(long)]
+    pub notebook_prompts: bool,
+    /// Multiplier of the ControlNet's residuals.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub conditioning_scale: f32,
+    /// The original guess mode: residuals scaled by 0.825^(12−i) · scale.
+    #[arg(long)]
+    pub guess_mode: bool,
+}
+
+/// An in-context run, ready to be dispatched to a backend.
+pub struct InContextRun {
+    model: ModelArgs,
+    images: [RgbImage; 3],
+    prompt: String,
+    options: InContextOptions,
+    output: PathBuf,
+}
+
+impl InContextRun {
+    /// Reads the images and checks everything that can be checked without the model.
+    pub fn new(args: &InContextArgs) -> anyhow::Result<Self> {
+        check_output(&args.generation.output)?;
+        if !args.conditioning_scale.is_finite() {
+            anyhow::bail!("--conditioning-scale must be a finite number");
+        }
+        let images = [
+            load_rgb(&args.example_source)?,
+            load_rgb(&args.example_target)?,
+            load_rgb(&args.query)?,
+        ];
+        let g = args.generation.generation()?;
+        let mut options = InContextOptions {
+            negative_prompt: g.negative_prompt,
+            steps: g.steps,
+            guidance_scale: g.guidance_scale,
+            scheduler: g.scheduler,
+            resolution: args.resolution,
+            width: g.width,
+            height: g.height,
+            num_images: g.num_images,
+            seed: g.seed,
+            latents: g.latents,
+            eta: g.eta,
+            hint_range: match args.hint_range {
+                HintRange::Training => PixelRange::MinusOneToOne,
+                HintRange::Diffusers => PixelRange::ZeroToOne,
+            },
+            control_scales: if args.guess_mode {
+                ControlScales::LdmGuessMode(args.conditioning_scale)
+            } else {
+                ControlScales::Uniform(args.conditioning_scale)
+            },
+            prompt_suffix: None,
+        };
+        if args.notebook_prompts {
+            options.prompt_suffix = Some(NOTEBOOK_PROMPT_SUFFIX.into());
+            options
+                .negative_prompt
+                .get_or_insert_with(|| NOTEBOOK_NEGATIVE_PROMPT.into());
+        }
+        if args.resolution == Some(0) {
+            anyhow::bail!("--resolution must be positive");
+        }
+        Ok(Self {
+            model: args.model.clone(),
+            images,
+            prompt: g.prompt,
+            options,
+            output: args.generation.output.clone(),
+        })
+    }
+}
+
+/// Loads a Prompt Diffusion model from `--model` or `--checkpoint`, printing the time taken.
+fn load_model<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<PromptDiffusion<B>> {
+    let start = Instant::now();
+    let pd = match (&args.model, &args.checkpoint) {
+        (Some(dir), _) => PromptDiffusion::from_pretrained(dir, &args.options(), device)?,
+        (None, Some(file)) => PromptDiffusion::from_single_file(file, &args.options(), device)?,
+        (None, None) => {
+            return Err(Error::invalid_input(
+                "model",
+                "give --model DIR or --checkpoint FILE",
+            ));
+        }
+    };
+    println!(
+        "loaded Prompt Diffusion on {} ({}) in {:.2} s",
+        B::name(device),
+        args.precision,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(pd)
+}
+
+impl BackendTask for InContextRun {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
+        let pd = load_model::<B>(&self.model, &device)?;
+        let mut progress = Progress::new("denoising");
+        let [source, target, query] = &self.images;
+        let images = pd.generate(
+            source,
+            target,
+            query,
+            &self.prompt,
+            &self.options,
+            &mut progress,
+        )?;
+        progress.finish();
+        Ok(save_images(&images, &self.output))
+    }
+}
