@@ -27,6 +27,13 @@ pub enum HintRange {
 
 /// Arguments of `in-context`.
 #[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("model", |a| a.help("A Prompt Diffusion folder in the diffusers layout: controlnet/ beside the pipeline components (unet/, vae/, …) or beside base/")),
+    mut_arg("checkpoint", |a| a.help("The original Prompt Diffusion checkpoint (network-step=04999.ckpt or a .safetensors copy)")),
+    mut_arg("scheduler", |a| a.help("Scheduler: ddim, ddpm, pndm, euler, euler-ancestral, dpm++2m, dpm++2m-karras, unipc, lms (default: ddim)")),
+    mut_arg("width", |a| a.help("Image width in pixels, a multiple of 8 (default: from --resolution and the query)")),
+    mut_arg("height", |a| a.help("Image height in pixels, a multiple of 8 (default: from --resolution and the query)")),
+)]
 pub struct InContextArgs {
     #[command(flatten)]
     pub model: ModelArgs,
