@@ -15,7 +15,8 @@
 //! * [`Optimus`] — the text VAE of the text flows (BERT encoder, GPT-2 decoder with the latent
 //!   injected, greedy or sampled decoding).
 //! * [`VersatileComponents`] — loading from the diffusers folders or the official `.pth` files
-//!   ([`weights`] holds their key tables).
+//!   ([`weights`] holds their key tables), a flow's conditions ([`FlowInputs`], [`ImagePrompt`]:
+//!   an image or precomputed tokens) and the decoding of its latents.
 //!
 //! ```no_run
 //! use burn::tensor::Tensor;
@@ -50,6 +51,7 @@ mod context_layers;
 mod diffuser;
 mod encoders;
 mod flow;
+mod inputs;
 mod loading;
 mod mixing;
 pub mod optimus;
@@ -62,6 +64,7 @@ pub use encoders::{
     ClipImageContextEncoder, ClipTextContextEncoder, UncondImage, image_tokens_from_data,
 };
 pub use flow::{Flow, LayerGroups, Modality};
+pub use inputs::{FlowInputs, ImagePrompt};
 pub use loading::{
     OfficialFiles, OptimusFiles, VersatileComponents, VersatileFolders, image_unet_config,
     text_unet_config,
