@@ -238,3 +238,66 @@ fn bad_options_are_errors() {
         .with_latents(burn::tensor::TensorData::new(vec![0f32; 16], [1, 16, 1, 1]));
     assert!(vd.text_to_image(&wrong, &mut NoProgress).is_err());
 }
+
+/// The flows in half precision (burn-flex on the CPU): every layer group loads and runs in f16
+/// and the image stays close to the f32 reference.
+#[test]
+fn half_precision_runs_every_flow() {
+    use prompt_diffusion::backends::{BackendKind, BackendTask, run_on};
+    use prompt_diffusion::core::Precision;
+
+    struct Half;
+    impl BackendTask for Half {
+        type Output = (Vec<RgbImage>, Vec<String>);
+        fn run<Bk: burn::tensor::backend::Backend>(
+            self,
+            device: Bk::Device,
+        ) -> prompt_diffusion::core::Result<Self::Output> {
+            let vd = fixtures().join("versatile");
+            let optimus =
+                OptimusFiles::new(vd.join("optimus/optimus-vae.pth"), vd.join("optimus/vocab"))
+                    .with_config(OptimusConfig::from_file(vd.join("optimus/config.json"))?);
+            let options = VersatileModelOptions {
+                optimus: Some(optimus),
+                vae: Some(fixtures().join("tiny-sd/vae")),
+                tokenizer: Some(fixtures().join("tiny-sd/tokenizer")),
+                ..VersatileModelOptions::default()
+            };
+            let model =
+                VersatileDiffusion::<Bk>::from_pretrained(vd.join("vd"), &options, &device)?;
+            let io = reference();
+            let greedy = VersatileOptions {
+                decoding: TextDecoding::Greedy,
+                ..VersatileOptions::default()
+            };
+            let images = model.dual_guided(
+                &input(),
+                &generation(&io, "dual_guided", 1),
+                &VersatileOptions {
+                    mix: 0.75,
+                    ..greedy.clone()
+                },
+                &mut NoProgress,
+            )?;
+            let texts = model.image_to_text(
+                &input(),
+                &generation(&io, "image_to_text", 1),
+                &greedy,
+                &mut NoProgress,
+            )?;
+            Ok((images, texts))
+        }
+    }
+    let (images, texts) = run_on(BackendKind::Flex, Precision::F16, Half).unwrap();
+    let expected = expected(&reference(), "dual_guided.image");
+    let worst = images[0]
+        .as_raw()
+        .iter()
+        .zip(expected[0].as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    eprintln!("dual-guided in f16: max pixel difference {worst}/255 from the f32 reference");
+    assert!(worst <= 24, "f16 image drifted by {worst}/255");
+    assert_eq!(texts.len(), 1);
+}
