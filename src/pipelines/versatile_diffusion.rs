@@ -267,8 +267,8 @@ impl<B: Backend> VersatileDiffusion<B> {
             .build::<B>(generation.scheduler, &self.device)?;
         scheduler.set_eta(generation.eta);
         scheduler.set_timesteps(generation.steps)?;
-        let size = generation.width.zip(generation.height);
-        let shape = components.latent_shape(flow.output(), generation.num_images, size)?;
+        let (n, width, height) = (generation.num_images, generation.width, generation.height);
+        let shape = components.latent_shape(flow.output(), n, width, height)?;
         let mut noise = SeededNoise::new(generation.seed);
         let latents = match &generation.latents {
             Some(data) if data.shape.as_slice() != shape => {

@@ -126,7 +126,8 @@ impl<B: Backend> VersatileComponents<B> {
     }
 
     /// The latent shape of `samples` outputs of `modality`: `[n, 4, h/8, w/8]` for images
-    /// (`width`/`height` default to the image UNet's native size), `[n, 768, 1, 1]` for texts.
+    /// (`width`/`height` in pixels, each defaulting to the image UNet's native size),
+    /// `[n, 768, 1, 1]` for texts (the size is not used).
     ///
     /// # Errors
     /// [`Error::Unsupported`] when the VAE (images) or the text UNet (texts) is not loaded.
@@ -134,7 +135,8 @@ impl<B: Backend> VersatileComponents<B> {
         &self,
         output: Modality,
         samples: usize,
-        size: Option<(usize, usize)>,
+        width: Option<usize>,
+        height: Option<usize>,
     ) -> Result<[usize; 4]> {
         match output {
             Modality::Image => {
@@ -148,7 +150,7 @@ impl<B: Backend> VersatileComponents<B> {
                     Some(Some(OneOrMany::One(s))) => *s,
                     _ => 64,
                 } * factor;
-                let (w, h) = size.unwrap_or((native, native));
+                let (w, h) = (width.unwrap_or(native), height.unwrap_or(native));
                 Ok([samples, vae.latent_channels, h / factor, w / factor])
             }
             Modality::Text => {

@@ -205,23 +205,17 @@ impl<B: Backend> VersatileComponents<B> {
     ) -> Result<Self> {
         let (groups, image_out, text_out) = needs(flows);
         let part = |dir: &Path, modality: Modality| -> Result<DiffuserPart<B>> {
-            if groups.data(modality) {
-                return Ok((
-                    Some(UNet2DConditionModel::from_folder(dir, options, device)?),
-                    None,
-                ));
-            }
-            if !groups.context(modality) {
+            if !groups.data(modality) && !groups.context(modality) {
                 return Ok((None, None));
             }
-            let config = UNet2DConditionConfig::from_file(dir.join("config.json"))?;
+            let config = unet_config(dir)?;
             let source = open_component_weights(dir, options.variant.as_deref())?;
-            Ok((
-                None,
-                Some(ContextLayers::from_unet_source(
-                    &config, &source, options, device,
-                )?),
-            ))
+            if groups.data(modality) {
+                let unet = UNet2DConditionModel::from_source(&config, &source, options, device)?;
+                return Ok((Some(unet), None));
+            }
+            let layers = ContextLayers::from_unet_source(&config, &source, options, device)?;
+            Ok((None, Some(layers)))
         };
         let (image_unet, image_context) = part(&folders.image_unet, Modality::Image)?;
         let (text_unet, text_context) = part(&folders.text_unet, Modality::Text)?;
@@ -373,6 +367,20 @@ impl<B: Backend> VersatileComponents<B> {
             )
         })
     }
+}
+
+/// A UNet's `config.json`. `dual_cross_attention` is cleared: diffusers' dual-guided pipeline sets
+/// it when it wraps the attentions at run time (and saves it so), but the stored blocks are the
+/// plain ones.
+fn unet_config(dir: &Path) -> Result<UNet2DConditionConfig> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
+    if let Some(object) = value.as_object_mut() {
+        object.remove("dual_cross_attention");
+    }
+    UNet2DConditionConfig::from_json(&value.to_string()).map_err(|e| e.with_config_origin(&path))
 }
 
 /// The VAE runs in f32 when the model is half precision and its config asks for upcasting.

@@ -248,3 +248,43 @@ fn only_the_layers_a_flow_needs_are_loaded() {
         1e-4,
     );
 }
+
+#[test]
+fn an_image_unet_saved_with_dual_attention_loads() {
+    // diffusers' dual-guided pipeline records `dual_cross_attention: true` in the image UNet's
+    // config when it wraps the attentions; the stored weights are the plain blocks.
+    let dir = std::env::temp_dir().join(format!("vd-dual-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = versatile("vd/image_unet");
+    let config = std::fs::read_to_string(source.join("config.json")).unwrap();
+    let config = config.replace(
+        "\"dual_cross_attention\": false",
+        "\"dual_cross_attention\": true",
+    );
+    assert!(config.contains("\"dual_cross_attention\": true"));
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let weights = "diffusion_pytorch_model.safetensors";
+    std::fs::copy(source.join(weights), dir.join(weights)).unwrap();
+    let mut folders = folders();
+    folders.image_unet = dir.clone();
+    let vd = VersatileComponents::<B>::from_folders(
+        &folders,
+        None,
+        &[Flow::ImageVariation],
+        &LoadOptions::default(),
+        &Default::default(),
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let io = Io::open("io.safetensors");
+    let out = vd
+        .unwrap()
+        .diffuser
+        .forward(
+            io.t("sample_image"),
+            io.t("timestep"),
+            Modality::Image,
+            &[Condition::new(Modality::Image, io.t("context_image"))],
+        )
+        .unwrap();
+    assert_close("image variation", out, io.t("flow.image_variation"), 1e-4);
+}
