@@ -1,0 +1,67 @@
+//! Scaled-dot-product attention at the shapes of an SD1.5 UNet step, through the workspace's one
+//! entry point (`prompt_diffusion::core::nn::attention`).
+//!
+//! ```text
+//! cargo bench --bench attention                                  # tiny shapes, ndarray, f32
+//! BENCH_CONFIG=sd15 BENCH_BACKEND=cuda BENCH_PRECISION=f16 cargo bench --features cuda --bench attention
+//! ```
+//! `sd15`: batch 2 × 8 heads, self-attention over 4096×40, 1024×80, 256×160 and 64×160 tokens
+//! (the 64², 32², 16² and 8² levels) and cross-attention of the same queries over 77 text tokens.
+//! `tiny` divides the sequence lengths by 16 so a CPU run takes seconds. See `common` for the
+//! environment variables.
+
+mod common;
+
+use burn::prelude::*;
+use common::{AttentionShape, BenchEnv, bench_env, bench_id, randn, sync};
+use criterion::{Criterion, criterion_group, criterion_main};
+use prompt_diffusion::backends::{BackendTask, run_on};
+use prompt_diffusion::core::nn::{AttentionOptions, attention};
+
+struct Attention<'a> {
+    criterion: &'a mut Criterion,
+    env: BenchEnv,
+}
+
+impl BackendTask for Attention<'_> {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device) -> prompt_diffusion::core::Result<()> {
+        let mut group = self.criterion.benchmark_group("attention");
+        for shape in common::attention_shapes(self.env.size) {
+            let AttentionShape {
+                batch,
+                heads,
+                seq_q,
+                seq_k,
+                dim,
+            } = shape;
+            let q = randn::<B, 4>([batch, heads, seq_q, dim], &device);
+            let k = randn::<B, 4>([batch, heads, seq_k, dim], &device);
+            let v = randn::<B, 4>([batch, heads, seq_k, dim], &device);
+            let mut run = || {
+                let out = attention(q.clone(), k.clone(), v.clone(), AttentionOptions::default());
+                sync::<B>(&device);
+                out
+            };
+            run(); // compile kernels and autotune before timing
+            let id = bench_id::<B>("attention", &device, &self.env, &shape.label());
+            group.bench_function(id.trim_start_matches("attention/"), |b| b.iter(&mut run));
+        }
+        group.finish();
+        Ok(())
+    }
+}
+
+fn attention_shapes(c: &mut Criterion) {
+    let env = bench_env();
+    let task = Attention { criterion: c, env };
+    run_on(env.backend, env.precision, task).expect("benchmark run");
+}
+
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = attention_shapes
+}
+criterion_main!(benches);
