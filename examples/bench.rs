@@ -1,132 +1,228 @@
 //! Milliseconds per component on any compiled backend, random weights (weights do not change
-//! the speed), plus the whole tiny pipeline.
+//! the speed), the whole text→image pipeline, and peak memory.
 //!
 //! ```text
-//! cargo run --release --example bench -- [backend] [precision] [tiny|sd15] [latent size]
-//! cargo run --release --example bench -- ndarray f32 sd15 32     # SD1.5 UNet, latent 4×32×32
-//! cargo run --release --features cuda --example bench -- cuda f16 sd15 64
+//! cargo run --release --example bench -- [backend] [precision] [tiny|sd15] [latent] [steps] [components]
+//! cargo run --release --example bench -- ndarray f32 sd15 32 0 unet  # SD1.5 UNet step, latent 4×32×32
+//! cargo run --release --example bench -- ndarray f32 tiny 16 25      # everything, tiny sizes
+//! cargo run --release --features cuda --example bench -- cuda f16 sd15 64 25
 //! ```
-//! Prints backend, dtype, ms per UNet CFG step (batch 2), VAE decode, CLIP text (batch 2), the
-//! 12-step tiny txt2img pipeline, and the process's peak resident memory.
+//! Arguments (positional, all optional): backend (ndarray), precision (f32), model size (tiny),
+//! latent side (16 tiny, 64 sd15), pipeline steps (25; 0 skips the pipeline), and a
+//! comma-separated subset of `clip,unet,controlnet,decode,encode,pipeline` (all). `BENCH_RUNS`
+//! sets the timed runs per component (default 10 tiny, 3 sd15; medians after one warm-up run).
+//!
+//! Prints the backend, the dtype, ms per CLIP text encoding (2 × 77 tokens), UNet CFG step
+//! (batch 2), ControlNet + UNet CFG step, VAE decode and encode (one image), the whole
+//! generation (`steps` steps with CFG at `8·latent`² pixels), then the peak memory: the device
+//! pools' reserved bytes on wgpu/cuda (sampled after each component), the process's peak
+//! resident set on the CPU backends. Machine-readable `key=value` lines start with `result `.
 
-use std::time::Instant;
+#[path = "../benches/common/mod.rs"]
+mod common;
 
 use burn::prelude::*;
-use burn::tensor::{Distribution, Int};
-use prompt_diffusion::backends::{BackendTask, run_on};
-use prompt_diffusion::clip::{CLIPTextConfig, CLIPTextModel};
+use common::{Size, StepInputs, context_width, median_ms, randn};
+use prompt_diffusion::Generation;
+use prompt_diffusion::backends::{BackendTask, device_memory, run_on};
+use prompt_diffusion::clip::CLIPTextModel;
+use prompt_diffusion::controlnet::{ControlNetModel, ControlScales};
 use prompt_diffusion::core::progress::NoProgress;
-use prompt_diffusion::unet::{UNet2DConditionConfig, UNet2DConditionModel};
-use prompt_diffusion::vae::{AutoencoderKL, AutoencoderKLConfig};
-use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
+use prompt_diffusion::unet::UNet2DConditionModel;
+use prompt_diffusion::vae::AutoencoderKL;
 
 struct Bench {
-    sd15: bool,
+    size: Size,
     latent: usize,
+    steps: usize,
+    only: Vec<String>,
+    runs: usize,
 }
 
-/// Median of `runs` timed calls after one warm-up, in ms (the device synced inside `f`).
-fn time(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut ms: Vec<f64> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    ms[ms.len() / 2]
+impl Bench {
+    fn wants(&self, component: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|c| c == component)
+    }
+}
+
+/// Tracks the largest device reservation seen (GPU backends).
+struct PeakDevice(u64);
+
+impl PeakDevice {
+    fn sample<B: Backend>(&mut self, device: &B::Device) {
+        if let Some(memory) = device_memory::<B>(device) {
+            self.0 = self.0.max(memory.bytes_reserved);
+        }
+    }
+}
+
+fn report(key: &str, what: &str, ms: f64) {
+    println!("{what}: {ms:.1} ms");
+    println!("result {key}={ms:.3}");
 }
 
 impl BackendTask for Bench {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> prompt_diffusion::core::Result<()> {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny-sd");
-        let (unet_config, vae_config, clip_config) = if self.sd15 {
-            (
-                UNet2DConditionConfig::sd_v1_5(),
-                AutoencoderKLConfig::sd_v1_5(),
-                CLIPTextConfig::sd_v1_5(),
-            )
-        } else {
-            (
-                UNet2DConditionConfig::from_file(format!("{root}/unet/config.json"))?,
-                AutoencoderKLConfig::from_file(format!("{root}/vae/config.json"))?,
-                CLIPTextConfig::from_file(format!("{root}/text_encoder/config.json"))?,
-            )
-        };
+        let configs = self.size.configs()?;
         let dtype = prompt_diffusion::core::dtype::default_float_dtype::<B>(&device);
+        let latent = self.latent;
+        let image = latent * configs.vae.downsampling_factor();
         println!(
-            "backend {}, dtype {dtype:?}, config {}, latent {}",
+            "backend {}, dtype {dtype:?}, config {}, latent {latent}, image {image}",
             B::name(&device),
-            if self.sd15 { "sd15" } else { "tiny" },
-            self.latent
+            self.size.name(),
         );
-        let normal = Distribution::Normal(0.0, 1.0);
-        let sync = || B::sync(&device).expect("device sync");
+        let sync = || common::sync::<B>(&device);
+        let runs = self.runs;
+        let mut peak = PeakDevice(0);
+        let width = context_width(&configs.unet);
 
-        let unet = UNet2DConditionModel::<B>::new(&unet_config, &device)?;
-        let width = clip_config.hidden_size;
-        let x = Tensor::<B, 4>::random([2, 4, self.latent, self.latent], normal, &device);
-        let ctx = Tensor::<B, 3>::random([2, 77, width], normal, &device);
-        let t = Tensor::<B, 1>::from_floats([500.0], &device);
-        let runs = if self.sd15 { 3 } else { 10 };
-        let ms = time(runs, || {
-            unet.forward(x.clone(), t.clone(), ctx.clone())
-                .expect("unet");
-            sync();
-        });
-        println!("unet CFG step (batch 2): {ms:.1} ms");
+        if self.wants("clip") {
+            let clip = CLIPTextModel::<B>::init(&configs.clip, &device);
+            let ids = common::token_ids::<B>(configs.clip.vocab_size, &device);
+            let ms = median_ms(runs, || {
+                clip.forward(ids.clone());
+                sync();
+            });
+            peak.sample::<B>(&device);
+            report("clip_text_ms", "clip text (2 x 77 tokens)", ms);
+        }
 
-        let vae = AutoencoderKL::<B>::new(&vae_config, &device);
-        let z = Tensor::<B, 4>::random([1, 4, self.latent, self.latent], normal, &device);
-        let ms = time(runs.min(3), || {
-            vae.decode(z.clone());
-            sync();
-        });
-        println!("vae decode ({0}x{0} px): {ms:.1} ms", self.latent * 8);
+        if self.wants("unet") || self.wants("controlnet") {
+            let unet = UNet2DConditionModel::<B>::new(&configs.unet, &device)?;
+            let x = StepInputs::<B>::new(latent, width, &device);
+            if self.wants("unet") {
+                let ms = median_ms(runs, || {
+                    unet.forward(x.sample.clone(), x.timestep.clone(), x.context.clone())
+                        .expect("unet");
+                    sync();
+                });
+                peak.sample::<B>(&device);
+                report("unet_step_ms", "unet CFG step (batch 2)", ms);
+            }
+            if self.wants("controlnet") {
+                let controlnet = ControlNetModel::<B>::new(&configs.controlnet, &device)?;
+                let side = latent * configs.controlnet.hint_downscale_factor();
+                let hint = randn::<B, 4>([2, 3, side, side], &device);
+                let scales = ControlScales::default();
+                let ms = median_ms(runs, || {
+                    let residuals = controlnet
+                        .forward(
+                            x.sample.clone(),
+                            x.timestep.clone(),
+                            x.context.clone(),
+                            hint.clone(),
+                            &scales,
+                        )
+                        .expect("controlnet");
+                    unet.forward_with_residuals(
+                        x.sample.clone(),
+                        x.timestep.clone(),
+                        x.context.clone(),
+                        &residuals,
+                    )
+                    .expect("unet");
+                    sync();
+                });
+                peak.sample::<B>(&device);
+                report(
+                    "controlnet_unet_step_ms",
+                    "controlnet + unet CFG step (batch 2)",
+                    ms,
+                );
+            }
+        }
 
-        let clip = CLIPTextModel::<B>::init(&clip_config, &device);
-        let ids = Tensor::<B, 2, Int>::zeros([2, 77], &device);
-        let ms = time(runs, || {
-            clip.forward(ids.clone());
-            sync();
-        });
-        println!("clip text (batch 2): {ms:.1} ms");
+        if self.wants("decode") || self.wants("encode") {
+            let vae = AutoencoderKL::<B>::new(&configs.vae, &device);
+            let vae_runs = runs.min(3);
+            if self.wants("decode") {
+                let z = randn::<B, 4>([1, 4, latent, latent], &device);
+                let ms = median_ms(vae_runs, || {
+                    vae.decode(z.clone());
+                    sync();
+                });
+                peak.sample::<B>(&device);
+                report(
+                    "vae_decode_ms",
+                    &format!("vae decode ({image}x{image})"),
+                    ms,
+                );
+            }
+            if self.wants("encode") {
+                let pixels = randn::<B, 4>([1, 3, image, image], &device);
+                let ms = median_ms(vae_runs, || {
+                    vae.encode(pixels.clone()).mode();
+                    sync();
+                });
+                peak.sample::<B>(&device);
+                report(
+                    "vae_encode_ms",
+                    &format!("vae encode ({image}x{image})"),
+                    ms,
+                );
+            }
+        }
 
-        let sd = StableDiffusion::<B>::from_pretrained(root, &ModelOptions::default(), &device)?;
-        let generation = Generation::new("a fox").with_steps(12).with_seed(1);
-        let ms = time(3, || {
-            sd.text_to_image(&generation, &mut NoProgress)
-                .expect("pipeline");
-        });
-        println!("tiny txt2img, 12 steps with CFG, 128x128: {ms:.1} ms");
-        if let Some(peak) = peak_rss_mib() {
-            println!("peak resident memory: {peak:.0} MiB");
+        if self.steps > 0 && self.wants("pipeline") {
+            let sd = common::pipeline::<B>(self.size, &device)?;
+            let generation = Generation::new("a photograph of an astronaut riding a horse")
+                .with_steps(self.steps)
+                .with_size(image, image)
+                .with_seed(1);
+            let ms = median_ms(runs.min(3), || {
+                sd.text_to_image(&generation, &mut NoProgress)
+                    .expect("pipeline");
+            });
+            peak.sample::<B>(&device);
+            report(
+                "pipeline_ms",
+                &format!(
+                    "txt2img, {} steps with CFG, {image}x{image} (whole generation)",
+                    self.steps
+                ),
+                ms,
+            );
+        }
+
+        if peak.0 > 0 {
+            let mib = peak.0 as f64 / (1024.0 * 1024.0);
+            println!("peak device memory (pool reservation): {mib:.0} MiB");
+            println!("result peak_device_mib={mib:.1}");
+        }
+        if let Some(mib) = common::peak_rss_mib() {
+            println!("peak resident memory (process): {mib:.0} MiB");
+            println!("result peak_rss_mib={mib:.1}");
         }
         Ok(())
     }
 }
 
-/// The process's peak resident set (Linux).
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_string());
-    let sd15 = arg(2, "tiny") == "sd15";
-    let latent = arg(3, if sd15 { "32" } else { "16" }).parse()?;
-    run_on(
-        arg(0, "ndarray").parse()?,
-        arg(1, "f32").parse()?,
-        Bench { sd15, latent },
-    )?;
+    let size = Size::parse(&arg(2, "tiny"))
+        .ok_or_else(|| anyhow::anyhow!("the model size is `tiny` or `sd15`"))?;
+    let latent = arg(3, &size.latent().to_string()).parse()?;
+    let steps = arg(4, "25").parse()?;
+    let only = args
+        .get(5)
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let default_runs = if size == Size::Sd15 { 3 } else { 10 };
+    let runs = match std::env::var("BENCH_RUNS") {
+        Ok(v) => v.parse()?,
+        Err(_) => default_runs,
+    };
+    let bench = Bench {
+        size,
+        latent,
+        steps,
+        only,
+        runs,
+    };
+    run_on(arg(0, "ndarray").parse()?, arg(1, "f32").parse()?, bench)?;
     Ok(())
 }
