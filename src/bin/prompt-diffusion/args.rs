@@ -9,7 +9,8 @@ use prompt_diffusion::core::Precision;
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{Generation, ModelOptions};
 
-fn parse<T: FromStr<Err = prompt_diffusion::core::Error>>(s: &str) -> Result<T, String> {
+/// Parses a value with the library's `FromStr`, for clap.
+pub(crate) fn parse<T: FromStr<Err = prompt_diffusion::core::Error>>(s: &str) -> Result<T, String> {
     T::from_str(s).map_err(|e| e.to_string())
 }
 
@@ -134,7 +135,7 @@ impl GenerationArgs {
 }
 
 /// A seed from the clock and the process id.
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

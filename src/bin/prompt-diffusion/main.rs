@@ -13,6 +13,7 @@ mod in_context;
 mod output;
 mod restore;
 mod sd;
+mod versatile;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,9 @@ enum Command {
     Annotate(annotate::AnnotateArgs),
     /// Restore an image with Diff-Plugin Task-Plugins (a task, or an instruction).
     Restore(restore::RestoreArgs),
+    /// Versatile Diffusion: text-to-image, image-variation, dual-guided, image-to-text,
+    /// text-variation.
+    Versatile(versatile::VersatileArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -66,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (backend, precision) = (args.model.backend, args.model.precision);
             run_on(backend, precision, restore::RestoreRun::new(args)?)?
         }
+        Command::Versatile(args) => versatile::run(args),
     }
 }
 
