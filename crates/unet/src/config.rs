@@ -372,20 +372,8 @@ impl UNet2DConditionConfig {
                 "channel counts must be positive",
             ));
         }
-        if let DataLayerKind::Flat {
-            sample_in,
-            sample_out,
-        } = self.data_layers
-            && (sample_in[0] != self.in_channels || sample_out[0] != self.out_channels)
-        {
-            return Err(Error::config(
-                "in_channels",
-                format!(
-                    "flat sample shapes {sample_in:?} → {sample_out:?} disagree with in_channels {} / out_channels {}",
-                    self.in_channels, self.out_channels
-                ),
-            ));
-        }
+        self.data_layers
+            .check_channels(self.in_channels, self.out_channels)?;
         if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return Err(Error::config("conv_in_kernel", "kernel sizes must be odd"));
         }

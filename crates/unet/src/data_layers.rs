@@ -33,6 +33,29 @@ pub enum DataLayerKind {
     },
 }
 
+impl DataLayerKind {
+    /// Checks that flat sample shapes agree with the config's channel counts.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `in_channels` when they differ.
+    pub fn check_channels(&self, in_channels: usize, out_channels: usize) -> Result<()> {
+        match *self {
+            DataLayerKind::Flat {
+                sample_in,
+                sample_out,
+            } if sample_in[0] != in_channels || sample_out[0] != out_channels => {
+                Err(Error::config(
+                    "in_channels",
+                    format!(
+                        "flat sample shapes {sample_in:?} → {sample_out:?} disagree with in_channels {in_channels} / out_channels {out_channels}"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A residual block of either kind.
 // Both variants are a few hundred bytes of handles; a UNet holds only one kind, so boxing would
 // add an indirection without saving memory.

@@ -50,6 +50,7 @@
 mod context_layers;
 mod diffuser;
 mod encoders;
+mod files;
 mod flow;
 mod inputs;
 mod loading;
@@ -63,12 +64,12 @@ pub use diffuser::{Condition, VersatileDiffuser};
 pub use encoders::{
     ClipImageContextEncoder, ClipTextContextEncoder, UncondImage, image_tokens_from_data,
 };
+pub use files::{
+    OfficialFiles, OptimusFiles, VersatileFolders, image_unet_config, text_unet_config,
+};
 pub use flow::{Flow, LayerGroups, Modality};
 pub use inputs::{FlowInputs, ImagePrompt};
-pub use loading::{
-    OfficialFiles, OptimusFiles, VersatileComponents, VersatileFolders, image_unet_config,
-    text_unet_config,
-};
+pub use loading::VersatileComponents;
 pub use mixing::{MixedContext, SlotContext};
 pub use optimus::{Optimus, OptimusConfig, OptimusTokenizers, TextDecoding};
 pub use params::{ParamCounter, ParamStats, param_ids};
