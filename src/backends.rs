@@ -12,13 +12,23 @@
 //! | `cuda` | `cuda` | NVIDIA GPU | f32, f16, bf16 |
 //!
 //! The precision is set as the device's default float type before anything is created, so
-//! models load (and are cast) straight into it.
+//! models load (and are cast) straight into it. On the GPU backends [`run_on`] first points
+//! cubecl's autotune and compiled-kernel caches at a persistent folder ([`kernel_cache_dir`];
+//! see [`cache`] for the order of precedence and the files), so only the first run on a machine
+//! pays for kernel tuning.
 
 use std::fmt;
 use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
 use prompt_diffusion_core::{Error, Precision, Result};
+
+pub mod cache;
+
+pub use cache::{
+    CACHE_DIR_ENV, DeviceMemory, device_memory, kernel_cache_dir, set_kernel_cache_dir,
+    warm_up_message,
+};
 
 /// The backends this crate knows (whether compiled in or not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -119,12 +129,25 @@ pub fn run_on<T: BackendTask>(
             start::<burn_flex::Flex, T>(burn_flex::FlexDevice, kind, precision, task)
         }
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => start::<burn_wgpu::Wgpu, T>(Default::default(), kind, precision, task),
+        BackendKind::Wgpu => {
+            warm_up_notice(kind);
+            start::<burn_wgpu::Wgpu, T>(Default::default(), kind, precision, task)
+        }
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => start::<burn_cuda::Cuda, T>(Default::default(), kind, precision, task),
+        BackendKind::Cuda => {
+            warm_up_notice(kind);
+            start::<burn_cuda::Cuda, T>(Default::default(), kind, precision, task)
+        }
         #[allow(unreachable_patterns)]
         _ => unreachable!("checked by BackendKind::compiled"),
     }
+}
+
+/// Configures the kernel cache before the first GPU kernel and logs where it is.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn warm_up_notice(kind: BackendKind) {
+    let dir = cache::configure_kernel_cache();
+    tracing::info!("{}", warm_up_message(kind.name(), dir.as_deref()));
 }
 
 /// Sets the device's default float type, then runs the task.

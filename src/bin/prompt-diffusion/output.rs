@@ -83,6 +83,7 @@ pub struct Progress {
     label: String,
     steps: usize,
     busy: Duration,
+    first: Duration,
     start: Instant,
 }
 
@@ -94,6 +95,7 @@ impl Progress {
             label: label.to_string(),
             steps: 0,
             busy: Duration::ZERO,
+            first: Duration::ZERO,
             start: Instant::now(),
         }
     }
@@ -114,6 +116,19 @@ impl Progress {
                 self.start.elapsed().as_secs_f64()
             );
         }
+        // The first step on a GPU backend compiles and autotunes kernels (kept in the kernel
+        // cache for later runs); say so when it dominates.
+        if self.steps > 2 {
+            let rest = (self.busy - self.first).as_secs_f64() / (self.steps - 1) as f64;
+            if self.first.as_secs_f64() > 3.0 * rest + 0.5 {
+                println!(
+                    "{}: the first step took {:.2} s (kernel warm-up: compilation and autotuning, \
+                     cached for later runs), the others {rest:.3} s each",
+                    self.label,
+                    self.first.as_secs_f64()
+                );
+            }
+        }
     }
 }
 
@@ -133,6 +148,9 @@ impl StepCallback for Progress {
             bar
         });
         bar.set_position(info.step as u64);
+        if self.steps == 0 {
+            self.first = info.elapsed;
+        }
         self.steps += 1;
         self.busy += info.elapsed;
         ControlFlow::Continue(())
