@@ -1,10 +1,8 @@
 //! Strict loading: missing, unexpected and mis-shaped tensors and bad configs are reported
 //! with the key or field at fault; tolerated buffers and full-CLIP folders load.
 
-mod common;
-
+use crate::common::{B, clip_fixture, device};
 use burn::tensor::TensorData;
-use common::{B, clip_fixture, device};
 use prompt_diffusion_clip::{
     CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection,
 };

@@ -3,9 +3,9 @@
 //! and the same weights loaded from every layout (folder, SD1 single file with and without the
 //! `text_model.` level, SD2 OpenCLIP single file).
 
-mod common;
-
-use common::{B, Reference, TOL, check, check_hidden_states, clip_fixture, device, fixtures};
+use crate::common::{
+    B, Reference, TOL, check, check_hidden_states, clip_fixture, device, fixtures,
+};
 use prompt_diffusion_clip::{
     CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, ClipTokenizer, weights,
 };

@@ -2,11 +2,9 @@
 //! `tools/fixtures/gen_clip.py`) for SD1's vocab.json + merges.txt folder, the same vocabulary
 //! with SD2's special-token files (pad `!`), and a tokenizer.json folder saved by transformers.
 
-mod common;
-
 use std::path::Path;
 
-use common::{B, clip_fixture, device, fixtures};
+use crate::common::{B, clip_fixture, device, fixtures};
 use prompt_diffusion_clip::ClipTokenizer;
 use prompt_diffusion_core::Error;
 

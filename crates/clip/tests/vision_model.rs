@@ -1,9 +1,7 @@
 //! Vision tower and preprocessing parity with transformers (`fixtures/clip/`, made by
 //! `tools/fixtures/gen_clip.py`).
 
-mod common;
-
-use common::{B, Reference, TOL, check, check_hidden_states, clip_fixture, device};
+use crate::common::{B, Reference, TOL, check, check_hidden_states, clip_fixture, device};
 use prompt_diffusion_clip::{
     CLIPVisionModel, CLIPVisionModelWithProjection, clip_image_preprocess,
 };

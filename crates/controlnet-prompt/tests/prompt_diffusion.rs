@@ -2,10 +2,8 @@
 //! query encoder) on the fixtures of `tools/fixtures/gen_controlnet.py`, in both checkpoint
 //! layouts, and the fine-tuned UNet with the residuals.
 
-mod common;
-
+use crate::common::{B, Io, controlnet_fixture, fixtures};
 use burn::prelude::*;
-use common::{B, Io, controlnet_fixture, fixtures};
 use prompt_diffusion_controlnet_prompt::{
     ControlNetConfig, ControlScales, PromptDiffusionControlNet, PromptDiffusionDenoiser,
 };

@@ -2,10 +2,8 @@
 //! `tools/fixtures/gen_controlnet.py`: diffusers folder and original `control_model.*` file,
 //! conditioning scale, guess mode, BGR hints and global pooling.
 
-mod common;
-
+use crate::common::{B, Io, controlnet_fixture};
 use burn::prelude::*;
-use common::{B, Io, controlnet_fixture};
 use prompt_diffusion_controlnet_prompt::{
     ChannelOrder, ControlNetConfig, ControlNetModel, ControlScales, UNetResiduals,
 };

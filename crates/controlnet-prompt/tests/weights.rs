@@ -4,14 +4,12 @@
 //! full-size Prompt Diffusion ControlNet as (original key, diffusers key, shape); it is a copy of
 //! the reference table derived from the official model definition and conversion script.
 
-mod common;
-
 use std::collections::BTreeMap;
 
+use crate::common::{B, controlnet_fixture};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use common::{B, controlnet_fixture};
 use prompt_diffusion_controlnet_prompt::weights::{
     ControlNetWeightLayout, HintEncoders, original_table,
 };

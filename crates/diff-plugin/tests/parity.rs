@@ -1,10 +1,8 @@
 //! The Task-Prompt Branch, the Spatial Complement Branch and the Plugin-Selector against the
 //! reference modules (`tools/fixtures/gen_diff_plugin.py`): every output within 1e-4.
 
-mod common;
-
+use crate::common::{B, Reference, pretrained};
 use burn::prelude::*;
-use common::{B, Reference, pretrained};
 use prompt_diffusion_core::testing::assert_close;
 use prompt_diffusion_core::weights::LoadOptions;
 use prompt_diffusion_diff_plugin::{
@@ -87,7 +85,7 @@ fn selector_scores_and_selection_match() {
     ));
     let rows = Tensor::cat(rows, 0);
     let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::fixtures().join("reference.json")).unwrap(),
+        &std::fs::read_to_string(crate::common::fixtures().join("reference.json")).unwrap(),
     )
     .unwrap();
     for (i, text) in json["instructions"].as_array().unwrap().iter().enumerate() {

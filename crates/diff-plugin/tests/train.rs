@@ -1,15 +1,13 @@
 //! Training a tiny Task-Plugin on synthetic pairs on CPU: the validation loss falls, and the
 //! checkpoint written in the official layout loads back to the same plugin.
 
-mod common;
-
 use std::ops::ControlFlow;
 use std::path::Path;
 
+use crate::common::{B, fixtures};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use common::{B, fixtures};
 use image::RgbImage;
 use prompt_diffusion_clip::{CLIPVisionConfig, CLIPVisionModel};
 use prompt_diffusion_core::testing::max_abs_diff;

@@ -2,14 +2,12 @@
 //! (`fixtures/diff_plugin/state_dict_keys.txt`), `{"model": …}` and `module.` wrappers, the
 //! tiny released-layout fixture, and the errors for missing or malformed files.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use crate::common::{B, fixtures, pretrained};
 use burn::prelude::*;
 use burn::tensor::DType;
-use common::{B, fixtures, pretrained};
 use prompt_diffusion_core::Error;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource, load_module};
 use prompt_diffusion_diff_plugin::{

@@ -1,9 +1,7 @@
 //! The public API: config resolution, error cases and reproducibility.
 
-mod common;
-
+use crate::common::B;
 use burn::prelude::*;
-use common::B;
 use prompt_diffusion_core::Error;
 use prompt_diffusion_core::noise::{ReplayNoise, SeededNoise};
 use prompt_diffusion_schedulers::{Scheduler, SchedulerConfig, SchedulerKind};

@@ -12,10 +12,8 @@
 //! correctly rounded); they must agree to `1e-6` relative. The loop starts from the latents
 //! scaled by diffusers' `init_noise_sigma`, as the reference did.
 
-mod common;
-
+use crate::common::{B, Fixtures, compare};
 use burn::prelude::*;
-use common::{B, Fixtures, compare};
 use prompt_diffusion_core::noise::ReplayNoise;
 use prompt_diffusion_schedulers::{SchedulerConfig, SchedulerKind};
 

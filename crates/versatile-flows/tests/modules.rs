@@ -1,10 +1,8 @@
 //! Module parity with diffusers/transformers (`fixtures/versatile/io.safetensors`): the flat
 //! layers, every flow's UNet forward, dual attention, and the normalised CLIP contexts.
 
-mod common;
-
+use crate::common::{B, Io, load};
 use burn::prelude::*;
-use common::{B, Io, load};
 use image::RgbImage;
 use prompt_diffusion_core::testing::{assert_close, max_abs_diff};
 use prompt_diffusion_unet::{DataDownsample, DataResnet};
@@ -136,7 +134,7 @@ fn clip_contexts_are_normalised_as_diffusers() {
     );
     let out = image.encode_pixels(io.t("encode.image.pixels")).unwrap();
     assert_close("image context (pixels)", out, io.t("encode.image"), 1e-4);
-    let input: RgbImage = image::open(common::versatile("input.png"))
+    let input: RgbImage = image::open(crate::common::versatile("input.png"))
         .unwrap()
         .to_rgb8();
     let out = image.encode_images(&[input]).unwrap();

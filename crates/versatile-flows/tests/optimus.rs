@@ -2,10 +2,8 @@
 //! logits (≤ 1e-4) against transformers' BERT and GPT-2 with the latent injection, greedy
 //! decoding token for token, and the official checkpoint's naming variants.
 
-mod common;
-
+use crate::common::{B, Io, cases, id_list, optimus_files, versatile};
 use burn::prelude::*;
-use common::{B, Io, cases, id_list, optimus_files, versatile};
 use prompt_diffusion_core::testing::assert_close;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 use prompt_diffusion_versatile_flows::optimus::OptimusVae;

@@ -1,9 +1,7 @@
 //! One copy of the shared layers: the four flows (and dual guidance) run on the same loaded
 //! tensors — counted by parameter id, each shared tensor once.
 
-mod common;
-
-use common::{Io, load};
+use crate::common::{Io, load};
 use prompt_diffusion_versatile_flows::{Condition, Flow, Modality, ParamCounter, param_ids};
 
 #[test]

@@ -1,13 +1,11 @@
 //! Key tables against the reference lists (`fixtures/versatile/reference/`) and the official
 //! `.pth` layouts of the tiny model, which must give exactly the outputs of the diffusers folders.
 
-mod common;
-
 use std::collections::BTreeMap;
 
+use crate::common::{B, Io, folders, load, official_files, optimus_files, versatile};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
-use common::{B, Io, folders, load, official_files, optimus_files, versatile};
 use prompt_diffusion_core::testing::assert_close;
 use prompt_diffusion_core::weights::LoadOptions;
 use prompt_diffusion_unet::UNet2DConditionModel;

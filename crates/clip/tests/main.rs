@@ -1,0 +1,7 @@
+//! The crate's integration tests, gathered in one binary so they compile and link once.
+
+mod common;
+mod loading_errors;
+mod text_model;
+mod tokenizer;
+mod vision_model;
