@@ -3,19 +3,19 @@
 //! One cube computes `CUBE_DIM_X` consecutive query rows of one `batch·head`; each unit owns one
 //! query row, held (pre-scaled by `1/√d`) in registers next to its f32 output accumulator. The
 //! cube walks the keys in tiles of `block_k` rows: the units copy the key and value tile into
-//! shared memory (as f32, coalesced), each unit scores its query against the tile, and the
-//! online softmax (running maximum `m`, running sum `l`) rescales the accumulator once per tile.
-//! Scores never leave registers; the output is divided by `l` and written once in the input
-//! dtype.
+//! shared memory (as f32, coalesced), then each unit scores its query against the tile's keys
+//! one by one with an online softmax (running maximum `m`, running sum `l`; the accumulator is
+//! rescaled only when `m` grows). Scores never leave registers; the output is divided by `l` and
+//! written once in the input dtype.
 //!
-//! Loops over the head dimension and the key tile are unrolled (`head_dim` and `block_k` are
-//! compile-time values, one compiled kernel per pair), so the per-unit arrays stay in
-//! registers.
+//! Loops over the head dimension are unrolled (`head_dim` is a compile-time value, one compiled
+//! kernel per head dimension), so the per-unit arrays stay in registers; the loop over keys is
+//! not, which keeps the shader small (and quick to compile on software Vulkan).
 
 use cubecl::prelude::*;
 
 /// Stands for −∞ in the running maximum: WGSL has no infinite literals, and every real score
-/// is larger, so the first tile's correction factor `exp(m − m_new)` is 0.
+/// is larger, so the first key's correction factor `exp(m − s)` is 0.
 const NEG_BIG: f32 = -3.0e38;
 
 /// `out = softmax(q·kᵀ·scale)·v` for contiguous `[batch·heads, seq, head_dim]` tensors.
@@ -61,13 +61,12 @@ pub(crate) fn flash_attention_kernel<F: Float>(
     let tile_len = block_k * head_dim;
     let mut k_tile = SharedMemory::<f32>::new(tile_len);
     let mut v_tile = SharedMemory::<f32>::new(tile_len);
-    let mut scores = Array::<f32>::new(block_k);
     let mut m = f32::new(NEG_BIG);
     let mut l = 0.0f32;
 
     let mut start = 0usize;
     while start < seq_k {
-        // Stage the tile; positions past the last key are zeroed (and never weighted).
+        // Stage the tile; positions past the last key are zeroed (and never read).
         let valid_len = (seq_k - start) * head_dim;
         let tile_base = kv_base + start * head_dim;
         let mut i = unit;
@@ -83,40 +82,31 @@ pub(crate) fn flash_attention_kernel<F: Float>(
         }
         sync_cube();
 
-        let mut m_new = m;
-        #[unroll]
-        for j in 0..block_k {
+        // Online softmax one key at a time: the accumulator is rescaled only when the running
+        // maximum grows, which after the first keys is rare.
+        let tile_keys = min(seq_k - start, block_k);
+        for j in 0..tile_keys {
             let mut s = 0.0f32;
             #[unroll]
             for c in 0..head_dim {
                 s += q_reg[c] * k_tile[j * head_dim + c];
             }
-            if start + j >= seq_k {
-                s = f32::new(NEG_BIG);
+            if s > m {
+                let correction = (m - s).exp();
+                l *= correction;
+                #[unroll]
+                for c in 0..head_dim {
+                    acc[c] *= correction;
+                }
+                m = s;
             }
-            scores[j] = s;
-            m_new = max(m_new, s);
-        }
-
-        let correction = (m - m_new).exp();
-        l *= correction;
-        #[unroll]
-        for c in 0..head_dim {
-            acc[c] *= correction;
-        }
-        #[unroll]
-        for j in 0..block_k {
-            let mut p = 0.0f32;
-            if start + j < seq_k {
-                p = (scores[j] - m_new).exp();
-            }
+            let p = (s - m).exp();
             l += p;
             #[unroll]
             for c in 0..head_dim {
                 acc[c] += p * v_tile[j * head_dim + c];
             }
         }
-        m = m_new;
 
         // Every unit is done with the tile before the next one overwrites it.
         sync_cube();
