@@ -114,4 +114,31 @@ mod tests {
         let w0 = 1.0 / (1.0 + (-1.0f32 / 2f32.sqrt()).exp());
         assert!((full[0] - (w0 * 1.0 + (1.0 - w0) * 3.0)).abs() < 1e-6);
     }
+
+    #[test]
+    fn cpu_backends_take_burns_op_unchanged() {
+        assert!(!fused_attention_available::<B>());
+        let device = Default::default();
+        let data = |n: usize, shift: f32| {
+            (0..n)
+                .map(|i| ((i as f32 * 0.37 + shift).sin()))
+                .collect::<Vec<f32>>()
+        };
+        let make = |shape: [usize; 4], shift| {
+            Tensor::<B, 4>::from_data(
+                burn::tensor::TensorData::new(data(shape.iter().product(), shift), shape),
+                &device,
+            )
+        };
+        let (q, k, v) = (
+            make([2, 3, 5, 40], 0.0),
+            make([2, 3, 7, 40], 1.0),
+            make([2, 3, 7, 40], 2.0),
+        );
+        let before = fused_attention_launches();
+        let ours = attention(q.clone(), k.clone(), v.clone(), AttentionOptions::default());
+        assert_eq!(fused_attention_launches(), before);
+        let burns = module::attention(q, k, v, None, None, AttentionModuleOptions::default());
+        ours.into_data().assert_eq(&burns.into_data(), true);
+    }
 }
