@@ -121,7 +121,7 @@ mod tests {
         let device = Default::default();
         let data = |n: usize, shift: f32| {
             (0..n)
-                .map(|i| ((i as f32 * 0.37 + shift).sin()))
+                .map(|i| (i as f32 * 0.37 + shift).sin())
                 .collect::<Vec<f32>>()
         };
         let make = |shape: [usize; 4], shift| {
