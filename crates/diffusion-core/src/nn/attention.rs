@@ -1,17 +1,36 @@
 //! The one scaled-dot-product attention entry point of the workspace.
 //!
 //! UNet, VAE, CLIP and the ControlNets all call [`attention`], so a faster kernel replaces
-//! it in one place. It delegates to `burn::tensor::module::attention` (flash kernels where
-//! the backend has them, the materialised reference otherwise) with the default scale
-//! `1/√head_dim`; half-precision inputs are computed in f32 and cast back, so the softmax never
-//! runs in f16.
+//! it in one place. Two paths, chosen per call at run time:
+//!
+//! * **Fused kernel** (crate features `wgpu` / `cuda`): on burn-wgpu and burn-cuda — the plain
+//!   `CubeBackend` and the fusion-wrapped `burn_wgpu::Wgpu` / `burn_cuda::Cuda` — a flash-style
+//!   CubeCL kernel (online softmax, scores never materialised, f32 accumulation, output in the
+//!   input dtype) handles non-causal f32/f16/bf16 attention with equal query/key/value head
+//!   dimensions up to [`FUSED_ATTENTION_MAX_HEAD_DIM`] (SD's 40, 64, 80, 160; CLIP-vision's 64)
+//!   and any sequence lengths. [`fused_attention_available`] says whether a backend has it,
+//!   [`fused_attention_launches`] counts the calls it served.
+//! * **Reference**: everything else — other backends (ndarray, flex, autodiff), causal masks
+//!   (CLIP's text encoder, Optimus), head dimensions above 256 (the VAE's 512-channel
+//!   single-head attention) — runs `burn::tensor::module::attention` with the default scale
+//!   `1/√head_dim`; half-precision inputs are computed in f32 and cast back, so the softmax never
+//!   runs in f16.
+//!
+//! Both paths compute the same function; the kernel is tested against the reference on wgpu
+//! (`tests/flash_attention_wgpu.rs`, ≤ 1e-4 in f32 and ≤ 2e-3 in f16).
 
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::module;
 use burn::tensor::ops::AttentionModuleOptions;
 
+pub use super::flash::{
+    FUSED_ATTENTION_MAX_HEAD_DIM, fused_attention_available, fused_attention_launches,
+};
+
 /// Options of [`attention`].
+///
+/// Causal attention always takes the reference path (burn's op), not the fused kernel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AttentionOptions {
     /// Masks keys after the query position (CLIP's text encoder).
@@ -30,7 +49,23 @@ impl AttentionOptions {
 /// # Shapes
 /// `q: [batch, heads, seq_q, d]`, `k: [batch, heads, seq_k, d]`, `v: [batch, heads, seq_k, d_v]`
 /// → `[batch, heads, seq_q, d_v]`.
+///
+/// Runs the fused kernel when the backend and the inputs qualify (see the module docs) and
+/// burn's `module::attention` otherwise.
 pub fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    options: AttentionOptions,
+) -> Tensor<B, 4> {
+    match super::flash::try_fused(q, k, v, options.causal) {
+        Ok(out) => out,
+        Err((q, k, v)) => reference_attention(q, k, v, options),
+    }
+}
+
+/// burn's `module::attention`, in f32 for half-precision inputs.
+fn reference_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -78,5 +113,32 @@ mod tests {
             .unwrap();
         let w0 = 1.0 / (1.0 + (-1.0f32 / 2f32.sqrt()).exp());
         assert!((full[0] - (w0 * 1.0 + (1.0 - w0) * 3.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn cpu_backends_take_burns_op_unchanged() {
+        assert!(!fused_attention_available::<B>());
+        let device = Default::default();
+        let data = |n: usize, shift: f32| {
+            (0..n)
+                .map(|i| (i as f32 * 0.37 + shift).sin())
+                .collect::<Vec<f32>>()
+        };
+        let make = |shape: [usize; 4], shift| {
+            Tensor::<B, 4>::from_data(
+                burn::tensor::TensorData::new(data(shape.iter().product(), shift), shape),
+                &device,
+            )
+        };
+        let (q, k, v) = (
+            make([2, 3, 5, 40], 0.0),
+            make([2, 3, 7, 40], 1.0),
+            make([2, 3, 7, 40], 2.0),
+        );
+        let before = fused_attention_launches();
+        let ours = attention(q.clone(), k.clone(), v.clone(), AttentionOptions::default());
+        assert_eq!(fused_attention_launches(), before);
+        let burns = module::attention(q, k, v, None, None, AttentionModuleOptions::default());
+        ours.into_data().assert_eq(&burns.into_data(), true);
     }
 }

@@ -5,12 +5,16 @@
 mod activation;
 mod attention;
 mod attention_processor;
+mod flash;
 mod norm;
 mod resnet;
 mod sampling;
 
 pub use activation::Activation;
-pub use attention::{AttentionOptions, attention};
+pub use attention::{
+    AttentionOptions, FUSED_ATTENTION_MAX_HEAD_DIM, attention, fused_attention_available,
+    fused_attention_launches,
+};
 pub use attention_processor::{Attention, AttentionConfig};
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};

@@ -1,0 +1,237 @@
+//! The fused attention kernel on burn-wgpu (run on a CPU through Mesa's lavapipe in CI)
+//! against burn's materialised attention on ndarray in f32.
+//!
+//! Needs a Vulkan (or other wgpu) adapter: without one every test fails with a message saying
+//! how to install lavapipe; nothing is skipped.
+#![cfg(feature = "wgpu")]
+
+use std::sync::OnceLock;
+
+use burn::prelude::*;
+use burn::tensor::module;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{DType, TensorData};
+use burn_ndarray::NdArray;
+use burn_wgpu::{Wgpu, WgpuDevice, WgpuRuntime};
+use prompt_diffusion_core::nn::{
+    AttentionOptions, attention, fused_attention_available, fused_attention_launches,
+};
+
+type Reference = NdArray<f32>;
+/// burn-wgpu without fusion: the kernel is launched directly on `CubeTensor`s.
+type PlainWgpu = burn_cubecl::CubeBackend<WgpuRuntime, f32, i32, u32>;
+
+/// The default wgpu device, checked once to have a working adapter.
+fn device() -> WgpuDevice {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        std::panic::catch_unwind(|| {
+            let device = WgpuDevice::default();
+            let probe = Tensor::<Wgpu, 1>::ones([4], &device).sum().into_scalar();
+            assert_eq!(probe, 4.0);
+        })
+        .map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    if let Err(reason) = ready {
+        panic!(
+            "no usable wgpu adapter ({reason}); these tests need a Vulkan driver — on a machine \
+             without a GPU install Mesa's lavapipe: `apt-get install -y mesa-vulkan-drivers` \
+             (.ci/run does this)"
+        );
+    }
+    WgpuDevice::default()
+}
+
+/// Deterministic values in `[-amplitude, amplitude]` (a 64-bit LCG), rounded to `dtype`.
+fn values(len: usize, seed: u64, amplitude: f32, dtype: DType) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+            let x = (2.0 * unit - 1.0) * amplitude;
+            if dtype == DType::F16 {
+                half::f16::from_f32(x).to_f32()
+            } else {
+                x
+            }
+        })
+        .collect()
+}
+
+/// One attention problem: `[batch, heads, seq, head_dim]` inputs with values on the host.
+struct Case {
+    shape_q: [usize; 4],
+    shape_kv: [usize; 4],
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Case {
+    fn new(batch: usize, heads: usize, seq_q: usize, seq_k: usize, d: usize, dtype: DType) -> Self {
+        let seed = (batch * 131 + heads * 17 + seq_q * 7 + seq_k * 3 + d) as u64;
+        Self {
+            shape_q: [batch, heads, seq_q, d],
+            shape_kv: [batch, heads, seq_k, d],
+            // Queries with a wide range so some softmax rows are peaked.
+            q: values(batch * heads * seq_q * d, seed, 2.0, dtype),
+            k: values(batch * heads * seq_k * d, seed + 1, 1.0, dtype),
+            v: values(batch * heads * seq_k * d, seed + 2, 1.0, dtype),
+        }
+    }
+
+    fn tensor<B: Backend>(data: &[f32], shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
+        Tensor::from_data(TensorData::new(data.to_vec(), shape), device)
+    }
+
+    /// burn's materialised attention in f32 on ndarray.
+    fn reference(&self, causal: bool) -> Vec<f32> {
+        let device = Default::default();
+        let out = module::attention(
+            Self::tensor::<Reference>(&self.q, self.shape_q, &device),
+            Self::tensor::<Reference>(&self.k, self.shape_kv, &device),
+            Self::tensor::<Reference>(&self.v, self.shape_kv, &device),
+            None,
+            None,
+            AttentionModuleOptions {
+                is_causal: causal,
+                ..Default::default()
+            },
+        );
+        out.into_data().to_vec().unwrap()
+    }
+
+    /// [`attention`] on `B` with inputs in `dtype`, read back as f32.
+    fn run<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: DType,
+        options: AttentionOptions,
+    ) -> Vec<f32> {
+        let make = |data: &[f32], shape| Self::tensor::<B>(data, shape, device).cast(dtype);
+        let out = attention(
+            make(&self.q, self.shape_q),
+            make(&self.k, self.shape_kv),
+            make(&self.v, self.shape_kv),
+            options,
+        );
+        assert_eq!(
+            out.dims(),
+            [
+                self.shape_q[0],
+                self.shape_q[1],
+                self.shape_q[2],
+                self.shape_kv[3]
+            ]
+        );
+        assert_eq!(out.dtype(), dtype);
+        out.cast(DType::F32).into_data().to_vec().unwrap()
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Runs every `(batch, heads, seq_q, seq_k, head_dim)` through the kernel in `dtype` and checks
+/// each against the reference within `tolerance`, and that the kernel served every call.
+fn check(shapes: &[(usize, usize, usize, usize, usize)], dtype: DType, tolerance: f32) {
+    let device = device();
+    assert!(fused_attention_available::<Wgpu>());
+    for &(batch, heads, seq_q, seq_k, d) in shapes {
+        let case = Case::new(batch, heads, seq_q, seq_k, d, dtype);
+        let before = fused_attention_launches();
+        let out = case.run::<Wgpu>(&device, dtype, AttentionOptions::default());
+        assert!(
+            fused_attention_launches() > before,
+            "[{batch},{heads},{seq_q}|{seq_k},{d}] did not take the fused kernel"
+        );
+        let err = max_abs_diff(&out, &case.reference(false));
+        println!("{dtype:?} q[{batch},{heads},{seq_q},{d}] k[{seq_k}]: max |Δ| = {err:.2e}");
+        assert!(
+            err <= tolerance,
+            "{dtype:?} [{batch},{heads},{seq_q}|{seq_k},{d}]: max |Δ| {err} > {tolerance}"
+        );
+    }
+}
+
+/// Self- and cross-attention shapes of SD (77 text tokens), Versatile's image context
+/// (257 tokens) and sequence lengths off the tile sizes, for every head dimension used.
+const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
+    (2, 2, 63, 77, 40),
+    (1, 3, 200, 200, 40),
+    (2, 2, 1, 257, 64),
+    (1, 2, 63, 257, 64),
+    (2, 2, 200, 77, 80),
+    (1, 2, 65, 65, 80),
+    (2, 2, 63, 77, 160),
+    (1, 2, 1, 200, 160),
+];
+
+#[test]
+fn fused_kernel_matches_reference_f32() {
+    check(SHAPES, DType::F32, 1e-4);
+}
+
+#[test]
+fn fused_kernel_matches_reference_f16() {
+    check(SHAPES, DType::F16, 2e-3);
+}
+
+#[test]
+fn plain_cube_backend_and_strided_inputs() {
+    let device = device();
+    assert!(fused_attention_available::<PlainWgpu>());
+    // The models split heads with `swap_dims`, so the kernel sees strided inputs.
+    let [batch, heads, seq, d] = [2, 2, 70, 40];
+    let case = Case::new(batch, heads, seq, seq, d, DType::F32);
+    let strided = |data: &[f32]| {
+        // The same logical values, laid out as [batch, seq, heads, d] in memory.
+        let mut bshd = vec![0.0; data.len()];
+        for (i, x) in data.iter().enumerate() {
+            let (b, h, s, c) = (
+                i / (heads * seq * d),
+                i / (seq * d) % heads,
+                i / d % seq,
+                i % d,
+            );
+            bshd[((b * seq + s) * heads + h) * d + c] = *x;
+        }
+        Tensor::<PlainWgpu, 4>::from_data(TensorData::new(bshd, [batch, seq, heads, d]), &device)
+            .swap_dims(1, 2)
+    };
+    let before = fused_attention_launches();
+    let out = attention(
+        strided(&case.q),
+        strided(&case.k),
+        strided(&case.v),
+        AttentionOptions::default(),
+    );
+    assert!(fused_attention_launches() > before);
+    let out: Vec<f32> = out.into_data().to_vec().unwrap();
+    let err = max_abs_diff(&out, &case.reference(false));
+    assert!(err <= 1e-4, "max |Δ| {err}");
+}
+
+#[test]
+fn causal_attention_takes_the_reference_path() {
+    let device = device();
+    let case = Case::new(1, 2, 9, 9, 64, DType::F32);
+    let out = case.run::<Wgpu>(&device, DType::F32, AttentionOptions::causal());
+    let err = max_abs_diff(&out, &case.reference(true));
+    assert!(err <= 1e-4, "max |Δ| {err}");
+}
