@@ -1,0 +1,11 @@
+//! The facade's integration tests, gathered in one binary so the pipelines compile and link once.
+
+mod cli;
+mod cli_prompt_diffusion;
+mod cli_versatile;
+mod compose;
+mod diff_plugin;
+mod pipeline_parity;
+#[path = "prompt_diffusion.rs"]
+mod prompt_diffusion_pipelines;
+mod versatile_pipelines;
