@@ -4,10 +4,10 @@
 
 #[allow(dead_code)]
 #[path = "../examples/compose.rs"]
-mod compose;
+mod example;
 
 use burn_ndarray::{NdArray, NdArrayDevice};
-use compose::{Chain, Models, Stages, Systems, load, run_chain};
+use example::{Chain, Models, Stages, Systems, load, run_chain};
 use image::RgbImage;
 use prompt_diffusion::core::image::{load_rgb, resize};
 use prompt_diffusion::core::progress::NoProgress;
