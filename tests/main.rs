@@ -3,6 +3,7 @@
 mod cli;
 mod cli_prompt_diffusion;
 mod cli_versatile;
+mod common;
 mod compose;
 mod diff_plugin;
 mod pipeline_parity;

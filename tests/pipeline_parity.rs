@@ -2,6 +2,7 @@
 //! with diffusers' initial latents (and, for stochastic steps, its noise replayed), every pixel
 //! is within 2/255 of diffusers' image.
 
+use crate::common::{assert_images_close, expected};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
@@ -39,36 +40,6 @@ fn generation(io: &TensorSource, latents: &str) -> Generation {
         .with_steps(8)
         .with_guidance_scale(7.5)
         .with_latents(io.data(latents).unwrap())
-}
-
-/// diffusers' uint8 images `[n, h, w, 3]` from the fixture.
-fn expected(io: &TensorSource, key: &str) -> Vec<RgbImage> {
-    let data = io.data(key).unwrap();
-    let [n, h, w, _] = data.shape[..] else {
-        panic!("{key}: not [n, h, w, 3]")
-    };
-    let bytes: Vec<u8> = data.to_vec().unwrap();
-    bytes
-        .chunks(h * w * 3)
-        .take(n)
-        .map(|c| RgbImage::from_raw(w as u32, h as u32, c.to_vec()).unwrap())
-        .collect()
-}
-
-fn assert_images_close(what: &str, actual: &[RgbImage], expected: &[RgbImage]) {
-    assert_eq!(actual.len(), expected.len(), "{what}: image count");
-    let mut worst = 0u8;
-    for (a, e) in actual.iter().zip(expected) {
-        assert_eq!(a.dimensions(), e.dimensions(), "{what}: size");
-        for (pa, pe) in a.as_raw().iter().zip(e.as_raw()) {
-            worst = worst.max(pa.abs_diff(*pe));
-        }
-    }
-    eprintln!("{what}: max pixel difference {worst}/255");
-    assert!(
-        worst <= 2,
-        "{what}: max pixel difference {worst}/255 exceeds 2/255"
-    );
 }
 
 fn replay(io: &TensorSource, prefix: &str) -> ReplayNoise {

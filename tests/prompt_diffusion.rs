@@ -3,6 +3,7 @@
 //! pixel is within 2/255 of the reference image, from the diffusers-converted layout and from
 //! the original single checkpoint.
 
+use crate::common::{assert_images_close, expected};
 use std::path::{Path, PathBuf};
 
 use burn_ndarray::{NdArray, NdArrayDevice};
@@ -51,33 +52,6 @@ fn options(io: &TensorSource, scheduler: SchedulerKind) -> InContextOptions {
 }
 
 const PROMPT: &str = "a turtle stands on the beach";
-
-/// The reference's uint8 images `[n, h, w, 3]`.
-fn expected(io: &TensorSource, key: &str) -> Vec<RgbImage> {
-    let data = io.data(key).unwrap();
-    let [n, h, w, _] = data.shape[..] else {
-        panic!("{key}: not [n, h, w, 3]")
-    };
-    let bytes: Vec<u8> = data.to_vec().unwrap();
-    bytes
-        .chunks(h * w * 3)
-        .take(n)
-        .map(|c| RgbImage::from_raw(w as u32, h as u32, c.to_vec()).unwrap())
-        .collect()
-}
-
-fn assert_images_close(what: &str, actual: &[RgbImage], expected: &[RgbImage]) {
-    assert_eq!(actual.len(), expected.len(), "{what}: image count");
-    let mut worst = 0u8;
-    for (a, e) in actual.iter().zip(expected) {
-        assert_eq!(a.dimensions(), e.dimensions(), "{what}: size");
-        for (pa, pe) in a.as_raw().iter().zip(e.as_raw()) {
-            worst = worst.max(pa.abs_diff(*pe));
-        }
-    }
-    eprintln!("{what}: max pixel difference {worst}/255");
-    assert!(worst <= 2, "{what}: max pixel difference {worst}/255");
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

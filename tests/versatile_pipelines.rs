@@ -3,6 +3,7 @@
 //! images are reproduced within 2/255; the text flows reproduce the reference's final latents
 //! and Optimus' greedy tokens.
 
+use crate::common::{assert_images_close, expected};
 use std::path::PathBuf;
 
 use burn_ndarray::{NdArray, NdArrayDevice};
@@ -54,39 +55,6 @@ fn input() -> ImagePrompt {
             .unwrap()
             .to_rgb8(),
     )
-}
-
-fn expected(io: &TensorSource, key: &str) -> Vec<RgbImage> {
-    let data = io.data(key).unwrap();
-    let [n, h, w, _] = data.shape[..] else {
-        panic!("{key}: not [n, h, w, 3]")
-    };
-    let bytes: Vec<u8> = data.to_vec().unwrap();
-    bytes
-        .chunks(h * w * 3)
-        .take(n)
-        .map(|c| RgbImage::from_raw(w as u32, h as u32, c.to_vec()).unwrap())
-        .collect()
-}
-
-fn assert_images_close(what: &str, actual: &[RgbImage], expected: &[RgbImage]) {
-    assert_eq!(actual.len(), expected.len(), "{what}: image count");
-    let worst = actual
-        .iter()
-        .zip(expected)
-        .flat_map(|(a, e)| {
-            a.as_raw()
-                .iter()
-                .zip(e.as_raw())
-                .map(|(x, y)| x.abs_diff(*y))
-        })
-        .max()
-        .unwrap_or(0);
-    eprintln!("{what}: max pixel difference {worst}/255");
-    assert!(
-        worst <= 2,
-        "{what}: max pixel difference {worst}/255 exceeds 2/255"
-    );
 }
 
 #[test]
