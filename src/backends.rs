@@ -58,6 +58,12 @@ impl BackendKind {
         }
     }
 
+    /// Whether the backend runs on a GPU (through cubecl), where the first use of each kernel
+    /// compiles and autotunes it.
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Self::Wgpu | Self::Cuda)
+    }
+
     /// Whether this build includes the backend.
     pub fn compiled(self) -> bool {
         match self {

@@ -74,6 +74,20 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
             ],
             vec!["/no/such/model", "not found"],
         ),
+        (
+            [
+                "--cache-dir",
+                "",
+                "txt2img",
+                "--model",
+                &tiny,
+                "--prompt",
+                "x",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--cache-dir"],
+        ),
     ];
     for (args, needles) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -3,6 +3,8 @@
 mod cli;
 mod cli_prompt_diffusion;
 mod cli_versatile;
+#[cfg(feature = "wgpu")]
+mod cli_wgpu;
 mod common;
 mod compose;
 mod diff_plugin;

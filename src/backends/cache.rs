@@ -161,17 +161,22 @@ pub(crate) fn configure_kernel_cache() -> Option<PathBuf> {
 }
 
 /// The line the CLI prints before the first step on a GPU backend: the first step compiles
-/// and autotunes kernels unless an earlier run cached them in `dir`.
+/// and autotunes kernels, unless an earlier run left its results in `dir`.
 pub fn warm_up_message(backend: &str, dir: Option<&Path>) -> String {
     match dir {
+        Some(dir) if dir.join("autotune").is_dir() => format!(
+            "{backend}: reusing the kernels earlier runs tuned, from {}; shapes not met \
+             before are compiled and autotuned on first use",
+            dir.display()
+        ),
         Some(dir) => format!(
-            "{backend}: the first step compiles and autotunes kernels (minutes when the cache \
-             is cold); results are kept in {} for later runs",
+            "{backend}: the first step compiles and autotunes kernels (minutes on a cold \
+             cache); the results are kept in {} for later runs",
             dir.display()
         ),
         None => format!(
-            "{backend}: the first step compiles and autotunes kernels (minutes when the cache \
-             is cold); cubecl's default cache location applies"
+            "{backend}: the first step compiles and autotunes kernels (minutes on a cold \
+             cache); cubecl's default cache location applies"
         ),
     }
 }
@@ -269,6 +274,18 @@ mod tests {
             Some(PathBuf::from("/home/u/.cache"))
         );
         assert_eq!(platform_cache_dir(env(&[])), None);
+    }
+
+    #[test]
+    fn warm_up_message_tells_a_warm_cache_from_a_cold_one() {
+        let dir = std::env::temp_dir().join(format!("pd-cache-{}", std::process::id()));
+        let cold = warm_up_message("wgpu", Some(&dir));
+        assert!(cold.contains("first step compiles"), "{cold}");
+        std::fs::create_dir_all(dir.join("autotune")).unwrap();
+        let warm = warm_up_message("wgpu", Some(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(warm.contains("reusing the kernels"), "{warm}");
+        assert!(warm_up_message("cuda", None).contains("default cache location"));
     }
 
     #[test]

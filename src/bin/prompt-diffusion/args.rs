@@ -35,6 +35,13 @@ pub struct ModelArgs {
     /// Weight-file variant to prefer in diffusers folders (e.g. fp16).
     #[arg(long)]
     pub variant: Option<String>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Where the work runs and in which float type.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct DeviceArgs {
     /// Compute backend: ndarray, flex (CPU), wgpu or cuda (GPU; when compiled in).
     #[arg(long, default_value = "ndarray", value_parser = parse::<BackendKind>)]
     pub backend: BackendKind,

@@ -14,7 +14,7 @@ use prompt_diffusion::pipelines::{NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFF
 use prompt_diffusion::{InContextOptions, PromptDiffusion};
 
 use crate::args::{GenerationArgs, ModelArgs};
-use crate::output::{Progress, check_output, save_images};
+use crate::output::{Progress, check_output, report_loaded, save_images};
 
 /// The value range hints are given to the ControlNet in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -145,11 +145,11 @@ fn load_model<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<Prompt
             ));
         }
     };
-    println!(
-        "loaded Prompt Diffusion on {} ({}) in {:.2} s",
-        B::name(device),
-        args.precision,
-        start.elapsed().as_secs_f64()
+    report_loaded(
+        "Prompt Diffusion",
+        &B::name(device),
+        args.device.precision,
+        start,
     );
     Ok(pd)
 }

@@ -15,15 +15,20 @@ mod restore;
 mod sd;
 mod versatile;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use prompt_diffusion::backends::run_on;
+use prompt_diffusion::backends::{BackendTask, run_on, set_kernel_cache_dir};
 
 /// Stable Diffusion 1.5, Prompt Diffusion, Versatile Diffusion and Diff-Plugin on burn.
 #[derive(Debug, Parser)]
 #[command(name = "prompt-diffusion", version, about)]
 struct Cli {
+    /// Folder for the GPU backends' autotune results and compiled kernels (default:
+    /// $PROMPT_DIFFUSION_CACHE_DIR, else ~/.cache/prompt-diffusion/cubecl).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,30 +53,45 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(dir) = &cli.cache_dir {
+        set_kernel_cache_dir(dir)?;
+    }
     match cli.command {
         Command::Txt2img(args) => {
             let task = sd::SdRun::txt2img(&args)?;
-            run_on(args.model.backend, args.model.precision, task)?
+            run_task(args.model.device, task)
         }
         Command::Img2img(args) => {
             let task = sd::SdRun::img2img(&args)?;
-            run_on(args.model.backend, args.model.precision, task)?
+            run_task(args.model.device, task)
         }
         Command::InContext(args) => {
             let task = in_context::InContextRun::new(&args)?;
-            run_on(args.model.backend, args.model.precision, task)?
+            run_task(args.model.device, task)
         }
         Command::Controlnet(args) => {
             let task = controlnet::ControlNetRun::new(&args)?;
-            run_on(args.model.backend, args.model.precision, task)?
+            run_task(args.model.device, task)
         }
         Command::Annotate(args) => annotate::run(&args),
         Command::Restore(args) => {
-            let (backend, precision) = (args.model.backend, args.model.precision);
-            run_on(backend, precision, restore::RestoreRun::new(args)?)?
+            let device = args.model.device;
+            run_task(device, restore::RestoreRun::new(args)?)
         }
         Command::Versatile(args) => versatile::run(args),
     }
+}
+
+/// Runs a checked task on the backend `device` names, first announcing the kernel warm-up of a
+/// GPU backend.
+fn run_task<T: BackendTask<Output = anyhow::Result<()>>>(
+    device: args::DeviceArgs,
+    task: T,
+) -> anyhow::Result<()> {
+    if device.backend.is_gpu() && device.backend.compiled() {
+        output::announce_kernel_warm_up(device.backend);
+    }
+    run_on(device.backend, device.precision, task)?
 }
 
 /// The error and its causes on one line, skipping causes the message already quotes.

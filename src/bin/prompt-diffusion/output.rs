@@ -3,12 +3,15 @@
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use burn::tensor::TensorData;
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
+use prompt_diffusion::backends::{BackendKind, kernel_cache_dir, warm_up_message};
+use prompt_diffusion::core::Precision;
 use prompt_diffusion::core::progress::{StepCallback, StepInfo};
 use prompt_diffusion::core::weights::TensorSource;
 
@@ -76,6 +79,27 @@ pub fn save_images(images: &[RgbImage], output: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints what was loaded, on which device, in which precision and how long it took.
+pub fn report_loaded(what: &str, device: &str, precision: Precision, start: Instant) {
+    println!(
+        "loaded {what} on {device} ({precision}) in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// Set once a GPU backend was announced: the first step then compiles and tunes kernels.
+static KERNEL_WARM_UP: AtomicBool = AtomicBool::new(false);
+
+/// Prints that the first step on `backend` compiles and autotunes kernels, and where the
+/// results are kept; the progress display then shows the warm-up while it lasts.
+pub fn announce_kernel_warm_up(backend: BackendKind) {
+    KERNEL_WARM_UP.store(true, Ordering::Relaxed);
+    println!(
+        "{}",
+        warm_up_message(backend.name(), kernel_cache_dir().as_deref())
+    );
+}
+
 /// An indicatif bar over the denoising steps (hidden when stdout is not a terminal) that
 /// records the time per step.
 pub struct Progress {
@@ -88,10 +112,19 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A bar labelled `label`.
+    /// A bar labelled `label`. On a GPU backend a spinner shows the kernel warm-up until the
+    /// first step is done.
     pub fn new(label: &str) -> Self {
+        let warm_up = KERNEL_WARM_UP.load(Ordering::Relaxed) && std::io::stdout().is_terminal();
         Self {
-            bar: None,
+            bar: warm_up.then(|| {
+                let spinner = ProgressBar::new_spinner();
+                spinner.set_message(format!(
+                    "{label}: warming up kernels (compiling and autotuning on first use)"
+                ));
+                spinner.enable_steady_tick(Duration::from_millis(120));
+                spinner
+            }),
             label: label.to_string(),
             steps: 0,
             busy: Duration::ZERO,
@@ -122,8 +155,7 @@ impl Progress {
             let rest = (self.busy - self.first).as_secs_f64() / (self.steps - 1) as f64;
             if self.first.as_secs_f64() > 3.0 * rest + 0.5 {
                 println!(
-                    "{}: the first step took {:.2} s (kernel warm-up: compilation and autotuning, \
-                     cached for later runs), the others {rest:.3} s each",
+                    "{}: the first step took {:.2} s (kernel warm-up), the others {rest:.3} s each",
                     self.label,
                     self.first.as_secs_f64()
                 );
@@ -132,24 +164,35 @@ impl Progress {
     }
 }
 
+impl Progress {
+    /// The bar over `total` steps, replacing the warm-up spinner (hidden when stdout is not a
+    /// terminal).
+    fn step_bar(&self, total: usize) -> ProgressBar {
+        if let Some(spinner) = &self.bar {
+            spinner.finish_and_clear();
+        }
+        if !std::io::stdout().is_terminal() {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(total as u64);
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, {per_sec}, eta {eta}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(self.label.clone());
+        bar
+    }
+}
+
 impl StepCallback for Progress {
     fn on_step(&mut self, info: &StepInfo) -> ControlFlow<()> {
-        let bar = self.bar.get_or_insert_with(|| {
-            if !std::io::stdout().is_terminal() {
-                return ProgressBar::hidden();
-            }
-            let bar = ProgressBar::new(info.total as u64);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{msg} [{bar:30}] {pos}/{len} steps, {per_sec}, eta {eta}",
-            ) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(self.label.clone());
-            bar
-        });
-        bar.set_position(info.step as u64);
         if self.steps == 0 {
             self.first = info.elapsed;
+            self.bar = Some(self.step_bar(info.total));
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(info.step as u64);
         }
         self.steps += 1;
         self.busy += info.elapsed;

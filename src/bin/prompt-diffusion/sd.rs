@@ -11,7 +11,7 @@ use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::core::{Error, Result};
 
 use crate::args::{GenerationArgs, ModelArgs};
-use crate::output::{Progress, check_output, save_images};
+use crate::output::{Progress, check_output, report_loaded, save_images};
 
 /// Arguments of `txt2img`.
 #[derive(Debug, Clone, Args)]
@@ -50,12 +50,7 @@ pub fn load_model<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<St
             ));
         }
     };
-    println!(
-        "loaded model on {} ({}) in {:.2} s",
-        B::name(device),
-        args.precision,
-        start.elapsed().as_secs_f64()
-    );
+    report_loaded("model", &B::name(device), args.device.precision, start);
     Ok(sd)
 }
 

@@ -10,9 +10,9 @@ use anyhow::{Context, anyhow, bail};
 use burn::tensor::backend::Backend;
 use clap::{Args, Subcommand};
 use prompt_diffusion::Generation;
-use prompt_diffusion::backends::{BackendKind, BackendTask, run_on};
+use prompt_diffusion::backends::BackendTask;
 use prompt_diffusion::core::image::load_rgb;
-use prompt_diffusion::core::{Error, Precision, Result};
+use prompt_diffusion::core::{Error, Result};
 use prompt_diffusion::pipelines::{
     ImagePrompt, VersatileDiffusion, VersatileModelOptions, VersatileOptions,
 };
@@ -23,8 +23,10 @@ use prompt_diffusion::versatile::{
     Flow, Modality, OfficialFiles, OptimusConfig, OptimusFiles, TextDecoding, UncondImage,
 };
 
-use crate::args::{parse, random_seed};
-use crate::output::{Progress, check_output, output_paths, read_latents, save_images};
+use crate::args::{DeviceArgs, parse, random_seed};
+use crate::output::{
+    Progress, check_output, output_paths, read_latents, report_loaded, save_images,
+};
 
 /// Arguments of `versatile`: the flow, then its options.
 #[derive(Debug, Clone, Args)]
@@ -102,12 +104,8 @@ pub struct VdModelArgs {
     /// With --model: weight-file variant to prefer (e.g. fp16).
     #[arg(long)]
     pub variant: Option<String>,
-    /// Compute backend: ndarray, flex (CPU), wgpu or cuda (GPU; when compiled in).
-    #[arg(long, default_value = "ndarray", value_parser = parse::<BackendKind>)]
-    pub backend: BackendKind,
-    /// Float precision: f32, f16 or bf16.
-    #[arg(long, default_value = "f32", value_parser = parse::<Precision>)]
-    pub precision: Precision,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// The denoising loop.
@@ -276,7 +274,7 @@ pub struct TextVariationArgs {
 /// Runs a flow on the backend and precision it names.
 pub fn run(args: VersatileArgs) -> anyhow::Result<()> {
     let task = VersatileRun::new(args.flow)?;
-    run_on(task.model.backend, task.model.precision, task)?
+    crate::run_task(task.model.device, task)
 }
 
 /// A flow's output options.
@@ -553,11 +551,11 @@ fn load_model<B: Backend>(
             ));
         }
     };
-    println!(
-        "loaded Versatile Diffusion ({flow}) on {} ({}) in {:.2} s",
-        B::name(device),
-        args.precision,
-        start.elapsed().as_secs_f64()
+    report_loaded(
+        &format!("Versatile Diffusion ({flow})"),
+        &B::name(device),
+        args.device.precision,
+        start,
     );
     Ok(vd)
 }
