@@ -42,8 +42,9 @@ pub struct ModelArgs {
 /// Where the work runs and in which float type.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct DeviceArgs {
-    /// Compute backend: ndarray, flex (CPU), wgpu or cuda (GPU; when compiled in).
-    #[arg(long, default_value = "ndarray", value_parser = parse::<BackendKind>)]
+    /// Compute backend: flex or ndarray (CPU; flex is the faster), wgpu or cuda (GPU; when
+    /// compiled in).
+    #[arg(long, default_value = "flex", value_parser = parse::<BackendKind>)]
     pub backend: BackendKind,
     /// Float precision: f32, f16 or bf16.
     #[arg(long, default_value = "f32", value_parser = parse::<Precision>)]
