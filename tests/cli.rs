@@ -1,44 +1,10 @@
 //! The `prompt-diffusion` program: bad input exits non-zero with one readable line naming the
 //! problem (never a panic), and the same seed writes the same PNG bytes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prompt-diffusion"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("the program starts")
-}
+use crate::common::{assert_cli_fails as assert_fails, copy_dir, fixtures, run_cli as run};
 
 fn tiny() -> String {
     fixtures().join("tiny-sd").display().to_string()
-}
-
-/// Asserts a failure with a one-line error containing every `needle`.
-fn assert_fails(args: &[&str], needles: &[&str]) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{args:?}: expected one error line, got {stderr:?}"
-    );
-    assert!(lines[0].starts_with("error:"), "{args:?}: {stderr}");
-    for needle in needles {
-        assert!(
-            lines[0].contains(needle),
-            "{args:?}: `{needle}` not in {stderr:?}"
-        );
-    }
 }
 
 #[test]
@@ -149,7 +115,7 @@ fn same_seed_writes_identical_png_bytes() {
             "txt2img", "--model", &tiny, "--prompt", "a fox", "--steps", "3", "--seed", "42",
             "--output", &out,
         ];
-        let result = run(&args);
+        let result = run(args);
         assert!(
             result.status.success(),
             "{}",
@@ -176,7 +142,7 @@ fn latents_file_sets_batch_and_size() {
     safetensors::serialize_to_file([("latents", view)], None, &latents).unwrap();
     let out = dir.path().join("batch.png").display().to_string();
     let latents = latents.display().to_string();
-    let result = run(&[
+    let result = run([
         "txt2img",
         "--model",
         &tiny,
@@ -215,19 +181,6 @@ fn latents_file_sets_batch_and_size() {
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn half_precision_images_are_not_black_and_follow_f32() {
     let tiny = tiny();
@@ -239,7 +192,7 @@ fn half_precision_images_are_not_black_and_follow_f32() {
             .join(format!("{precision}.png"))
             .display()
             .to_string();
-        let result = run(&[
+        let result = run([
             "txt2img",
             "--model",
             &tiny,
@@ -313,7 +266,7 @@ fn restore_runs_a_task_and_names_bad_input() {
         .copied()
         .chain(["--task", "derain", "--steps", "3", "--output", &out])
         .collect();
-    let result = run(&args);
+    let result = run(args);
     assert!(
         result.status.success(),
         "{}",

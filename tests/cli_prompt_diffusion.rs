@@ -2,24 +2,11 @@
 //! size from both Prompt Diffusion layouts, resize images of other sizes, and report bad input
 //! as one line naming the problem (never a panic).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
-}
-
-fn fixture(path: &str) -> String {
-    fixtures().join(path).display().to_string()
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prompt-diffusion"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("the program starts")
-}
+use crate::common::{
+    assert_cli_fails as assert_fails, copy_dir, fixture, fixtures, run_cli as run,
+};
 
 fn assert_succeeds(args: &[&str]) {
     let out = run(args);
@@ -28,40 +15,6 @@ fn assert_succeeds(args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Asserts a failure with a one-line error containing every `needle`.
-fn assert_fails(args: &[&str], needles: &[&str]) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{args:?}: expected one line, got {stderr:?}"
-    );
-    assert!(lines[0].starts_with("error:"), "{args:?}: {stderr}");
-    for needle in needles {
-        assert!(
-            lines[0].contains(needle),
-            "{args:?}: `{needle}` not in {stderr:?}"
-        );
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// A diffusers-layout Prompt Diffusion folder (tiny-sd + the tiny ControlNet) in `dir`.

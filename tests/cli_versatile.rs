@@ -4,7 +4,7 @@
 //! give the diffusers folder's bytes, and bad input is one readable line with a non-zero exit.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
@@ -16,9 +16,7 @@ use prompt_diffusion::pipelines::{
 use prompt_diffusion::versatile::{OptimusConfig, OptimusFiles};
 use safetensors::SafeTensors;
 
-fn fixture(path: &str) -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/").to_string() + path
-}
+use crate::common::{assert_one_line_error, fixture, run_cli};
 
 /// The tiny model: the diffusers folder with tiny-sd's VAE and tokenizer, and Optimus.
 fn model_args() -> Vec<String> {
@@ -49,14 +47,12 @@ fn optimus_args() -> Vec<String> {
 
 /// `versatile <flow>` with the tiny model, `args` and then `extra`.
 fn run(flow: &str, args: &[String], extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prompt-diffusion"))
-        .arg("versatile")
-        .arg(flow)
-        .args(args)
-        .args(extra)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("the program starts")
+    let words = ["versatile", flow].into_iter().map(String::from);
+    run_cli(
+        words
+            .chain(args.iter().cloned())
+            .chain(extra.iter().map(|s| s.to_string())),
+    )
 }
 
 fn succeed(flow: &str, args: &[String], extra: &[&str]) -> String {
@@ -69,15 +65,7 @@ fn succeed(flow: &str, args: &[String], extra: &[&str]) -> String {
 /// Asserts a failure with a one-line error containing every `needle`.
 fn assert_fails(flow: &str, args: &[String], extra: &[&str], needles: &[&str]) {
     let out = run(flow, args, extra);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{flow} {extra:?} succeeded");
-    assert!(!stderr.contains("panicked"), "{flow} {extra:?}: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{flow} {extra:?}: one line, got {stderr:?}");
-    assert!(lines[0].starts_with("error:"), "{flow} {extra:?}: {stderr}");
-    for needle in needles {
-        assert!(lines[0].contains(needle), "`{needle}` not in {stderr:?}");
-    }
+    assert_one_line_error(&format!("{flow} {extra:?}"), &out, needles);
 }
 
 fn path(dir: &Path, name: &str) -> String {

@@ -1,7 +1,67 @@
-//! Helpers shared by the pipeline parity tests.
+//! Helpers shared by the facade's tests: fixture paths, running the `prompt-diffusion`
+//! program, and comparing images with the reference's.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use image::RgbImage;
 use prompt_diffusion::core::weights::TensorSource;
+
+/// The repository's `fixtures/` folder.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
+}
+
+/// A path under `fixtures/`, as a program argument.
+pub fn fixture(path: &str) -> String {
+    fixtures().join(path).display().to_string()
+}
+
+/// Copies the folder `from` (recursively) into `to`, creating it.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Runs the `prompt-diffusion` program with `args` (warnings and logs off).
+pub fn run_cli<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prompt-diffusion"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("the program starts")
+}
+
+/// Asserts that `out` (of the run described by `what`) failed with one line on stderr, an
+/// `error:` line (not a panic) containing every `needle`.
+pub fn assert_one_line_error(what: &str, out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what} succeeded");
+    assert!(!stderr.contains("panicked"), "{what} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: expected one line, got {stderr:?}");
+    assert!(lines[0].starts_with("error:"), "{what}: {stderr}");
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "{what}: `{needle}` not in {stderr:?}"
+        );
+    }
+}
+
+/// Runs the program with `args` and asserts [`assert_one_line_error`].
+pub fn assert_cli_fails(args: &[&str], needles: &[&str]) {
+    assert_one_line_error(&format!("{args:?}"), &run_cli(args), needles);
+}
 
 /// The reference's uint8 images `[n, h, w, 3]` stored under `key`.
 pub fn expected(io: &TensorSource, key: &str) -> Vec<RgbImage> {

@@ -3,7 +3,6 @@
 //! reference's noise, every pixel is within 2/255.
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 
 use burn::prelude::*;
 use burn_ndarray::{NdArray, NdArrayDevice};
@@ -18,11 +17,9 @@ use prompt_diffusion::diff_plugin::Task;
 use prompt_diffusion::pipelines::diff_plugin::{DiffPlugin, Restore, WorkingSize};
 use prompt_diffusion::{ModelOptions, StableDiffusion};
 
-type B = NdArray<f32>;
+use crate::common::fixtures;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
-}
+type B = NdArray<f32>;
 
 fn pipeline() -> DiffPlugin<B> {
     let sd = StableDiffusion::from_pretrained(

@@ -2,9 +2,8 @@
 //! with diffusers' initial latents (and, for stochastic steps, its noise replayed), every pixel
 //! is within 2/255 of diffusers' image.
 
-use crate::common::{assert_images_close, expected};
+use crate::common::{assert_images_close, expected, fixtures};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 
 use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
@@ -16,10 +15,6 @@ use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
 type B = NdArray<f32>;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
-}
 
 fn model() -> StableDiffusion<B> {
     StableDiffusion::from_pretrained(

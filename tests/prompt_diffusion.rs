@@ -3,7 +3,7 @@
 //! pixel is within 2/255 of the reference image, from the diffusers-converted layout and from
 //! the original single checkpoint.
 
-use crate::common::{assert_images_close, expected};
+use crate::common::{assert_images_close, copy_dir, expected, fixtures};
 use std::path::{Path, PathBuf};
 
 use burn_ndarray::{NdArray, NdArrayDevice};
@@ -22,10 +22,6 @@ use prompt_diffusion::{
 
 type B = NdArray<f32>;
 const DEVICE: NdArrayDevice = NdArrayDevice::Cpu;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
-}
 
 fn reference() -> TensorSource {
     TensorSource::open(fixtures().join("prompt_diffusion/reference.safetensors")).unwrap()
@@ -52,19 +48,6 @@ fn options(io: &TensorSource, scheduler: SchedulerKind) -> InContextOptions {
 }
 
 const PROMPT: &str = "a turtle stands on the beach";
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 /// A diffusers-converted Prompt Diffusion folder: tiny-sd's components (at the root, or in
 /// `base/`) and the tiny Prompt Diffusion ControlNet in `controlnet/`.

@@ -3,8 +3,7 @@
 //! images are reproduced within 2/255; the text flows reproduce the reference's final latents
 //! and Optimus' greedy tokens.
 
-use crate::common::{assert_images_close, expected};
-use std::path::PathBuf;
+use crate::common::{assert_images_close, expected, fixtures};
 
 use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
@@ -19,10 +18,6 @@ use prompt_diffusion::versatile::{Flow, OptimusFiles};
 use prompt_diffusion::versatile::{OptimusConfig, TextDecoding, UncondImage};
 
 type B = NdArray<f32>;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
-}
 
 fn model() -> VersatileDiffusion<B> {
     let vd = fixtures().join("versatile");
