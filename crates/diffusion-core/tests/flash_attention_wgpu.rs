@@ -192,39 +192,68 @@ fn fused_kernel_matches_reference_f16() {
     check(SHAPES, DType::F16, 2e-3);
 }
 
-#[test]
-fn plain_cube_backend_and_strided_inputs() {
-    let device = device();
-    assert!(fused_attention_available::<PlainWgpu>());
-    // The models split heads with `swap_dims`, so the kernel sees strided inputs.
-    let [batch, heads, seq, d] = [2, 2, 70, 40];
+/// `data` (`[batch, heads, seq, d]` values) laid out as `[batch, seq, heads, d]` in memory and
+/// viewed as `[batch, heads, seq, d]`: the strided views the models' head split produces.
+fn heads_view<B: Backend>(
+    data: &[f32],
+    [batch, heads, seq, d]: [usize; 4],
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let mut bshd = vec![0.0; data.len()];
+    for (i, x) in data.iter().enumerate() {
+        let (b, h, s, c) = (
+            i / (heads * seq * d),
+            i / (seq * d) % heads,
+            i / d % seq,
+            i % d,
+        );
+        bshd[((b * seq + s) * heads + h) * d + c] = *x;
+    }
+    Tensor::<B, 4>::from_data(TensorData::new(bshd, [batch, seq, heads, d]), device).swap_dims(1, 2)
+}
+
+/// Strided inputs read in place on `B`; the output also merges its heads as the models do
+/// (`swap_dims(1, 2)` then `reshape`).
+fn check_strided<B: Backend>(device: &B::Device) {
+    let shape = [2, 2, 70, 40];
+    let [batch, heads, seq, d] = shape;
     let case = Case::new(batch, heads, seq, seq, d, DType::F32);
-    let strided = |data: &[f32]| {
-        // The same logical values, laid out as [batch, seq, heads, d] in memory.
-        let mut bshd = vec![0.0; data.len()];
-        for (i, x) in data.iter().enumerate() {
-            let (b, h, s, c) = (
-                i / (heads * seq * d),
-                i / (seq * d) % heads,
-                i / d % seq,
-                i % d,
-            );
-            bshd[((b * seq + s) * heads + h) * d + c] = *x;
-        }
-        Tensor::<PlainWgpu, 4>::from_data(TensorData::new(bshd, [batch, seq, heads, d]), &device)
-            .swap_dims(1, 2)
-    };
     let before = fused_attention_launches();
     let out = attention(
-        strided(&case.q),
-        strided(&case.k),
-        strided(&case.v),
+        heads_view::<B>(&case.q, shape, device),
+        heads_view::<B>(&case.k, shape, device),
+        heads_view::<B>(&case.v, shape, device),
         AttentionOptions::default(),
     );
     assert!(fused_attention_launches() > before);
-    let out: Vec<f32> = out.into_data().to_vec().unwrap();
-    let err = max_abs_diff(&out, &case.reference(false));
-    assert!(err <= 1e-4, "max |Δ| {err}");
+    let reference = case.reference(false);
+    let values: Vec<f32> = out.clone().into_data().to_vec().unwrap();
+    let err = max_abs_diff(&values, &reference);
+    assert!(err <= 1e-4, "{}: max |Δ| {err}", B::name(device));
+    let merged: Vec<f32> = out
+        .swap_dims(1, 2)
+        .reshape([batch, seq, heads * d])
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let reference_merged = heads_view::<Reference>(&reference, shape, &Default::default())
+        .swap_dims(1, 2)
+        .reshape([batch, seq, heads * d]);
+    let expected: Vec<f32> = reference_merged.into_data().to_vec().unwrap();
+    let err = max_abs_diff(&merged, &expected);
+    assert!(
+        err <= 1e-4,
+        "{}: merged heads, max |Δ| {err}",
+        B::name(device)
+    );
+}
+
+#[test]
+fn strided_inputs_on_the_plain_and_fusion_backends() {
+    let device = device();
+    assert!(fused_attention_available::<PlainWgpu>());
+    check_strided::<PlainWgpu>(&device);
+    check_strided::<Wgpu>(&device);
 }
 
 #[test]

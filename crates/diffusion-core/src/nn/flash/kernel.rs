@@ -8,6 +8,10 @@
 //! rescaled only when `m` grows). Scores never leave registers; the output is divided by `l` and
 //! written once in the input dtype.
 //!
+//! Tensors are addressed through their strides, so `q`, `k`, `v` and `out` may be views such as
+//! `[batch, seq, heads, head_dim]` with the middle dimensions swapped (the layout attention
+//! layers produce and consume); only the head dimension must be contiguous.
+//!
 //! Loops over the head dimension are unrolled (`head_dim` is a compile-time value, one compiled
 //! kernel per head dimension), so the per-unit arrays stay in registers; the loop over keys is
 //! not, which keeps the shader small (and quick to compile on software Vulkan).
@@ -18,7 +22,8 @@ use cubecl::prelude::*;
 /// is larger, so the first key's correction factor `exp(m − s)` is 0.
 const NEG_BIG: f32 = -3.0e38;
 
-/// `out = softmax(q·kᵀ·scale)·v` for contiguous `[batch·heads, seq, head_dim]` tensors.
+/// `out = softmax(q·kᵀ·scale)·v` for `[batch, heads, seq, head_dim]` tensors whose last
+/// dimension has stride 1.
 ///
 /// Launch with `CubeCount(⌈seq_q / CUBE_DIM_X⌉, batch·heads, 1)` and a one-dimensional cube.
 #[cube(launch)]
@@ -39,7 +44,9 @@ pub(crate) fn flash_attention_kernel<F: Float>(
     let unit = UNIT_POS_X as usize;
     let seq_q = seq_q as usize;
     let seq_k = seq_k as usize;
-    let head = CUBE_POS_Y as usize;
+    let heads = q.shape(1);
+    let batch = CUBE_POS_Y as usize / heads;
+    let head = CUBE_POS_Y as usize % heads;
     let row = CUBE_POS_X as usize * units + unit;
     let row_valid = row < seq_q;
     // Rows past the end still take part in the tile loads and barriers; they read row 0.
@@ -47,8 +54,10 @@ pub(crate) fn flash_attention_kernel<F: Float>(
     if row_valid {
         q_row = row;
     }
-    let q_base = (head * seq_q + q_row) * head_dim;
-    let kv_base = head * seq_k * head_dim;
+    let q_base = batch * q.stride(0) + head * q.stride(1) + q_row * q.stride(2);
+    let k_base = batch * k.stride(0) + head * k.stride(1);
+    let v_base = batch * v.stride(0) + head * v.stride(1);
+    let (k_row, v_row) = (k.stride(2), v.stride(2));
 
     let mut q_reg = Array::<f32>::new(head_dim);
     let mut acc = Array::<f32>::new(head_dim);
@@ -67,13 +76,13 @@ pub(crate) fn flash_attention_kernel<F: Float>(
     let mut start = 0usize;
     while start < seq_k {
         // Stage the tile; positions past the last key are zeroed (and never read).
-        let valid_len = (seq_k - start) * head_dim;
-        let tile_base = kv_base + start * head_dim;
         let mut i = unit;
         while i < tile_len {
-            if i < valid_len {
-                k_tile[i] = f32::cast_from(k[tile_base + i]);
-                v_tile[i] = f32::cast_from(v[tile_base + i]);
+            let key = start + i / head_dim;
+            let c = i % head_dim;
+            if key < seq_k {
+                k_tile[i] = f32::cast_from(k[k_base + key * k_row + c]);
+                v_tile[i] = f32::cast_from(v[v_base + key * v_row + c]);
             } else {
                 k_tile[i] = 0.0;
                 v_tile[i] = 0.0;
@@ -115,9 +124,10 @@ pub(crate) fn flash_attention_kernel<F: Float>(
 
     if row_valid {
         let inv = 1.0f32 / l;
+        let out_base = batch * out.stride(0) + head * out.stride(1) + row * out.stride(2);
         #[unroll]
         for c in 0..head_dim {
-            out[q_base + c] = F::cast_from(acc[c] * inv);
+            out[out_base + c] = F::cast_from(acc[c] * inv);
         }
     }
 }

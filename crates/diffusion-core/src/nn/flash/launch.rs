@@ -136,25 +136,27 @@ impl<R: CubeRuntime> Operation<FusionCubeRuntime<R>> for FusedFlashAttention<R> 
     }
 }
 
-/// Launches the kernel on `[batch, heads, seq, head_dim]` tensors (made contiguous first).
+/// Launches the kernel on `[batch, heads, seq, head_dim]` tensors. Strided views are read in
+/// place (only a head dimension with a stride other than 1 is copied first); the output is a
+/// `[batch, heads, seq, head_dim]` view of a contiguous `[batch, seq, heads, head_dim]` buffer,
+/// the layout attention layers merge the heads from without a copy.
 pub(super) fn flash_attention<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
 ) -> CubeTensor<R> {
-    let q = into_contiguous(q);
-    let k = into_contiguous(k);
-    let v = into_contiguous(v);
+    let [q, k, v] = [q, k, v].map(rows_contiguous);
     let [batch, heads, seq_q, head_dim] = q.shape().dims::<4>();
     let seq_k = k.shape()[2];
     let dtype = q.dtype;
     let client = q.client.clone();
-    let out = empty_device_dtype::<R>(
+    let mut out = empty_device_dtype::<R>(
         client.clone(),
         q.device.clone(),
-        Shape::new([batch, heads, seq_q, head_dim]),
+        Shape::new([batch, seq_q, heads, head_dim]),
         dtype,
     );
+    out.meta.swap(1, 2);
 
     let hardware = &client.properties().hardware;
     let units = UNITS_PER_CUBE
@@ -186,6 +188,16 @@ pub(super) fn flash_attention<R: CubeRuntime>(
         float_storage(dtype),
     );
     out
+}
+
+/// `tensor` itself when its last dimension is contiguous, else a contiguous copy.
+fn rows_contiguous<R: CubeRuntime>(tensor: CubeTensor<R>) -> CubeTensor<R> {
+    let rows = tensor.meta.strides()[3] == 1 || tensor.meta.shape()[3] == 1;
+    if rows {
+        tensor
+    } else {
+        into_contiguous(tensor)
+    }
 }
 
 /// The kernel's element type for a float dtype the dispatcher admitted.
