@@ -1,7 +1,9 @@
 //! Warm starts on a GPU backend: a first run fills the kernel cache folder given by
 //! `--cache-dir`, and a second run of the same command reuses it without tuning again
 //! (cubecl appends every new autotune result to its files, so they must not grow), and writes
-//! the same image. Runs on any Vulkan device, Mesa's lavapipe included:
+//! the same image, which the CPU backend reproduces within 2/255 (the whole pipeline, fused
+//! attention included, on the GPU code path). Runs on any Vulkan device, Mesa's lavapipe
+//! included:
 //! `cargo test --features wgpu --test integration cli_wgpu`.
 
 use std::collections::BTreeMap;
@@ -25,13 +27,13 @@ fn file_sizes(dir: &Path) -> BTreeMap<PathBuf, u64> {
     sizes
 }
 
-/// Runs txt2img on wgpu with `cache` as the kernel cache, returning stdout.
-fn txt2img(cache: &Path, output: &Path) -> String {
+/// Runs txt2img on `backend` with `cache` as the kernel cache, returning stdout.
+fn txt2img(backend: &str, cache: &Path, output: &Path) -> String {
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny-sd");
     let out = Command::new(env!("CARGO_BIN_EXE_prompt-diffusion"))
         .args(["--cache-dir", &cache.display().to_string()])
         .args(["txt2img", "--model", model, "--prompt", "a fox"])
-        .args(["--backend", "wgpu", "--steps", "2", "--seed", "7"])
+        .args(["--backend", backend, "--steps", "2", "--seed", "7"])
         .args(["--width", "64", "--height", "64"])
         .args(["--output", &output.display().to_string()])
         .env("RUST_LOG", "error")
@@ -41,7 +43,7 @@ fn txt2img(cache: &Path, output: &Path) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "txt2img on wgpu failed:\n{stdout}\n{}",
+        "txt2img on {backend} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
@@ -53,7 +55,7 @@ fn second_run_reuses_the_kernel_cache() {
     let cache = dir.path().join("kernels");
     let (first_png, second_png) = (dir.path().join("a.png"), dir.path().join("b.png"));
 
-    let first = txt2img(&cache, &first_png);
+    let first = txt2img("wgpu", &cache, &first_png);
     assert!(first.contains("first step compiles"), "{first}");
     let tuned = file_sizes(&cache.join("autotune"));
     assert!(
@@ -62,7 +64,7 @@ fn second_run_reuses_the_kernel_cache() {
         cache.display()
     );
 
-    let second = txt2img(&cache, &second_png);
+    let second = txt2img("wgpu", &cache, &second_png);
     assert!(second.contains("reusing the kernels"), "{second}");
     assert_eq!(
         file_sizes(&cache.join("autotune")),
@@ -74,4 +76,17 @@ fn second_run_reuses_the_kernel_cache() {
         std::fs::read(&second_png).unwrap(),
         "the same command wrote a different image"
     );
+
+    let cpu_png = dir.path().join("cpu.png");
+    txt2img("flex", &cache, &cpu_png);
+    let gpu = image::open(&first_png).unwrap().to_rgb8();
+    let cpu = image::open(&cpu_png).unwrap().to_rgb8();
+    let worst = gpu
+        .as_raw()
+        .iter()
+        .zip(cpu.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 2, "wgpu and flex differ by {worst}/255");
 }
