@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::assert_images_close;
+
 /// Every file under `dir` with its size.
 fn file_sizes(dir: &Path) -> BTreeMap<PathBuf, u64> {
     let mut sizes = BTreeMap::new();
@@ -79,14 +81,10 @@ fn second_run_reuses_the_kernel_cache() {
 
     let cpu_png = dir.path().join("cpu.png");
     txt2img("flex", &cache, &cpu_png);
-    let gpu = image::open(&first_png).unwrap().to_rgb8();
-    let cpu = image::open(&cpu_png).unwrap().to_rgb8();
-    let worst = gpu
-        .as_raw()
-        .iter()
-        .zip(cpu.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
-    assert!(worst <= 2, "wgpu and flex differ by {worst}/255");
+    let image = |path: &Path| image::open(path).unwrap().to_rgb8();
+    assert_images_close(
+        "wgpu against flex",
+        &[image(&first_png)],
+        &[image(&cpu_png)],
+    );
 }
