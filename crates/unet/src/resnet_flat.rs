@@ -11,7 +11,7 @@ use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use prompt_diffusion_core::nn::{GroupNorm, GroupNormConfig};
+use prompt_diffusion_core::nn::{Activation, GroupNorm, GroupNormConfig};
 
 /// diffusers' `second_dim`: the flat UNet's feature maps are `[batch, C, 4, 1]`.
 pub const FLAT_SECOND_DIM: usize = 4;
@@ -133,11 +133,15 @@ impl<B: Backend> ResnetBlockFlat<B> {
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
         let batch = x.dims()[0];
         let x = x.reshape([batch, product(self.in_shape)]);
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = self
+            .conv1
+            .forward(self.norm1.forward_activated(x.clone(), Activation::Silu));
         if let Some(temb) = temb {
             h = h + self.time_emb_proj.forward(silu(temb.clone()));
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self
+            .conv2
+            .forward(self.norm2.forward_activated(h, Activation::Silu));
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,

@@ -274,7 +274,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
             h = block.forward(h, &temb, &mut slots, &mut skips, upsample_size);
         }
 
-        let h = self.config.act_fn.forward(self.conv_norm_out.forward(h));
+        let h = self.conv_norm_out.forward_activated(h, self.config.act_fn);
         Ok(self.conv_out.forward(h))
     }
 

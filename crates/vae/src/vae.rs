@@ -155,7 +155,7 @@ impl<B: Backend> Encoder<B> {
         let x = self.conv_in.forward(x);
         let x = self.down_blocks.iter().fold(x, |x, b| b.forward(x));
         let x = self.mid_block.forward(x);
-        let x = self.act.forward(self.conv_norm_out.forward(x));
+        let x = self.conv_norm_out.forward_activated(x, self.act);
         self.conv_out.forward(x)
     }
 }
@@ -215,7 +215,7 @@ impl<B: Backend> Decoder<B> {
         let x = self.conv_in.forward(z);
         let x = self.mid_block.forward(x);
         let x = self.up_blocks.iter().fold(x, |x, b| b.forward(x));
-        let x = self.act.forward(self.conv_norm_out.forward(x));
+        let x = self.conv_norm_out.forward_activated(x, self.act);
         self.conv_out.forward(x)
     }
 }

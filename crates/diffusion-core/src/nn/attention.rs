@@ -17,14 +17,14 @@
 //!   runs in f16.
 //!
 //! Both paths compute the same function; the kernel is tested against the reference on wgpu
-//! (`tests/flash_attention_wgpu.rs`, ≤ 1e-4 in f32 and ≤ 2e-3 in f16).
+//! (`tests/fused_kernels_wgpu/attention.rs`, ≤ 1e-4 in f32 and ≤ 2e-3 in f16).
 
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::module;
 use burn::tensor::ops::AttentionModuleOptions;
 
-pub use super::flash::{
+pub use super::fused::{
     FUSED_ATTENTION_MAX_HEAD_DIM, fused_attention_available, fused_attention_launches,
 };
 
@@ -58,7 +58,7 @@ pub fn attention<B: Backend>(
     v: Tensor<B, 4>,
     options: AttentionOptions,
 ) -> Tensor<B, 4> {
-    match super::flash::try_fused(q, k, v, options.causal) {
+    match super::fused::try_attention(q, k, v, options.causal) {
         Ok(out) => out,
         Err((q, k, v)) => reference_attention(q, k, v, options),
     }

@@ -5,7 +5,7 @@
 mod activation;
 mod attention;
 mod attention_processor;
-mod flash;
+mod fused;
 mod norm;
 mod resnet;
 mod sampling;
@@ -16,6 +16,7 @@ pub use attention::{
     fused_attention_launches,
 };
 pub use attention_processor::{Attention, AttentionConfig};
+pub use fused::{fused_kernels_available, fused_norm_launches};
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, DownsamplePadding, Upsample2D, upsample_nearest};

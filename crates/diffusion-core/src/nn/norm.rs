@@ -3,10 +3,18 @@
 //! burn 0.21's own norms compute mean and variance in the input dtype; with f16 activations
 //! the sums overflow (a 64×64×10 group sums 40,960 values). These keep PyTorch's parameter names
 //! (`weight`, `bias`) so reference checkpoints load without renaming.
+//!
+//! On burn-wgpu and burn-cuda (crate features `wgpu` / `cuda`) both run as one fused CubeCL
+//! kernel — statistics, affine transform and, for [`GroupNorm::forward_activated`] with SiLU,
+//! the activation — instead of four or more launches; other backends compute the same function
+//! with burn's tensor operations. `tests/fused_kernels_wgpu.rs` compares the two.
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::DType;
+
+use super::Activation;
+use super::fused::{NormLayout, try_norm};
 
 /// Configuration of a [`GroupNorm`] (`torch.nn.GroupNorm`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,6 +72,60 @@ impl<B: Backend> GroupNorm<B> {
     /// # Shapes
     /// `[batch, channels, *spatial]` → same.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self.try_fused(x, false) {
+            Ok(out) => out,
+            Err(x) => self.reference(x),
+        }
+    }
+
+    /// `activation(self.forward(x))`, as ResNet blocks and output heads use it; with SiLU this
+    /// is a single fused kernel on the backends that have one.
+    ///
+    /// # Shapes
+    /// `[batch, channels, *spatial]` → same.
+    pub fn forward_activated<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        activation: Activation,
+    ) -> Tensor<B, D> {
+        let x = match activation {
+            Activation::Silu => match self.try_fused(x, true) {
+                Ok(out) => return out,
+                Err(x) => x,
+            },
+            _ => x,
+        };
+        activation.forward(self.forward(x))
+    }
+
+    /// The fused kernel, when the backend has it and the channels divide into the groups.
+    fn try_fused<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        silu: bool,
+    ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        let shape = x.dims();
+        let (batch, channels) = (shape[0], shape[1]);
+        if D < 2 || self.num_groups == 0 || channels % self.num_groups != 0 || batch == 0 {
+            return Err(x);
+        }
+        let layout = NormLayout {
+            segments: batch * self.num_groups,
+            inner: shape[2..].iter().product(),
+            channels,
+        };
+        try_norm(
+            x,
+            self.weight.val(),
+            self.bias.val(),
+            layout,
+            self.eps,
+            silu,
+        )
+    }
+
+    /// The normalisation with burn's tensor operations, statistics in f32.
+    fn reference<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
         let shape = x.dims();
         let (batch, channels) = (shape[0], shape[1]);
@@ -128,6 +190,32 @@ impl<B: Backend> LayerNorm<B> {
     /// # Shapes
     /// `[..., dim]` → same.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dim = self.weight.dims()[0];
+        let len = x.shape().num_elements();
+        if dim > 0 && x.dims()[D - 1] == dim {
+            let layout = NormLayout {
+                segments: len / dim,
+                inner: 1,
+                channels: dim,
+            };
+            match try_norm(
+                x,
+                self.weight.val(),
+                self.bias.val(),
+                layout,
+                self.eps,
+                false,
+            ) {
+                Ok(out) => out,
+                Err(x) => self.reference(x),
+            }
+        } else {
+            self.reference(x)
+        }
+    }
+
+    /// The normalisation with burn's tensor operations, statistics in f32.
+    fn reference<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
         let x = to_f32(x);
         let mean = x.clone().mean_dim(D - 1);

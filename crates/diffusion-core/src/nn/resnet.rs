@@ -122,14 +122,14 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// `x: [batch, in_channels, h, w]`, `temb: [batch, temb_channels]` →
     /// `[batch, out_channels, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
-        let h = self.act.forward(self.norm1.forward(x.clone()));
+        let h = self.norm1.forward_activated(x.clone(), self.act);
         let mut h = self.conv1.forward(h);
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(self.act.forward(temb.clone()));
             let [b, c] = t.dims();
             h = h + t.reshape([b, c, 1, 1]);
         }
-        let h = self.act.forward(self.norm2.forward(h));
+        let h = self.norm2.forward_activated(h, self.act);
         let h = self.conv2.forward(h);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),

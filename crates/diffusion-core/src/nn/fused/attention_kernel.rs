@@ -16,7 +16,19 @@
 //! kernel per head dimension), so the per-unit arrays stay in registers; the loop over keys is
 //! not, which keeps the shader small (and quick to compile on software Vulkan).
 
+use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
+
+use super::dispatch::CubeOp;
+
+/// Units (query rows) per cube.
+const UNITS_PER_CUBE: u32 = 64;
+/// Keys per shared-memory tile, halved until two f32 tiles fit the device's shared memory.
+const BLOCK_K: usize = 16;
 
 /// Stands for −∞ in the running maximum: WGSL has no infinite literals, and every real score
 /// is larger, so the first key's correction factor `exp(m − s)` is 0.
@@ -129,5 +141,88 @@ pub(crate) fn flash_attention_kernel<F: Float>(
         for c in 0..head_dim {
             out[out_base + c] = F::cast_from(acc[c] * inv);
         }
+    }
+}
+
+/// The attention kernel as a [`CubeOp`] over `[q, k, v]`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FlashAttention;
+
+impl CubeOp for FlashAttention {
+    const ID: &'static str = "prompt_diffusion::flash_attention";
+
+    fn output(&self, inputs: &[(Shape, DType)]) -> (Shape, DType) {
+        let (q, dtype) = &inputs[0];
+        let head_dim_v = inputs[2].0[3];
+        (Shape::new([q[0], q[1], q[2], head_dim_v]), *dtype)
+    }
+
+    fn launch<R: CubeRuntime>(&self, inputs: Vec<CubeTensor<R>>) -> CubeTensor<R> {
+        let [q, k, v]: [CubeTensor<R>; 3] = inputs.try_into().expect("q, k and v");
+        flash_attention(q, k, v)
+    }
+}
+
+/// Launches the kernel on `[batch, heads, seq, head_dim]` tensors. Strided views are read in
+/// place (only a head dimension with a stride other than 1 is copied first); the output is a
+/// `[batch, heads, seq, head_dim]` view of a contiguous `[batch, seq, heads, head_dim]` buffer,
+/// the layout attention layers merge the heads from without a copy.
+fn flash_attention<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+) -> CubeTensor<R> {
+    let [q, k, v] = [q, k, v].map(rows_contiguous);
+    let [batch, heads, seq_q, head_dim] = q.shape().dims::<4>();
+    let seq_k = k.shape()[2];
+    let dtype = q.dtype;
+    let client = q.client.clone();
+    let mut out = empty_device_dtype::<R>(
+        client.clone(),
+        q.device.clone(),
+        Shape::new([batch, seq_q, heads, head_dim]),
+        dtype,
+    );
+    out.meta.swap(1, 2);
+
+    let hardware = &client.properties().hardware;
+    let units = UNITS_PER_CUBE
+        .min(hardware.max_units_per_cube)
+        .min(hardware.max_cube_dim.0);
+    let mut block_k = BLOCK_K;
+    while block_k > 1 && 2 * block_k * head_dim * size_of::<f32>() > hardware.max_shared_memory_size
+    {
+        block_k /= 2;
+    }
+    let cube_count = CubeCount::Static(
+        seq_q.div_ceil(units as usize) as u32,
+        (batch * heads) as u32,
+        1,
+    );
+    flash_attention_kernel::launch::<R>(
+        &client,
+        cube_count,
+        CubeDim::new_1d(units),
+        q.into_tensor_arg(),
+        k.into_tensor_arg(),
+        v.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        seq_q as u32,
+        seq_k as u32,
+        (1.0 / (head_dim as f64).sqrt()) as f32,
+        head_dim,
+        block_k,
+        dtype.into(),
+    );
+    out
+}
+
+/// `tensor` itself when its last dimension is contiguous, else a contiguous copy.
+fn rows_contiguous<R: CubeRuntime>(tensor: CubeTensor<R>) -> CubeTensor<R> {
+    let rows = tensor.meta.strides()[3] == 1 || tensor.meta.shape()[3] == 1;
+    if rows {
+        tensor
+    } else {
+        into_contiguous(tensor)
     }
 }
