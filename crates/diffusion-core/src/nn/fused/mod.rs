@@ -134,6 +134,7 @@ pub(super) fn try_attention<B: Backend>(
 
 /// How a [`try_norm`] call maps onto segments: see `norm_kernel`'s docs.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "cubecl-kernels"), allow(dead_code))]
 pub(super) struct NormLayout {
     /// Number of normalised segments (`batch·groups` or rows).
     pub segments: usize,
