@@ -20,6 +20,7 @@ use prompt_diffusion::backends::{BackendTask, run_on};
 use prompt_diffusion::clip::CLIPTextModel;
 use prompt_diffusion::controlnet::{ControlNetModel, ControlScales};
 use prompt_diffusion::core::Result;
+use prompt_diffusion::core::nn::channels_last_conv_weights;
 use prompt_diffusion::unet::UNet2DConditionModel;
 use prompt_diffusion::vae::AutoencoderKL;
 
@@ -46,8 +47,12 @@ impl BackendTask for Components<'_> {
         let sync = || sync::<B>(&device);
 
         {
-            let unet = UNet2DConditionModel::<B>::new(&configs.unet, &device)?;
-            let controlnet = ControlNetModel::<B>::new(&configs.controlnet, &device)?;
+            let unet =
+                channels_last_conv_weights(UNet2DConditionModel::<B>::new(&configs.unet, &device)?);
+            let controlnet = channels_last_conv_weights(ControlNetModel::<B>::new(
+                &configs.controlnet,
+                &device,
+            )?);
             let x = StepInputs::<B>::new(latent, width, &device);
             let hint_side = latent * configs.controlnet.hint_downscale_factor();
             let hint = randn::<B, 4>([2, 3, hint_side, hint_side], &device);
@@ -82,7 +87,7 @@ impl BackendTask for Components<'_> {
         }
 
         {
-            let vae = AutoencoderKL::<B>::new(&configs.vae, &device);
+            let vae = channels_last_conv_weights(AutoencoderKL::<B>::new(&configs.vae, &device));
             let z = randn::<B, 4>([1, 4, latent, latent], &device);
             let id = bench_id::<B>("vae_decode", &device, &env, &format!("{image}x{image}"));
             bench(c, &id, || {
@@ -99,7 +104,7 @@ impl BackendTask for Components<'_> {
             });
         }
 
-        let clip = CLIPTextModel::<B>::init(&configs.clip, &device);
+        let clip = channels_last_conv_weights(CLIPTextModel::<B>::init(&configs.clip, &device));
         let ids = common::token_ids::<B>(configs.clip.vocab_size, &device);
         let id = bench_id::<B>("clip_text", &device, &env, "2x77");
         bench(c, &id, || {

@@ -13,6 +13,7 @@ use burn::tensor::Distribution;
 use criterion::{Criterion, criterion_group, criterion_main};
 use prompt_diffusion::backends::{BackendKind, BackendTask, run_on};
 use prompt_diffusion::core::Precision;
+use prompt_diffusion::core::nn::channels_last_conv_weights;
 use prompt_diffusion::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 
 struct UNetStep<'a> {
@@ -26,7 +27,8 @@ impl BackendTask for UNetStep<'_> {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> prompt_diffusion::core::Result<()> {
-        let unet = UNet2DConditionModel::<B>::new(&self.config, &device)?;
+        let unet =
+            channels_last_conv_weights(UNet2DConditionModel::<B>::new(&self.config, &device)?);
         let width = match &self.config.cross_attention_dim {
             prompt_diffusion::core::config::OneOrMany::One(w) => *w,
             prompt_diffusion::core::config::OneOrMany::Many(w) => w[0],

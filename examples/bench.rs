@@ -27,6 +27,7 @@ use prompt_diffusion::Generation;
 use prompt_diffusion::backends::{BackendTask, device_memory, run_on};
 use prompt_diffusion::clip::CLIPTextModel;
 use prompt_diffusion::controlnet::{ControlNetModel, ControlScales};
+use prompt_diffusion::core::nn::channels_last_conv_weights;
 use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::unet::UNet2DConditionModel;
 use prompt_diffusion::vae::AutoencoderKL;
@@ -80,7 +81,7 @@ impl BackendTask for Bench {
         let width = context_width(&configs.unet);
 
         if self.wants("clip") {
-            let clip = CLIPTextModel::<B>::init(&configs.clip, &device);
+            let clip = channels_last_conv_weights(CLIPTextModel::<B>::init(&configs.clip, &device));
             let ids = common::token_ids::<B>(configs.clip.vocab_size, &device);
             let ms = median_ms(runs, || {
                 clip.forward(ids.clone());
@@ -91,7 +92,8 @@ impl BackendTask for Bench {
         }
 
         if self.wants("unet") || self.wants("controlnet") {
-            let unet = UNet2DConditionModel::<B>::new(&configs.unet, &device)?;
+            let unet =
+                channels_last_conv_weights(UNet2DConditionModel::<B>::new(&configs.unet, &device)?);
             let x = StepInputs::<B>::new(latent, width, &device);
             if self.wants("unet") {
                 let ms = median_ms(runs, || {
@@ -103,7 +105,10 @@ impl BackendTask for Bench {
                 report("unet_step_ms", "unet CFG step (batch 2)", ms);
             }
             if self.wants("controlnet") {
-                let controlnet = ControlNetModel::<B>::new(&configs.controlnet, &device)?;
+                let controlnet = channels_last_conv_weights(ControlNetModel::<B>::new(
+                    &configs.controlnet,
+                    &device,
+                )?);
                 let side = latent * configs.controlnet.hint_downscale_factor();
                 let hint = randn::<B, 4>([2, 3, side, side], &device);
                 let scales = ControlScales::default();
@@ -136,7 +141,7 @@ impl BackendTask for Bench {
         }
 
         if self.wants("decode") || self.wants("encode") {
-            let vae = AutoencoderKL::<B>::new(&configs.vae, &device);
+            let vae = channels_last_conv_weights(AutoencoderKL::<B>::new(&configs.vae, &device));
             let vae_runs = runs.min(3);
             if self.wants("decode") {
                 let z = randn::<B, 4>([1, 4, latent, latent], &device);

@@ -15,6 +15,7 @@ use burn::tensor::Distribution;
 use prompt_diffusion::backends::BackendKind;
 use prompt_diffusion::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
 use prompt_diffusion::controlnet::ControlNetConfig;
+use prompt_diffusion::core::nn::channels_last_conv_weights;
 use prompt_diffusion::core::{Precision, Result};
 use prompt_diffusion::pipelines::Components;
 use prompt_diffusion::schedulers::SchedulerConfig;
@@ -205,9 +206,12 @@ pub fn pipeline<B: Backend>(size: Size, device: &B::Device) -> Result<StableDiff
             let configs = size.configs()?;
             let components = Components {
                 tokenizer: ClipTokenizer::from_folder(format!("{TINY_SD}/tokenizer"))?,
-                text_encoder: CLIPTextModel::init(&configs.clip, device),
-                unet: UNet2DConditionModel::new(&configs.unet, device)?,
-                vae: AutoencoderKL::new(&configs.vae, device),
+                text_encoder: channels_last_conv_weights(CLIPTextModel::init(
+                    &configs.clip,
+                    device,
+                )),
+                unet: channels_last_conv_weights(UNet2DConditionModel::new(&configs.unet, device)?),
+                vae: channels_last_conv_weights(AutoencoderKL::new(&configs.vae, device)),
                 scheduler: SchedulerConfig::from_file(format!(
                     "{TINY_SD}/scheduler/scheduler_config.json"
                 ))?,

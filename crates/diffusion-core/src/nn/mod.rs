@@ -6,6 +6,7 @@ mod activation;
 mod attention;
 mod attention_processor;
 mod fused;
+mod layout;
 mod norm;
 mod resnet;
 mod sampling;
@@ -17,6 +18,7 @@ pub use attention::{
 };
 pub use attention_processor::{Attention, AttentionConfig};
 pub use fused::{fused_kernels_available, fused_norm_launches};
+pub use layout::channels_last_conv_weights;
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 pub use resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 pub use sampling::{Downsample2D, DownsamplePadding, Upsample2D, upsample_nearest};

@@ -56,7 +56,8 @@ impl LoadOptions {
 /// joined by `.`, `Vec` indices as segments). PyTorch conventions are adapted on the way:
 /// `Linear` weights are transposed from `[out, in]`, 1×1-conv weights `[out, in, 1, 1]` going into
 /// a `Linear` are squeezed, norm `weight`/`bias` fill burn's `gamma`/`beta`, and every float
-/// tensor is cast to the target dtype.
+/// tensor is cast to the target dtype. On burn-wgpu and burn-cuda the loaded `Conv2d` weights
+/// are then stored channels-last ([`channels_last_conv_weights`](crate::nn::channels_last_conv_weights)).
 ///
 /// # Errors
 /// [`Error::Weights`] listing every missing parameter, unexpected tensor (not matched by
@@ -111,7 +112,7 @@ pub fn load_module<B: Backend, M: Module<B>>(
         }
     }
     if report.is_empty() {
-        Ok(module)
+        Ok(crate::nn::channels_last_conv_weights(module))
     } else {
         Err(report.into())
     }

@@ -6,6 +6,7 @@
 #![cfg(feature = "wgpu")]
 
 mod attention;
+mod layout;
 mod norm;
 
 use std::sync::OnceLock;

@@ -25,6 +25,8 @@ mod attention_kernel;
 #[cfg(feature = "cubecl-kernels")]
 mod dispatch;
 #[cfg(feature = "cubecl-kernels")]
+mod layout;
+#[cfg(feature = "cubecl-kernels")]
 mod norm_kernel;
 
 /// The largest head dimension the attention kernel takes; wider heads (the VAE's 512-channel
@@ -193,6 +195,26 @@ pub(super) fn try_norm<B: Backend, const D: usize>(
     {
         let _ = (weight, bias, eps, silu);
         Err(x)
+    }
+}
+
+/// `x` with the same values and shape, stored channels-last (`[n, *spatial, c]` memory order)
+/// on the backends with fused kernels; `x` itself elsewhere and for float dtypes the kernels
+/// do not take.
+pub(super) fn channels_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if D < 3 || !fused_kernels_available::<B>() || !float_dtype(x.dtype()) {
+        return x;
+    }
+    #[cfg(feature = "cubecl-kernels")]
+    {
+        match run(&layout::ChannelsLast, [x]) {
+            Ok(out) => out,
+            Err([x]) => x,
+        }
+    }
+    #[cfg(not(feature = "cubecl-kernels"))]
+    {
+        x
     }
 }
 
