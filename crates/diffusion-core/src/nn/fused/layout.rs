@@ -3,9 +3,9 @@
 //! burn-cubecl 0.21 runs every convolution in NHWC: it views the NCHW input and weight as NHWC
 //! and, when the channel dimension of that view is not contiguous, copies the tensor first. For
 //! a weight stored NCHW that copy happens at every call, although the weight never changes (52
-//! launches per SD1.5 UNet step; 1×1 weights need none). Storing the weight channels-last once — same logical
-//! `[out, in, kh, kw]` shape, memory ordered `[out, kh, kw, in]` — makes the NHWC view contiguous
-//! and the copy disappears.
+//! launches per SD1.5 UNet step; 1×1 weights need none). Storing the weight channels-last once
+//! — same logical `[out, in, kh, kw]` shape, memory ordered `[out, kh, kw, in]` — makes the NHWC
+//! view contiguous and the copy disappears.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeRuntime;
