@@ -20,6 +20,11 @@ use prompt_diffusion::versatile::{Flow, OptimusConfig, OptimusFiles, TextDecodin
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() == 1 {
+        anyhow::bail!(
+            "give a model folder and an image (and optionally Optimus' weights and vocabulary)"
+        );
+    }
     let tiny = args.is_empty();
     let fixtures = PathBuf::from("fixtures");
     let (model, image, optimus) = if tiny {

@@ -241,12 +241,15 @@ impl Plane {
         self.data[y * self.w + x]
     }
 
-    /// Separable Gaussian blur (radius ⌈3σ⌉, replicated borders); σ ≤ 0 returns the plane.
+    /// Separable Gaussian blur (radius ⌈3σ⌉, replicated borders); σ ≤ 0 or NaN returns the
+    /// plane. The radius is capped at four times the plane's longer side: the replicated border
+    /// dominates long before, and an unbounded σ would otherwise allocate without limit.
     fn blurred(self, sigma: f32) -> Plane {
-        if sigma <= 0.0 || self.data.is_empty() {
+        if sigma.is_nan() || sigma <= 0.0 || self.data.is_empty() {
             return self;
         }
-        let radius = (3.0 * sigma).ceil() as isize;
+        let limit = 4 * self.w.max(self.h) as isize;
+        let radius = ((3.0 * sigma).ceil() as isize).min(limit);
         let kernel: Vec<f32> = (-radius..=radius)
             .map(|d| (-((d * d) as f32) / (2.0 * sigma * sigma)).exp())
             .collect();
@@ -420,6 +423,31 @@ mod tests {
         let tiny = synthetic(1, 1, |_, _| 255);
         assert_eq!(AnnotatorKind::SoftEdge.annotate(&tiny).dimensions(), (1, 1));
         assert_eq!(AnnotatorKind::Canny.annotate(&tiny).dimensions(), (1, 1));
+    }
+
+    #[test]
+    fn any_sigma_is_safe() {
+        let image = square();
+        for sigma in [f32::NAN, f32::INFINITY, 1e10] {
+            let options = SoftEdgeOptions {
+                sigma,
+                ..Default::default()
+            };
+            assert_eq!(
+                soft_edge(&image, &options).dimensions(),
+                (48, 40),
+                "{sigma}"
+            );
+        }
+        // A σ far beyond the image blurs it flat: no edges left.
+        let flat = canny(
+            &image,
+            &CannyOptions {
+                sigma: 1e10,
+                ..Default::default()
+            },
+        );
+        assert!(flat.pixels().all(|p| p.0[0] == 0));
     }
 
     #[test]

@@ -276,6 +276,29 @@ fn restore_runs_a_task_and_names_bad_input() {
     let restored = image::open(&out).unwrap();
     assert_eq!(restored.width().min(restored.height()), 64);
 
+    // An instruction picks the plugins with the selector and chains them.
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain([
+            "--instruction",
+            "remove the rain and brighten it",
+            "--steps",
+            "2",
+            "--output",
+            &out,
+        ])
+        .collect();
+    let result = run(args);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(stdout.contains("plugins: "), "{stdout}");
+    assert_eq!(image::open(&out).unwrap().height(), 64);
+
     let args: Vec<&str> = base.iter().copied().chain(["--task", "sharpen"]).collect();
     assert_fails(&args, &["task", "sharpen"]);
     let empty = tempfile::tempdir().unwrap();

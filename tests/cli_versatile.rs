@@ -232,6 +232,32 @@ fn images_and_texts_equal_the_library_and_the_reference() {
         .unwrap();
     assert_eq!(rgb(&out).as_raw(), expected[0].as_raw(), "CLI ≠ library");
 
+    // Precomputed image context: the encoder's own tokens in a file give the --image bytes.
+    let from_image = path(dir.path(), "variation.png");
+    let image_args = [&SMALL[..], &["--image", input.as_str()]].concat();
+    let extra = [&image_args[..], &["--output", from_image.as_str()]].concat();
+    succeed("image-variation", &model, &extra);
+    let encoder = vd.components.image_encoder.as_ref().unwrap();
+    let tokens = encoder.encode_images(&[rgb(&input)]).unwrap().into_data();
+    let embeds = dir.path().join("embeds.safetensors");
+    let values = tokens.to_vec::<f32>().unwrap();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        tokens.shape.to_vec(),
+        &bytes,
+    )
+    .unwrap();
+    safetensors::serialize_to_file([("image_embeds", view)], None, &embeds).unwrap();
+    let (embeds, from_embeds) = (
+        embeds.display().to_string(),
+        path(dir.path(), "variation-embeds.png"),
+    );
+    let embeds_args = [&SMALL[..], &["--image-embeds", embeds.as_str()]].concat();
+    let extra = [&embeds_args[..], &["--output", from_embeds.as_str()]].concat();
+    succeed("image-variation", &model, &extra);
+    assert_eq!(rgb(&from_image).as_raw(), rgb(&from_embeds).as_raw());
+
     // diffusers' text→image from the reference's two initial latents: `_0`, `_1`, within 2/255.
     let latents = reference_latents("text_to_image.latents", &dir.path().join("t2i.safetensors"));
     let out = path(dir.path(), "t2i.png");
@@ -379,6 +405,14 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
     let extra = join(&base, &["--prompt", "a car", "--image", missing.as_str()]);
     assert_fails("dual-guided", &model, &extra, &["nope.png"]);
     assert_fails("text-to-image", &model, &join(&base, &[]), &["--prompt"]);
+    let other = fixture("versatile/pipelines.safetensors");
+    let extra = join(&base, &["--image-embeds", other.as_str()]);
+    assert_fails(
+        "image-variation",
+        &model,
+        &extra,
+        &["pipelines.safetensors", "image_embeds"],
+    );
     // Bad values.
     let extra = join(&base, &["--prompt", "a car", "--width", "100"]);
     assert_fails(

@@ -55,8 +55,12 @@ pub enum WorkingSize {
 
 impl WorkingSize {
     /// The working size of a `width`×`height` image, floored to a multiple of `multiple`
-    /// (diffusers' `VaeImageProcessor`).
+    /// (diffusers' `VaeImageProcessor`; 0 is taken as 1). An empty image stays empty.
     pub fn apply(self, width: usize, height: usize, multiple: usize) -> (usize, usize) {
+        let multiple = multiple.max(1);
+        if width == 0 || height == 0 {
+            return (width / multiple * multiple, height / multiple * multiple);
+        }
         let scale_short = |n: usize| {
             if width < height {
                 (n, (n as f64 / width as f64 * height as f64) as usize)
@@ -458,5 +462,7 @@ mod tests {
         assert_eq!(WorkingSize::ShortSide(512).apply(1000, 700, 8), (728, 512));
         assert_eq!(WorkingSize::ShortSide(512).apply(333, 1000, 8), (512, 1536));
         assert_eq!(WorkingSize::Native.apply(105, 73, 8), (104, 72));
+        assert_eq!(WorkingSize::Native.apply(105, 73, 0), (105, 73));
+        assert_eq!(WorkingSize::ShortSide(512).apply(0, 73, 8), (0, 72));
     }
 }

@@ -21,8 +21,8 @@ pub use denoise::denoise;
 pub use generation::Generation;
 pub use loading::{Components, ModelOptions};
 pub use prompt_diffusion::{
-    InContextOptions, NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX, PromptDiffusion,
-    in_context_size,
+    IN_CONTEXT_MAX_SIDE, InContextOptions, NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX,
+    PromptDiffusion, in_context_size,
 };
 pub use stable_diffusion::StableDiffusion;
 pub use versatile_diffusion::{

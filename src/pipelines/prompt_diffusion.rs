@@ -135,11 +135,14 @@ impl InContextOptions {
     }
 }
 
+/// The longest output side [`in_context_size`] accepts (8192 pixels: 1024×1024 latents).
+pub const IN_CONTEXT_MAX_SIDE: usize = 8192;
+
 /// The output size for a `width`×`height` query: the notebook's `resize_image` (short side
 /// `resolution`, each side rounded half-to-even to a multiple of 64).
 ///
 /// # Errors
-/// [`Error::InvalidInput`] when a side would be 0.
+/// [`Error::InvalidInput`] when a side would be 0 or longer than [`IN_CONTEXT_MAX_SIDE`].
 pub fn in_context_size(width: u32, height: u32, resolution: usize) -> Result<(usize, usize)> {
     let short = width.min(height);
     if short == 0 || resolution == 0 {
@@ -149,8 +152,18 @@ pub fn in_context_size(width: u32, height: u32, resolution: usize) -> Result<(us
         ));
     }
     let k = resolution as f64 / f64::from(short);
-    let round64 = |side: u32| (f64::from(side) * k / 64.0).round_ties_even() as usize * 64;
+    let round64 = |side: u32| (f64::from(side) * k / 64.0).round_ties_even() * 64.0;
     let (w, h) = (round64(width), round64(height));
+    if w.max(h) > IN_CONTEXT_MAX_SIDE as f64 {
+        return Err(Error::invalid_input(
+            "resolution",
+            format!(
+                "{resolution} makes the {width}x{height} query {w}x{h}; \
+                 sides are limited to {IN_CONTEXT_MAX_SIDE}"
+            ),
+        ));
+    }
+    let (w, h) = (w as usize, h as usize);
     if w == 0 || h == 0 {
         return Err(Error::invalid_input(
             "resolution",
@@ -333,6 +346,9 @@ mod tests {
         assert!(in_context_size(64, 64, 16).is_err());
         assert!(in_context_size(0, 64, 512).is_err());
         assert!(in_context_size(64, 64, 0).is_err());
+        assert_eq!(in_context_size(64, 32, 4096).unwrap(), (8192, 4096));
+        let err = in_context_size(64, 32, usize::MAX).unwrap_err().to_string();
+        assert!(err.contains("8192"), "{err}");
     }
 
     #[test]

@@ -275,3 +275,39 @@ fn bad_hints_are_typed_errors() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
 }
+
+/// SD1.5's encoder structure (three cross-attention levels and a plain one, two resnets each):
+/// all 13 residuals, from the diffusers folder and the original `control_model.*` file, at
+/// scale 1 and with diffusers' 13-point guess-mode schedule.
+#[test]
+fn sd15_levels_give_the_thirteen_reference_residuals() {
+    let io = Io::open("prompt_diffusion_sd15_levels_io.safetensors");
+    let options = LoadOptions::default();
+    let folder = controlnet_fixture("prompt-diffusion-sd15-levels");
+    let config = ControlNetConfig::from_file(folder.join("config.json")).unwrap();
+    assert_eq!(config.num_down_residuals() + 1, 13);
+    let source = TensorSource::open(controlnet_fixture(
+        "prompt-diffusion-sd15-levels.safetensors",
+    ))
+    .unwrap();
+    let models = [
+        (
+            "diffusers layout",
+            PromptDiffusionControlNet::<B>::from_folder(&folder, &options, &io.device).unwrap(),
+        ),
+        (
+            "original layout",
+            PromptDiffusionControlNet::<B>::from_single_file(
+                &config, &source, &options, &io.device,
+            )
+            .unwrap(),
+        ),
+    ];
+    for (layout, model) in &models {
+        let out = residuals(model, &io, &ControlScales::Uniform(1.0));
+        assert_eq!(out.down.len(), 12, "{layout}");
+        io.assert_residuals(layout, "", &out, 1e-4);
+        let guess = residuals(model, &io, &ControlScales::GuessMode(0.9));
+        io.assert_residuals(&format!("{layout}, guess mode"), "guess.", &guess, 1e-4);
+    }
+}

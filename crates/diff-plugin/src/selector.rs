@@ -95,10 +95,13 @@ impl<B: Backend> PluginSelector<B> {
     /// into the last row of the plugin embeddings).
     ///
     /// # Shapes
-    /// `[1, dim]` → `[1, tokens, dim]`.
+    /// `[1, dim]` → `[1, tokens, dim]` (of a larger batch, the first row is used).
     pub fn null_row(null_text: Tensor<B, 2>, tokens: usize) -> Tensor<B, 3> {
         let [_, dim] = null_text.dims();
-        null_text.reshape([1, 1, dim]).expand([1, tokens, dim])
+        null_text
+            .narrow(0, 0, 1)
+            .reshape([1, 1, dim])
+            .expand([1, tokens, dim])
     }
 }
 

@@ -49,14 +49,17 @@ impl<B: Backend> VersatileComponents<B> {
     /// The conditions of `flow`, cast to `dtype`.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a missing image, a mix outside [0, 1] or tokens of the wrong
-    /// count; [`Error::Unsupported`] when an encoder the flow needs is not loaded.
+    /// [`Error::InvalidInput`] for a missing image, a mix outside [0, 1], no samples or tokens
+    /// of the wrong count; [`Error::Unsupported`] when an encoder the flow needs is not loaded.
     pub fn conditions(
         &self,
         flow: Flow,
         inputs: &FlowInputs<'_>,
         dtype: DType,
     ) -> Result<Vec<Condition<B>>> {
+        if inputs.samples == 0 {
+            return Err(Error::invalid_input("samples", "at least one is needed"));
+        }
         if !(0.0..=1.0).contains(&inputs.mix) {
             return Err(Error::invalid_input(
                 "mix",
@@ -179,14 +182,21 @@ impl<B: Backend> VersatileComponents<B> {
     /// Optimus-decodes text latents `[n, latent, 1, 1]` (`seed` drives sampling).
     ///
     /// # Errors
-    /// [`Error::Unsupported`] when Optimus is not loaded; decoding errors.
+    /// [`Error::InvalidInput`] for latents of another shape; [`Error::Unsupported`] when Optimus
+    /// is not loaded; decoding errors.
     pub fn decode_texts(
         &self,
         latents: Tensor<B, 4>,
         decoding: TextDecoding,
         seed: u64,
     ) -> Result<Vec<String>> {
-        let [n, width, _, _] = latents.dims();
+        let [n, width, h, w] = latents.dims();
+        if (h, w) != (1, 1) {
+            return Err(Error::invalid_input(
+                "text latents",
+                format!("shape [{n}, {width}, {h}, {w}]; expected [n, latent, 1, 1]"),
+            ));
+        }
         self.optimus()?
             .decode(latents.reshape([n, width]), decoding, seed)
     }

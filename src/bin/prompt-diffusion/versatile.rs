@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use prompt_diffusion::Generation;
 use prompt_diffusion::backends::BackendTask;
 use prompt_diffusion::core::image::load_rgb;
+use prompt_diffusion::core::weights::TensorSource;
 use prompt_diffusion::core::{Error, Result};
 use prompt_diffusion::pipelines::{
     ImagePrompt, VersatileDiffusion, VersatileModelOptions, VersatileOptions,
@@ -147,9 +148,14 @@ pub struct PromptArgs {
 /// The image condition.
 #[derive(Debug, Clone, Args)]
 pub struct ImageInputArgs {
-    /// The image prompt (required; any size, CLIP resizes it).
-    #[arg(long, value_name = "FILE")]
+    /// The image prompt (this or --image-embeds is required; any size, CLIP resizes it).
+    #[arg(long, value_name = "FILE", conflicts_with = "image_embeds")]
     pub image: Option<PathBuf>,
+    /// Precomputed image context instead of --image: a safetensors file whose tensor
+    /// `image_embeds` is [257, 768] or [n, 257, 768], normalised as the image encoder's output
+    /// (e.g. predicted from brain activity or retrieved from an index).
+    #[arg(long, value_name = "FILE")]
+    pub image_embeds: Option<PathBuf>,
     /// The unconditional image context: gray (diffusers and the 2022 inference code), black (the
     /// 2023 app's image→text) or zeros (the 2023 app's image flows).
     #[arg(long, default_value = "gray", value_parser = parse_uncond)]
@@ -351,10 +357,14 @@ impl VersatileRun {
         }
         let image = match image {
             Some(args) => {
-                let path = args.image.as_ref();
-                let path = path.ok_or_else(|| anyhow!("{flow} needs --image FILE"))?;
                 options.uncond_image = args.uncond_image;
-                Some(ImagePrompt::Image(load_rgb(path)?))
+                Some(match (&args.image, &args.image_embeds) {
+                    (Some(path), _) => ImagePrompt::Image(load_rgb(path)?),
+                    (None, Some(path)) => ImagePrompt::Tokens(read_image_embeds(path)?),
+                    (None, None) => {
+                        bail!("{flow} needs --image FILE or --image-embeds FILE")
+                    }
+                })
             }
             None => None,
         };
@@ -591,4 +601,13 @@ impl BackendTask for VersatileRun {
             }
         }
     }
+}
+
+/// Reads the tensor `image_embeds` of a safetensors file (its shape is checked by the model).
+fn read_image_embeds(path: &Path) -> anyhow::Result<burn::tensor::TensorData> {
+    let source = TensorSource::open(path)?;
+    if !source.contains("image_embeds") {
+        bail!("{}: no tensor named `image_embeds`", path.display());
+    }
+    Ok(source.data("image_embeds")?)
 }
