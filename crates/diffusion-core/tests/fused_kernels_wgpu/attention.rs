@@ -122,6 +122,34 @@ fn fused_kernel_matches_reference_f32() {
     check(SHAPES, DType::F32, 1e-4);
 }
 
+/// Self-attention over 16 384 tokens (a 1024² image's 128² latent), head dim 40: the longest
+/// sequence the models produce. The reference runs 2 048 query rows at a time, so its score
+/// matrix stays small.
+#[test]
+fn longest_self_attention_matches_reference() {
+    let (seq, d, rows) = (16_384, 40, 2_048);
+    let case = Case::new(1, 1, seq, seq, d, DType::F32);
+    let before = fused_attention_launches();
+    let out = case.run::<Wgpu>(&device(), DType::F32, AttentionOptions::default());
+    assert!(fused_attention_launches() > before);
+    let device = Default::default();
+    let k = Case::tensor::<Reference>(&case.k, case.shape_kv, &device);
+    let v = Case::tensor::<Reference>(&case.v, case.shape_kv, &device);
+    let mut err = 0.0f32;
+    for start in (0..seq).step_by(rows) {
+        let q = &case.q[start * d..(start + rows) * d];
+        let q = Case::tensor::<Reference>(q, [1, 1, rows, d], &device);
+        let reference = module::attention(q, k.clone(), v.clone(), None, None, Default::default());
+        let reference: Vec<f32> = reference.into_data().to_vec().unwrap();
+        err = err.max(max_abs_diff(
+            &out[start * d..(start + rows) * d],
+            &reference,
+        ));
+    }
+    println!("F32 q[1,1,{seq},{d}] k[{seq}]: max |Δ| = {err:.2e}");
+    assert!(err <= 1e-4, "max |Δ| {err}");
+}
+
 #[test]
 fn fused_kernel_matches_reference_f16() {
     check(SHAPES, DType::F16, 2e-3);
