@@ -276,6 +276,23 @@ fn restore_runs_a_task_and_names_bad_input() {
     let restored = image::open(&out).unwrap();
     assert_eq!(restored.width().min(restored.height()), 64);
 
+    // The same base as one original checkpoint (configs from the folder): the same bytes.
+    let checkpoint = fixtures().join("tiny-sd.safetensors").display().to_string();
+    let single = dir.path().join("single.png").display().to_string();
+    let mut args: Vec<&str> = vec!["restore", "--checkpoint", &checkpoint, "--config", &tiny];
+    args.extend_from_slice(&base[3..]);
+    args.extend(["--task", "derain", "--steps", "3", "--output", &single]);
+    let result = run(args);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&single).unwrap(),
+        std::fs::read(&out).unwrap()
+    );
+
     // An instruction picks the plugins with the selector and chains them.
     let args: Vec<&str> = base
         .iter()

@@ -165,3 +165,48 @@ fn pair_folders_name_missing_images() {
     let err = PairFolder::open(dir.path().join("nowhere")).unwrap_err();
     assert!(err.to_string().contains("degraded"), "{err}");
 }
+
+/// `clip_grad_norm` measures the global L2 norm as PyTorch's `clip_grad_norm_` does and scales
+/// every gradient by `max_norm / (norm + 1e-6)` only when that is below 1.
+#[test]
+fn gradient_clipping_scales_to_the_global_norm() {
+    use burn::nn::{Linear, LinearConfig};
+    use burn::optim::GradientsParams;
+    use prompt_diffusion_diff_plugin::train::clip_grad_norm;
+
+    let device = Default::default();
+    let linear: Linear<AD> = LinearConfig::new(3, 2).init(&device);
+    // loss = Σ x·W + b summed over a batch of 2: dW[i][j] = Σ_batch x_i, db[j] = 2.
+    let x = Tensor::<AD, 2>::from_floats([[1.0, 2.0, -3.0], [0.5, -1.0, 4.0]], &device);
+    let grads_of = || {
+        let loss = linear.forward(x.clone()).sum();
+        GradientsParams::from_grads(loss.backward(), &linear)
+    };
+    let column = [1.5f64, 1.0, 1.0];
+    let expected = (2.0 * column.iter().map(|c| c * c).sum::<f64>() + 2.0 * 4.0).sqrt();
+    let weight_grad = |grads: &GradientsParams| -> Vec<f32> {
+        grads
+            .get::<B, 2>(linear.weight.id)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+
+    // A bound above the norm leaves the gradients unchanged.
+    let mut grads = grads_of();
+    let before = weight_grad(&grads);
+    let norm = clip_grad_norm(&linear, &mut grads, 100.0);
+    assert!((norm - expected).abs() < 1e-5, "{norm} vs {expected}");
+    assert_eq!(weight_grad(&grads), before);
+
+    // A bound below it scales every gradient to that norm.
+    let mut grads = grads_of();
+    assert!((clip_grad_norm(&linear, &mut grads, 1.0) - expected).abs() < 1e-5);
+    let scale = (1.0 / (expected + 1e-6)) as f32;
+    for (a, b) in weight_grad(&grads).iter().zip(&before) {
+        assert!((a - b * scale).abs() < 1e-6, "{a} vs {b}·{scale}");
+    }
+    let after = clip_grad_norm(&linear, &mut grads, 100.0);
+    assert!((after - 1.0).abs() < 1e-5, "norm after clipping {after}");
+}
