@@ -1,7 +1,9 @@
 //! The `prompt-diffusion` program: bad input exits non-zero with one readable line naming the
 //! problem (never a panic), and the same seed writes the same PNG bytes.
 
-use crate::common::{assert_cli_fails as assert_fails, copy_dir, fixtures, run_cli as run};
+use crate::common::{
+    assert_cli_fails as assert_fails, assert_cli_succeeds as assert_succeeds, copy_dir, fixtures,
+};
 
 fn tiny() -> String {
     fixtures().join("tiny-sd").display().to_string()
@@ -115,12 +117,7 @@ fn same_seed_writes_identical_png_bytes() {
             "txt2img", "--model", &tiny, "--prompt", "a fox", "--steps", "3", "--seed", "42",
             "--output", &out,
         ];
-        let result = run(args);
-        assert!(
-            result.status.success(),
-            "{}",
-            String::from_utf8_lossy(&result.stderr)
-        );
+        assert_succeeds(args);
         outputs.push(std::fs::read(&out).unwrap());
     }
     assert_eq!(outputs[0], outputs[1]);
@@ -142,7 +139,7 @@ fn latents_file_sets_batch_and_size() {
     safetensors::serialize_to_file([("latents", view)], None, &latents).unwrap();
     let out = dir.path().join("batch.png").display().to_string();
     let latents = latents.display().to_string();
-    let result = run([
+    assert_succeeds([
         "txt2img",
         "--model",
         &tiny,
@@ -155,11 +152,6 @@ fn latents_file_sets_batch_and_size() {
         "--output",
         &out,
     ]);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
     for name in ["batch_0.png", "batch_1.png"] {
         let image = image::open(dir.path().join(name)).unwrap();
         assert_eq!((image.width(), image.height()), (64, 48));
@@ -192,7 +184,7 @@ fn half_precision_images_are_not_black_and_follow_f32() {
             .join(format!("{precision}.png"))
             .display()
             .to_string();
-        let result = run([
+        assert_succeeds([
             "txt2img",
             "--model",
             &tiny,
@@ -207,11 +199,6 @@ fn half_precision_images_are_not_black_and_follow_f32() {
             "--output",
             &out,
         ]);
-        assert!(
-            result.status.success(),
-            "{precision}: {}",
-            String::from_utf8_lossy(&result.stderr)
-        );
         images.push(image::open(&out).unwrap().to_rgb8());
     }
     for (image, precision) in images.iter().zip(["f32", "f16", "bf16"]) {
@@ -266,13 +253,8 @@ fn restore_runs_a_task_and_names_bad_input() {
         .copied()
         .chain(["--task", "derain", "--steps", "3", "--output", &out])
         .collect();
-    let result = run(args);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    assert!(String::from_utf8_lossy(&result.stdout).contains("plugins: derain"));
+    let stdout = assert_succeeds(args);
+    assert!(stdout.contains("plugins: derain"), "{stdout}");
     let restored = image::open(&out).unwrap();
     assert_eq!(restored.width().min(restored.height()), 64);
 
@@ -282,12 +264,7 @@ fn restore_runs_a_task_and_names_bad_input() {
     let mut args: Vec<&str> = vec!["restore", "--checkpoint", &checkpoint, "--config", &tiny];
     args.extend_from_slice(&base[3..]);
     args.extend(["--task", "derain", "--steps", "3", "--output", &single]);
-    let result = run(args);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    assert_succeeds(args);
     assert_eq!(
         std::fs::read(&single).unwrap(),
         std::fs::read(&out).unwrap()
@@ -306,13 +283,7 @@ fn restore_runs_a_task_and_names_bad_input() {
             &out,
         ])
         .collect();
-    let result = run(args);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&result.stdout);
+    let stdout = assert_succeeds(args);
     assert!(stdout.contains("plugins: "), "{stdout}");
     assert_eq!(image::open(&out).unwrap().height(), 64);
 

@@ -5,17 +5,9 @@
 use std::path::Path;
 
 use crate::common::{
-    assert_cli_fails as assert_fails, copy_dir, fixture, fixtures, run_cli as run,
+    assert_cli_fails as assert_fails, assert_cli_succeeds as assert_succeeds, copy_dir, fixture,
+    fixtures,
 };
-
-fn assert_succeeds(args: &[&str]) {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A diffusers-layout Prompt Diffusion folder (tiny-sd + the tiny ControlNet) in `dir`.
 fn tiny_prompt_diffusion(dir: &Path) -> String {
@@ -228,7 +220,7 @@ fn annotate_writes_maps_and_reports_bad_input() {
     for kind in ["canny", "softedge"] {
         let out = dir.path().join(format!("{kind}.png"));
         let out_str = out.display().to_string();
-        assert_succeeds(&["annotate", "--kind", kind, &input, &out_str]);
+        assert_succeeds(["annotate", "--kind", kind, &input, &out_str]);
         let map = image::open(&out).unwrap().to_rgb8();
         assert_eq!(map.dimensions(), (128, 64));
         assert!(map.pixels().any(|p| p.0[0] > 0), "{kind}: empty map");

@@ -16,7 +16,7 @@ use prompt_diffusion::pipelines::{
 use prompt_diffusion::versatile::{OptimusConfig, OptimusFiles};
 use safetensors::SafeTensors;
 
-use crate::common::{assert_one_line_error, fixture, run_cli};
+use crate::common::{assert_cli_succeeds, assert_one_line_error, fixture, run_cli};
 
 /// The tiny model: the diffusers folder with tiny-sd's VAE and tokenizer, and Optimus.
 fn model_args() -> Vec<String> {
@@ -45,21 +45,20 @@ fn optimus_args() -> Vec<String> {
     .to_vec()
 }
 
-/// `versatile <flow>` with the tiny model, `args` and then `extra`.
+/// The words of `versatile <flow>` with the tiny model, `args` and then `extra`.
+fn words(flow: &str, args: &[String], extra: &[&str]) -> Vec<String> {
+    let head = ["versatile", flow].into_iter().map(String::from);
+    head.chain(args.iter().cloned())
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect()
+}
+
 fn run(flow: &str, args: &[String], extra: &[&str]) -> Output {
-    let words = ["versatile", flow].into_iter().map(String::from);
-    run_cli(
-        words
-            .chain(args.iter().cloned())
-            .chain(extra.iter().map(|s| s.to_string())),
-    )
+    run_cli(words(flow, args, extra))
 }
 
 fn succeed(flow: &str, args: &[String], extra: &[&str]) -> String {
-    let out = run(flow, args, extra);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{flow} {extra:?}: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    assert_cli_succeeds(words(flow, args, extra))
 }
 
 /// Asserts a failure with a one-line error containing every `needle`.

@@ -58,6 +58,19 @@ pub fn assert_one_line_error(what: &str, out: &Output, needles: &[&str]) {
     }
 }
 
+/// Runs the program with `args`, asserts that it succeeded (showing its stderr otherwise) and
+/// returns its stdout.
+pub fn assert_cli_succeeds<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> String {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
+    let out = run_cli(&args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs the program with `args` and asserts [`assert_one_line_error`].
 pub fn assert_cli_fails(args: &[&str], needles: &[&str]) {
     assert_one_line_error(&format!("{args:?}"), &run_cli(args), needles);
