@@ -15,13 +15,18 @@ use prompt_diffusion::core::Precision;
 use prompt_diffusion::core::progress::{StepCallback, StepInfo};
 use prompt_diffusion::core::weights::TensorSource;
 
+/// The tensor `key` of a safetensors file.
+pub fn read_tensor(path: &Path, key: &str) -> anyhow::Result<TensorData> {
+    let source = TensorSource::open(path)?;
+    if !source.contains(key) {
+        bail!("{}: no tensor named `{key}`", path.display());
+    }
+    Ok(source.data(key)?)
+}
+
 /// The tensor `latents` of a safetensors file, rank 4.
 pub fn read_latents(path: &Path) -> anyhow::Result<TensorData> {
-    let source = TensorSource::open(path)?;
-    if !source.contains("latents") {
-        bail!("{}: no tensor named `latents`", path.display());
-    }
-    let data = source.data("latents")?;
+    let data = read_tensor(path, "latents")?;
     if data.shape.len() != 4 {
         bail!(
             "{}: tensor `latents` has shape {:?}, expected [n, 4, height/8, width/8]",

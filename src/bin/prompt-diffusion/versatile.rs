@@ -12,7 +12,6 @@ use clap::{Args, Subcommand};
 use prompt_diffusion::Generation;
 use prompt_diffusion::backends::BackendTask;
 use prompt_diffusion::core::image::load_rgb;
-use prompt_diffusion::core::weights::TensorSource;
 use prompt_diffusion::core::{Error, Result};
 use prompt_diffusion::pipelines::{
     ImagePrompt, VersatileDiffusion, VersatileModelOptions, VersatileOptions,
@@ -26,7 +25,7 @@ use prompt_diffusion::versatile::{
 
 use crate::args::{DeviceArgs, parse, random_seed};
 use crate::output::{
-    Progress, check_output, output_paths, read_latents, report_loaded, save_images,
+    Progress, check_output, output_paths, read_latents, read_tensor, report_loaded, save_images,
 };
 
 /// Arguments of `versatile`: the flow, then its options.
@@ -360,7 +359,8 @@ impl VersatileRun {
                 options.uncond_image = args.uncond_image;
                 Some(match (&args.image, &args.image_embeds) {
                     (Some(path), _) => ImagePrompt::Image(load_rgb(path)?),
-                    (None, Some(path)) => ImagePrompt::Tokens(read_image_embeds(path)?),
+                    // The model checks the shape.
+                    (None, Some(path)) => ImagePrompt::Tokens(read_tensor(path, "image_embeds")?),
                     (None, None) => {
                         bail!("{flow} needs --image FILE or --image-embeds FILE")
                     }
@@ -601,13 +601,4 @@ impl BackendTask for VersatileRun {
             }
         }
     }
-}
-
-/// Reads the tensor `image_embeds` of a safetensors file (its shape is checked by the model).
-fn read_image_embeds(path: &Path) -> anyhow::Result<burn::tensor::TensorData> {
-    let source = TensorSource::open(path)?;
-    if !source.contains("image_embeds") {
-        bail!("{}: no tensor named `image_embeds`", path.display());
-    }
-    Ok(source.data("image_embeds")?)
 }
