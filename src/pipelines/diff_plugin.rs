@@ -58,9 +58,6 @@ impl WorkingSize {
     /// (diffusers' `VaeImageProcessor`; 0 is taken as 1). An empty image stays empty.
     pub fn apply(self, width: usize, height: usize, multiple: usize) -> (usize, usize) {
         let multiple = multiple.max(1);
-        if width == 0 || height == 0 {
-            return (width / multiple * multiple, height / multiple * multiple);
-        }
         let scale_short = |n: usize| {
             if width < height {
                 (n, (n as f64 / width as f64 * height as f64) as usize)
@@ -69,6 +66,7 @@ impl WorkingSize {
             }
         };
         let (w, h) = match self {
+            _ if width == 0 || height == 0 => (width, height),
             WorkingSize::AtLeast(n) if width < n || height < n => scale_short(n),
             WorkingSize::ShortSide(n) => scale_short(n),
             _ => (width, height),
