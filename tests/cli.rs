@@ -3,6 +3,7 @@
 
 use crate::common::{
     assert_cli_fails as assert_fails, assert_cli_succeeds as assert_succeeds, copy_dir, fixtures,
+    write_f32_safetensors,
 };
 
 fn tiny() -> String {
@@ -132,11 +133,7 @@ fn latents_file_sets_batch_and_size() {
     let values: Vec<f32> = (0..2 * 4 * 6 * 8)
         .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
         .collect();
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 4, 6, 8], &bytes)
-            .unwrap();
-    safetensors::serialize_to_file([("latents", view)], None, &latents).unwrap();
+    write_f32_safetensors(&latents, "latents", &values, vec![2, 4, 6, 8]);
     let out = dir.path().join("batch.png").display().to_string();
     let latents = latents.display().to_string();
     assert_succeeds([

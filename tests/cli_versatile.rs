@@ -16,7 +16,9 @@ use prompt_diffusion::pipelines::{
 use prompt_diffusion::versatile::{OptimusConfig, OptimusFiles};
 use safetensors::SafeTensors;
 
-use crate::common::{assert_cli_succeeds, assert_one_line_error, fixture, run_cli};
+use crate::common::{
+    assert_cli_succeeds, assert_one_line_error, fixture, run_cli, write_f32_safetensors,
+};
 
 /// The tiny model: the diffusers folder with tiny-sd's VAE and tokenizer, and Optimus.
 fn model_args() -> Vec<String> {
@@ -240,14 +242,7 @@ fn images_and_texts_equal_the_library_and_the_reference() {
     let tokens = encoder.encode_images(&[rgb(&input)]).unwrap().into_data();
     let embeds = dir.path().join("embeds.safetensors");
     let values = tokens.to_vec::<f32>().unwrap();
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(
-        safetensors::Dtype::F32,
-        tokens.shape.to_vec(),
-        &bytes,
-    )
-    .unwrap();
-    safetensors::serialize_to_file([("image_embeds", view)], None, &embeds).unwrap();
+    write_f32_safetensors(&embeds, "image_embeds", &values, tokens.shape.to_vec());
     let (embeds, from_embeds) = (
         embeds.display().to_string(),
         path(dir.path(), "variation-embeds.png"),

@@ -58,6 +58,14 @@ pub fn assert_one_line_error(what: &str, out: &Output, needles: &[&str]) {
     }
 }
 
+/// Writes `values` as one f32 tensor `key` of shape `shape` to the safetensors file `path`.
+pub fn write_f32_safetensors(path: &Path, key: &str, values: &[f32], shape: Vec<usize>) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
+        .expect("the shape matches the values");
+    safetensors::serialize_to_file([(key, view)], None, path).expect("the file is written");
+}
+
 /// Runs the program with `args`, asserts that it succeeded (showing its stderr otherwise) and
 /// returns its stdout.
 pub fn assert_cli_succeeds<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> String {
