@@ -118,6 +118,52 @@ pub enum Error {
         /// The step at which the run stopped (0-based).
         step: usize,
     },
+
+    /// A config value disagrees with the shapes in the weight file's header (checked before
+    /// any module is allocated).
+    #[error("{file}: `{key}` is {found} in the weights, but config `{field}` implies {expected}")]
+    ConfigMismatch {
+        /// The weight file (or its description).
+        file: String,
+        /// The tensor key, or the key pattern that was counted.
+        key: String,
+        /// The config field and its value (e.g. `block_out_channels[0] = 320`).
+        field: String,
+        /// What the config implies (a shape or a count).
+        expected: String,
+        /// What the weight file holds.
+        found: String,
+    },
+
+    /// A run would need more memory than allowed; refused before allocating.
+    #[error(
+        "{what} needs about {} ({breakdown}), more than the memory limit of {} ({limit_source}); lower the size, the number of images or the batch, or raise the limit (--max-memory)",
+        crate::memory::format_bytes(*needed),
+        crate::memory::format_bytes(*limit)
+    )]
+    OutOfMemory {
+        /// The run (e.g. `txt2img 8192×8192`).
+        what: String,
+        /// The estimated peak, in bytes.
+        needed: u64,
+        /// The largest contributions to the estimate.
+        breakdown: String,
+        /// The limit, in bytes.
+        limit: u64,
+        /// Where the limit comes from (an option, or the available memory).
+        limit_source: String,
+    },
+
+    /// NaN or infinite values appeared in a tensor the pipeline checks.
+    #[error("{count_desc} in {stage}; {hint}")]
+    NonFinite {
+        /// Where they appeared (e.g. `the latents after denoising step 3`).
+        stage: String,
+        /// What was found (e.g. `NaN values`).
+        count_desc: String,
+        /// What to try.
+        hint: String,
+    },
 }
 
 fn fmt_origin(origin: &Option<PathBuf>) -> String {

@@ -5,7 +5,9 @@
 //! * [`weights`] — reading safetensors (single, sharded) and PyTorch pickles, finding the
 //!   weights of diffusers component folders, and loading them strictly into burn modules with a
 //!   cast to the chosen float type.
-//! * [`config`] — reading reference `config.json` files into typed configs.
+//! * [`config`] — reading reference `config.json` files into typed configs; [`limits`] — the
+//!   bounds every config is checked against, and its agreement with the weight file's header.
+//! * [`memory`], [`finite`] — refusing runs that cannot fit in memory, and failing on NaN/Inf.
 //! * [`nn`] — GroupNorm/LayerNorm with f32 statistics, the attention entry point, activations.
 //! * [`image`], [`noise`], [`progress`] — image ⇄ tensor, reproducible noise, step callbacks.
 //!
@@ -27,7 +29,10 @@
 pub mod config;
 pub mod dtype;
 mod error;
+pub mod finite;
 pub mod image;
+pub mod limits;
+pub mod memory;
 pub mod nn;
 pub mod noise;
 pub mod progress;
