@@ -22,30 +22,66 @@ pub enum PixelRange {
     ZeroToOne,
 }
 
+/// The largest width or height [`load_rgb`] accepts, in pixels (so at most 64 Mpx).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// The most memory [`load_rgb`] lets the decoder allocate: an image of
+/// [`MAX_IMAGE_SIDE`]² pixels in 16-bit RGBA.
+pub const MAX_DECODE_BYTES: u64 = MAX_IMAGE_SIDE as u64 * MAX_IMAGE_SIDE as u64 * 8;
+
 /// Reads an image file and converts it to 8-bit RGB.
 ///
+/// The size is read from the file's header first: an image wider or taller than
+/// [`MAX_IMAGE_SIDE`] is rejected before anything is decoded, and the decoder may allocate at
+/// most [`MAX_DECODE_BYTES`], so a small file claiming a huge image never costs gigabytes.
+///
 /// # Errors
-/// [`Error::Io`] when the file cannot be opened, [`Error::Image`] when it cannot be decoded.
+/// [`Error::Io`] when the file cannot be opened, [`Error::InvalidInput`] when the image is too
+/// large, [`Error::Image`] when it cannot be decoded.
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
-    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = reader
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    let img = reader.decode().map_err(|source| Error::Image {
+    let open = || -> Result<_> {
+        let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+        reader.with_guessed_format().map_err(|e| Error::io(path, e))
+    };
+    let image_error = |source| Error::Image {
         path: path.to_path_buf(),
         source,
-    })?;
-    Ok(img.to_rgb8())
+    };
+    let (width, height) = open()?.into_dimensions().map_err(image_error)?;
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(Error::invalid_input(
+            "image",
+            format!(
+                "{}: {width}x{height} pixels exceeds the limit of {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}",
+                path.display()
+            ),
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    let mut reader = open()?;
+    reader.limits(limits);
+    Ok(reader.decode().map_err(image_error)?.to_rgb8())
 }
 
-/// Writes an image; the format follows the extension (PNG or JPEG).
+/// Writes an image; the format follows the extension (PNG or JPEG). The file is written
+/// atomically ([`crate::files::write_atomic`]): a failed write leaves an existing file intact
+/// and a symbolic link at `path` is replaced, not written through.
+///
+/// # Errors
+/// [`Error::Image`] when the extension names no supported format or encoding fails,
+/// [`Error::Io`] when the file cannot be written.
 pub fn save_rgb(image: &RgbImage, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    image.save(path).map_err(|source| Error::Image {
+    let image_error = |source| Error::Image {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let format = image::ImageFormat::from_path(path).map_err(image_error)?;
+    crate::files::write_atomic(path, |w| image.write_to(w, format).map_err(image_error))
 }
 
 /// Stacks images of one size into a `[n, 3, h, w]` tensor in `range`, in the device's default
@@ -181,6 +217,47 @@ mod tests {
         let device = Default::default();
         assert!(images_to_tensor::<B>(&[a, b], PixelRange::ZeroToOne, &device).is_err());
         assert!(images_to_tensor::<B>(&[], PixelRange::ZeroToOne, &device).is_err());
+    }
+
+    /// The CRC-32 of a PNG chunk (type and data).
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn oversized_images_are_rejected_from_their_header() {
+        let dir = tempfile::tempdir().unwrap();
+        // A valid PNG header claiming 12000x12000 pixels, with no pixel data: rejected from the
+        // header, nothing decoded.
+        let path = dir.path().join("huge.png");
+        let mut chunk = b"IHDR".to_vec();
+        chunk.extend_from_slice(&12000u32.to_be_bytes());
+        chunk.extend_from_slice(&12000u32.to_be_bytes());
+        chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0d".to_vec();
+        png.extend_from_slice(&chunk);
+        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+        // An empty first data chunk: the header is complete, the pixels are missing.
+        png.extend_from_slice(b"\0\0\0\0IDAT");
+        png.extend_from_slice(&crc32(b"IDAT").to_be_bytes());
+        std::fs::write(&path, &png).unwrap();
+        let err = load_rgb(&path).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert!(err.to_string().contains("12000x12000"), "{err}");
+        let small = dir.path().join("small.png");
+        save_rgb(&RgbImage::new(9, 7), &small).unwrap();
+        assert_eq!(load_rgb(&small).unwrap().dimensions(), (9, 7));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! * [`memory`], [`finite`] — refusing runs that cannot fit in memory, and failing on NaN/Inf.
 //! * [`nn`] — GroupNorm/LayerNorm with f32 statistics, the attention entry point, activations.
 //! * [`image`], [`noise`], [`progress`] — image ⇄ tensor, reproducible noise, step callbacks.
+//! * [`files`] — output files checked before any work and written atomically.
 //!
 //! ```no_run
 //! use prompt_diffusion_core::weights::{TensorSource, open_component_weights};
@@ -29,6 +30,7 @@
 pub mod config;
 pub mod dtype;
 mod error;
+pub mod files;
 pub mod finite;
 pub mod image;
 pub mod limits;
