@@ -5,7 +5,10 @@ use std::rc::Rc;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, TensorData};
-use burn_store::{ApplyError, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
+use burn_store::{
+    ApplyError, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot,
+    TensorSnapshotError,
+};
 use regex::Regex;
 
 use super::TensorSource;
@@ -75,7 +78,8 @@ pub fn load_module<B: Backend, M: Module<B>>(
             None => DType::F32,
         },
     };
-    let adapter = SqueezeConv1x1
+    let adapter = CheckedData
+        .chain(SqueezeConv1x1)
         .chain(PyTorchToBurnAdapter)
         .chain(CastFloats(dtype));
     // Enum variants are not path segments, so an enum module (a layer that exists in several
@@ -108,7 +112,9 @@ pub fn load_module<B: Backend, M: Module<B>>(
                 report.unreadable.push((path, "unsupported dtype".into()))
             }
             ApplyError::AdapterError { path, message }
-            | ApplyError::LoadError { path, message } => report.unreadable.push((path, message)),
+            | ApplyError::LoadError { path, message } => {
+                report.unreadable.push((path, load_message(&message)))
+            }
         }
     }
     if report.is_empty() {
@@ -116,6 +122,96 @@ pub fn load_module<B: Backend, M: Module<B>>(
     } else {
         Err(report.into())
     }
+}
+
+/// burn-store wraps a reader's message as `Failed to load tensor data: DataError("…")`; keeps
+/// the reader's own words.
+fn load_message(message: &str) -> String {
+    let inner = message
+        .strip_prefix("Failed to load tensor data: ")
+        .unwrap_or(message);
+    for kind in ["DataError(", "IoError(", "PanicError("] {
+        if let Some(quoted) = inner.strip_prefix(kind).and_then(|s| s.strip_suffix(')'))
+            && let Ok(text) = serde_json::from_str::<String>(quoted)
+        {
+            return text;
+        }
+    }
+    inner.to_string()
+}
+
+/// Refuses, before any module sees it, a tensor that is not a float where a float weight
+/// belongs (every parameter of the workspace's modules is a float), and data whose dtype or
+/// byte count disagrees with what the file announced.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckedData;
+
+impl ModuleAdapter for CheckedData {
+    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        let declared = snapshot.dtype;
+        if !declared.is_float() {
+            let reason = format!(
+                "dtype {declared:?} where a float weight belongs (expected F32, F16, BF16 or F64)"
+            );
+            return rebuild(
+                snapshot,
+                declared,
+                snapshot.shape.to_vec(),
+                Rc::new(move || Err(TensorSnapshotError::DataError(reason.clone()))),
+            );
+        }
+        let load = snapshot.clone_data_fn();
+        let checked = snapshot.clone();
+        rebuild(
+            snapshot,
+            declared,
+            snapshot.shape.to_vec(),
+            Rc::new(move || {
+                let data = load()?;
+                check_data(&checked, &data).map_err(TensorSnapshotError::DataError)?;
+                Ok(data)
+            }),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(*self)
+    }
+}
+
+/// Checks that data read for `snapshot` has the announced dtype and shape and exactly
+/// numel × dtype-size bytes.
+pub(crate) fn check_data(
+    snapshot: &TensorSnapshot,
+    data: &TensorData,
+) -> std::result::Result<(), String> {
+    if data.dtype != snapshot.dtype {
+        return Err(format!(
+            "read as {:?}, announced as {:?}",
+            data.dtype, snapshot.dtype
+        ));
+    }
+    if data.shape.as_slice() != snapshot.shape.as_slice() {
+        return Err(format!(
+            "read with shape {:?}, announced as {:?}",
+            data.shape.as_slice(),
+            snapshot.shape.as_slice()
+        ));
+    }
+    let numel = data
+        .shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let expected = numel.and_then(|n| n.checked_mul(data.dtype.size()));
+    if expected != Some(data.bytes.len()) {
+        return Err(format!(
+            "{} bytes for shape {:?} of {:?}",
+            data.bytes.len(),
+            data.shape.as_slice(),
+            data.dtype
+        ));
+    }
+    Ok(())
 }
 
 /// Casts float tensors to one dtype as they are loaded.

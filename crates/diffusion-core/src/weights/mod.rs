@@ -6,12 +6,15 @@
 //! `weights.rs`, as functions passed to [`TensorSource::rename`].
 
 mod load;
+mod pickle;
 mod source;
+mod torch;
 
 use std::path::{Path, PathBuf};
 
-pub use load::{CastFloats, LoadOptions, SqueezeConv1x1, load_module};
+pub use load::{CastFloats, CheckedData, LoadOptions, SqueezeConv1x1, load_module};
 pub use source::{DataFn, TensorSource, WeightFormat};
+pub use torch::MAX_PICKLE_BYTES;
 
 use crate::{Error, Result};
 

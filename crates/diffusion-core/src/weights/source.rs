@@ -13,9 +13,7 @@ use std::rc::Rc;
 use burn::module::ParamId;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use burn_store::{
-    ModuleStore, PytorchStore, SafetensorsStore, TensorSnapshot, TensorSnapshotError,
-};
+use burn_store::{ModuleStore, SafetensorsStore, TensorSnapshot, TensorSnapshotError};
 
 use crate::{Error, Result};
 
@@ -111,16 +109,14 @@ impl TensorSource {
 
     /// Opens a PyTorch pickle checkpoint (`.ckpt`, `.pt`, `.pth`, `.bin`).
     ///
+    /// The pickle is interpreted without running any code, and every storage is checked
+    /// against the size its tensors need before anything is read (see `docs/security.md`).
     /// Non-tensor values are ignored. When every tensor sits under a top-level `state_dict`
     /// (as in Lightning/LDM checkpoints, sometimes nested twice), that prefix is removed.
     pub fn from_pickle(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         check_file(path)?;
-        let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
-        let snapshots = store
-            .get_all_snapshots()
-            .map_err(|e| Error::format(path, format!("not a readable PyTorch checkpoint: {e}")))?
-            .clone();
+        let snapshots = super::torch::read_checkpoint(path)?;
         let mut source = Self::from_snapshots(snapshots, path);
         while !source.is_empty() && source.keys().all(|k| k.starts_with("state_dict.")) {
             source = source.strip_prefix("state_dict.");
@@ -245,10 +241,14 @@ impl TensorSource {
                 format!("no tensor named `{key}`"),
             )
         })?;
-        entry
+        let data = entry
             .snapshot
             .to_data()
-            .map_err(|e| Error::format(entry.file.as_path(), format!("tensor `{key}`: {e:?}")))
+            .map_err(|e| Error::format(entry.file.as_path(), format!("tensor `{key}`: {e}")))?;
+        super::load::check_data(&entry.snapshot, &data).map_err(|reason| {
+            Error::format(entry.file.as_path(), format!("tensor `{key}`: {reason}"))
+        })?;
+        Ok(data)
     }
 
     /// Reads a float tensor onto a device, cast to `dtype` (the device's default float dtype when

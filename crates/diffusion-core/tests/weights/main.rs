@@ -16,6 +16,8 @@ use prompt_diffusion_core::weights::{
 };
 use prompt_diffusion_core::{Error, WeightsError};
 
+mod hostile;
+
 type B = NdArray<f32>;
 
 fn fixture(name: &str) -> PathBuf {
