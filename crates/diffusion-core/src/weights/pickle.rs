@@ -74,6 +74,9 @@ fn err<T>(message: impl Into<String>) -> Result<T> {
     Err(PickleError(message.into()))
 }
 
+/// The most dimensions a tensor may have (PyTorch itself allows 64).
+const MAX_RANK: usize = 64;
+
 /// The longest text line (`GLOBAL` names, `INT`, …) accepted.
 const MAX_LINE: u64 = 64 * 1024;
 
@@ -124,9 +127,13 @@ impl Pickle {
         }
     }
 
-    /// A tuple or list of non-negative integers (a shape or strides).
+    /// A tuple or list of at most [`MAX_RANK`] non-negative integers (a shape or strides).
     fn usizes(&self, id: Id) -> Option<Vec<usize>> {
-        self.items(id)?
+        let items = self.items(id)?;
+        if items.len() > MAX_RANK {
+            return None;
+        }
+        items
             .iter()
             .map(|&i| self.int(i).and_then(|v| usize::try_from(v).ok()))
             .collect()
@@ -425,15 +432,15 @@ impl Machine {
                 b'R' | 0x81 => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let value = self.call(callable, args)?;
-                    self.push(value);
+                    let id = self.call(callable, args, 0)?;
+                    self.stack.push(id);
                 }
                 0x92 => {
                     let _kwargs = self.pop()?;
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let value = self.call(callable, args)?;
-                    self.push(value);
+                    let id = self.call(callable, args, 0)?;
+                    self.stack.push(id);
                 }
                 b'i' => {
                     let module = read_line(input)?;
@@ -441,8 +448,8 @@ impl Machine {
                     let items = self.pop_mark()?;
                     let callable = self.pickle.push(Value::Global { module, name });
                     let args = self.pickle.push(Value::Tuple(items));
-                    let value = self.call(callable, args)?;
-                    self.push(value);
+                    let id = self.call(callable, args, 0)?;
+                    self.stack.push(id);
                 }
                 b'o' => {
                     let mut items = self.pop_mark()?;
@@ -451,8 +458,8 @@ impl Machine {
                     }
                     let callable = items.remove(0);
                     let args = self.pickle.push(Value::Tuple(items));
-                    let value = self.call(callable, args)?;
-                    self.push(value);
+                    let id = self.call(callable, args, 0)?;
+                    self.stack.push(id);
                 }
                 b'b' => {
                     // `obj.__setstate__(state)`: object attributes are never needed.
@@ -527,32 +534,33 @@ impl Machine {
         }
     }
 
-    /// `callable(*args)`, for the constructors a checkpoint is made of; anything else is recorded.
-    fn call(&mut self, callable: Id, args: Id) -> Result<Value> {
-        let (module, name) = match self.pickle.get(callable) {
+    /// `callable(*args)`, for the constructors a checkpoint is made of; anything else gives an
+    /// opaque [`Value::Object`]. Returns the id of the result.
+    fn call(&mut self, callable: Id, args: Id, depth: usize) -> Result<Id> {
+        let p = &self.pickle;
+        let (module, name) = match p.get(callable) {
             Value::Global { module, name } => (module.as_str(), name.as_str()),
             _ => ("", ""),
         };
-        let args_items = self.pickle.items(args).map(<[Id]>::to_vec);
-        match (module, name, args_items) {
-            ("collections", "OrderedDict", Some(items)) if items.is_empty() => {
-                Ok(Value::Dict(Vec::new()))
+        let items = p.items(args).unwrap_or_default();
+        let value = match (module, name) {
+            ("collections", "OrderedDict") if items.is_empty() => Value::Dict(Vec::new()),
+            ("torch._utils", "_rebuild_tensor" | "_rebuild_tensor_v2") => {
+                self.rebuild_tensor(items)?
             }
-            ("torch._utils", "_rebuild_tensor" | "_rebuild_tensor_v2", Some(items)) => {
-                self.rebuild_tensor(&items)
+            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state")
+                if !items.is_empty() =>
+            {
+                return Ok(items[0]);
             }
-            (
-                "torch._utils",
-                "_rebuild_parameter" | "_rebuild_parameter_with_state",
-                Some(items),
-            ) if !items.is_empty() => Ok(self.pickle.get(items[0]).clone()),
-            ("torch._tensor", "_rebuild_from_type_v2", Some(items)) if items.len() >= 3 => {
-                // `func(*args)` re-typed to a tensor subclass: the subclass is not kept.
-                let inner = self.call(items[0], items[2])?;
-                Ok(inner)
+            // `func(*args)` re-typed to a tensor subclass: the subclass is not kept.
+            ("torch._tensor", "_rebuild_from_type_v2") if items.len() >= 3 && depth < 2 => {
+                let (func, inner_args) = (items[0], items[2]);
+                return self.call(func, inner_args, depth + 1);
             }
-            _ => Ok(Value::Object),
-        }
+            _ => Value::Object,
+        };
+        Ok(self.pickle.push(value))
     }
 
     fn rebuild_tensor(&self, items: &[Id]) -> Result<Value> {
@@ -617,4 +625,43 @@ fn pairs(items: &[Id]) -> Result<Vec<(Id, Id)>> {
         return err("odd number of items for a dict");
     }
     Ok(items.chunks_exact(2).map(|kv| (kv[0], kv[1])).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(bytes: &[u8]) -> Result<(Pickle, Id)> {
+        read(&mut &bytes[..])
+    }
+
+    #[test]
+    fn a_self_referencing_rebuild_does_not_recurse_forever() {
+        // L = [rebuild_from_type_v2, None, L]; rebuild_from_type_v2(*L)
+        let mut p = b"\x80\x02]q\x00(ctorch._tensor\n_rebuild_from_type_v2\n".to_vec();
+        p.extend_from_slice(b"Nh\x00e");
+        p.extend_from_slice(b"ctorch._tensor\n_rebuild_from_type_v2\nh\x00R.");
+        let (pickle, top) = run(&p).unwrap();
+        assert!(matches!(pickle.get(top), Value::Object));
+    }
+
+    #[test]
+    fn lengths_beyond_the_input_are_errors_not_allocations() {
+        // BINUNICODE8 announcing 2^62 bytes, then nothing.
+        let mut p = b"\x80\x04\x8d".to_vec();
+        p.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        assert!(run(&p).unwrap_err().0.contains("truncated"));
+        // A shape of 100 dimensions is refused.
+        let mut p = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(NQK\x00(".to_vec();
+        p.extend(std::iter::repeat_n(b"K\x01".as_slice(), 100).flatten());
+        p.extend_from_slice(b"t)tR.");
+        assert!(run(&p).unwrap_err().0.contains("invalid size"));
+    }
+
+    #[test]
+    fn stack_and_memo_misuse_are_errors() {
+        for bad in [&b"."[..], b"\x80\x020", b"h\x05.", b"(s.", b"a.", b"\xff"] {
+            assert!(run(bad).is_err(), "{bad:?}");
+        }
+    }
 }

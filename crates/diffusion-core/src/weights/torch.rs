@@ -530,6 +530,13 @@ fn snapshot(
         .ok_or_else(|| bad(format!("shape {:?} overflows", view.shape)))?;
     let extent =
         view_extent(&view).ok_or_else(|| bad(format!("view {:?} overflows", view.shape)))?;
+    if numel > storage.numel {
+        // Only a stride-0 (expanded) view can: it would inflate a tiny file without bound.
+        return Err(bad(format!(
+            "shape {:?} has more elements than {} holds ({})",
+            view.shape, storage.name, storage.numel
+        )));
+    }
     if extent > storage.numel {
         return Err(bad(format!(
             "shape {:?} at offset {} needs {extent} elements, {} holds {}",
