@@ -12,6 +12,8 @@ pub use prompt_diffusion_versatile_flows as versatile;
 
 pub mod annotators;
 pub mod backends;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pipelines;
 
 pub use pipelines::{Generation, ModelOptions, StableDiffusion};

@@ -1,0 +1,4 @@
+//! Fuzz target: see `prompt_diffusion::fuzzing::checkpoint`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| prompt_diffusion::fuzzing::checkpoint(data));
