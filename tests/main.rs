@@ -1,6 +1,8 @@
 //! The facade's integration tests, gathered in one binary so the pipelines compile and link once.
 
 mod cli;
+mod cli_inputs;
+mod cli_outputs;
 mod cli_prompt_diffusion;
 mod cli_versatile;
 #[cfg(feature = "wgpu")]

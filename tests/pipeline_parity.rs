@@ -168,6 +168,15 @@ fn invalid_requests_are_typed_errors() {
         base.clone().with_num_images(0),
         base.clone()
             .with_latents(burn::tensor::TensorData::new(vec![0f32; 4], [1, 4, 1, 1])),
+        // The documented bounds, checked before any work.
+        base.clone().with_size(8200, 64),
+        base.clone().with_num_images(65),
+        base.clone().with_guidance_scale(f64::NAN),
+        base.clone().with_guidance_scale(1e308),
+        base.clone().with_latents(burn::tensor::TensorData::new(
+            vec![f32::INFINITY; 4 * 8 * 8],
+            [1, 4, 8, 8],
+        )),
     ];
     for generation in cases {
         let err = sd.text_to_image(&generation, &mut NoProgress).unwrap_err();

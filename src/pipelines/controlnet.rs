@@ -11,7 +11,7 @@ use std::path::Path;
 use burn::prelude::*;
 use image::RgbImage;
 use prompt_diffusion_controlnet_prompt::{ControlNetConfig, ControlNetModel, ControlScales};
-use prompt_diffusion_core::image::{PixelRange, images_to_tensor, resize};
+use prompt_diffusion_core::image::{MAX_IMAGE_SIDE, PixelRange, images_to_tensor, resize};
 use prompt_diffusion_core::noise::{NoiseSource, SeededNoise};
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource, open_component_weights};
@@ -118,10 +118,10 @@ impl<B: Backend> StableDiffusionControlNet<B> {
         let (w, h) = (hint.width() as usize, hint.height() as usize);
         let width = generation.width.unwrap_or(w / 8 * 8);
         let height = generation.height.unwrap_or(h / 8 * 8);
-        if width == 0 || height == 0 {
+        if width == 0 || height == 0 || width.max(height) > MAX_IMAGE_SIDE as usize {
             return Err(Error::invalid_input(
                 "hint",
-                format!("{w}x{h} is smaller than 8 pixels"),
+                format!("{w}x{h} is not between 8x8 and {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels"),
             ));
         }
         let hint = resize(hint, width as u32, height as u32);

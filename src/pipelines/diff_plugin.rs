@@ -17,7 +17,7 @@ use image::RgbImage;
 use prompt_diffusion_clip::{
     CLIPVisionConfig, CLIPVisionModel, ClipTokenizer, clip_image_preprocess,
 };
-use prompt_diffusion_core::image::{PixelRange, images_to_tensor, resize};
+use prompt_diffusion_core::image::{MAX_IMAGE_SIDE, PixelRange, images_to_tensor, resize};
 use prompt_diffusion_core::noise::{NoiseSource, ReplayNoise, SeededNoise, noise_tensor};
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::weights::LoadOptions;
@@ -135,14 +135,51 @@ impl Restore {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the options: at least one step, a non-blank instruction, a working size of 1 to
+    /// [`MAX_IMAGE_SIDE`] pixels.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the option.
+    pub fn validate(&self) -> Result<()> {
         if self.steps == 0 || self.chain_steps == 0 {
             return Err(Error::invalid_input("steps", "must be at least 1"));
         }
-        if let WorkingSize::AtLeast(0) | WorkingSize::ShortSide(0) = self.size {
-            return Err(Error::invalid_input("size", "must be at least 8 pixels"));
+        if let RestoreTarget::Instruction(text) = &self.target
+            && text.trim().is_empty()
+        {
+            return Err(Error::invalid_input("instruction", "is empty"));
+        }
+        if let WorkingSize::AtLeast(n) | WorkingSize::ShortSide(n) = self.size
+            && (n == 0 || n > MAX_IMAGE_SIDE as usize)
+        {
+            return Err(Error::invalid_input(
+                "size",
+                format!("{n} is not in 1..={MAX_IMAGE_SIDE} pixels"),
+            ));
         }
         Ok(())
+    }
+
+    /// The working size of a `width`×`height` image (see [`WorkingSize::apply`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when a side would be 0 or above [`MAX_IMAGE_SIDE`].
+    pub fn working_size(
+        &self,
+        width: usize,
+        height: usize,
+        multiple: usize,
+    ) -> Result<(usize, usize)> {
+        let (w, h) = self.size.apply(width, height, multiple);
+        if w == 0 || h == 0 || w.max(h) > MAX_IMAGE_SIDE as usize {
+            return Err(Error::invalid_input(
+                "image",
+                format!(
+                    "{width}x{height} gives a {w}x{h} working size; sides must be in {multiple}..={MAX_IMAGE_SIDE}"
+                ),
+            ));
+        }
+        Ok((w, h))
     }
 }
 
@@ -304,13 +341,7 @@ impl<B: Backend> DiffPlugin<B> {
         };
         let factor = self.sd.components.vae.config().downsampling_factor();
         let (w, h) = (image.width() as usize, image.height() as usize);
-        let (width, height) = request.size.apply(w, h, factor);
-        if width == 0 || height == 0 {
-            return Err(Error::invalid_input(
-                "image",
-                format!("{w}x{h} is smaller than {factor} pixels"),
-            ));
-        }
+        let (width, height) = request.working_size(w, h, factor)?;
         let mut current = if (width, height) == (w, h) {
             image.clone()
         } else {

@@ -1,8 +1,16 @@
 //! The options every generation pipeline shares, and their validation.
 
 use burn::tensor::TensorData;
+use prompt_diffusion_core::image::MAX_IMAGE_SIDE;
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_schedulers::SchedulerKind;
+
+/// The most images one generation makes ([`Generation::num_images`]).
+pub const MAX_IMAGES: usize = 64;
+
+/// The largest guidance scale magnitude accepted ([`Generation::guidance_scale`]); published
+/// models use 1–20.
+pub const MAX_GUIDANCE: f64 = 1000.0;
 
 /// Options of a text-conditioned generation (txt2img, img2img and the pipelines built on
 /// them), with diffusers' defaults.
@@ -115,7 +123,9 @@ impl Generation {
         self.guidance_scale > 1.0
     }
 
-    /// Checks the options that do not depend on the model.
+    /// Checks the options that do not depend on the model: at least one step, a finite
+    /// guidance scale of magnitude at most [`MAX_GUIDANCE`], 1 to [`MAX_IMAGES`] images, sides
+    /// that are positive multiples of 8 up to [`MAX_IMAGE_SIDE`], finite latents.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming the option.
@@ -123,16 +133,19 @@ impl Generation {
         if self.steps == 0 {
             return Err(Error::invalid_input("steps", "must be at least 1"));
         }
-        if !self.guidance_scale.is_finite() {
+        if !(self.guidance_scale.is_finite() && self.guidance_scale.abs() <= MAX_GUIDANCE) {
             return Err(Error::invalid_input(
                 "guidance scale",
-                "must be a finite number",
+                format!(
+                    "{:?} is not a number in [-{MAX_GUIDANCE}, {MAX_GUIDANCE}]",
+                    self.guidance_scale
+                ),
             ));
         }
-        if self.num_images == 0 {
+        if self.num_images == 0 || self.num_images > MAX_IMAGES {
             return Err(Error::invalid_input(
                 "number of images",
-                "must be at least 1",
+                format!("{} is not in 1..={MAX_IMAGES}", self.num_images),
             ));
         }
         if !(self.eta.is_finite() && self.eta >= 0.0) {
@@ -140,13 +153,21 @@ impl Generation {
         }
         for (what, value) in [("width", self.width), ("height", self.height)] {
             if let Some(v) = value
-                && (v == 0 || !v.is_multiple_of(8))
+                && (v == 0 || !v.is_multiple_of(8) || v > MAX_IMAGE_SIDE as usize)
             {
                 return Err(Error::invalid_input(
                     what,
-                    format!("{v} is not a positive multiple of 8"),
+                    format!("{v} is not a positive multiple of 8 up to {MAX_IMAGE_SIDE}"),
                 ));
             }
+        }
+        if let Some(latents) = &self.latents
+            && latents.iter::<f32>().any(|v| !v.is_finite())
+        {
+            return Err(Error::invalid_input(
+                "latents",
+                "contain NaN or infinite values",
+            ));
         }
         Ok(())
     }

@@ -78,6 +78,26 @@ pub(crate) fn require_dir(dir: &Path, what: &str) -> Result<()> {
     }
 }
 
+/// Checks that the folder's `model_index.json`, when there is one, is a JSON object (the file
+/// is optional; its contents are not otherwise used).
+///
+/// # Errors
+/// [`Error::Format`] naming the file when it is not valid JSON or not an object, [`Error::Io`]
+/// when it exists but cannot be read.
+pub(crate) fn check_model_index(dir: &Path) -> Result<()> {
+    let path = dir.join("model_index.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err(Error::format(&path, "not a JSON object")),
+        Err(e) => Err(Error::format(&path, format!("invalid JSON: {e}"))),
+    }
+}
+
 /// The dtype the VAE runs in: f32 when the pipeline is in half precision and the VAE's config
 /// asks for upcasting (diffusers' `force_upcast`, SD's VAE overflows in f16).
 fn vae_options<B: Backend>(
@@ -106,6 +126,7 @@ impl<B: Backend> Components<B> {
     ) -> Result<Self> {
         let dir = dir.as_ref();
         require_dir(dir, "model folder")?;
+        check_model_index(dir)?;
         let load = options.load_options();
         let vae_config = AutoencoderKLConfig::from_file(dir.join("vae/config.json"))?;
         let vae_source = prompt_diffusion_core::weights::open_component_weights(
@@ -146,7 +167,31 @@ impl<B: Backend> Components<B> {
 
     /// [`from_single_file`](Self::from_single_file) for an already opened checkpoint (e.g. a
     /// ControlNet file that also holds the Stable Diffusion weights).
+    ///
+    /// # Errors
+    /// As [`from_pretrained`](Self::from_pretrained); without `options.config`, weights that
+    /// the published configs do not describe come as [`Error::WithHint`] advising a config
+    /// folder.
     pub fn from_checkpoint(
+        checkpoint: &TensorSource,
+        options: &ModelOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        match Self::checkpoint_components(checkpoint, options, device) {
+            Err(e @ (Error::Weights(_) | Error::ConfigMismatch { .. } | Error::Shape { .. }))
+                if options.config.is_none() =>
+            {
+                Err(e.with_hint(
+                    "the published SD1/SD2 configs do not describe this checkpoint: give a \
+                     diffusers folder with its configs (--config DIR)",
+                ))
+            }
+            other => other,
+        }
+    }
+
+    /// [`from_checkpoint`](Self::from_checkpoint) without the advice.
+    fn checkpoint_components(
         checkpoint: &TensorSource,
         options: &ModelOptions,
         device: &B::Device,

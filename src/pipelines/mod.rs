@@ -18,7 +18,7 @@ mod versatile_diffusion;
 
 pub use controlnet::{ControlNetOptions, StableDiffusionControlNet};
 pub use denoise::denoise;
-pub use generation::Generation;
+pub use generation::{Generation, MAX_GUIDANCE, MAX_IMAGES};
 pub use loading::{Components, ModelOptions};
 pub use prompt_diffusion::{
     IN_CONTEXT_MAX_SIDE, InContextOptions, NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX,

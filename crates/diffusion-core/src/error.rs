@@ -164,6 +164,15 @@ pub enum Error {
         /// What to try.
         hint: String,
     },
+
+    /// Another error, with advice on what to do about it.
+    #[error("{source}; {hint}")]
+    WithHint {
+        /// The error.
+        source: Box<Error>,
+        /// What to do.
+        hint: String,
+    },
 }
 
 fn fmt_origin(origin: &Option<PathBuf>) -> String {
@@ -210,6 +219,14 @@ impl Error {
         Error::Format {
             path: path.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// Adds advice to an error ([`Error::WithHint`]).
+    pub fn with_hint(self, hint: impl Into<String>) -> Self {
+        Error::WithHint {
+            source: Box::new(self),
+            hint: hint.into(),
         }
     }
 

@@ -146,10 +146,26 @@ impl SchedulerConfig {
     /// Parses the text of a `scheduler_config.json`.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the field when the JSON is invalid or a value is of the wrong
-    /// type or an unknown enumerated value.
+    /// [`Error::Config`] naming the field when the JSON is invalid, a value is of the wrong
+    /// type or an unknown enumerated value, or `steps_offset` would put timesteps past the
+    /// training schedule.
     pub fn from_json(text: &str) -> Result<Self> {
-        parse_config(&quote_non_finite(text))
+        let config: Self = parse_config(&quote_non_finite(text))?;
+        config.check_offset()?;
+        Ok(config)
+    }
+
+    /// Checks that `steps_offset` is below `num_train_timesteps`: a larger offset makes every
+    /// inference timestep fall outside the training schedule.
+    fn check_offset(&self) -> Result<()> {
+        let n = self.num_train_timesteps.unwrap_or(1000);
+        match self.steps_offset {
+            Some(offset) if offset >= n => Err(Error::config(
+                "steps_offset",
+                format!("{offset} is not below num_train_timesteps ({n})"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// SD1.5's `scheduler/scheduler_config.json` (a PNDM scheduler with PLMS steps).

@@ -40,7 +40,7 @@ pub struct AnnotateArgs {
 
 /// Reads, annotates and writes.
 pub fn run(args: &AnnotateArgs) -> anyhow::Result<()> {
-    check_output(&args.output)?;
+    check_output(&args.output, "png", 1)?;
     if !(args.low.is_finite() && args.high.is_finite() && args.low >= 0.0 && args.low <= args.high)
     {
         anyhow::bail!(

@@ -9,6 +9,8 @@ use prompt_diffusion::core::Precision;
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{Generation, ModelOptions};
 
+use crate::output::check_output;
+
 /// Parses a value with the library's `FromStr`, for clap.
 pub(crate) fn parse<T: FromStr<Err = prompt_diffusion::core::Error>>(s: &str) -> Result<T, String> {
     T::from_str(s).map_err(|e| e.to_string())
@@ -80,9 +82,9 @@ pub struct GenerationArgs {
     /// (default: the model's own).
     #[arg(long, value_parser = parse::<SchedulerKind>)]
     pub scheduler: Option<SchedulerKind>,
-    /// Seed of every random draw (default: a random seed, printed).
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// Seed of every random draw (default, or -1: a random seed, printed).
+    #[arg(long, value_parser = parse_seed, allow_negative_numbers = true)]
+    pub seed: Option<SeedArg>,
     /// Image width in pixels, a multiple of 8 (default: the model's native size).
     #[arg(long)]
     pub width: Option<usize>,
@@ -104,8 +106,9 @@ pub struct GenerationArgs {
 }
 
 impl GenerationArgs {
-    /// The validated library options; without `--seed` a seed is drawn from the clock and
-    /// printed so the run can be repeated.
+    /// The validated library options, after checking that the output files can be written;
+    /// without `--seed` (or with -1) a seed is drawn from the clock and printed so the run can
+    /// be repeated.
     pub fn generation(&self) -> anyhow::Result<Generation> {
         let mut generation = Generation {
             prompt: self.prompt.clone(),
@@ -116,7 +119,7 @@ impl GenerationArgs {
             width: self.width,
             height: self.height,
             num_images: self.num_images.unwrap_or(1),
-            seed: self.seed.unwrap_or(0),
+            seed: 0,
             latents: None,
             eta: self.eta,
         };
@@ -134,16 +137,46 @@ impl GenerationArgs {
             generation.latents = Some(latents);
         }
         generation.validate()?;
-        if self.seed.is_none() {
-            generation.seed = random_seed();
-            println!("seed: {}", generation.seed);
-        }
+        check_output(&self.output, "png", generation.num_images)?;
+        generation.seed = resolve_seed(self.seed);
         Ok(generation)
     }
 }
 
+/// A `--seed` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedArg {
+    /// `-1`: draw a random seed.
+    Random,
+    /// This seed.
+    Fixed(u64),
+}
+
+/// Parses `--seed`: a number in 0..2⁶⁴, or -1 for a random seed.
+pub(crate) fn parse_seed(s: &str) -> Result<SeedArg, String> {
+    match s.trim() {
+        "-1" => Ok(SeedArg::Random),
+        n => n.parse().map(SeedArg::Fixed).map_err(|_| {
+            format!("`{s}` is not a seed (a whole number from 0 to 2^64-1, or -1 for a random one)")
+        }),
+    }
+}
+
+/// The seed `--seed` gives; a random one (no `--seed`, or -1) is printed as `seed: N` so the
+/// run can be repeated.
+pub(crate) fn resolve_seed(seed: Option<SeedArg>) -> u64 {
+    match seed {
+        Some(SeedArg::Fixed(seed)) => seed,
+        None | Some(SeedArg::Random) => {
+            let seed = random_seed();
+            println!("seed: {seed}");
+            seed
+        }
+    }
+}
+
 /// A seed from the clock and the process id.
-pub(crate) fn random_seed() -> u64 {
+fn random_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -12,7 +12,7 @@ use prompt_diffusion::pipelines::ControlNetOptions;
 use prompt_diffusion::{Generation, StableDiffusionControlNet};
 
 use crate::args::{GenerationArgs, ModelArgs};
-use crate::output::{Progress, check_output, save_images};
+use crate::output::{Progress, save_images};
 use crate::sd::load_model;
 
 /// Arguments of `controlnet`.
@@ -53,15 +53,14 @@ pub struct ControlNetRun {
 impl ControlNetRun {
     /// Reads the hint and checks everything that can be checked without the model.
     pub fn new(args: &ControlNetArgs) -> anyhow::Result<Self> {
-        check_output(&args.generation.output)?;
         if !args.conditioning_scale.is_finite() {
             anyhow::bail!("--conditioning-scale must be a finite number");
         }
         if !args.controlnet.exists() {
             anyhow::bail!("--controlnet {}: not found", args.controlnet.display());
         }
-        let hint = load_rgb(&args.hint)?;
         let generation = args.generation.generation()?;
+        let hint = load_rgb(&args.hint)?;
         Ok(Self {
             args: args.clone(),
             hint,

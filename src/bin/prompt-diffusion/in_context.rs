@@ -14,7 +14,7 @@ use prompt_diffusion::pipelines::{NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFF
 use prompt_diffusion::{InContextOptions, PromptDiffusion};
 
 use crate::args::{GenerationArgs, ModelArgs};
-use crate::output::{Progress, check_output, report_loaded, save_images};
+use crate::output::{Progress, report_loaded, save_images};
 
 /// The value range hints are given to the ControlNet in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -80,16 +80,15 @@ pub struct InContextRun {
 impl InContextRun {
     /// Reads the images and checks everything that can be checked without the model.
     pub fn new(args: &InContextArgs) -> anyhow::Result<Self> {
-        check_output(&args.generation.output)?;
         if !args.conditioning_scale.is_finite() {
             anyhow::bail!("--conditioning-scale must be a finite number");
         }
+        let g = args.generation.generation()?;
         let images = [
             load_rgb(&args.example_source)?,
             load_rgb(&args.example_target)?,
             load_rgb(&args.query)?,
         ];
-        let g = args.generation.generation()?;
         let mut options = InContextOptions {
             negative_prompt: g.negative_prompt,
             steps: g.steps,

@@ -1,4 +1,4 @@
-//! Reading latents files, writing images, and the progress display.
+//! Reading latents files, checking and writing outputs, and the progress display.
 
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
@@ -12,6 +12,8 @@ use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use prompt_diffusion::backends::{BackendKind, kernel_cache_dir, warm_up_message};
 use prompt_diffusion::core::Precision;
+use prompt_diffusion::core::files::{check_output_path, write_bytes_atomic};
+use prompt_diffusion::core::image::save_rgb;
 use prompt_diffusion::core::progress::{StepCallback, StepInfo};
 use prompt_diffusion::core::weights::TensorSource;
 
@@ -52,32 +54,39 @@ pub fn output_paths(output: &Path, count: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Checks the output path before any work is done.
-pub fn check_output(output: &Path) -> anyhow::Result<()> {
-    let ext = output
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    if ext.as_deref() != Some("png") {
-        bail!("output {}: must be a .png file", output.display());
+/// Checks, before any work is done, that the `count` output files of `output` can be written:
+/// the extension is `ext` and each path is a file name in an existing folder that accepts new
+/// files (see [`check_output_path`]).
+pub fn check_output(output: &Path, ext: &str, count: usize) -> anyhow::Result<()> {
+    let found = output.extension().and_then(|e| e.to_str());
+    if !found.is_some_and(|e| e.eq_ignore_ascii_case(ext)) {
+        bail!("output {}: must be a .{ext} file", output.display());
     }
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.is_dir()
-    {
-        bail!(
-            "output {}: folder {} does not exist",
-            output.display(),
-            dir.display()
-        );
+    for path in output_paths(output, count) {
+        check_output_path(&path)?;
     }
     Ok(())
 }
 
-/// Saves images as PNG, printing each path.
+/// Saves images as PNG, each written whole or not at all, printing each path.
 pub fn save_images(images: &[RgbImage], output: &Path) -> anyhow::Result<()> {
     for (image, path) in images.iter().zip(output_paths(output, images.len())) {
-        image
-            .save_with_format(&path, image::ImageFormat::Png)
+        save_rgb(image, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Prints the texts, one a line, and writes each to its own file of `output` when given.
+pub fn save_texts(texts: &[String], output: Option<&PathBuf>) -> anyhow::Result<()> {
+    for text in texts {
+        println!("{}", text.replace('\n', " "));
+    }
+    let Some(output) = output else {
+        return Ok(());
+    };
+    for (text, path) in texts.iter().zip(output_paths(output, texts.len())) {
+        write_bytes_atomic(&path, format!("{text}\n").as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {}", path.display());
     }

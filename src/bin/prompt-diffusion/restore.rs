@@ -10,7 +10,7 @@ use prompt_diffusion::core::{Error, Result};
 use prompt_diffusion::diff_plugin::Task;
 use prompt_diffusion::pipelines::diff_plugin::{DiffPlugin, Restore, WorkingSize};
 
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, SeedArg, parse_seed, resolve_seed};
 use crate::output::{Progress, check_output, save_images};
 use crate::sd::load_model;
 
@@ -45,9 +45,9 @@ pub struct RestoreArgs {
     /// Steps of later plugins in a chain.
     #[arg(long, default_value_t = 3)]
     pub chain_steps: usize,
-    /// Seed of the noise.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    /// Seed of the noise (-1: a random seed, printed).
+    #[arg(long, default_value = "42", value_parser = parse_seed, allow_negative_numbers = true)]
+    pub seed: SeedArg,
     /// Working size: the shorter side is scaled to this (default: 512 as a minimum for a task,
     /// exactly 512 for an instruction, as the official scripts do).
     #[arg(long)]
@@ -67,11 +67,10 @@ pub struct RestoreRun {
 impl RestoreRun {
     /// Checks what can be checked before loading models.
     pub fn new(args: RestoreArgs) -> anyhow::Result<Self> {
-        check_output(&args.output)?;
+        check_output(&args.output, "png", 1)?;
         if args.steps == 0 || args.chain_steps == 0 {
             anyhow::bail!("--steps and --chain-steps must be at least 1");
         }
-        let image = load_rgb(&args.input)?;
         let mut request = match (&args.task, &args.instruction) {
             (Some(task), _) => Restore::task(*task),
             (None, Some(instruction)) => Restore::instruction(instruction.clone()),
@@ -79,14 +78,17 @@ impl RestoreRun {
         };
         request = request
             .with_steps(args.steps)
-            .with_chain_steps(args.chain_steps)
-            .with_seed(args.seed);
+            .with_chain_steps(args.chain_steps);
         if let Some(size) = args.size {
             if size < 8 {
                 anyhow::bail!("--size {size} is smaller than 8 pixels");
             }
             request = request.with_size(WorkingSize::ShortSide(size));
         }
+        request.validate()?;
+        let image = load_rgb(&args.input)?;
+        request.working_size(image.width() as usize, image.height() as usize, 8)?;
+        request = request.with_seed(resolve_seed(Some(args.seed)));
         Ok(Self {
             args,
             image,

@@ -11,7 +11,7 @@ use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::core::{Error, Result};
 
 use crate::args::{GenerationArgs, ModelArgs};
-use crate::output::{Progress, check_output, report_loaded, save_images};
+use crate::output::{Progress, report_loaded, save_images};
 
 /// Arguments of `txt2img`.
 #[derive(Debug, Clone, Args)]
@@ -65,7 +65,6 @@ pub struct SdRun {
 impl SdRun {
     /// Checks everything that can be checked without the model.
     pub fn txt2img(args: &Txt2ImgArgs) -> anyhow::Result<Self> {
-        check_output(&args.generation.output)?;
         let generation = args.generation.generation()?;
         Ok(Self {
             model: args.model.clone(),
@@ -77,15 +76,14 @@ impl SdRun {
 
     /// Checks everything that can be checked without the model.
     pub fn img2img(args: &Img2ImgArgs) -> anyhow::Result<Self> {
-        check_output(&args.generation.output)?;
         if !(0.0..=1.0).contains(&args.strength) {
-            anyhow::bail!("--strength {} is outside [0, 1]", args.strength);
+            anyhow::bail!("--strength {:?} is outside [0, 1]", args.strength);
         }
         if args.generation.latents.is_some() {
             anyhow::bail!("--latents applies to txt2img only");
         }
-        let image = load_rgb(&args.init_image)?;
         let generation = args.generation.generation()?;
+        let image = load_rgb(&args.init_image)?;
         Ok(Self {
             model: args.model.clone(),
             generation,

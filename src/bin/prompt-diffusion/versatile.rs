@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use burn::tensor::backend::Backend;
 use clap::{Args, Subcommand};
 use prompt_diffusion::Generation;
@@ -23,9 +23,9 @@ use prompt_diffusion::versatile::{
     Flow, Modality, OfficialFiles, OptimusConfig, OptimusFiles, TextDecoding, UncondImage,
 };
 
-use crate::args::{DeviceArgs, parse, random_seed};
+use crate::args::{DeviceArgs, SeedArg, parse, parse_seed, resolve_seed};
 use crate::output::{
-    Progress, check_output, output_paths, read_latents, read_tensor, report_loaded, save_images,
+    Progress, check_output, read_latents, read_tensor, report_loaded, save_images, save_texts,
 };
 
 /// Arguments of `versatile`: the flow, then its options.
@@ -121,9 +121,9 @@ pub struct SamplingArgs {
     /// (default: the model's DDIM).
     #[arg(long, value_parser = parse::<SchedulerKind>)]
     pub scheduler: Option<SchedulerKind>,
-    /// Seed of every random draw, Optimus' sampling included (default: random, printed).
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// Seed of every random draw, Optimus' sampling included (default, or -1: random, printed).
+    #[arg(long, value_parser = parse_seed, allow_negative_numbers = true)]
+    pub seed: Option<SeedArg>,
     /// DDIM's eta (0 = deterministic).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
@@ -339,7 +339,6 @@ impl VersatileRun {
             steps: sampling.steps,
             guidance_scale: sampling.guidance,
             scheduler: sampling.scheduler,
-            seed: sampling.seed.unwrap_or(0),
             eta: sampling.eta,
             ..Generation::default()
         };
@@ -372,7 +371,6 @@ impl VersatileRun {
         let batch = latents.as_ref().map(|l| l.shape[0]);
         let output = match output {
             OutputArgs::Images(out) => {
-                check_output(&out.output)?;
                 generation.num_images = out.num_images.or(batch).unwrap_or(1);
                 let (h, w) = latents.as_ref().map(|l| (l.shape[2], l.shape[3])).unzip();
                 generation.width = out.width.or(w.map(|w| w * 8));
@@ -380,9 +378,6 @@ impl VersatileRun {
                 Output::Images(out.output.clone())
             }
             OutputArgs::Texts(out) => {
-                if let Some(path) = &out.output {
-                    check_text_output(path)?;
-                }
                 generation.num_images = out.num_texts.or(batch).unwrap_or(1);
                 options.decoding = match out.greedy {
                     true => TextDecoding::Greedy,
@@ -396,10 +391,12 @@ impl VersatileRun {
         };
         generation.latents = latents;
         generation.validate()?;
-        if sampling.seed.is_none() {
-            generation.seed = random_seed();
-            println!("seed: {}", generation.seed);
+        match &output {
+            Output::Images(path) => check_output(path, "png", generation.num_images)?,
+            Output::Texts(Some(path)) => check_output(path, "txt", generation.num_images)?,
+            Output::Texts(None) => {}
         }
+        generation.seed = resolve_seed(sampling.seed);
         Ok(Self {
             model: model.clone(),
             flow,
@@ -505,40 +502,6 @@ impl VdModelArgs {
         }
         Ok(files)
     }
-}
-
-/// Checks a text output path before any work is done.
-fn check_text_output(path: &Path) -> anyhow::Result<()> {
-    let ext = path.extension().and_then(|e| e.to_str());
-    if !ext.is_some_and(|e| e.eq_ignore_ascii_case("txt")) {
-        bail!("output {}: must be a .txt file", path.display());
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.is_dir()
-    {
-        bail!(
-            "output {}: folder {} does not exist",
-            path.display(),
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-/// Prints the texts, one a line, and writes them to `output` when given.
-fn save_texts(texts: &[String], output: Option<&PathBuf>) -> anyhow::Result<()> {
-    for text in texts {
-        println!("{}", text.replace('\n', " "));
-    }
-    let Some(output) = output else {
-        return Ok(());
-    };
-    for (text, path) in texts.iter().zip(output_paths(output, texts.len())) {
-        std::fs::write(&path, format!("{text}\n"))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
 }
 
 /// Loads the layers `flow` needs from --model or --checkpoint, printing the time taken.

@@ -198,9 +198,16 @@ impl ClipTokenizer {
             .encode(prompt, true)
             .map_err(|e| tokenizer_error(&self.source, format!("cannot encode prompt: {e}")))?;
         if !encoding.get_overflowing().is_empty() {
+            let kept = encoding
+                .get_offsets()
+                .iter()
+                .map(|o| o.1)
+                .max()
+                .unwrap_or(0);
             tracing::warn!(
-                "prompt truncated to {} tokens (CLIP's limit): {prompt:?}",
-                self.max_length
+                "prompt truncated to {} tokens (CLIP's limit); {}",
+                self.max_length,
+                dropped_excerpt(prompt, kept)
             );
         }
         Ok(encoding.get_ids().to_vec())
@@ -263,5 +270,37 @@ impl ClipTokenizer {
     /// Id of a token of the vocabulary (e.g. `"a</w>"`), if present.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.tokenizer.token_to_id(token)
+    }
+}
+
+/// The most characters of a truncated prompt's dropped part quoted in the warning.
+const EXCERPT_CHARS: usize = 40;
+
+/// Describes the part of `prompt` after byte `kept` that truncation dropped: its length and a
+/// short excerpt, with control characters (e.g. terminal escape codes) escaped.
+fn dropped_excerpt(prompt: &str, kept: usize) -> String {
+    let dropped = prompt.get(kept..).unwrap_or(prompt).trim_start();
+    let count = dropped.chars().count();
+    let excerpt: String = dropped.chars().take(EXCERPT_CHARS).collect();
+    let more = if count > EXCERPT_CHARS { "…" } else { "" };
+    format!("dropped {count} characters from {excerpt:?}{more}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dropped_excerpt;
+
+    #[test]
+    fn the_truncation_warning_quotes_a_short_escaped_excerpt() {
+        let prompt = format!("kept words \u{1b}[31m{}", "x".repeat(90_000));
+        let message = dropped_excerpt(&prompt, 10);
+        assert!(message.len() < 120, "{message}");
+        assert!(!message.contains('\u{1b}'), "{message}");
+        assert!(message.contains("\\u{1b}[31m"), "{message}");
+        assert!(message.starts_with("dropped 90005 characters"), "{message}");
+        assert_eq!(
+            dropped_excerpt("abc", 99),
+            "dropped 3 characters from \"abc\""
+        );
     }
 }
