@@ -5,11 +5,13 @@ mod cli_inputs;
 mod cli_outputs;
 mod cli_prompt_diffusion;
 mod cli_versatile;
+mod cli_weights;
 #[cfg(feature = "wgpu")]
 mod cli_wgpu;
 mod common;
 mod compose;
 mod diff_plugin;
+mod fuzz_seeded;
 mod pipeline_parity;
 #[path = "prompt_diffusion.rs"]
 mod prompt_diffusion_pipelines;

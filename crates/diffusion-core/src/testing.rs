@@ -33,3 +33,34 @@ pub fn assert_close<B: Backend, const D: usize>(
         "{what}: max abs difference {diff:e} exceeds {tol:e}"
     );
 }
+
+/// Rewrites the zip archive `from` (a `torch.save` checkpoint) into `to`, entry by entry:
+/// `edit` receives each entry's name and bytes and returns the new bytes with the compression
+/// to store them with, or `None` to leave the entry out. Tests make damaged checkpoints with it.
+///
+/// # Panics
+/// When a file cannot be read or written (a test failure).
+pub fn rezip(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    mut edit: impl FnMut(&str, Vec<u8>) -> Option<(Vec<u8>, zip::CompressionMethod)>,
+) {
+    use std::io::{Read, Write};
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(from).expect("readable zip"))
+        .expect("a zip archive");
+    let mut writer = zip::ZipWriter::new(std::fs::File::create(to).expect("writable output"));
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).expect("a readable entry");
+        let name = entry.name().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("a readable entry");
+        if let Some((bytes, method)) = edit(&name, bytes) {
+            let options = zip::write::SimpleFileOptions::default().compression_method(method);
+            writer
+                .start_file(name, options)
+                .expect("an entry is started");
+            writer.write_all(&bytes).expect("an entry is written");
+        }
+    }
+    writer.finish().expect("the archive is finished");
+}

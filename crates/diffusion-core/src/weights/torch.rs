@@ -428,6 +428,13 @@ fn storage_ref(pickle: &Pickle, pid: Id) -> Option<(String, String, usize)> {
     if items.len() < 5 || pickle.str(items[0]) != Some("storage") {
         return None;
     }
+    // The legacy layout's storage views `(view_key, offset, size)` are not read.
+    if items
+        .get(5)
+        .is_some_and(|&v| !matches!(pickle.get(v), Value::None))
+    {
+        return None;
+    }
     let ty = match pickle.get(items[1]) {
         Value::Global { name, .. } => name.clone(),
         Value::Str(s) => s.clone(),

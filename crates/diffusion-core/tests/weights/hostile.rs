@@ -2,39 +2,17 @@
 //! zero-filled weights, an unbounded allocation or a panic. The checkpoints are made from the
 //! `torch.save` fixtures of `fixtures/core/` by rewriting their zip archives.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
 use prompt_diffusion_core::Error;
+use prompt_diffusion_core::testing::rezip;
 use prompt_diffusion_core::weights::TensorSource;
 use zip::CompressionMethod;
 use zip::write::SimpleFileOptions;
 
 use super::{check_output, fixture, load, weights_error};
-
-/// Rewrites a zip archive entry by entry: `edit` returns the new bytes and compression of an
-/// entry, or `None` to leave it out.
-fn rezip(
-    from: &Path,
-    to: &Path,
-    mut edit: impl FnMut(&str, Vec<u8>) -> Option<(Vec<u8>, CompressionMethod)>,
-) {
-    let mut archive = zip::ZipArchive::new(std::fs::File::open(from).unwrap()).unwrap();
-    let mut writer = zip::ZipWriter::new(std::fs::File::create(to).unwrap());
-    for i in 0..archive.len() {
-        let mut entry = archive.by_index(i).unwrap();
-        let name = entry.name().to_string();
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).unwrap();
-        if let Some((bytes, method)) = edit(&name, bytes) {
-            let options = SimpleFileOptions::default().compression_method(method);
-            writer.start_file(name, options).unwrap();
-            writer.write_all(&bytes).unwrap();
-        }
-    }
-    writer.finish().unwrap();
-}
 
 /// Sets the sizes the central directory records for `name` (the local header is left as is).
 fn patch_central_sizes(bytes: &mut [u8], name: &str, compressed: u32, size: u32) {
