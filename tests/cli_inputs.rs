@@ -323,6 +323,15 @@ fn broken_model_files_are_named() {
         &["scheduler/scheduler_config.json", "steps_offset", "5000"],
     );
 
+    // Versatile Diffusion's folder too.
+    let vd = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("versatile/vd"), vd.path());
+    std::fs::write(vd.path().join("model_index.json"), b"[1, 2]").unwrap();
+    let mut args = versatile("text-to-image");
+    args[3] = vd.path().display().to_string();
+    args.extend(words(&["--prompt", "x", "--steps", "1"], &[]));
+    fails(&args, &["model_index.json", "not a JSON object"]);
+
     // A single file the published configs do not describe: a short line advising --config.
     let checkpoint = fixture("tiny-sd.safetensors");
     let args = words(

@@ -106,6 +106,7 @@ impl<B: Backend> VersatileDiffusion<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let dir = dir.as_ref();
+        super::loading::check_model_index(dir)?;
         let mut folders = VersatileFolders::new(dir);
         if let Some(vae) = &options.vae {
             folders = folders.with_vae(vae);
