@@ -621,7 +621,7 @@ fn bytes_value(op: u8, bytes: Vec<u8>) -> Value {
 }
 
 fn pairs(items: &[Id]) -> Result<Vec<(Id, Id)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return err("odd number of items for a dict");
     }
     Ok(items.chunks_exact(2).map(|kv| (kv[0], kv[1])).collect())
