@@ -12,6 +12,9 @@
 use std::path::Path;
 
 use prompt_diffusion_core::config::parse_config;
+use prompt_diffusion_core::limits::{
+    MAX_HEADS, MAX_LAYERS, MAX_POSITIONS, MAX_SAMPLE_SIZE, MAX_VOCAB, MAX_WIDTH, check_count,
+};
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::{Error, Result};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -163,15 +166,21 @@ impl CLIPTextConfig {
         self.hidden_size / self.num_attention_heads.max(1)
     }
 
-    /// Checks the values a model can be built from.
+    /// Checks the values a model can be built from (positive, under `core::limits`' maxima,
+    /// heads dividing the width).
     ///
     /// # Errors
     /// [`Error::Config`] naming the first offending field.
     pub fn validate(&self) -> Result<()> {
-        positive("vocab_size", self.vocab_size)?;
-        positive("intermediate_size", self.intermediate_size)?;
-        positive("projection_dim", self.projection_dim)?;
-        positive("max_position_embeddings", self.max_position_embeddings)?;
+        check_count("vocab_size", self.vocab_size, MAX_VOCAB)?;
+        check_count("intermediate_size", self.intermediate_size, MAX_WIDTH)?;
+        check_count("projection_dim", self.projection_dim, MAX_WIDTH)?;
+        check_count(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            MAX_POSITIONS,
+        )?;
+        check_count("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS)?;
         check_width(self.hidden_size, self.num_attention_heads)?;
         check_eps(self.layer_norm_eps)
     }
@@ -220,15 +229,19 @@ impl CLIPVisionConfig {
         self.grid_size() * self.grid_size() + 1
     }
 
-    /// Checks the values a model can be built from.
+    /// Checks the values a model can be built from (positive, under `core::limits`' maxima,
+    /// heads dividing the width).
     ///
     /// # Errors
     /// [`Error::Config`] naming the first offending field.
     pub fn validate(&self) -> Result<()> {
-        positive("intermediate_size", self.intermediate_size)?;
-        positive("projection_dim", self.projection_dim)?;
-        positive("num_channels", self.num_channels)?;
-        positive("patch_size", self.patch_size)?;
+        check_count("intermediate_size", self.intermediate_size, MAX_WIDTH)?;
+        check_count("projection_dim", self.projection_dim, MAX_WIDTH)?;
+        check_count("num_channels", self.num_channels, MAX_WIDTH)?;
+        check_count("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS)?;
+        check_count("image_size", self.image_size, MAX_SAMPLE_SIZE)?;
+        check_count("patch_size", self.patch_size, MAX_SAMPLE_SIZE)?;
+        check_count("num_positions", self.num_positions(), MAX_POSITIONS)?;
         if self.image_size < self.patch_size {
             return Err(Error::config(
                 "image_size",
@@ -243,17 +256,9 @@ impl CLIPVisionConfig {
     }
 }
 
-fn positive(field: &str, value: usize) -> Result<()> {
-    if value == 0 {
-        Err(Error::config(field, "must be at least 1"))
-    } else {
-        Ok(())
-    }
-}
-
 fn check_width(hidden_size: usize, heads: usize) -> Result<()> {
-    positive("hidden_size", hidden_size)?;
-    positive("num_attention_heads", heads)?;
+    check_count("hidden_size", hidden_size, MAX_WIDTH)?;
+    check_count("num_attention_heads", heads, MAX_HEADS)?;
     if !hidden_size.is_multiple_of(heads) {
         return Err(Error::config(
             "num_attention_heads",

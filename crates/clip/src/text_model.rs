@@ -238,6 +238,7 @@ impl<B: Backend> CLIPTextModel<B> {
     ) -> Result<Self> {
         config.validate()?;
         let source = weights::text_model_keys(source)?;
+        weights::check_text_weights(&config, &source, false)?;
         let options = weights::tolerate_buffers(options);
         load_module(
             Self::init(&config, device),
@@ -314,6 +315,7 @@ impl<B: Backend> CLIPTextModelWithProjection<B> {
     ) -> Result<Self> {
         config.validate()?;
         let source = weights::text_model_keys(source)?;
+        weights::check_text_weights(&config, &source, true)?;
         let options = weights::tolerate_buffers(options);
         load_module(
             Self::init(&config, device),

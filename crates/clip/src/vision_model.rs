@@ -209,6 +209,7 @@ impl<B: Backend> CLIPVisionModel<B> {
     ) -> Result<Self> {
         config.validate()?;
         let source = weights::vision_model_keys(source)?;
+        weights::check_vision_weights(&config, &source, false)?;
         let options = weights::tolerate_buffers(options);
         load_module(
             Self::init(&config, device),
@@ -299,6 +300,7 @@ impl<B: Backend> CLIPVisionModelWithProjection<B> {
     ) -> Result<Self> {
         config.validate()?;
         let source = weights::vision_model_keys(source)?;
+        weights::check_vision_weights(&config, &source, true)?;
         let options = weights::tolerate_buffers(options);
         load_module(
             Self::init(&config, device),

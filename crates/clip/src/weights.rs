@@ -18,7 +18,10 @@ use std::rc::Rc;
 use burn::tensor::{DType, TensorData};
 use burn_store::TensorSnapshotError;
 use prompt_diffusion_core::Result;
+use prompt_diffusion_core::limits::HeaderCheck;
 use prompt_diffusion_core::weights::{DataFn, LoadOptions, TensorSource};
+
+use crate::{CLIPTextConfig, CLIPVisionConfig};
 
 /// Prefixes of the SD1 text encoder inside original single-file checkpoints (SD1.x; SDXL's
 /// first encoder); the rest of each key is a transformers name.
@@ -52,6 +55,97 @@ fn add_level(source: &TensorSource, level: &str, roots: &[&str]) -> Result<Tenso
             key.to_string()
         })
     })
+}
+
+/// Checks a text config against the header of `source` (keys with the `text_model.` level)
+/// before the model is allocated: the token and position embeddings, the number of layers
+/// and, when `projection` is set, `text_projection`. Keys the file lacks are left to
+/// the strict loader.
+///
+/// # Errors
+/// [`Error::ConfigMismatch`](prompt_diffusion_core::Error::ConfigMismatch) naming the file,
+/// the key, the config field and both values.
+pub fn check_text_weights(
+    config: &CLIPTextConfig,
+    source: &TensorSource,
+    projection: bool,
+) -> Result<()> {
+    let check = HeaderCheck::new(source);
+    let d = config.hidden_size;
+    let width = format!("hidden_size = {d}");
+    let key = "text_model.embeddings.token_embedding.weight";
+    check.dim_is(key, 1, d, &width)?;
+    let field = format!("vocab_size = {}", config.vocab_size);
+    check.dim_is(key, 0, config.vocab_size, &field)?;
+    let key = "text_model.embeddings.position_embedding.weight";
+    check.dim_is(key, 1, d, &width)?;
+    let field = format!(
+        "max_position_embeddings = {}",
+        config.max_position_embeddings
+    );
+    check.dim_is(key, 0, config.max_position_embeddings, &field)?;
+    check_encoder(&check, "text_model", config.num_hidden_layers)?;
+    if projection {
+        let field = format!("projection_dim = {}", config.projection_dim);
+        check.shape_is(
+            "text_projection.weight",
+            &[config.projection_dim, d],
+            &field,
+        )?;
+    }
+    Ok(())
+}
+
+/// [`check_text_weights`] for the vision tower (keys with the `vision_model.` level): the patch
+/// and position embeddings, the number of layers and `visual_projection`.
+///
+/// # Errors
+/// As [`check_text_weights`].
+pub fn check_vision_weights(
+    config: &CLIPVisionConfig,
+    source: &TensorSource,
+    projection: bool,
+) -> Result<()> {
+    let check = HeaderCheck::new(source);
+    let d = config.hidden_size;
+    let (c, p) = (config.num_channels, config.patch_size);
+    let field = format!("hidden_size = {d}, num_channels = {c}, patch_size = {p}");
+    check.shape_is(
+        "vision_model.embeddings.patch_embedding.weight",
+        &[d, c, p, p],
+        &field,
+    )?;
+    let field = format!(
+        "image_size = {}, patch_size = {p} ({} positions), hidden_size = {d}",
+        config.image_size,
+        config.num_positions()
+    );
+    let key = "vision_model.embeddings.position_embedding.weight";
+    check.shape_is(key, &[config.num_positions(), d], &field)?;
+    check_encoder(&check, "vision_model", config.num_hidden_layers)?;
+    if projection {
+        let field = format!("projection_dim = {}", config.projection_dim);
+        check.shape_is(
+            "visual_projection.weight",
+            &[config.projection_dim, d],
+            &field,
+        )?;
+    }
+    Ok(())
+}
+
+/// The layer count of a tower (the MLP width is left to the strict loader, which names every
+/// mis-shaped tensor).
+fn check_encoder(check: &HeaderCheck<'_>, tower: &str, layers: usize) -> Result<()> {
+    let prefix = format!("{tower}.encoder.layers.");
+    let field = format!("num_hidden_layers = {layers}");
+    check.count_is(
+        &prefix,
+        ".self_attn.q_proj.weight",
+        layers,
+        &field,
+        "layers",
+    )
 }
 
 /// Text-tower keys with the `text_model.` level: files without it (older single files,

@@ -12,6 +12,7 @@
 use std::path::Path;
 
 use prompt_diffusion_core::config::{OneOrMany, read_config};
+use prompt_diffusion_core::limits::{MAX_LAYERS, MAX_LEVELS, MAX_WIDTH, check_count, check_counts};
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_unet::{DownBlockType, MidBlockType, UNet2DConditionConfig, UpBlockType};
@@ -265,22 +266,22 @@ impl ControlNetConfig {
     /// [`Error::Config`] for inconsistent values, [`Error::Unsupported`] for options of
     /// diffusers' class that this port does not implement.
     pub fn validate(&self) -> Result<()> {
-        if self.in_channels == 0 {
-            return Err(Error::config("in_channels", "must be positive"));
-        }
-        if self.conditioning_channels == 0 {
-            return Err(Error::config("conditioning_channels", "must be positive"));
-        }
+        check_count("in_channels", self.in_channels, MAX_WIDTH)?;
+        check_count(
+            "conditioning_channels",
+            self.conditioning_channels,
+            MAX_WIDTH,
+        )?;
         let hint = self.hint_channels()?;
-        if hint.contains(&0) {
+        if hint.len() > MAX_LEVELS {
             return Err(Error::config(
                 "conditioning_embedding_out_channels",
-                "channel counts must be positive",
+                format!("has {} stages, above the maximum {MAX_LEVELS}", hint.len()),
             ));
         }
-        if self.layers_per_block == 0 {
-            return Err(Error::config("layers_per_block", "must be at least 1"));
-        }
+        check_counts("conditioning_embedding_out_channels", hint, MAX_WIDTH)?;
+        check_count("layers_per_block", self.layers_per_block, MAX_LAYERS)?;
+        check_count("cross_attention_dim", self.cross_attention_dim, MAX_WIDTH)?;
         if let Some(heads) = &self.num_attention_heads {
             heads.per_block(self.block_out_channels.len(), "num_attention_heads")?;
         }

@@ -27,7 +27,7 @@ use crate::conditioning_embedding::ControlNetConditioningEmbedding;
 use crate::config::{ChannelOrder, ControlNetConfig};
 use crate::scales::ControlScales;
 use crate::weights::{
-    ControlNetWeightLayout, HintEncoders, controlnet_tensors, to_diffusers_names,
+    ControlNetWeightLayout, HintEncoders, check_weights, controlnet_tensors, to_diffusers_names,
 };
 
 /// A ControlNet: the UNet encoder copy, its hint encoder and the zero convolutions.
@@ -121,10 +121,12 @@ impl<B: Backend> ControlNetModel<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let model = Self::new(config, device)?;
+        config.validate()?;
         let source = controlnet_tensors(source);
         let layout = ControlNetWeightLayout::detect(&source);
         let source = to_diffusers_names(&source, layout, config, HintEncoders::Single)?;
+        check_weights(config, &source)?;
+        let model = Self::new(config, device)?;
         load_module(model, &source, "ControlNetModel", options)
     }
 

@@ -26,7 +26,7 @@ use crate::config::ControlNetConfig;
 use crate::controlnet::{ControlNetModel, check_hint};
 use crate::scales::ControlScales;
 use crate::weights::{
-    CONTROL_MODEL_PREFIX, ControlNetWeightLayout, HintEncoders, controlnet_tensors,
+    CONTROL_MODEL_PREFIX, ControlNetWeightLayout, HintEncoders, check_weights, controlnet_tensors,
     to_diffusers_names,
 };
 
@@ -91,10 +91,12 @@ impl<B: Backend> PromptDiffusionControlNet<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let model = Self::new(config, device)?;
+        config.validate()?;
         let source = controlnet_tensors(source);
         let layout = ControlNetWeightLayout::detect(&source);
         let source = to_diffusers_names(&source, layout, config, HintEncoders::PairAndQuery)?;
+        check_weights(config, &source)?;
+        let model = Self::new(config, device)?;
         // The inner ControlNet's parameters sit under `controlnet.`.
         let source = source.rename(|key| {
             Some(if key.starts_with(QUERY_PREFIX) {

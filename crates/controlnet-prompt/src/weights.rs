@@ -21,12 +21,28 @@
 
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::weights::TensorSource;
-use prompt_diffusion_unet::weights::{Entry, entry, ldm_table, rename_ldm};
+use prompt_diffusion_unet::weights::{
+    Entry, check_weights as check_unet_weights, entry, ldm_table, rename_ldm,
+};
 
 use crate::ControlNetConfig;
 
 /// The prefix of the ControlNet in original single-file checkpoints.
 pub const CONTROL_MODEL_PREFIX: &str = "control_model.";
+
+/// Checks `config` against the header of `source` (diffusers names) before the model is
+/// allocated: the UNet encoder it copies (`conv_in`, the time embedding, the levels and
+/// resnets). Keys the file lacks, the hint encoder and the zero convolutions are left to the
+/// strict loader.
+///
+/// # Errors
+/// [`Error::ConfigMismatch`](prompt_diffusion_core::Error::ConfigMismatch) naming the file,
+/// the key, the config field and both values; [`Error::Config`](prompt_diffusion_core::Error::Config)
+/// for an invalid config.
+pub fn check_weights(config: &ControlNetConfig, source: &TensorSource) -> Result<()> {
+    config.validate()?;
+    check_unet_weights(&config.to_unet_config(), source)
+}
 
 /// The naming of a ControlNet weight file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

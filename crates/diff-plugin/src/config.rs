@@ -213,7 +213,8 @@ impl SCBNetConfig {
         4 * self.block_out_channels.first().copied().unwrap_or(0)
     }
 
-    /// Checks the values before building, naming the offending field.
+    /// Checks the values before building, naming the offending field; the sizes and counts
+    /// are bounded as a UNet's (`core::limits`).
     ///
     /// # Errors
     /// [`Error::Config`] for inconsistent values, [`Error::Unsupported`] for options of the

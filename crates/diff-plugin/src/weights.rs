@@ -16,6 +16,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::DType;
+use prompt_diffusion_core::limits::{MAX_LAYERS, MAX_WIDTH};
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource, load_module};
 use prompt_diffusion_core::{Error, Result};
 
@@ -114,12 +115,27 @@ pub fn tpb_config(source: &TensorSource) -> Result<TPBConfig> {
         )));
     }
     let key = format!("visual_projection.{last}.weight");
+    let within = |what: &str, value: usize, max: usize| {
+        if value == 0 || value > max {
+            Err(bad(format!(
+                "`{key}` implies {what} = {value}, outside 1..={max}"
+            )))
+        } else {
+            Ok(())
+        }
+    };
     match source.shape(&key) {
-        Some(&[out_dim, clip_v_dim]) => Ok(TPBConfig {
-            clip_v_dim,
-            num_cross_proj_layers: last / 3,
-            out_dim,
-        }),
+        Some(&[out_dim, clip_v_dim]) => {
+            // Stages are counted from the key names alone: bound them before anything is built.
+            within("num_cross_proj_layers", last / 3, MAX_LAYERS)?;
+            within("out_dim", out_dim, MAX_WIDTH)?;
+            within("clip_v_dim", clip_v_dim, MAX_WIDTH)?;
+            Ok(TPBConfig {
+                clip_v_dim,
+                num_cross_proj_layers: last / 3,
+                out_dim,
+            })
+        }
         other => Err(bad(format!(
             "`{key}` has shape {other:?}, expected [out, in]"
         ))),

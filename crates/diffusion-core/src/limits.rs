@@ -168,8 +168,9 @@ impl<'a> HeaderCheck<'a> {
         }
     }
 
-    /// Checks how many consecutive indices `i = 0, 1, …` have `{prefix}{i}{suffix}` in the
-    /// file, when the file has the `prefix` at all; `what` names the counted things.
+    /// Checks the number of indexed modules `{prefix}{i}{suffix}` in the file (one more than
+    /// the highest index present, so a tensor missing in the middle is left to the strict
+    /// loader), when the file has any; `what` names the counted things.
     ///
     /// # Errors
     /// [`Error::ConfigMismatch`].
@@ -181,17 +182,14 @@ impl<'a> HeaderCheck<'a> {
         field: &str,
         what: &str,
     ) -> Result<()> {
-        if !self.source.has_prefix(prefix) {
-            return Ok(());
-        }
         let found = self.count(prefix, suffix);
-        if found == expected {
+        if found == 0 || found == expected {
             return Ok(());
         }
         let key = format!("{prefix}*{suffix}");
         let file = self
             .source
-            .file_of(&format!("{prefix}0{suffix}"))
+            .file_of(&format!("{prefix}{}{suffix}", found - 1))
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| self.source.description().to_string());
         Err(Error::ConfigMismatch {
@@ -203,11 +201,15 @@ impl<'a> HeaderCheck<'a> {
         })
     }
 
-    /// How many consecutive indices from 0 have `{prefix}{i}{suffix}` in the file.
+    /// One more than the highest index `i` with `{prefix}{i}{suffix}` in the file (0 when
+    /// there is none).
     pub fn count(&self, prefix: &str, suffix: &str) -> usize {
-        (0..)
-            .take_while(|i| self.source.contains(&format!("{prefix}{i}{suffix}")))
-            .count()
+        self.source
+            .keys()
+            .filter_map(|key| key.strip_prefix(prefix)?.strip_suffix(suffix))
+            .filter_map(|index| index.parse::<usize>().ok())
+            .max()
+            .map_or(0, |i| i.saturating_add(1))
     }
 
     fn mismatch(&self, key: &str, field: &str, expected: String, found: String) -> Error {
@@ -247,7 +249,10 @@ mod tests {
         assert!(check_count("x", 5, 4).is_err());
         check_count("x", 4, 4).unwrap();
         let err = check_counts("c", &[1, 9], 4).unwrap_err();
-        assert!(matches!(&err, Error::Config { field, .. } if field == "c[1]"), "{err}");
+        assert!(
+            matches!(&err, Error::Config { field, .. } if field == "c[1]"),
+            "{err}"
+        );
         assert!(check_divides("c", 10, "groups", 0).is_err());
         assert!(check_divides("c", 10, "groups", 3).is_err());
         check_divides("c", 12, "groups", 3).unwrap();
@@ -259,7 +264,9 @@ mod tests {
     fn header_checks() {
         let source = source();
         let check = HeaderCheck::new(&source);
-        check.shape_is("conv_in.weight", &[8, 4, 3, 3], "c").unwrap();
+        check
+            .shape_is("conv_in.weight", &[8, 4, 3, 3], "c")
+            .unwrap();
         check.shape_is("absent", &[1], "c").unwrap();
         let err = check.dim_is("conv_in.weight", 0, 9, "c = 9").unwrap_err();
         assert!(
@@ -271,7 +278,9 @@ mod tests {
         check.dim_is("conv_in.weight", -1, 3, "k").unwrap();
         check.count_is("blocks.", ".w", 2, "n", "blocks").unwrap();
         check.count_is("other.", ".w", 7, "n", "blocks").unwrap();
-        let err = check.count_is("blocks.", ".w", 3, "n = 3", "blocks").unwrap_err();
+        let err = check
+            .count_is("blocks.", ".w", 3, "n = 3", "blocks")
+            .unwrap_err();
         assert!(matches!(err, Error::ConfigMismatch { .. }), "{err}");
     }
 }

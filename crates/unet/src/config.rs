@@ -8,6 +8,10 @@
 use std::path::Path;
 
 use prompt_diffusion_core::config::{OneOrMany, parse_config};
+use prompt_diffusion_core::limits::{
+    MAX_HEADS, MAX_KERNEL, MAX_LAYERS, MAX_LEVELS, MAX_SAMPLE_SIZE, MAX_WIDTH, check_count,
+    check_counts,
+};
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -319,7 +323,44 @@ impl UNet2DConditionConfig {
         self.norm_num_groups.unwrap_or(32)
     }
 
-    /// Checks the values before building, naming the offending field.
+    /// The sizes and counts that must lie within `core::limits`' maxima (checked before the
+    /// per-level lists are expanded).
+    fn check_bounds(&self) -> Result<()> {
+        if self.block_out_channels.len() > MAX_LEVELS {
+            return Err(Error::config(
+                "block_out_channels",
+                format!(
+                    "has {} levels, above the supported maximum {MAX_LEVELS}",
+                    self.block_out_channels.len()
+                ),
+            ));
+        }
+        check_counts("block_out_channels", &self.block_out_channels, MAX_WIDTH)?;
+        check_count("norm_num_groups", self.groups(), MAX_WIDTH)?;
+        check_count("in_channels", self.in_channels, MAX_WIDTH)?;
+        check_count("out_channels", self.out_channels, MAX_WIDTH)?;
+        check_count("conv_in_kernel", self.conv_in_kernel, MAX_KERNEL)?;
+        check_count("conv_out_kernel", self.conv_out_kernel, MAX_KERNEL)?;
+        if self.downsample_padding > MAX_KERNEL {
+            return Err(Error::config(
+                "downsample_padding",
+                format!("{} is above {MAX_KERNEL}", self.downsample_padding),
+            ));
+        }
+        if let Some(dim) = self.time_embedding_dim {
+            check_count("time_embedding_dim", dim, MAX_WIDTH)?;
+        }
+        match &self.sample_size {
+            Some(OneOrMany::One(s)) => check_count("sample_size", *s, MAX_SAMPLE_SIZE)?,
+            Some(OneOrMany::Many(s)) => check_counts("sample_size", s, MAX_SAMPLE_SIZE)?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Checks the values before building, naming the offending field: sizes and counts are
+    /// positive and under `core::limits`' maxima, GroupNorm groups and heads divide the
+    /// channels.
     ///
     /// # Errors
     /// [`Error::Config`] for inconsistent values, [`Error::Unsupported`] for options of
@@ -329,6 +370,7 @@ impl UNet2DConditionConfig {
         if n == 0 {
             return Err(Error::config("block_out_channels", "is empty"));
         }
+        self.check_bounds()?;
         if self.down_block_types.len() != n {
             return Err(Error::config(
                 "down_block_types",
@@ -348,9 +390,18 @@ impl UNet2DConditionConfig {
             ));
         }
         let levels = self.levels()?;
-        if levels.layers.contains(&0) {
-            return Err(Error::config("layers_per_block", "must be at least 1"));
-        }
+        check_counts("layers_per_block", &levels.layers, MAX_LAYERS)?;
+        check_counts("attention_head_dim", &levels.heads, MAX_HEADS)?;
+        check_counts(
+            "cross_attention_dim",
+            &levels.cross_attention_dim,
+            MAX_WIDTH,
+        )?;
+        check_counts(
+            "transformer_layers_per_block",
+            &levels.transformer_layers,
+            MAX_LAYERS,
+        )?;
         let groups = self.groups();
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             if c == 0 || c % groups != 0 {

@@ -22,7 +22,7 @@ use crate::transformer_2d::Transformer2DModel;
 use crate::unet_2d_blocks::{
     AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
 };
-use crate::weights::{UNetWeightLayout, to_diffusers_names};
+use crate::weights::{UNetWeightLayout, check_weights, to_diffusers_names};
 
 /// Features added to the UNet's skip connections and to its mid-block output, after the
 /// encoder has run (diffusers' `down_block_additional_residuals` and
@@ -161,8 +161,10 @@ impl<B: Backend> UNet2DConditionModel<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let model = Self::new(config, device)?;
+        config.validate()?;
         let source = to_diffusers_names(source, UNetWeightLayout::detect(source), config)?;
+        check_weights(config, &source)?;
+        let model = Self::new(config, device)?;
         load_module(model, &source, "UNet2DConditionModel", options)
     }
 

@@ -9,9 +9,11 @@
 //!   squeezed on load.
 
 use prompt_diffusion_core::Result;
+use prompt_diffusion_core::limits::HeaderCheck;
 use prompt_diffusion_core::weights::TensorSource;
 
 use crate::UNet2DConditionConfig;
+use crate::data_layers::DataLayerKind;
 
 /// The naming of a UNet weight file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +143,76 @@ pub fn ldm_table(config: &UNet2DConditionConfig) -> Result<Vec<Entry>> {
         }
     }
     Ok(table)
+}
+
+/// Checks `config` against the header of `source` (diffusers names) before the model is
+/// allocated: the widths of `conv_in`, `conv_out` and the time embedding, the number of levels,
+/// the resnets per level and the transformer blocks per attention layer. Keys the file lacks,
+/// and the widths of inner layers, are left to the strict loader (which names every
+/// mis-shaped tensor).
+///
+/// # Errors
+/// [`Error::ConfigMismatch`](prompt_diffusion_core::Error::ConfigMismatch) naming the file,
+/// the key, the config field and both values; [`Error::Config`](prompt_diffusion_core::Error::Config)
+/// for an invalid config.
+pub fn check_weights(config: &UNet2DConditionConfig, source: &TensorSource) -> Result<()> {
+    config.validate()?;
+    let check = HeaderCheck::new(source);
+    let levels = config.levels()?;
+    let boc = &config.block_out_channels;
+    let c0 = format!("block_out_channels[0] = {}", boc[0]);
+    let n = boc.len();
+    if config.data_layers == DataLayerKind::Conv2D {
+        let (k_in, k_out) = (config.conv_in_kernel, config.conv_out_kernel);
+        check.dim_is("conv_in.weight", 0, boc[0], &c0)?;
+        let field = format!("in_channels = {}", config.in_channels);
+        check.dim_is("conv_in.weight", 1, config.in_channels, &field)?;
+        let field = format!("conv_in_kernel = {k_in}");
+        check.dim_is("conv_in.weight", 2, k_in, &field)?;
+        check.dim_is("conv_out.weight", 1, boc[0], &c0)?;
+        let field = format!("out_channels = {}", config.out_channels);
+        check.dim_is("conv_out.weight", 0, config.out_channels, &field)?;
+        let field = format!("conv_out_kernel = {k_out}");
+        check.dim_is("conv_out.weight", 2, k_out, &field)?;
+    }
+    let ted = config.time_embed_dim();
+    check.shape_is("time_embedding.linear_1.weight", &[ted, boc[0]], &c0)?;
+    let field = format!("time_embedding_dim = {ted}");
+    check.dim_is("time_embedding.linear_2.weight", 0, ted, &field)?;
+    let field = format!("block_out_channels (length {n})");
+    check.count_is(
+        "down_blocks.",
+        ".resnets.0.conv1.weight",
+        n,
+        &field,
+        "levels",
+    )?;
+    check.count_is("up_blocks.", ".resnets.0.conv1.weight", n, &field, "levels")?;
+    for (b, &layers) in levels.layers.iter().enumerate() {
+        if config.data_layers == DataLayerKind::Conv2D {
+            let field = format!("block_out_channels[{b}] = {}", boc[b]);
+            let key = format!("down_blocks.{b}.resnets.0.conv1.weight");
+            check.dim_is(&key, 0, boc[b], &field)?;
+        }
+        let field = format!("layers_per_block[{b}] = {layers}");
+        let prefix = format!("down_blocks.{b}.resnets.");
+        check.count_is(&prefix, ".conv1.weight", layers, &field, "resnets")?;
+        let prefix = format!("up_blocks.{}.resnets.", n - 1 - b);
+        check.count_is(&prefix, ".conv1.weight", layers + 1, &field, "resnets")?;
+        if config.down_block_types[b].has_attention() {
+            let depth = levels.transformer_layers[b];
+            let prefix = format!("down_blocks.{b}.attentions.0.transformer_blocks.");
+            let field = format!("transformer_layers_per_block[{b}] = {depth}");
+            check.count_is(
+                &prefix,
+                ".attn1.to_q.weight",
+                depth,
+                &field,
+                "transformer blocks",
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// LDM `ResBlock` member names → diffusers `ResnetBlock2D` names.

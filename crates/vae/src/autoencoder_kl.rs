@@ -11,7 +11,7 @@ use prompt_diffusion_core::weights::{
 
 use crate::AutoencoderKLConfig;
 use crate::vae::{Decoder, Encoder};
-use crate::weights::{VaeWeightLayout, to_diffusers_names};
+use crate::weights::{VaeWeightLayout, check_weights, to_diffusers_names};
 
 /// The posterior `N(mean, exp(logvar))` an image encodes to (diffusers
 /// `DiagonalGaussianDistribution`).
@@ -115,6 +115,7 @@ impl<B: Backend> AutoencoderKL<B> {
         config.validate()?;
         let layout = VaeWeightLayout::detect(source);
         let source = to_diffusers_names(source, layout, config.block_out_channels.len())?;
+        check_weights(config, &source)?;
         load_module(Self::new(config, device), &source, "AutoencoderKL", options)
     }
 

@@ -2,6 +2,9 @@
 
 use std::path::Path;
 
+use prompt_diffusion_core::limits::{
+    MAX_LAYERS, MAX_LEVELS, MAX_SAMPLE_SIZE, MAX_WIDTH, check_count, check_counts,
+};
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::{Error, Result, config::read_config};
 use serde::{Deserialize, Serialize};
@@ -116,7 +119,8 @@ impl AutoencoderKLConfig {
         1 << self.block_out_channels.len().saturating_sub(1)
     }
 
-    /// Checks the values before building.
+    /// Checks the values before building: sizes and counts positive and under
+    /// `core::limits`' maxima, GroupNorm groups dividing every level's channels.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first inconsistent field.
@@ -143,12 +147,19 @@ impl AutoencoderKLConfig {
                 ),
             ));
         }
-        if self.layers_per_block == 0 {
-            return Err(Error::config("layers_per_block", "must be at least 1"));
+        if n > MAX_LEVELS {
+            return Err(Error::config(
+                "block_out_channels",
+                format!("has {n} levels, above the supported maximum {MAX_LEVELS}"),
+            ));
         }
-        if self.norm_num_groups == 0 {
-            return Err(Error::config("norm_num_groups", "must be at least 1"));
-        }
+        check_counts("block_out_channels", &self.block_out_channels, MAX_WIDTH)?;
+        check_count("layers_per_block", self.layers_per_block, MAX_LAYERS)?;
+        check_count("norm_num_groups", self.norm_num_groups, MAX_WIDTH)?;
+        check_count("in_channels", self.in_channels, MAX_WIDTH)?;
+        check_count("out_channels", self.out_channels, MAX_WIDTH)?;
+        check_count("latent_channels", self.latent_channels, MAX_WIDTH)?;
+        check_count("sample_size", self.sample_size, MAX_SAMPLE_SIZE)?;
         if let Some(c) = self
             .block_out_channels
             .iter()

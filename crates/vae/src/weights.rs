@@ -9,7 +9,10 @@
 //!   (diffusers' `convert_ldm_vae_checkpoint`). The 1×1 weights are squeezed on load.
 
 use prompt_diffusion_core::Result;
+use prompt_diffusion_core::limits::HeaderCheck;
 use prompt_diffusion_core::weights::TensorSource;
+
+use crate::AutoencoderKLConfig;
 
 /// The naming of a VAE weight file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +32,58 @@ impl VaeWeightLayout {
             Self::Diffusers
         }
     }
+}
+
+/// Checks `config` against the header of `source` (diffusers names) before the model is
+/// allocated: the encoder's and decoder's input and output convolutions, the number of levels
+/// and the resnets per level. Keys the file lacks are left to the strict loader.
+///
+/// # Errors
+/// [`Error::ConfigMismatch`](prompt_diffusion_core::Error::ConfigMismatch) naming the file,
+/// the key, the config field and both values.
+pub fn check_weights(config: &AutoencoderKLConfig, source: &TensorSource) -> Result<()> {
+    config.validate()?;
+    let check = HeaderCheck::new(source);
+    let boc = &config.block_out_channels;
+    let (n, first, last) = (boc.len(), boc[0], boc[boc.len() - 1]);
+    let c0 = format!("block_out_channels[0] = {first}");
+    let cn = format!("block_out_channels[{}] = {last}", n - 1);
+    let latent = config.latent_channels;
+    let lc = format!("latent_channels = {latent}");
+    check.dim_is("encoder.conv_in.weight", 0, first, &c0)?;
+    let field = format!("in_channels = {}", config.in_channels);
+    check.dim_is("encoder.conv_in.weight", 1, config.in_channels, &field)?;
+    check.dim_is("encoder.conv_out.weight", 1, last, &cn)?;
+    check.dim_is("encoder.conv_out.weight", 0, 2 * latent, &lc)?;
+    check.dim_is("decoder.conv_in.weight", 0, last, &cn)?;
+    check.dim_is("decoder.conv_in.weight", 1, latent, &lc)?;
+    check.dim_is("decoder.conv_out.weight", 1, first, &c0)?;
+    let field = format!("out_channels = {}", config.out_channels);
+    check.dim_is("decoder.conv_out.weight", 0, config.out_channels, &field)?;
+    let field = format!("block_out_channels (length {n})");
+    check.count_is(
+        "encoder.down_blocks.",
+        ".resnets.0.conv1.weight",
+        n,
+        &field,
+        "levels",
+    )?;
+    check.count_is(
+        "decoder.up_blocks.",
+        ".resnets.0.conv1.weight",
+        n,
+        &field,
+        "levels",
+    )?;
+    let layers = config.layers_per_block;
+    let field = format!("layers_per_block = {layers}");
+    for b in 0..n {
+        let prefix = format!("encoder.down_blocks.{b}.resnets.");
+        check.count_is(&prefix, ".conv1.weight", layers, &field, "resnets")?;
+        let prefix = format!("decoder.up_blocks.{b}.resnets.");
+        check.count_is(&prefix, ".conv1.weight", layers + 1, &field, "resnets")?;
+    }
+    Ok(())
 }
 
 /// Renames the tensors of `source` (in `layout`, of a VAE with `num_blocks` resolution levels)

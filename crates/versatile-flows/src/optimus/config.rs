@@ -8,6 +8,9 @@
 use std::path::Path;
 
 use prompt_diffusion_core::config::read_config;
+use prompt_diffusion_core::limits::{
+    MAX_HEADS, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, check_count,
+};
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -122,7 +125,7 @@ impl OptimusConfig {
         Ok(config)
     }
 
-    /// Checks the sizes.
+    /// Checks the sizes: positive, under `core::limits`' maxima, heads dividing the widths.
     ///
     /// # Errors
     /// [`Error::Config`] naming the field.
@@ -149,9 +152,34 @@ impl OptimusConfig {
                 "must be at least 2",
             ),
         ];
-        match checks.iter().find(|(_, ok, _)| !ok) {
-            Some((field, _, reason)) => Err(Error::config(*field, *reason)),
-            None => Ok(()),
+        if let Some((field, _, reason)) = checks.iter().find(|(_, ok, _)| !ok) {
+            return Err(Error::config(*field, *reason));
         }
+        let bounded = [
+            ("latent_size", self.latent_size, MAX_WIDTH),
+            ("encoder.vocab_size", e.vocab_size, MAX_VOCAB),
+            ("encoder.hidden_size", e.hidden_size, MAX_WIDTH),
+            ("encoder.num_hidden_layers", e.num_hidden_layers, MAX_LAYERS),
+            (
+                "encoder.num_attention_heads",
+                e.num_attention_heads,
+                MAX_HEADS,
+            ),
+            ("encoder.intermediate_size", e.intermediate_size, MAX_WIDTH),
+            (
+                "encoder.max_position_embeddings",
+                e.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
+            ("encoder.type_vocab_size", e.type_vocab_size, MAX_VOCAB),
+            ("decoder.vocab_size", d.vocab_size, MAX_VOCAB),
+            ("decoder.n_embd", d.n_embd, MAX_WIDTH),
+            ("decoder.n_layer", d.n_layer, MAX_LAYERS),
+            ("decoder.n_head", d.n_head, MAX_HEADS),
+            ("decoder.n_positions", d.n_positions, MAX_POSITIONS),
+        ];
+        bounded
+            .iter()
+            .try_for_each(|(field, value, max)| check_count(field, *value, *max))
     }
 }

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::DType;
+use prompt_diffusion_core::limits::HeaderCheck;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource, load_module};
 use prompt_diffusion_core::{Error, Result};
 use rand_chacha::ChaCha8Rng;
@@ -69,13 +70,53 @@ impl<B: Backend> OptimusVae<B> {
         for pattern in OPTIMUS_IGNORED {
             options = options.ignore(pattern);
         }
-        load_module(
-            Self::new(config, device)?,
-            &optimus_source(source)?,
-            "Optimus",
-            &options,
-        )
+        config.validate()?;
+        let source = optimus_source(source)?;
+        check_weights(config, &source)?;
+        load_module(Self::new(config, device)?, &source, "Optimus", &options)
     }
+}
+
+/// Checks `config` against the header of `source` (module names) before the networks are
+/// allocated: the vocabularies, widths, positions and layer counts of BERT and GPT-2. Keys the
+/// file lacks are left to the strict loader.
+///
+/// # Errors
+/// [`Error::ConfigMismatch`](prompt_diffusion_core::Error::ConfigMismatch) naming the file,
+/// the key, the config field and both values.
+pub fn check_weights(config: &OptimusConfig, source: &TensorSource) -> Result<()> {
+    let check = HeaderCheck::new(source);
+    let (e, d) = (&config.encoder, &config.decoder);
+    let field = format!(
+        "encoder.vocab_size = {}, encoder.hidden_size = {}",
+        e.vocab_size, e.hidden_size
+    );
+    let key = "encoder.embeddings.word_embeddings.weight";
+    check.shape_is(key, &[e.vocab_size, e.hidden_size], &field)?;
+    let field = format!("encoder.num_hidden_layers = {}", e.num_hidden_layers);
+    let (prefix, suffix) = ("encoder.encoder.layer.", ".output.dense.weight");
+    check.count_is(prefix, suffix, e.num_hidden_layers, &field, "layers")?;
+    let field = format!(
+        "decoder.vocab_size = {}, decoder.n_embd = {}",
+        d.vocab_size, d.n_embd
+    );
+    check.shape_is(
+        "decoder.transformer.wte.weight",
+        &[d.vocab_size, d.n_embd],
+        &field,
+    )?;
+    let field = format!(
+        "decoder.n_positions = {}, decoder.n_embd = {}",
+        d.n_positions, d.n_embd
+    );
+    check.shape_is(
+        "decoder.transformer.wpe.weight",
+        &[d.n_positions, d.n_embd],
+        &field,
+    )?;
+    let field = format!("decoder.n_layer = {}", d.n_layer);
+    let (prefix, suffix) = ("decoder.transformer.h.", ".attn.c_attn.weight");
+    check.count_is(prefix, suffix, d.n_layer, &field, "layers")
 }
 
 /// Optimus with its tokenizers: text ⇄ latent.
