@@ -14,8 +14,11 @@ use crate::schedulers::SchedulerConfig;
 use crate::unet::UNet2DConditionConfig;
 use crate::vae::AutoencoderKLConfig;
 
-/// The fuzz targets, by name: `(name, body)`.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+/// A fuzz target: its name and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// The fuzz targets, by name.
+pub const TARGETS: [Target; 5] = [
     ("safetensors", safetensors),
     ("checkpoint", checkpoint),
     ("config", config),
