@@ -15,4 +15,5 @@ mod fuzz_seeded;
 mod pipeline_parity;
 #[path = "prompt_diffusion.rs"]
 mod prompt_diffusion_pipelines;
+mod robustness;
 mod versatile_pipelines;

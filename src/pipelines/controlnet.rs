@@ -177,6 +177,8 @@ pub(crate) fn controlled_text_to_image<B: Backend>(
     callback: &mut dyn StepCallback,
     residuals: &mut ResidualsFn<'_, B>,
 ) -> Result<Vec<RgbImage>> {
+    let (n, guided) = (generation.num_images, generation.guided());
+    sd.check_memory(width, height, n, guided, 0)?;
     let context = sd.encode_prompt(generation)?;
     let mut scheduler = sd.scheduler(generation.scheduler, generation.eta)?;
     scheduler.set_timesteps(generation.steps)?;

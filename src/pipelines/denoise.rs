@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::DType;
+use prompt_diffusion_core::finite::{Stage, check_finite};
 use prompt_diffusion_core::noise::NoiseSource;
 use prompt_diffusion_core::progress::{StepCallback, StepInfo};
 use prompt_diffusion_core::{Error, Result};
@@ -19,9 +20,13 @@ use prompt_diffusion_schedulers::Scheduler;
 /// scheduler-scaled input and the timestep and returns its prediction; latents and scheduler
 /// arithmetic stay in f32 whatever the model's dtype.
 ///
+/// The latents are checked for NaN and infinite values before the first step and after each
+/// step ([`check_finite`], one reduction read back per step), so a broken weight or a
+/// half-precision overflow fails at the step it appears instead of producing a black image.
+///
 /// # Errors
-/// The model's and the scheduler's errors, and [`Error::Cancelled`] when `callback` stops
-/// the run.
+/// The model's and the scheduler's errors, [`Error::NonFinite`] naming the step where NaN/Inf
+/// appeared, and [`Error::Cancelled`] when `callback` stops the run.
 pub fn denoise<B: Backend>(
     scheduler: &mut dyn Scheduler<B>,
     latents: Tensor<B, 4>,
@@ -32,6 +37,7 @@ pub fn denoise<B: Backend>(
     callback: &mut dyn StepCallback,
 ) -> Result<Tensor<B, 4>> {
     let mut latents = latents.cast(DType::F32);
+    check_finite(&latents, Stage::InitialLatents, DType::F32)?;
     let total = timesteps.len();
     for (i, &t) in timesteps.iter().enumerate() {
         let start = Instant::now();
@@ -40,7 +46,9 @@ pub fn denoise<B: Backend>(
             None => latents.clone(),
         };
         let input = scheduler.scale_model_input(input, t);
-        let prediction = model(input, t)?.cast(DType::F32);
+        let prediction = model(input, t)?;
+        let model_dtype = prediction.dtype();
+        let prediction = prediction.cast(DType::F32);
         let prediction = match guidance_scale {
             Some(scale) => {
                 let [uncond, cond] = split_halves(prediction);
@@ -49,6 +57,7 @@ pub fn denoise<B: Backend>(
             None => prediction,
         };
         latents = scheduler.step(prediction, t, latents, noise)?;
+        check_finite(&latents, Stage::AfterStep(i + 1), model_dtype)?;
         let info = StepInfo {
             step: i + 1,
             total,

@@ -342,6 +342,7 @@ impl<B: Backend> DiffPlugin<B> {
         let factor = self.sd.components.vae.config().downsampling_factor();
         let (w, h) = (image.width() as usize, image.height() as usize);
         let (width, height) = request.working_size(w, h, factor)?;
+        self.sd.check_memory(width, height, 1, false, 0)?;
         let mut current = if (width, height) == (w, h) {
             image.clone()
         } else {

@@ -11,6 +11,7 @@ use prompt_diffusion_clip::{
 };
 use prompt_diffusion_core::config::OneOrMany;
 use prompt_diffusion_core::dtype::default_float_dtype;
+use prompt_diffusion_core::memory::MemoryLimit;
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 use prompt_diffusion_core::{Error, Result};
@@ -28,6 +29,9 @@ pub struct ModelOptions {
     /// it the family (SD1 or SD2) is detected from the tensor names and the published configs
     /// are used.
     pub config: Option<PathBuf>,
+    /// The memory a generation with the loaded model may use (default: the memory available
+    /// when it starts); a generation estimated to need more is refused before it allocates.
+    pub memory_limit: MemoryLimit,
 }
 
 impl ModelOptions {
@@ -40,6 +44,12 @@ impl ModelOptions {
     /// Describes a single-file checkpoint by a diffusers folder's configs and tokenizer.
     pub fn with_config(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config = Some(dir.into());
+        self
+    }
+
+    /// Sets the memory limit of generations.
+    pub fn with_memory_limit(mut self, limit: MemoryLimit) -> Self {
+        self.memory_limit = limit;
         self
     }
 

@@ -6,12 +6,14 @@
 //! * [`StableDiffusionControlNet`] — text→image guided by a standard ControlNet and a hint.
 //! * [`PromptDiffusion`] — in-context generation from an example pair and a query image.
 //! * [`VersatileDiffusion`] — Versatile Diffusion's five flows (text/image ⇄ image/text).
+//! * [`memory`] — the memory estimate a generation is checked against before it allocates.
 
 mod controlnet;
 mod denoise;
 pub mod diff_plugin;
 mod generation;
 mod loading;
+pub mod memory;
 mod prompt_diffusion;
 mod stable_diffusion;
 mod versatile_diffusion;

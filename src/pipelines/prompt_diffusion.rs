@@ -252,10 +252,9 @@ impl<B: Backend> PromptDiffusion<B> {
         let controlnet =
             PromptDiffusionControlNet::from_single_file(&config, &checkpoint, &load, device)?;
         let components = Components::from_checkpoint(&checkpoint, options, device)?;
-        Ok(Self::new(
-            StableDiffusion::new(components, device),
-            controlnet,
-        ))
+        let mut sd = StableDiffusion::new(components, device);
+        sd.set_memory_limit(options.memory_limit);
+        Ok(Self::new(sd, controlnet))
     }
 
     /// Generates images that apply the `example_source` → `example_target` task to `query`,

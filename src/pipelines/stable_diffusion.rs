@@ -8,7 +8,9 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use image::RgbImage;
 use prompt_diffusion_clip::ClipTokenizer;
+use prompt_diffusion_core::finite::{Stage, check_finite};
 use prompt_diffusion_core::image::{PixelRange, images_to_tensor, resize, tensor_to_images};
+use prompt_diffusion_core::memory::MemoryLimit;
 use prompt_diffusion_core::noise::{NoiseSource, SeededNoise, noise_tensor};
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::{Error, Result};
@@ -17,6 +19,7 @@ use prompt_diffusion_schedulers::{Scheduler, SchedulerKind};
 use super::denoise::denoise;
 use super::generation::{Generation, check_strength};
 use super::loading::{Components, ModelOptions};
+use super::memory::{self, RunShape};
 
 /// A loaded Stable Diffusion 1.x/2.x model and its pipelines.
 #[derive(Debug)]
@@ -24,6 +27,7 @@ pub struct StableDiffusion<B: Backend> {
     /// The model's components (public so other pipelines can reuse them).
     pub components: Components<B>,
     device: B::Device,
+    memory_limit: MemoryLimit,
 }
 
 impl<B: Backend> StableDiffusion<B> {
@@ -36,10 +40,9 @@ impl<B: Backend> StableDiffusion<B> {
         options: &ModelOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        Ok(Self::new(
-            Components::from_pretrained(dir, options, device)?,
-            device,
-        ))
+        let mut sd = Self::new(Components::from_pretrained(dir, options, device)?, device);
+        sd.set_memory_limit(options.memory_limit);
+        Ok(sd)
     }
 
     /// Loads an original single-file checkpoint (`.safetensors` or `.ckpt`).
@@ -51,10 +54,9 @@ impl<B: Backend> StableDiffusion<B> {
         options: &ModelOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        Ok(Self::new(
-            Components::from_single_file(path, options, device)?,
-            device,
-        ))
+        let mut sd = Self::new(Components::from_single_file(path, options, device)?, device);
+        sd.set_memory_limit(options.memory_limit);
+        Ok(sd)
     }
 
     /// Wraps loaded components.
@@ -62,7 +64,47 @@ impl<B: Backend> StableDiffusion<B> {
         Self {
             components,
             device: device.clone(),
+            memory_limit: MemoryLimit::default(),
         }
+    }
+
+    /// Sets the memory a generation may use (default: the memory available when it starts).
+    pub fn set_memory_limit(&mut self, limit: MemoryLimit) {
+        self.memory_limit = limit;
+    }
+
+    /// The memory a generation may use.
+    pub fn memory_limit(&self) -> MemoryLimit {
+        self.memory_limit
+    }
+
+    /// Refuses a generation of `width`×`height`, `images` images (guided or not) that is
+    /// estimated not to fit in the memory limit; `extra_weights` (bytes) counts models loaded
+    /// beside the components (a ControlNet, plug-ins). See [`memory::estimate`](super::memory::estimate).
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] with the estimate and the limit.
+    pub fn check_memory(
+        &self,
+        width: usize,
+        height: usize,
+        images: usize,
+        guided: bool,
+        extra_weights: u64,
+    ) -> Result<()> {
+        let shape = RunShape {
+            width,
+            height,
+            images,
+            guided,
+        };
+        memory::check(
+            &self.components,
+            shape,
+            extra_weights,
+            self.memory_limit,
+            &self.device,
+        )
     }
 
     /// The device the model runs on.
@@ -105,6 +147,8 @@ impl<B: Backend> StableDiffusion<B> {
     ) -> Result<Vec<RgbImage>> {
         generation.validate()?;
         let (width, height) = generation.size(self.native_size());
+        let (n, guided) = (generation.num_images, generation.guided());
+        self.check_memory(width, height, n, guided, 0)?;
         let context = self.encode_prompt(generation)?;
         let mut scheduler = self.scheduler(generation.scheduler, generation.eta)?;
         scheduler.set_timesteps(generation.steps)?;
@@ -169,6 +213,10 @@ impl<B: Backend> StableDiffusion<B> {
                 "initial latents apply to text-to-image only",
             ));
         }
+        let width = generation.width.unwrap_or(image.width() as usize / 8 * 8);
+        let height = generation.height.unwrap_or(image.height() as usize / 8 * 8);
+        let (n, guided) = (generation.num_images, generation.guided());
+        self.check_memory(width, height, n, guided, 0)?;
         let image = self.fit_image(image, generation)?;
         let context = self.encode_prompt(generation)?;
         let mut scheduler = self.scheduler(generation.scheduler, generation.eta)?;
@@ -331,10 +379,15 @@ impl<B: Backend> StableDiffusion<B> {
     }
 
     /// Decodes scaled latents to images.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] when the decoded image holds NaN or infinite values (instead of
+    /// writing a black image).
     pub fn decode(&self, latents: Tensor<B, 4>) -> Result<Vec<RgbImage>> {
         let vae = &self.components.vae;
         let dtype = vae.decoder.conv_in.weight.val().dtype();
         let image = vae.decode(vae.unscale_latents(latents.cast(dtype)));
+        check_finite(&image, Stage::VaeDecode, dtype)?;
         tensor_to_images(image, PixelRange::MinusOneToOne)
     }
 

@@ -353,7 +353,10 @@ impl<B: Backend> CLIPTextModelWithProjection<B> {
 }
 
 fn open_text_folder(dir: &Path, options: &LoadOptions) -> Result<(CLIPTextConfig, TensorSource)> {
-    let (config, full_clip) = read_tower(&dir.join("config.json"), Tower::Text)?;
+    let path = dir.join("config.json");
+    let (config, full_clip): (CLIPTextConfig, bool) = read_tower(&path, Tower::Text)?;
+    // Validated here too, so that an error names the config file.
+    config.validate().map_err(|e| e.with_config_origin(&path))?;
     let source = open_component_weights(dir, options.variant.as_deref())?;
     let source = if full_clip {
         weights::text_tower(&source)

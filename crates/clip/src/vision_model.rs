@@ -344,7 +344,10 @@ fn open_vision_folder(
     dir: &Path,
     options: &LoadOptions,
 ) -> Result<(CLIPVisionConfig, TensorSource)> {
-    let (config, full_clip) = read_tower(&dir.join("config.json"), Tower::Vision)?;
+    let path = dir.join("config.json");
+    let (config, full_clip): (CLIPVisionConfig, bool) = read_tower(&path, Tower::Vision)?;
+    // Validated here too, so that an error names the config file.
+    config.validate().map_err(|e| e.with_config_origin(&path))?;
     let source = open_component_weights(dir, options.variant.as_deref())?;
     let source = if full_clip {
         weights::vision_tower(&source)

@@ -117,7 +117,10 @@ mod tests {
         let inf = Tensor::<B, 1>::from_floats([f32::INFINITY, 1.0], &device);
         let err = check_finite(&inf, Stage::VaeDecode, DType::F16).unwrap_err();
         assert!(matches!(err, Error::NonFinite { .. }));
-        assert!(err.to_string().contains("infinite values appeared in the VAE decode"));
+        assert!(
+            err.to_string()
+                .contains("infinite values appeared in the VAE decode")
+        );
         assert!(err.to_string().contains("f32"), "{err}");
     }
 }

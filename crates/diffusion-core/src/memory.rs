@@ -181,8 +181,9 @@ impl MemoryEstimate {
 
 /// `∏ dims × bytes`, saturating (an estimate of a tensor's size that never overflows).
 pub fn tensor_bytes(dims: &[usize], bytes_per_element: usize) -> u64 {
-    dims.iter()
-        .fold(bytes_per_element as u64, |acc, &d| acc.saturating_mul(d as u64))
+    dims.iter().fold(bytes_per_element as u64, |acc, &d| {
+        acc.saturating_mul(d as u64)
+    })
 }
 
 #[cfg(test)]
@@ -224,7 +225,10 @@ mod tests {
             .unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, Error::OutOfMemory { .. }));
-        assert!(message.contains("4.0 GiB") && message.contains("1.0 GiB"), "{message}");
+        assert!(
+            message.contains("4.0 GiB") && message.contains("1.0 GiB"),
+            "{message}"
+        );
         assert!(message.contains("attention scores 3.0 GiB"), "{message}");
     }
 }

@@ -6,6 +6,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use image::RgbImage;
 use prompt_diffusion_core::config::OneOrMany;
+use prompt_diffusion_core::finite::{Stage, check_finite};
 use prompt_diffusion_core::image::{PixelRange, tensor_to_images};
 use prompt_diffusion_core::{Error, Result};
 
@@ -173,10 +174,9 @@ impl<B: Backend> VersatileComponents<B> {
     pub fn decode_images(&self, latents: Tensor<B, 4>) -> Result<Vec<RgbImage>> {
         let vae = self.vae()?;
         let dtype = vae.decoder.conv_in.weight.val().dtype();
-        tensor_to_images(
-            vae.decode(vae.unscale_latents(latents.cast(dtype))),
-            PixelRange::MinusOneToOne,
-        )
+        let image = vae.decode(vae.unscale_latents(latents.cast(dtype)));
+        check_finite(&image, Stage::VaeDecode, dtype)?;
+        tensor_to_images(image, PixelRange::MinusOneToOne)
     }
 
     /// Optimus-decodes text latents `[n, latent, 1, 1]` (`seed` drives sampling).

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use clap::Args;
 use prompt_diffusion::backends::BackendKind;
 use prompt_diffusion::core::Precision;
+use prompt_diffusion::core::memory::MemoryLimit;
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{Generation, ModelOptions};
 
@@ -51,6 +52,10 @@ pub struct DeviceArgs {
     /// Float precision: f32, f16 or bf16.
     #[arg(long, default_value = "f32", value_parser = parse::<Precision>)]
     pub precision: Precision,
+    /// The most memory a generation may use, e.g. 8GiB or 512MiB, or `none` (default: the
+    /// memory available when it starts); a larger one is refused before it allocates.
+    #[arg(long, value_name = "SIZE", value_parser = parse::<MemoryLimit>)]
+    pub max_memory: Option<MemoryLimit>,
 }
 
 impl ModelArgs {
@@ -59,6 +64,7 @@ impl ModelArgs {
         ModelOptions {
             variant: self.variant.clone(),
             config: self.config.clone(),
+            memory_limit: self.device.max_memory.unwrap_or_default(),
         }
     }
 }
