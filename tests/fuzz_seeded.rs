@@ -27,16 +27,7 @@ impl Rng {
 }
 
 /// Values that sit on size and sign boundaries, written over length fields.
-const INTERESTING: [u64; 8] = [
-    0,
-    1,
-    0x7f,
-    0xff,
-    0xffff,
-    0x7fff_ffff,
-    0xffff_ffff,
-    u64::MAX,
-];
+const INTERESTING: [u64; 8] = [0, 1, 0x7f, 0xff, 0xffff, 0x7fff_ffff, 0xffff_ffff, u64::MAX];
 
 fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut data = seed.to_vec();
