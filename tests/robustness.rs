@@ -195,6 +195,7 @@ fn configs_that_disagree_with_the_weight_header_are_refused_before_allocation() 
                 field: f,
                 expected,
                 found,
+                ..
             } => {
                 assert_eq!(k, key, "{file} {field}={value}: {message}");
                 assert_eq!(f, named, "{file} {field}={value}: {message}");

@@ -70,7 +70,12 @@ pub fn check_text_weights(
     source: &TensorSource,
     projection: bool,
 ) -> Result<()> {
-    let check = HeaderCheck::new(source);
+    let module = if projection {
+        "CLIPTextModelWithProjection"
+    } else {
+        "CLIPTextModel"
+    };
+    let check = HeaderCheck::new(source, module);
     let d = config.hidden_size;
     let width = format!("hidden_size = {d}");
     let key = "text_model.embeddings.token_embedding.weight";
@@ -106,7 +111,12 @@ pub fn check_vision_weights(
     source: &TensorSource,
     projection: bool,
 ) -> Result<()> {
-    let check = HeaderCheck::new(source);
+    let module = if projection {
+        "CLIPVisionModelWithProjection"
+    } else {
+        "CLIPVisionModel"
+    };
+    let check = HeaderCheck::new(source, module);
     let d = config.hidden_size;
     let (c, p) = (config.num_channels, config.patch_size);
     let field = format!("hidden_size = {d}, num_channels = {c}, patch_size = {p}");

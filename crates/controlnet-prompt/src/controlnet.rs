@@ -125,7 +125,7 @@ impl<B: Backend> ControlNetModel<B> {
         let source = controlnet_tensors(source);
         let layout = ControlNetWeightLayout::detect(&source);
         let source = to_diffusers_names(&source, layout, config, HintEncoders::Single)?;
-        check_weights(config, &source)?;
+        check_weights(config, &source, "ControlNetModel")?;
         let model = Self::new(config, device)?;
         load_module(model, &source, "ControlNetModel", options)
     }

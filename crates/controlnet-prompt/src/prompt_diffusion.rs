@@ -95,7 +95,7 @@ impl<B: Backend> PromptDiffusionControlNet<B> {
         let source = controlnet_tensors(source);
         let layout = ControlNetWeightLayout::detect(&source);
         let source = to_diffusers_names(&source, layout, config, HintEncoders::PairAndQuery)?;
-        check_weights(config, &source)?;
+        check_weights(config, &source, "PromptDiffusionControlNetModel")?;
         let model = Self::new(config, device)?;
         // The inner ControlNet's parameters sit under `controlnet.`.
         let source = source.rename(|key| {

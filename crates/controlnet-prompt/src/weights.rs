@@ -30,8 +30,8 @@ use crate::ControlNetConfig;
 /// The prefix of the ControlNet in original single-file checkpoints.
 pub const CONTROL_MODEL_PREFIX: &str = "control_model.";
 
-/// Checks `config` against the header of `source` (diffusers names) before the model is
-/// allocated: the UNet encoder it copies (`conv_in`, the time embedding, the levels and
+/// Checks `config` against the header of `source` (diffusers names) before the model
+/// (`module`, for messages) is allocated: the UNet encoder it copies (`conv_in`, the time embedding, the levels and
 /// resnets). Keys the file lacks, the hint encoder and the zero convolutions are left to the
 /// strict loader.
 ///
@@ -39,9 +39,9 @@ pub const CONTROL_MODEL_PREFIX: &str = "control_model.";
 /// [`Error::ConfigMismatch`](prompt_diffusion_core::Error::ConfigMismatch) naming the file,
 /// the key, the config field and both values; [`Error::Config`](prompt_diffusion_core::Error::Config)
 /// for an invalid config.
-pub fn check_weights(config: &ControlNetConfig, source: &TensorSource) -> Result<()> {
+pub fn check_weights(config: &ControlNetConfig, source: &TensorSource, module: &str) -> Result<()> {
     config.validate()?;
-    check_unet_weights(&config.to_unet_config(), source)
+    check_unet_weights(&config.to_unet_config(), source, module)
 }
 
 /// The naming of a ControlNet weight file.

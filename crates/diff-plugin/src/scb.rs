@@ -107,7 +107,7 @@ impl<B: Backend> SCBNet<B> {
         let source = crate::weights::strip_data_parallel(source);
         // The branch is a UNet encoder: its config is checked against the header first.
         config.validate()?;
-        prompt_diffusion_unet::weights::check_weights(&config.to_unet_config(), &source)?;
+        prompt_diffusion_unet::weights::check_weights(&config.to_unet_config(), &source, "SCBNet")?;
         load_module(Self::new(config, device)?, &source, "SCBNet", options)
     }
 

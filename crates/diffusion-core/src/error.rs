@@ -121,10 +121,14 @@ pub enum Error {
 
     /// A config value disagrees with the shapes in the weight file's header (checked before
     /// any module is allocated).
-    #[error("{file}: `{key}` is {found} in the weights, but config `{field}` implies {expected}")]
+    #[error(
+        "{file}: `{key}` is {found} in the weights, but the {module} config `{field}` implies {expected}"
+    )]
     ConfigMismatch {
         /// The weight file (or its description).
         file: String,
+        /// The module being built (e.g. `UNet2DConditionModel`).
+        module: String,
         /// The tensor key, or the key pattern that was counted.
         key: String,
         /// The config field and its value (e.g. `block_out_channels[0] = 320`).

@@ -99,12 +99,14 @@ pub fn check_positive_float(field: &str, value: f64) -> Result<()> {
 #[derive(Debug, Clone, Copy)]
 pub struct HeaderCheck<'a> {
     source: &'a TensorSource,
+    module: &'a str,
 }
 
 impl<'a> HeaderCheck<'a> {
-    /// Checks against `source` (keys in the module's own naming).
-    pub fn new(source: &'a TensorSource) -> Self {
-        Self { source }
+    /// Checks against `source` (keys in the module's own naming) the config of `module` (a
+    /// type name such as `UNet2DConditionModel`, for messages).
+    pub fn new(source: &'a TensorSource, module: &'a str) -> Self {
+        Self { source, module }
     }
 
     fn file(&self, key: &str) -> String {
@@ -194,6 +196,7 @@ impl<'a> HeaderCheck<'a> {
             .unwrap_or_else(|| self.source.description().to_string());
         Err(Error::ConfigMismatch {
             file,
+            module: self.module.to_string(),
             key,
             field: field.to_string(),
             expected: format!("{expected} {what}"),
@@ -215,6 +218,7 @@ impl<'a> HeaderCheck<'a> {
     fn mismatch(&self, key: &str, field: &str, expected: String, found: String) -> Error {
         Error::ConfigMismatch {
             file: self.file(key),
+            module: self.module.to_string(),
             key: key.to_string(),
             field: field.to_string(),
             expected,
@@ -263,7 +267,7 @@ mod tests {
     #[test]
     fn header_checks() {
         let source = source();
-        let check = HeaderCheck::new(&source);
+        let check = HeaderCheck::new(&source, "Demo");
         check
             .shape_is("conv_in.weight", &[8, 4, 3, 3], "c")
             .unwrap();
@@ -271,7 +275,7 @@ mod tests {
         let err = check.dim_is("conv_in.weight", 0, 9, "c = 9").unwrap_err();
         assert!(
             err.to_string().ends_with(
-                "`conv_in.weight` is shape [8, 4, 3, 3] in the weights, but config `c = 9` implies shape [9, 4, 3, 3]"
+                "`conv_in.weight` is shape [8, 4, 3, 3] in the weights, but the Demo config `c = 9` implies shape [9, 4, 3, 3]"
             ),
             "{err}"
         );

@@ -148,7 +148,7 @@ impl MemoryEstimate {
     /// The largest parts, for messages: `weights 1.6 GiB, UNet attention scores 40.0 GiB`.
     pub fn breakdown(&self) -> String {
         let mut parts = self.parts.clone();
-        parts.sort_by(|a, b| b.1.cmp(&a.1));
+        parts.sort_by_key(|part| std::cmp::Reverse(part.1));
         parts
             .iter()
             .take(3)

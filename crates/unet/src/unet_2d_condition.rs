@@ -163,7 +163,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
     ) -> Result<Self> {
         config.validate()?;
         let source = to_diffusers_names(source, UNetWeightLayout::detect(source), config)?;
-        check_weights(config, &source)?;
+        check_weights(config, &source, "UNet2DConditionModel")?;
         let model = Self::new(config, device)?;
         load_module(model, &source, "UNet2DConditionModel", options)
     }

@@ -146,7 +146,7 @@ pub fn ldm_table(config: &UNet2DConditionConfig) -> Result<Vec<Entry>> {
 }
 
 /// Checks `config` against the header of `source` (diffusers names) before the model is
-/// allocated: the widths of `conv_in`, `conv_out` and the time embedding, the number of levels,
+/// allocated (`module` names the model in messages): the widths of `conv_in`, `conv_out` and the time embedding, the number of levels,
 /// the resnets per level and the transformer blocks per attention layer. Keys the file lacks,
 /// and the widths of inner layers, are left to the strict loader (which names every
 /// mis-shaped tensor).
@@ -155,9 +155,13 @@ pub fn ldm_table(config: &UNet2DConditionConfig) -> Result<Vec<Entry>> {
 /// [`Error::ConfigMismatch`](prompt_diffusion_core::Error::ConfigMismatch) naming the file,
 /// the key, the config field and both values; [`Error::Config`](prompt_diffusion_core::Error::Config)
 /// for an invalid config.
-pub fn check_weights(config: &UNet2DConditionConfig, source: &TensorSource) -> Result<()> {
+pub fn check_weights(
+    config: &UNet2DConditionConfig,
+    source: &TensorSource,
+    module: &str,
+) -> Result<()> {
     config.validate()?;
-    let check = HeaderCheck::new(source);
+    let check = HeaderCheck::new(source, module);
     let levels = config.levels()?;
     let boc = &config.block_out_channels;
     let c0 = format!("block_out_channels[0] = {}", boc[0]);

@@ -43,7 +43,7 @@ impl VaeWeightLayout {
 /// the key, the config field and both values.
 pub fn check_weights(config: &AutoencoderKLConfig, source: &TensorSource) -> Result<()> {
     config.validate()?;
-    let check = HeaderCheck::new(source);
+    let check = HeaderCheck::new(source, "AutoencoderKL");
     let boc = &config.block_out_channels;
     let (n, first, last) = (boc.len(), boc[0], boc[boc.len() - 1]);
     let c0 = format!("block_out_channels[0] = {first}");

@@ -85,7 +85,7 @@ impl<B: Backend> OptimusVae<B> {
 /// [`Error::ConfigMismatch`](prompt_diffusion_core::Error::ConfigMismatch) naming the file,
 /// the key, the config field and both values.
 pub fn check_weights(config: &OptimusConfig, source: &TensorSource) -> Result<()> {
-    let check = HeaderCheck::new(source);
+    let check = HeaderCheck::new(source, "Optimus");
     let (e, d) = (&config.encoder, &config.decoder);
     let field = format!(
         "encoder.vocab_size = {}, encoder.hidden_size = {}",
