@@ -189,18 +189,11 @@ fn configs_that_disagree_with_the_weight_header_are_refused_before_allocation() 
         let err = load_with(file, field, value.clone());
         let message = one_line(&err);
         match &err {
-            Error::ConfigMismatch {
-                file: weights,
-                key: k,
-                field: f,
-                expected,
-                found,
-                ..
-            } => {
-                assert_eq!(k, key, "{file} {field}={value}: {message}");
-                assert_eq!(f, named, "{file} {field}={value}: {message}");
-                assert!(weights.ends_with(".safetensors"), "{message}");
-                assert_ne!(expected, found, "{message}");
+            Error::ConfigMismatch(mismatch) => {
+                assert_eq!(mismatch.key, key, "{file} {field}={value}: {message}");
+                assert_eq!(mismatch.field, named, "{file} {field}={value}: {message}");
+                assert!(mismatch.file.ends_with(".safetensors"), "{message}");
+                assert_ne!(mismatch.expected, mismatch.found, "{message}");
             }
             other => panic!("{file} {field}={value}: expected a mismatch, got {other}"),
         }

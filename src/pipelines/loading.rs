@@ -188,7 +188,7 @@ impl<B: Backend> Components<B> {
         device: &B::Device,
     ) -> Result<Self> {
         match Self::checkpoint_components(checkpoint, options, device) {
-            Err(e @ (Error::Weights(_) | Error::ConfigMismatch { .. } | Error::Shape { .. }))
+            Err(e @ (Error::Weights(_) | Error::ConfigMismatch(_) | Error::Shape { .. }))
                 if options.config.is_none() =>
             {
                 Err(e.with_hint(

@@ -121,23 +121,8 @@ pub enum Error {
 
     /// A config value disagrees with the shapes in the weight file's header (checked before
     /// any module is allocated).
-    #[error(
-        "{file}: `{key}` is {found} in the weights, but the {module} config `{field}` implies {expected}"
-    )]
-    ConfigMismatch {
-        /// The weight file (or its description).
-        file: String,
-        /// The module being built (e.g. `UNet2DConditionModel`).
-        module: String,
-        /// The tensor key, or the key pattern that was counted.
-        key: String,
-        /// The config field and its value (e.g. `block_out_channels[0] = 320`).
-        field: String,
-        /// What the config implies (a shape or a count).
-        expected: String,
-        /// What the weight file holds.
-        found: String,
-    },
+    #[error(transparent)]
+    ConfigMismatch(Box<ConfigMismatch>),
 
     /// A run would need more memory than allowed; refused before allocating.
     #[error(
@@ -333,3 +318,30 @@ impl fmt::Display for WeightsError {
 }
 
 impl std::error::Error for WeightsError {}
+
+/// What [`Error::ConfigMismatch`] reports: a config field that disagrees with a tensor (or a
+/// count of tensors) in the weight file's header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{file}: `{key}` is {found} in the weights, but the {module} config `{field}` implies {expected}"
+)]
+pub struct ConfigMismatch {
+    /// The weight file (or its description).
+    pub file: String,
+    /// The module being built (e.g. `UNet2DConditionModel`).
+    pub module: String,
+    /// The tensor key, or the key pattern that was counted.
+    pub key: String,
+    /// The config field and its value (e.g. `block_out_channels[0] = 320`).
+    pub field: String,
+    /// What the config implies (a shape or a count).
+    pub expected: String,
+    /// What the weight file holds.
+    pub found: String,
+}
+
+impl From<ConfigMismatch> for Error {
+    fn from(mismatch: ConfigMismatch) -> Self {
+        Error::ConfigMismatch(Box::new(mismatch))
+    }
+}

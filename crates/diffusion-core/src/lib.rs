@@ -42,4 +42,4 @@ pub mod testing;
 pub mod weights;
 
 pub use dtype::Precision;
-pub use error::{Error, Result, ShapeMismatch, WeightsError};
+pub use error::{ConfigMismatch, Error, Result, ShapeMismatch, WeightsError};

@@ -13,7 +13,7 @@
 //! memory by the module structure alone.
 
 use crate::weights::TensorSource;
-use crate::{Error, Result};
+use crate::{ConfigMismatch, Error, Result};
 
 /// The widest channel count or hidden size accepted (model widths, MLP widths, projections).
 pub const MAX_WIDTH: usize = 65_536;
@@ -194,14 +194,15 @@ impl<'a> HeaderCheck<'a> {
             .file_of(&format!("{prefix}{}{suffix}", found - 1))
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| self.source.description().to_string());
-        Err(Error::ConfigMismatch {
+        Err(ConfigMismatch {
             file,
             module: self.module.to_string(),
             key,
             field: field.to_string(),
             expected: format!("{expected} {what}"),
             found: format!("{found} {what}"),
-        })
+        }
+        .into())
     }
 
     /// One more than the highest index `i` with `{prefix}{i}{suffix}` in the file (0 when
@@ -216,7 +217,7 @@ impl<'a> HeaderCheck<'a> {
     }
 
     fn mismatch(&self, key: &str, field: &str, expected: String, found: String) -> Error {
-        Error::ConfigMismatch {
+        ConfigMismatch {
             file: self.file(key),
             module: self.module.to_string(),
             key: key.to_string(),
@@ -224,6 +225,7 @@ impl<'a> HeaderCheck<'a> {
             expected,
             found,
         }
+        .into()
     }
 }
 
@@ -285,6 +287,6 @@ mod tests {
         let err = check
             .count_is("blocks.", ".w", 3, "n = 3", "blocks")
             .unwrap_err();
-        assert!(matches!(err, Error::ConfigMismatch { .. }), "{err}");
+        assert!(matches!(err, Error::ConfigMismatch(_)), "{err}");
     }
 }
