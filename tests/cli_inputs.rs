@@ -3,12 +3,11 @@
 //! model files, blank instructions, and huge prompts. Each is one readable line before any
 //! work, or a short warning.
 
-use std::path::Path;
 use std::process::Command;
 
 use crate::common::{
     assert_cli_fails, assert_cli_succeeds, assert_one_line_error, copy_dir, fixture, fixtures,
-    run_cli, write_f32_safetensors,
+    run_cli, versatile_args, write_f32_safetensors,
 };
 
 /// `base` followed by `extra`, as owned words.
@@ -19,52 +18,6 @@ fn words(base: &[&str], extra: &[&str]) -> Vec<String> {
 /// Asserts that the program fails on `args` with one line containing every needle.
 fn fails(args: &[String], needles: &[&str]) {
     assert_one_line_error(&format!("{args:?}"), &run_cli(args), needles);
-}
-
-/// The CRC-32 of a PNG chunk (type and data).
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// A 45-byte PNG (no pixel data) whose header claims `side`×`side` RGB pixels (14 GB decoded at 12000).
-fn huge_png(path: &Path, side: u32) {
-    let mut chunk = b"IHDR".to_vec();
-    chunk.extend_from_slice(&side.to_be_bytes());
-    chunk.extend_from_slice(&side.to_be_bytes());
-    chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0d".to_vec();
-    png.extend_from_slice(&chunk);
-    png.extend_from_slice(&crc32(&chunk).to_be_bytes());
-    png.extend_from_slice(b"\0\0\0\0IDAT");
-    png.extend_from_slice(&crc32(b"IDAT").to_be_bytes());
-    std::fs::write(path, png).unwrap();
-}
-
-/// The tiny Versatile Diffusion model's arguments for `flow`.
-fn versatile(flow: &str) -> Vec<String> {
-    let mut args = words(&["versatile", flow, "--model"], &[]);
-    args.push(fixture("versatile/vd"));
-    for (flag, path) in [
-        ("--vae", "tiny-sd/vae"),
-        ("--tokenizer", "tiny-sd/tokenizer"),
-        ("--optimus-weights", "versatile/optimus/optimus-vae.pth"),
-        ("--optimus-vocab", "versatile/optimus/vocab"),
-        ("--optimus-config", "versatile/optimus/config.json"),
-    ] {
-        args.extend([flag.to_string(), fixture(path)]);
-    }
-    args
 }
 
 #[test]
@@ -96,12 +49,15 @@ fn every_float_option_rejects_nan_infinity_and_absurd_values() {
         .collect::<Vec<_>>();
     let annotate = words(&["annotate", "--kind", "canny", &init, "unused.png"], &[]);
     let t2i = words(&[], &["--prompt", "x"]);
-    let text_to_image: Vec<String> = versatile("text-to-image").into_iter().chain(t2i).collect();
-    let dual: Vec<String> = versatile("dual-guided")
+    let text_to_image: Vec<String> = versatile_args("text-to-image")
+        .into_iter()
+        .chain(t2i)
+        .collect();
+    let dual: Vec<String> = versatile_args("dual-guided")
         .into_iter()
         .chain(words(&["--prompt", "x", "--image", &init], &[]))
         .collect();
-    let text_variation: Vec<String> = versatile("text-variation")
+    let text_variation: Vec<String> = versatile_args("text-variation")
         .into_iter()
         .chain(words(&["--prompt", "x"], &[]))
         .collect();
@@ -169,7 +125,7 @@ fn sizes_counts_and_images_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let (tiny, init) = (fixture("tiny-sd"), fixture("pipeline/init.png"));
     let huge = dir.path().join("huge.png");
-    huge_png(&huge, 12000);
+    std::fs::write(&huge, prompt_diffusion::core::testing::png_claiming(12000)).unwrap();
     let huge = huge.display().to_string();
     let sd = ["txt2img", "--model", tiny.as_str(), "--prompt", "x"];
     fails(&words(&sd, &["--width", "100000"]), &["width", "8192"]);
@@ -228,7 +184,7 @@ fn sizes_counts_and_images_are_bounded() {
             ],
             &["--task", "derain", "--input", &huge],
         ),
-        versatile("image-variation")
+        versatile_args("image-variation")
             .into_iter()
             .chain(words(&["--image", &huge], &[]))
             .collect(),
@@ -327,7 +283,7 @@ fn broken_model_files_are_named() {
     let vd = tempfile::tempdir().unwrap();
     copy_dir(&fixtures().join("versatile/vd"), vd.path());
     std::fs::write(vd.path().join("model_index.json"), b"[1, 2]").unwrap();
-    let mut args = versatile("text-to-image");
+    let mut args = versatile_args("text-to-image");
     args[3] = vd.path().display().to_string();
     args.extend(words(&["--prompt", "x", "--steps", "1"], &[]));
     fails(&args, &["model_index.json", "not a JSON object"]);

@@ -6,24 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{assert_cli_succeeds, assert_one_line_error, fixture, run_cli};
-
-/// Arguments of `versatile <flow>` with the tiny model.
-fn versatile(flow: &str) -> Vec<String> {
-    let mut args: Vec<String> = ["versatile", flow, "--model", &fixture("versatile/vd")]
-        .map(String::from)
-        .to_vec();
-    for (flag, path) in [
-        ("--vae", "tiny-sd/vae"),
-        ("--tokenizer", "tiny-sd/tokenizer"),
-        ("--optimus-weights", "versatile/optimus/optimus-vae.pth"),
-        ("--optimus-vocab", "versatile/optimus/vocab"),
-        ("--optimus-config", "versatile/optimus/config.json"),
-    ] {
-        args.extend([flag.to_string(), fixture(path)]);
-    }
-    args
-}
+use crate::common::{assert_cli_succeeds, assert_one_line_error, fixture, run_cli, versatile_args};
 
 /// Every subcommand that writes files, with arguments that are valid up to the output (the
 /// models are not all loadable: a check after loading would report another error), and the
@@ -85,14 +68,14 @@ fn writers() -> Vec<(Vec<String>, &'static str)> {
         ),
         (
             with(
-                versatile("text-to-image"),
+                versatile_args("text-to-image"),
                 &["--prompt", "x", "--output", "OUT"],
             ),
             "png",
         ),
         (
             with(
-                versatile("image-to-text"),
+                versatile_args("image-to-text"),
                 &["--image", &init, "--output", "OUT"],
             ),
             "txt",

@@ -114,3 +114,21 @@ pub fn assert_images_close(what: &str, actual: &[RgbImage], expected: &[RgbImage
         "{what}: max pixel difference {worst}/255 exceeds 2/255"
     );
 }
+
+/// The arguments of `versatile <flow>` with the tiny Versatile Diffusion model and its
+/// Optimus text VAE.
+pub fn versatile_args(flow: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["versatile", flow, "--model", &fixture("versatile/vd")]
+        .map(String::from)
+        .to_vec();
+    for (flag, path) in [
+        ("--vae", "tiny-sd/vae"),
+        ("--tokenizer", "tiny-sd/tokenizer"),
+        ("--optimus-weights", "versatile/optimus/optimus-vae.pth"),
+        ("--optimus-vocab", "versatile/optimus/vocab"),
+        ("--optimus-config", "versatile/optimus/config.json"),
+    ] {
+        args.extend([flag.to_string(), fixture(path)]);
+    }
+    args
+}

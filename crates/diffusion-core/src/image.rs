@@ -219,39 +219,13 @@ mod tests {
         assert!(images_to_tensor::<B>(&[], PixelRange::ZeroToOne, &device).is_err());
     }
 
-    /// The CRC-32 of a PNG chunk (type and data).
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
-    }
-
     #[test]
     fn oversized_images_are_rejected_from_their_header() {
         let dir = tempfile::tempdir().unwrap();
         // A valid PNG header claiming 12000x12000 pixels, with no pixel data: rejected from the
         // header, nothing decoded.
         let path = dir.path().join("huge.png");
-        let mut chunk = b"IHDR".to_vec();
-        chunk.extend_from_slice(&12000u32.to_be_bytes());
-        chunk.extend_from_slice(&12000u32.to_be_bytes());
-        chunk.extend_from_slice(&[8, 2, 0, 0, 0]);
-        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0d".to_vec();
-        png.extend_from_slice(&chunk);
-        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
-        // An empty first data chunk: the header is complete, the pixels are missing.
-        png.extend_from_slice(b"\0\0\0\0IDAT");
-        png.extend_from_slice(&crc32(b"IDAT").to_be_bytes());
-        std::fs::write(&path, &png).unwrap();
+        std::fs::write(&path, crate::testing::png_claiming(12000)).unwrap();
         let err = load_rgb(&path).unwrap_err();
         assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
         assert!(err.to_string().contains("12000x12000"), "{err}");

@@ -64,3 +64,20 @@ pub fn rezip(
     }
     writer.finish().expect("the archive is finished");
 }
+
+/// A PNG file of a few dozen bytes whose header claims `side`×`side` 8-bit RGB pixels and whose
+/// pixel data is missing: decoding it would allocate `3·side²` bytes, so readers must refuse
+/// it from its header.
+pub fn png_claiming(side: u32) -> Vec<u8> {
+    let mut header = b"IHDR".to_vec();
+    header.extend_from_slice(&side.to_be_bytes());
+    header.extend_from_slice(&side.to_be_bytes());
+    header.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0d".to_vec();
+    png.extend_from_slice(&header);
+    png.extend_from_slice(&crc32fast::hash(&header).to_be_bytes());
+    // An empty first data chunk: the header is complete, the pixels are missing.
+    png.extend_from_slice(b"\0\0\0\0IDAT");
+    png.extend_from_slice(&crc32fast::hash(b"IDAT").to_be_bytes());
+    png
+}
