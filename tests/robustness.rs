@@ -222,6 +222,36 @@ fn a_generation_over_the_memory_limit_fails_before_allocating() {
 }
 
 #[test]
+fn a_folder_generation_over_the_limit_is_refused_before_loading() {
+    // Only the configs and the weight-file headers are read: no model is built.
+    let options = ModelOptions::default().with_memory_limit(MemoryLimit::Bytes(1 << 30));
+    let dir = fixtures().join("tiny-sd");
+    let device = Default::default();
+    let huge = Generation::new("a fox").with_size(8192, 8192);
+    let err = prompt_diffusion::pipelines::memory::check_folder::<B>(
+        &dir, &options, &huge, None, &device,
+    )
+    .unwrap_err();
+    let message = one_line(&err);
+    assert!(matches!(err, Error::OutOfMemory { .. }), "{message}");
+    assert!(message.contains("8192×8192"), "{message}");
+    // An img2img run takes its size from the init image.
+    let err = prompt_diffusion::pipelines::memory::check_folder::<B>(
+        &dir,
+        &options,
+        &Generation::new("a fox"),
+        Some((8000, 8000)),
+        &device,
+    )
+    .unwrap_err();
+    assert!(one_line(&err).contains("8000×8000"), "{}", one_line(&err));
+    // The model's own size fits.
+    let small = Generation::new("a fox");
+    prompt_diffusion::pipelines::memory::check_folder::<B>(&dir, &options, &small, None, &device)
+        .unwrap();
+}
+
+#[test]
 fn cli_refuses_a_generation_over_max_memory() {
     let out = run_cli([
         "txt2img",

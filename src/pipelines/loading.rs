@@ -53,7 +53,7 @@ impl ModelOptions {
         self
     }
 
-    fn load_options(&self) -> LoadOptions {
+    pub(crate) fn load_options(&self) -> LoadOptions {
         LoadOptions {
             variant: self.variant.clone(),
             ..LoadOptions::default()
@@ -110,7 +110,7 @@ pub(crate) fn check_model_index(dir: &Path) -> Result<()> {
 
 /// The dtype the VAE runs in: f32 when the pipeline is in half precision and the VAE's config
 /// asks for upcasting (diffusers' `force_upcast`, SD's VAE overflows in f16).
-fn vae_options<B: Backend>(
+pub(crate) fn vae_options<B: Backend>(
     config: &AutoencoderKLConfig,
     options: &LoadOptions,
     device: &B::Device,

@@ -13,7 +13,11 @@
 //!   (`images × tokens² × 4` bytes, materialised everywhere but on burn-flex);
 //! * the latents and the scheduler's copies of them.
 //!
-//! The batch is `num_images`, doubled by classifier-free guidance.
+//! The batch is `num_images`, doubled by classifier-free guidance. [`check_folder`] makes the
+//! same estimate for a diffusers folder before it is loaded, from its configs and weight-file
+//! headers alone.
+
+use std::path::Path;
 
 use burn::module::Module;
 use burn::prelude::*;
@@ -22,8 +26,13 @@ use prompt_diffusion_core::Result;
 use prompt_diffusion_core::dtype::default_float_dtype;
 use prompt_diffusion_core::memory::{MemoryEstimate, MemoryLimit, tensor_bytes};
 use prompt_diffusion_core::nn::fused_attention_available;
+use prompt_diffusion_core::weights::open_component_weights;
+use prompt_diffusion_unet::UNet2DConditionConfig;
+use prompt_diffusion_vae::AutoencoderKLConfig;
 
-use super::loading::Components;
+use super::loading::{Components, check_model_index, require_dir, vae_options};
+use super::stable_diffusion::native_size;
+use super::{Generation, ModelOptions};
 
 /// The shape of a generation, for [`estimate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +57,45 @@ pub fn weight_bytes<B: Backend, M: Module<B>>(module: &M, dtype: DType) -> u64 {
     (module.num_params() as u64).saturating_mul(element_bytes(dtype) as u64)
 }
 
+/// What the estimate needs to know of a model: its UNet and VAE configs, the bytes of its
+/// weights, the dtypes it computes in and which attention scores its backend materialises.
+#[derive(Debug, Clone, Copy)]
+struct ModelProfile<'a> {
+    unet: &'a UNet2DConditionConfig,
+    vae: &'a AutoencoderKLConfig,
+    weights: u64,
+    model_dtype: DType,
+    vae_dtype: DType,
+    /// The UNet's `tokens²` attention scores are materialised (not flex, no fused kernel).
+    unet_scores: bool,
+    /// The VAE's single-head attention scores are materialised (everywhere but flex).
+    vae_scores: bool,
+}
+
+impl<'a> ModelProfile<'a> {
+    fn on<B: Backend>(
+        unet: &'a UNet2DConditionConfig,
+        vae: &'a AutoencoderKLConfig,
+        weights: u64,
+        vae_dtype: DType,
+        device: &B::Device,
+    ) -> Self {
+        // burn-flex switches to a tiled (flash) attention on long sequences, the wgpu/CUDA
+        // fused kernel never materialises scores for the UNet's head sizes; the rest (ndarray,
+        // the reference path of other backends) materialise `tokens²` scores per head.
+        let flex = B::name(device).contains("flex");
+        Self {
+            unet,
+            vae,
+            weights,
+            model_dtype: default_float_dtype::<B>(device),
+            vae_dtype,
+            unet_scores: !fused_attention_available::<B>() && !flex,
+            vae_scores: !flex,
+        }
+    }
+}
+
 /// Estimates the peak memory of a generation of `shape` with `components`; `extra_weights`
 /// (bytes) adds models loaded beside them (a ControlNet, plug-ins).
 pub fn estimate<B: Backend>(
@@ -56,29 +104,36 @@ pub fn estimate<B: Backend>(
     extra_weights: u64,
     device: &B::Device,
 ) -> MemoryEstimate {
-    let mut estimate = MemoryEstimate::default();
     let model_dtype = default_float_dtype::<B>(device);
     let vae_dtype = components.vae.decoder.conv_in.weight.val().dtype();
     let weights = weight_bytes(&components.unet, model_dtype)
         .saturating_add(weight_bytes(&components.text_encoder, model_dtype))
         .saturating_add(weight_bytes(&components.vae, vae_dtype))
         .saturating_add(extra_weights);
-    estimate.add("weights", weights);
+    let profile = ModelProfile::on::<B>(
+        components.unet.config(),
+        components.vae.config(),
+        weights,
+        vae_dtype,
+        device,
+    );
+    estimate_profile(&profile, shape)
+}
 
-    let factor = components.vae.config().downsampling_factor().max(1);
+fn estimate_profile(model: &ModelProfile<'_>, shape: RunShape) -> MemoryEstimate {
+    let mut estimate = MemoryEstimate::default();
+    estimate.add("weights", model.weights);
+
+    let factor = model.vae.downsampling_factor().max(1);
     let (h, w) = (shape.height / factor, shape.width / factor);
     let batch = shape
         .images
         .saturating_mul(if shape.guided { 2 } else { 1 });
-    let unet = components.unet.config();
+    let unet = model.unet;
     let n = unet.block_out_channels.len();
-    let act = element_bytes(model_dtype);
+    let act = element_bytes(model.model_dtype);
 
-    // burn-flex switches to a tiled (flash) attention on long sequences, the wgpu/CUDA fused
-    // kernel never materialises scores for the UNet's head sizes; the rest (ndarray, the
-    // reference path of other backends) materialise `tokens²` scores per head.
-    let flex = B::name(device).contains("flex");
-    if !fused_attention_available::<B>() && !flex {
+    if model.unet_scores {
         let heads = unet
             .attention_head_dim
             .per_block(n, "attention_head_dim")
@@ -102,7 +157,7 @@ pub fn estimate<B: Backend>(
         tensor_bytes(&[batch, c0, h, w, 8], act),
     );
 
-    let vae = components.vae.config();
+    let vae = model.vae;
     let widest = vae
         .block_out_channels
         .iter()
@@ -110,7 +165,7 @@ pub fn estimate<B: Backend>(
         .max()
         .copied()
         .unwrap_or(0);
-    let vae_act = element_bytes(vae_dtype);
+    let vae_act = element_bytes(model.vae_dtype);
     estimate.add(
         "VAE decoder feature maps",
         tensor_bytes(
@@ -118,7 +173,7 @@ pub fn estimate<B: Backend>(
             vae_act,
         ),
     );
-    if vae.mid_block_add_attention && !flex {
+    if vae.mid_block_add_attention && model.vae_scores {
         let tokens = h.saturating_mul(w);
         estimate.add(
             "VAE attention scores",
@@ -147,13 +202,73 @@ pub fn check<B: Backend>(
     if limit == MemoryLimit::Available {
         estimate.parts.retain(|(what, _)| what != "weights");
     }
-    let what = format!(
+    estimate.check(&describe(shape), limit)
+}
+
+fn describe(shape: RunShape) -> String {
+    format!(
         "a {}×{} generation of {} image{}{}",
         shape.width,
         shape.height,
         shape.images,
         if shape.images == 1 { "" } else { "s" },
         if shape.guided { " with guidance" } else { "" }
-    );
-    estimate.check(&what, limit)
+    )
+}
+
+/// Refuses, before the diffusers folder `dir` is loaded, a `generation` (of an init image of
+/// `init_size` for img2img) that cannot fit in `options`' memory limit.
+///
+/// The estimate needs only the UNet and VAE configs and the tensor shapes in the weight
+/// files' headers, so a refusal costs milliseconds instead of a model load; the weights count
+/// against the available memory too, since they are not loaded yet.
+///
+/// # Errors
+/// [`Error::OutOfMemory`](prompt_diffusion_core::Error::OutOfMemory), or the error of a config
+/// or weight file that cannot be read.
+pub fn check_folder<B: Backend>(
+    dir: &Path,
+    options: &ModelOptions,
+    generation: &Generation,
+    init_size: Option<(usize, usize)>,
+    device: &B::Device,
+) -> Result<()> {
+    require_dir(dir, "model folder")?;
+    check_model_index(dir)?;
+    let unet = UNet2DConditionConfig::from_file(dir.join("unet/config.json"))?;
+    let vae = AutoencoderKLConfig::from_file(dir.join("vae/config.json"))?;
+    let load = options.load_options();
+    let model_dtype = default_float_dtype::<B>(device);
+    let vae_dtype = vae_options::<B>(&vae, &load, device)
+        .dtype
+        .unwrap_or(model_dtype);
+    let mut weights = 0u64;
+    for (component, dtype) in [
+        ("unet", model_dtype),
+        ("text_encoder", model_dtype),
+        ("vae", vae_dtype),
+    ] {
+        let source = open_component_weights(dir.join(component), load.variant.as_deref())?;
+        let numel: u64 = source
+            .keys()
+            .filter_map(|key| source.shape(key))
+            .map(|shape| shape.iter().map(|&d| d as u64).product::<u64>())
+            .fold(0, u64::saturating_add);
+        weights = weights.saturating_add(numel.saturating_mul(element_bytes(dtype) as u64));
+    }
+    let (width, height) = match init_size {
+        None => generation.size(native_size(&unet, &vae)),
+        Some((w, h)) => (
+            generation.width.unwrap_or(w / 8 * 8),
+            generation.height.unwrap_or(h / 8 * 8),
+        ),
+    };
+    let shape = RunShape {
+        width,
+        height,
+        images: generation.num_images,
+        guided: generation.guided(),
+    };
+    let profile = ModelProfile::on::<B>(&unet, &vae, weights, vae_dtype, device);
+    estimate_profile(&profile, shape).check(&describe(shape), options.memory_limit)
 }

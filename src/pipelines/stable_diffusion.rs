@@ -15,6 +15,8 @@ use prompt_diffusion_core::noise::{NoiseSource, SeededNoise, noise_tensor};
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_schedulers::{Scheduler, SchedulerKind};
+use prompt_diffusion_unet::UNet2DConditionConfig;
+use prompt_diffusion_vae::AutoencoderKLConfig;
 
 use super::denoise::denoise;
 use super::generation::{Generation, check_strength};
@@ -114,15 +116,7 @@ impl<B: Backend> StableDiffusion<B> {
 
     /// The image side the UNet was trained at (`sample_size` × the VAE factor; 512 for SD1.5).
     pub fn native_size(&self) -> usize {
-        let factor = self.components.vae.config().downsampling_factor();
-        let sample = match &self.components.unet.config().sample_size {
-            Some(prompt_diffusion_core::config::OneOrMany::One(s)) => *s,
-            Some(prompt_diffusion_core::config::OneOrMany::Many(s)) => {
-                s.first().copied().unwrap_or(64)
-            }
-            None => 64,
-        };
-        sample * factor
+        native_size(self.components.unet.config(), self.components.vae.config())
     }
 
     /// Generates images from a prompt, drawing every random number from `generation.seed`.
@@ -416,4 +410,15 @@ fn img2img_start(steps: usize, strength: f64) -> Result<usize> {
         ));
     }
     Ok(steps - init)
+}
+
+/// The image side a UNet was trained at: its `sample_size` × the VAE's downsampling factor
+/// (512 for SD1.5).
+pub(crate) fn native_size(unet: &UNet2DConditionConfig, vae: &AutoencoderKLConfig) -> usize {
+    let sample = match &unet.sample_size {
+        Some(prompt_diffusion_core::config::OneOrMany::One(s)) => *s,
+        Some(prompt_diffusion_core::config::OneOrMany::Many(s)) => s.first().copied().unwrap_or(64),
+        None => 64,
+    };
+    sample.saturating_mul(vae.downsampling_factor())
 }

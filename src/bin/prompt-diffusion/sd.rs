@@ -9,6 +9,7 @@ use prompt_diffusion::StableDiffusion;
 use prompt_diffusion::backends::BackendTask;
 use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::core::{Error, Result};
+use prompt_diffusion::pipelines::memory;
 
 use crate::args::{GenerationArgs, ModelArgs};
 use crate::output::{Progress, report_loaded, save_images};
@@ -97,6 +98,13 @@ impl BackendTask for SdRun {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
+        if let Some(dir) = &self.model.model {
+            let init = self
+                .init
+                .as_ref()
+                .map(|(image, _)| (image.width() as usize, image.height() as usize));
+            memory::check_folder::<B>(dir, &self.model.options(), &self.generation, init, &device)?;
+        }
         let sd = load_model::<B>(&self.model, &device)?;
         let mut progress = Progress::new("denoising");
         let images = match &self.init {
