@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use prompt_diffusion::core::testing::file_names as names;
+
 use crate::common::{assert_cli_succeeds, assert_one_line_error, fixture, run_cli, versatile_args};
 
 /// Every subcommand that writes files, with arguments that are valid up to the output (the
@@ -89,16 +91,6 @@ fn at(args: &[String], out: &Path) -> Vec<String> {
     args.iter()
         .map(|a| if a == "OUT" { out.clone() } else { a.clone() })
         .collect()
-}
-
-/// The names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

@@ -81,3 +81,20 @@ pub fn png_claiming(side: u32) -> Vec<u8> {
     png.extend_from_slice(&crc32fast::hash(b"IDAT").to_be_bytes());
     png
 }
+
+/// The names of the entries of the folder `dir`, sorted (to check that no temporary file is
+/// left behind).
+///
+/// # Panics
+/// When the folder cannot be read (a test failure).
+pub fn file_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("a readable folder")
+        .map(|e| {
+            let entry = e.expect("a readable entry");
+            entry.file_name().to_string_lossy().into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
