@@ -4,38 +4,9 @@
 
 use std::path::Path;
 
-use prompt_diffusion::core::testing::rezip;
+use prompt_diffusion::core::testing::{retype_safetensors, rezip};
 
 use crate::common::{assert_one_line_error, copy_dir, fixtures, run_cli};
-
-/// Rewrites the safetensors file `path` with tensor `key` stored as `dtype` (same shape).
-fn retype(path: &Path, key: &str, dtype: safetensors::Dtype) {
-    let original = std::fs::read(path).unwrap();
-    let tensors = safetensors::SafeTensors::deserialize(&original).unwrap();
-    let owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            if name == key {
-                let numel: usize = view.shape().iter().product();
-                let size = dtype.bitsize() / 8;
-                (name, dtype, view.shape().to_vec(), vec![1u8; numel * size])
-            } else {
-                (
-                    name,
-                    view.dtype(),
-                    view.shape().to_vec(),
-                    view.data().to_vec(),
-                )
-            }
-        })
-        .collect();
-    let views = owned.iter().map(|(name, dtype, shape, data)| {
-        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
-        (name.clone(), view)
-    });
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
 
 fn txt2img(model: &str, output: &Path) -> Vec<String> {
     [
@@ -72,7 +43,8 @@ fn a_weight_of_the_wrong_dtype_is_one_error_line() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("model");
         copy_dir(&fixtures().join("tiny-sd"), &model);
-        retype(&model.join(component).join(file), key, dtype);
+        let weights = model.join(component).join(file);
+        retype_safetensors(&weights, &weights, key, dtype);
         let output = dir.path().join("out.png");
         let out = run_cli(txt2img(model.to_str().unwrap(), &output));
         let tensor = key.rsplit('.').nth(1).unwrap();

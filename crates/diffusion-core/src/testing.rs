@@ -98,3 +98,38 @@ pub fn file_names(dir: &std::path::Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Rewrites the safetensors file `from` into `to` with the tensor `key` stored as `dtype`
+/// (same shape, every byte 1): a weight file holding a tensor of the wrong dtype.
+///
+/// # Panics
+/// When a file cannot be read or written (a test failure).
+pub fn retype_safetensors(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    key: &str,
+    dtype: safetensors::Dtype,
+) {
+    let original = std::fs::read(from).expect("a readable file");
+    let tensors = safetensors::SafeTensors::deserialize(&original).expect("a safetensors file");
+    let owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let shape = view.shape().to_vec();
+            if name == key {
+                let numel: usize = shape.iter().product();
+                let bytes = vec![1u8; numel * dtype.bitsize() / 8];
+                (name, dtype, shape, bytes)
+            } else {
+                (name, view.dtype(), shape, view.data().to_vec())
+            }
+        })
+        .collect();
+    let views = owned.iter().map(|(name, dtype, shape, data)| {
+        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
+            .expect("the shape matches the data");
+        (name.clone(), view)
+    });
+    safetensors::serialize_to_file(views, None, to).expect("the file is written");
+}

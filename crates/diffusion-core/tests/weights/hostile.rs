@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
 use prompt_diffusion_core::Error;
-use prompt_diffusion_core::testing::rezip;
+use prompt_diffusion_core::testing::{retype_safetensors, rezip};
 use prompt_diffusion_core::weights::TensorSource;
 use zip::CompressionMethod;
 use zip::write::SimpleFileOptions;
@@ -186,41 +186,16 @@ fn the_zip_checkpoints_torch_wrote_still_load() {
     }
 }
 
-/// Rewrites `tiny.safetensors` with `key` stored as `dtype` (same shape).
-fn with_dtype(dir: &Path, key: &str, dtype: safetensors::Dtype, bytes_per: usize) -> PathBuf {
-    let original = std::fs::read(fixture("tiny.safetensors")).unwrap();
-    let tensors = safetensors::SafeTensors::deserialize(&original).unwrap();
-    let mut owned = Vec::new();
-    for (name, view) in tensors.tensors() {
-        let (dt, data) = if name == key {
-            let numel: usize = view.shape().iter().product();
-            (dtype, vec![1u8; numel * bytes_per])
-        } else {
-            (view.dtype(), view.data().to_vec())
-        };
-        owned.push((name.to_string(), dt, view.shape().to_vec(), data));
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
-        .iter()
-        .map(|(n, dt, shape, data)| {
-            let view = safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap();
-            (n.clone(), view)
-        })
-        .collect();
-    let path = dir.join(format!("{key}-{dtype:?}.safetensors"));
-    safetensors::serialize_to_file(views, None, &path).unwrap();
-    path
-}
-
 #[test]
 fn a_weight_of_the_wrong_dtype_class_is_a_load_error() {
     let dir = tempfile::tempdir().unwrap();
-    for (key, dtype, size) in [
-        ("conv.weight", safetensors::Dtype::I64, 8),
-        ("norm.weight", safetensors::Dtype::BOOL, 1),
-        ("linear.bias", safetensors::Dtype::U8, 1),
+    for (key, dtype) in [
+        ("conv.weight", safetensors::Dtype::I64),
+        ("norm.weight", safetensors::Dtype::BOOL),
+        ("linear.bias", safetensors::Dtype::U8),
     ] {
-        let path = with_dtype(dir.path(), key, dtype, size);
+        let path = dir.path().join(format!("{key}-{dtype:?}.safetensors"));
+        retype_safetensors(&fixture("tiny.safetensors"), &path, key, dtype);
         let source = TensorSource::open(&path).unwrap();
         let report = weights_error(load(&source));
         let message = report.to_string();
