@@ -24,14 +24,17 @@ import argparse
 import os
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY_SD = ROOT / "fixtures" / "tiny-sd"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from common import FIXTURES, rgb_vae  # noqa: E402 (tools/fixtures/common.py)
+
+TINY_SD = FIXTURES / "tiny-sd"
 ALL = ["clip", "unet", "controlnet", "decode", "encode", "pipeline"]
 
 
@@ -92,14 +95,7 @@ def main():
         new_controlnet = lambda unet: ControlNetModel.from_unet(unet)
     else:
         new_unet = lambda: UNet2DConditionModel(cross_attention_dim=768)
-        new_vae = lambda: AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        )
+        new_vae = lambda: rgb_vae((128, 256, 512, 512), 2, 32, sample_size=512)
         new_clip = lambda: CLIPTextModel(CLIPTextConfig(hidden_act="quick_gelu", projection_dim=768))
         new_controlnet = lambda unet: ControlNetModel(cross_attention_dim=768)
     place = lambda m: m.to(dev, dtype).eval()
