@@ -126,13 +126,22 @@ mod tests {
 
     use crate::testing::file_names as names;
 
-    #[test]
-    fn a_new_file_is_written_and_no_temporary_file_remains() {
+    /// Writes `new` to `out.txt` (holding `old` first, when given) and checks the contents and
+    /// that no temporary file remains.
+    fn write_over(old: Option<&[u8]>, new: &[u8]) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.txt");
-        write_bytes_atomic(&path, b"hello").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        if let Some(old) = old {
+            std::fs::write(&path, old).unwrap();
+        }
+        write_bytes_atomic(&path, new).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), new);
         assert_eq!(names(dir.path()), ["out.txt"]);
+    }
+
+    #[test]
+    fn a_new_file_is_written_and_no_temporary_file_remains() {
+        write_over(None, b"hello");
     }
 
     #[test]
@@ -155,26 +164,18 @@ mod tests {
 
     #[test]
     fn an_existing_file_is_replaced_on_success() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.txt");
-        std::fs::write(&path, b"old contents, longer than the new ones").unwrap();
-        write_bytes_atomic(&path, b"new").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"new");
-        assert_eq!(names(dir.path()), ["out.txt"]);
+        write_over(Some(b"old contents, longer than the new ones"), b"new");
     }
 
     #[cfg(unix)]
     #[test]
     fn a_symlink_is_replaced_and_its_target_left_unchanged() {
         let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("precious.txt");
-        std::fs::write(&target, b"precious").unwrap();
-        let link = dir.path().join("out.txt");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let (target, link) = (dir.path().join("precious.txt"), dir.path().join("out.txt"));
+        crate::testing::symlink_to(&target, b"precious", &link);
         check_output_path(&link).unwrap();
         write_bytes_atomic(&link, b"new").unwrap();
-        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
-        assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        crate::testing::assert_link_replaced(&link, &target, b"precious");
         assert_eq!(std::fs::read(&link).unwrap(), b"new");
     }
 

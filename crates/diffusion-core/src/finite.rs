@@ -93,9 +93,7 @@ fn read_f32<B: Backend>(x: Tensor<B, 1>) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn_ndarray::NdArray;
-
-    type B = NdArray<f32>;
+    use crate::testing::TestBackend as B;
 
     #[test]
     fn finite_nan_and_inf() {

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use image::RgbImage;
+/// The 8-bit RGB image type of every image boundary (re-exported, so that model crates need
+/// no `image` dependency of their own).
+pub use image::RgbImage;
 
 use crate::{Error, Result};
 
@@ -102,14 +104,9 @@ pub fn images_to_tensor<B: Backend>(
     let mut values = Vec::with_capacity(images.len() * 3 * h * w);
     for (i, img) in images.iter().enumerate() {
         if img.dimensions() != first.dimensions() {
-            return Err(Error::invalid_input(
-                "images",
-                format!(
-                    "image {i} is {}x{}, image 0 is {w}x{h}",
-                    img.width(),
-                    img.height()
-                ),
-            ));
+            let (wi, hi) = img.dimensions();
+            let reason = format!("image {i} is {wi}x{hi}, image 0 is {w}x{h}");
+            return Err(Error::invalid_input("images", reason));
         }
         for c in 0..3 {
             values.extend(img.pixels().map(|p| {
@@ -191,9 +188,7 @@ pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn_ndarray::NdArray;
-
-    type B = NdArray<f32>;
+    use crate::testing::TestBackend as B;
 
     #[test]
     fn round_trip_is_exact() {

@@ -1,7 +1,15 @@
-//! Helpers for parity tests: comparing tensors with reference outputs.
+//! Helpers for tests: the backend they run on, comparing tensors with reference outputs,
+//! and damaged or fake files.
 
 use burn::prelude::*;
 use burn::tensor::DType;
+
+/// The backend of every crate's CPU tests (burn-ndarray, f32): change it here to run them
+/// all on another backend.
+pub type TestBackend = burn_ndarray::NdArray<f32>;
+
+/// The device of [`TestBackend`].
+pub type TestDevice = burn_ndarray::NdArrayDevice;
 
 /// The largest absolute elementwise difference between two tensors of the same shape.
 ///
@@ -132,4 +140,26 @@ pub fn retype_safetensors(
         (name.clone(), view)
     });
     safetensors::serialize_to_file(views, None, to).expect("the file is written");
+}
+
+/// Writes `contents` to `target` and makes `link` a symbolic link to it: an output path that
+/// writers must replace, not write through.
+///
+/// # Panics
+/// When a file cannot be written (a test failure).
+#[cfg(unix)]
+pub fn symlink_to(target: &std::path::Path, contents: &[u8], link: &std::path::Path) {
+    std::fs::write(target, contents).expect("the target is written");
+    std::os::unix::fs::symlink(target, link).expect("the link is made");
+}
+
+/// Asserts that `link` (a symbolic link to `target`, made by [`symlink_to`] with `contents`)
+/// was replaced by a file and that `target` still holds `contents`.
+///
+/// # Panics
+/// When it was not (a test failure).
+pub fn assert_link_replaced(link: &std::path::Path, target: &std::path::Path, contents: &[u8]) {
+    assert_eq!(std::fs::read(target).expect("a readable target"), contents);
+    let metadata = std::fs::symlink_metadata(link).expect("the output exists");
+    assert!(!metadata.is_symlink(), "{} is still a link", link.display());
 }

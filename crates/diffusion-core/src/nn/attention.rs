@@ -94,9 +94,7 @@ fn reference_attention<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn_ndarray::NdArray;
-
-    type B = NdArray<f32>;
+    use crate::testing::TestBackend as B;
 
     #[test]
     fn causal_first_row_sees_only_itself() {

@@ -241,9 +241,7 @@ fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn_ndarray::NdArray;
-
-    type B = NdArray<f32>;
+    use crate::testing::TestBackend as B;
 
     #[test]
     fn group_norm_matches_definition() {

@@ -106,9 +106,7 @@ pub fn upsample_nearest<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn_ndarray::NdArray;
-
-    type B = NdArray<f32>;
+    use crate::testing::TestBackend as B;
 
     #[test]
     fn doubling_by_repetition_equals_interpolation() {

@@ -8,7 +8,6 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_ndarray::NdArray;
 use prompt_diffusion_core::nn::{GroupNorm, GroupNormConfig};
 use prompt_diffusion_core::testing::assert_close;
 use prompt_diffusion_core::weights::{
@@ -18,7 +17,7 @@ use prompt_diffusion_core::{Error, WeightsError};
 
 mod hostile;
 
-type B = NdArray<f32>;
+type B = prompt_diffusion_core::testing::TestBackend;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/core")).join(name)
