@@ -12,15 +12,11 @@ use prompt_diffusion_core::config::parse_config;
 use prompt_diffusion_core::{Error, Result};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::Scheduler;
 use crate::kind::SchedulerKind;
 use crate::options::{
     AlgorithmType, BetaSchedule, FinalSigmasType, InterpolationType, PredictionType, SolverType,
     TimestepSpacing, TimestepType, VarianceType,
-};
-use crate::{
-    DdimScheduler, DdpmScheduler, DpmSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler, LmsDiscreteScheduler, PndmScheduler, Scheduler,
-    UniPcMultistepScheduler,
 };
 
 /// The contents of a diffusers `scheduler_config.json`: every key of every supported scheduler,
@@ -206,84 +202,19 @@ impl SchedulerConfig {
         })
     }
 
-    /// Builds a scheduler.
-    ///
-    /// `None` builds the class named by `_class_name`. `Some(kind)` behaves like diffusers'
-    /// `OtherScheduler.from_config(pipe.scheduler.config)`: every key the target class takes is
-    /// read from this file when the file sets it, and the target's own defaults fill the rest.
-    /// Defaults the folder's own class filled in are not carried over, because diffusers records
-    /// them in `_use_default_values` and drops them (so SD1.5's PNDM config switched to Euler
-    /// gets Euler's `timestep_spacing = "linspace"`, not PNDM's `"leading"`). Keys a class does
-    /// not take but diffusers reads through `hasattr(self.config, …)` (`sigma_min`/`sigma_max`
-    /// for DPM-Solver's Karras and LMS's exponential sigmas) are honoured the same way.
-    /// [`SchedulerKind::DpmSolverMultistepKarras`] forces `use_karras_sigmas = true`.
-    /// `device` is where the scheduler will be used; no tensor is created before `step`.
+    /// Builds a scheduler: the class named by `_class_name` for `None`, else `kind` (see
+    /// [`SchedulerKind::build`], which this delegates to).
     ///
     /// # Errors
-    /// [`Error::Config`] for values diffusers rejects, [`Error::Unsupported`] for options this
-    /// crate does not implement (e.g. thresholding, learned variances, flow sigmas).
+    /// [`Error::Config`] when `kind` is `None` and `_class_name` is missing, and the errors of
+    /// [`SchedulerKind::build`].
     pub fn build<B: Backend>(
         &self,
         kind: Option<SchedulerKind>,
         device: &B::Device,
     ) -> Result<Box<dyn Scheduler<B>>> {
-        // Schedulers allocate nothing up front: their tensors follow the inputs of `step`.
-        let _ = device;
-        let kind = match kind {
-            Some(kind) => kind,
-            None => self.kind()?,
-        };
-        let config = match kind {
-            SchedulerKind::DpmSolverMultistepKarras => Self {
-                use_karras_sigmas: Some(true),
-                ..self.clone()
-            },
-            _ => self.clone(),
-        };
-        Ok(match kind {
-            SchedulerKind::Ddim => Box::new(DdimScheduler::new(&config)?),
-            SchedulerKind::Ddpm => Box::new(DdpmScheduler::new(&config)?),
-            SchedulerKind::Pndm => Box::new(PndmScheduler::new(&config)?),
-            SchedulerKind::Euler => Box::new(EulerDiscreteScheduler::new(&config)?),
-            SchedulerKind::EulerAncestral => {
-                Box::new(EulerAncestralDiscreteScheduler::new(&config)?)
-            }
-            SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => {
-                Box::new(DpmSolverMultistepScheduler::new(&config)?)
-            }
-            SchedulerKind::UniPc => Box::new(UniPcMultistepScheduler::new(&config)?),
-            SchedulerKind::Lms => Box::new(LmsDiscreteScheduler::new(&config)?),
-        })
+        kind.map_or_else(|| self.kind(), Ok)?.build(self, device)
     }
-}
-
-/// Rejects the flags (`field: true`) this crate does not implement for `class`.
-pub(crate) fn reject_flags(class: &str, flags: &[(&str, Option<bool>)]) -> Result<()> {
-    match flags.iter().find(|(_, value)| *value == Some(true)) {
-        Some((field, _)) => Err(Error::Unsupported(format!("{class} with `{field}: true`"))),
-        None => Ok(()),
-    }
-}
-
-/// The configured prediction type (default epsilon), if `class` accepts it.
-pub(crate) fn prediction_type(
-    config: &SchedulerConfig,
-    class: &str,
-    accepted: &[PredictionType],
-) -> Result<PredictionType> {
-    let p = config.prediction_type.unwrap_or(PredictionType::Epsilon);
-    if p == PredictionType::FlowPrediction && accepted.contains(&p) {
-        return Err(Error::Unsupported(format!(
-            "{class} with prediction_type flow_prediction"
-        )));
-    }
-    if !accepted.contains(&p) {
-        return Err(Error::config(
-            "prediction_type",
-            format!("{p:?} is not supported by {class} (diffusers rejects it too)"),
-        ));
-    }
-    Ok(p)
 }
 
 /// Wraps the bare tokens `NaN`, `Infinity` and `-Infinity` (Python's JSON extensions) in quotes

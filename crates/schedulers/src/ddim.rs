@@ -6,187 +6,89 @@
 use std::marker::PhantomData;
 
 use burn::prelude::*;
+use prompt_diffusion_core::Result;
 use prompt_diffusion_core::noise::NoiseSource;
-use prompt_diffusion_core::{Error, Result};
 
-use crate::config::{SchedulerConfig, prediction_type, reject_flags};
-use crate::options::{PredictionType, TimestepSpacing};
-use crate::schedule::{NoiseSchedule, leading_desc, linspace_desc, round_even, trailing_desc};
-use crate::tensor::{
-    alpha_add_noise, check_step_shapes, check_steps, discrete_timestep, draw_noise, f32,
-    not_initialised, to_dtype,
-};
-use crate::{Scheduler, SchedulerKind};
+use crate::SchedulerKind;
+use crate::options::PredictionType;
+use crate::schedule::{DiscreteState, Rule, predict_x0};
+use crate::tensor::draw_noise;
 
 /// diffusers' `DDIMScheduler`.
 ///
 /// Defaults: linear betas 0.0001–0.02, `clip_sample` true (range 1.0), `set_alpha_to_one` true,
 /// `steps_offset` 0, epsilon prediction, `timestep_spacing` leading. Thresholding is not
-/// supported. η is set with [`Scheduler::set_eta`] (default 0).
+/// supported. η is set with [`Scheduler::set_eta`](crate::Scheduler::set_eta) (default 0).
 #[derive(Debug, Clone)]
 pub struct DdimScheduler<B: Backend> {
-    schedule: NoiseSchedule,
-    final_alpha_cumprod: f32,
-    prediction_type: PredictionType,
+    state: DiscreteState,
     clip_sample: Option<f32>,
-    timestep_spacing: TimestepSpacing,
-    steps_offset: usize,
     eta: f64,
-    num_inference_steps: Option<usize>,
-    timesteps: Vec<f64>,
     _backend: PhantomData<B>,
 }
 
 impl<B: Backend> DdimScheduler<B> {
-    /// Builds the scheduler from a config, filling absent keys with DDIM's defaults.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for a prediction type DDIM rejects, [`Error::Unsupported`] for
-    /// thresholding or a DDPM-only beta schedule.
-    pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        reject_flags("DDIMScheduler", &[("thresholding", config.thresholding)])?;
-        let schedule = NoiseSchedule::new(config, true, false)?;
-        let prediction_type = prediction_type(
-            config,
-            "DDIMScheduler",
-            &[
-                PredictionType::Epsilon,
-                PredictionType::Sample,
-                PredictionType::VPrediction,
-            ],
-        )?;
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) {
-            1.0
-        } else {
-            schedule.alphas_cumprod[0]
-        };
-        let clip_sample = config
-            .clip_sample
-            .unwrap_or(true)
-            .then(|| config.clip_sample_range.unwrap_or(1.0) as f32);
-        let timesteps = (0..schedule.num_train_timesteps)
-            .rev()
-            .map(|t| t as f64)
-            .collect();
-        Ok(Self {
-            final_alpha_cumprod,
-            prediction_type,
+    /// A DDIM scheduler on `state`, clipping the predicted x0 to `±clip_sample` when set.
+    pub(crate) fn new(state: DiscreteState, clip_sample: Option<f32>) -> Self {
+        Self {
+            state,
             clip_sample,
-            timestep_spacing: config.timestep_spacing.unwrap_or(TimestepSpacing::Leading),
-            steps_offset: config.steps_offset.unwrap_or(0),
             eta: 0.0,
-            num_inference_steps: None,
-            timesteps,
-            schedule,
             _backend: PhantomData,
-        })
+        }
     }
 }
 
-/// The DDIM/DDPM timestep lists (descending integers).
-pub(crate) fn discrete_timesteps(
-    spacing: TimestepSpacing,
-    num_train: usize,
-    n: usize,
-    steps_offset: usize,
-) -> Vec<f64> {
-    match spacing {
-        TimestepSpacing::Linspace => linspace_desc((num_train - 1) as f64, n)
-            .into_iter()
-            .map(round_even)
-            .collect(),
-        TimestepSpacing::Leading => leading_desc(num_train / n, n, steps_offset),
-        TimestepSpacing::Trailing => trailing_desc(num_train as f64, num_train as f64 / n as f64),
-    }
-}
+impl<B: Backend> Rule<B> for DdimScheduler<B> {
+    type State = DiscreteState;
 
-impl<B: Backend> Scheduler<B> for DdimScheduler<B> {
-    fn kind(&self) -> SchedulerKind {
+    fn state(&self) -> &DiscreteState {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut DiscreteState {
+        &mut self.state
+    }
+
+    fn scheduler_kind(&self) -> SchedulerKind {
         SchedulerKind::Ddim
     }
 
-    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        let n_train = self.schedule.num_train_timesteps;
-        check_steps(num_inference_steps, n_train)?;
-        self.timesteps = discrete_timesteps(
-            self.timestep_spacing,
-            n_train,
-            num_inference_steps,
-            self.steps_offset,
-        );
-        self.num_inference_steps = Some(num_inference_steps);
+    fn lay_out(&mut self, n: usize) -> Result<()> {
+        self.state.timesteps = self.state.descending(n);
         Ok(())
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn set_begin_index(&mut self, _index: usize) {}
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&mut self, sample: Tensor<B, 4>, _timestep: f64) -> Tensor<B, 4> {
-        sample
-    }
-
-    fn step(
+    fn update(
         &mut self,
+        t: usize,
         model_output: Tensor<B, 4>,
-        timestep: f64,
         sample: Tensor<B, 4>,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor<B, 4>> {
-        let n = self.num_inference_steps.ok_or_else(not_initialised)?;
-        check_step_shapes(&model_output, &sample)?;
-        let acp = &self.schedule.alphas_cumprod;
-        let t = discrete_timestep(timestep, acp.len())?;
-        let dtype = model_output.dtype();
-        let (model_output, sample) = (f32(model_output), f32(sample));
-
         // 1. previous step value; 2. alphas and betas.
-        let prev_t = t as i64 - (self.schedule.num_train_timesteps / n) as i64;
-        let alpha_t = acp[t];
-        let alpha_prev = match usize::try_from(prev_t) {
-            Ok(p) => *acp.get(p).ok_or_else(|| {
-                Error::invalid_input("timestep", format!("previous timestep {p} out of range"))
-            })?,
-            Err(_) => self.final_alpha_cumprod,
-        };
+        let prev_t = t as i64 - self.state.ratio() as i64;
+        let (alpha_t, alpha_prev) = self.state.alphas(t as i64, prev_t)?;
         let beta_t = 1.0 - alpha_t;
 
-        // 3. predicted x0 and ε (formula (12)).
-        let (mut pred_x0, pred_eps) = match self.prediction_type {
-            PredictionType::Sample => {
-                let eps = sample
-                    .clone()
-                    .sub(model_output.clone().mul_scalar(alpha_t.sqrt()))
-                    .div_scalar(beta_t.sqrt());
-                (model_output, eps)
-            }
-            PredictionType::VPrediction => (
-                sample
-                    .clone()
-                    .mul_scalar(alpha_t.sqrt())
-                    .sub(model_output.clone().mul_scalar(beta_t.sqrt())),
-                model_output
-                    .mul_scalar(alpha_t.sqrt())
-                    .add(sample.mul_scalar(beta_t.sqrt())),
-            ),
-            _ => (
-                sample
-                    .sub(model_output.clone().mul_scalar(beta_t.sqrt()))
-                    .div_scalar(alpha_t.sqrt()),
-                model_output,
-            ),
+        // 3. predicted x0 and ε (formula (12)); 4. clip x0.
+        let prediction = self.state.params.prediction_type;
+        let pred_x0 = predict_x0(
+            prediction,
+            &model_output,
+            &sample,
+            alpha_t,
+            self.clip_sample,
+        );
+        let pred_eps = match prediction {
+            PredictionType::Sample => sample
+                .sub(model_output.mul_scalar(alpha_t.sqrt()))
+                .div_scalar(beta_t.sqrt()),
+            PredictionType::VPrediction => model_output
+                .mul_scalar(alpha_t.sqrt())
+                .add(sample.mul_scalar(beta_t.sqrt())),
+            _ => model_output,
         };
-
-        // 4. clip x0.
-        if let Some(range) = self.clip_sample {
-            pred_x0 = pred_x0.clamp(-range, range);
-        }
 
         // 5. σ_t(η), formula (16).
         let variance = ((1.0 - alpha_prev) / beta_t) * (1.0 - alpha_t / alpha_prev);
@@ -199,19 +101,10 @@ impl<B: Backend> Scheduler<B> for DdimScheduler<B> {
             let z = draw_noise(noise, &prev)?;
             prev = prev.add(z.mul_scalar(std_dev));
         }
-        Ok(to_dtype(prev, dtype))
+        Ok(prev)
     }
 
-    fn add_noise(
-        &self,
-        original: Tensor<B, 4>,
-        noise: Tensor<B, 4>,
-        timestep: f64,
-    ) -> Tensor<B, 4> {
-        alpha_add_noise(&self.schedule.alphas_cumprod, original, noise, timestep)
-    }
-
-    fn set_eta(&mut self, eta: f64) {
+    fn use_eta(&mut self, eta: f64) {
         self.eta = eta;
     }
 }

@@ -9,15 +9,10 @@ use burn::prelude::*;
 use prompt_diffusion_core::noise::NoiseSource;
 use prompt_diffusion_core::{Error, Result};
 
-use crate::config::{SchedulerConfig, prediction_type, reject_flags};
-use crate::ddim::discrete_timesteps;
-use crate::options::{PredictionType, TimestepSpacing, VarianceType};
-use crate::schedule::NoiseSchedule;
-use crate::tensor::{
-    alpha_add_noise, check_step_shapes, check_steps, discrete_timestep, draw_noise, f32,
-    not_initialised, to_dtype,
-};
-use crate::{Scheduler, SchedulerKind};
+use crate::SchedulerKind;
+use crate::options::VarianceType;
+use crate::schedule::{DiscreteState, Rule, predict_x0};
+use crate::tensor::draw_noise;
 
 /// diffusers' `DDPMScheduler`.
 ///
@@ -30,153 +25,85 @@ use crate::{Scheduler, SchedulerKind};
 /// `fixed_large` up to rounding).
 #[derive(Debug, Clone)]
 pub struct DdpmScheduler<B: Backend> {
-    schedule: NoiseSchedule,
+    state: DiscreteState,
     variance_type: VarianceType,
-    prediction_type: PredictionType,
     clip_sample: Option<f32>,
-    timestep_spacing: TimestepSpacing,
-    steps_offset: usize,
-    num_inference_steps: Option<usize>,
-    timesteps: Vec<f64>,
     _backend: PhantomData<B>,
 }
 
 impl<B: Backend> DdpmScheduler<B> {
-    /// Builds the scheduler from a config, filling absent keys with DDPM's defaults.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for a prediction type DDPM rejects, [`Error::Unsupported`] for learned
-    /// variances, thresholding, or the sigmoid/laplace beta schedules.
-    pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        reject_flags("DDPMScheduler", &[("thresholding", config.thresholding)])?;
-        let variance_type = config.variance_type.unwrap_or(VarianceType::FixedSmall);
-        if matches!(
+    /// A DDPM scheduler on `state` (built with `set_alpha_to_one`: ᾱ is 1 after the last
+    /// step) adding noise of `variance_type`, clipping x0 to `±clip_sample` when set.
+    pub(crate) fn new(
+        state: DiscreteState,
+        variance_type: VarianceType,
+        clip_sample: Option<f32>,
+    ) -> Self {
+        Self {
+            state,
             variance_type,
-            VarianceType::Learned | VarianceType::LearnedRange
-        ) {
-            return Err(Error::Unsupported(format!(
-                "DDPM variance_type {variance_type:?} (a model predicting its variance)"
-            )));
-        }
-        let schedule = NoiseSchedule::new(config, true, false)?;
-        let prediction_type = prediction_type(
-            config,
-            "DDPMScheduler",
-            &[
-                PredictionType::Epsilon,
-                PredictionType::Sample,
-                PredictionType::VPrediction,
-            ],
-        )?;
-        let clip_sample = config
-            .clip_sample
-            .unwrap_or(true)
-            .then(|| config.clip_sample_range.unwrap_or(1.0) as f32);
-        let timesteps = (0..schedule.num_train_timesteps)
-            .rev()
-            .map(|t| t as f64)
-            .collect();
-        Ok(Self {
-            variance_type,
-            prediction_type,
             clip_sample,
-            timestep_spacing: config.timestep_spacing.unwrap_or(TimestepSpacing::Leading),
-            steps_offset: config.steps_offset.unwrap_or(0),
-            num_inference_steps: None,
-            timesteps,
-            schedule,
             _backend: PhantomData,
-        })
+        }
     }
 
     /// `previous_timestep`: the entry after `t`'s first occurrence, or −1 after the last one.
     fn previous_timestep(&self, t: usize) -> Result<i64> {
-        let i = self
-            .timesteps
+        let timesteps = &self.state.timesteps;
+        let i = timesteps
             .iter()
             .position(|&s| s == t as f64)
             .ok_or_else(|| {
                 Error::invalid_input("timestep", format!("{t} is not one of the timesteps"))
             })?;
-        Ok(self.timesteps.get(i + 1).map_or(-1, |&p| p as i64))
+        Ok(timesteps.get(i + 1).map_or(-1, |&p| p as i64))
     }
 }
 
-impl<B: Backend> Scheduler<B> for DdpmScheduler<B> {
-    fn kind(&self) -> SchedulerKind {
+impl<B: Backend> Rule<B> for DdpmScheduler<B> {
+    type State = DiscreteState;
+
+    fn state(&self) -> &DiscreteState {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut DiscreteState {
+        &mut self.state
+    }
+
+    fn scheduler_kind(&self) -> SchedulerKind {
         SchedulerKind::Ddpm
     }
 
-    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        let n_train = self.schedule.num_train_timesteps;
-        check_steps(num_inference_steps, n_train)?;
-        self.timesteps = discrete_timesteps(
-            self.timestep_spacing,
-            n_train,
-            num_inference_steps,
-            self.steps_offset,
-        );
-        self.num_inference_steps = Some(num_inference_steps);
+    fn lay_out(&mut self, n: usize) -> Result<()> {
+        self.state.timesteps = self.state.descending(n);
         Ok(())
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn set_begin_index(&mut self, _index: usize) {}
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&mut self, sample: Tensor<B, 4>, _timestep: f64) -> Tensor<B, 4> {
-        sample
-    }
-
-    fn step(
+    fn update(
         &mut self,
+        t: usize,
         model_output: Tensor<B, 4>,
-        timestep: f64,
         sample: Tensor<B, 4>,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor<B, 4>> {
-        self.num_inference_steps.ok_or_else(not_initialised)?;
-        check_step_shapes(&model_output, &sample)?;
-        let acp = &self.schedule.alphas_cumprod;
-        let t = discrete_timestep(timestep, acp.len())?;
-        let dtype = model_output.dtype();
-        let (model_output, sample) = (f32(model_output), f32(sample));
-
         // 1. alphas and betas.
         let prev_t = self.previous_timestep(t)?;
-        let alpha_t = acp[t];
-        let alpha_prev = match usize::try_from(prev_t) {
-            Ok(p) => *acp.get(p).ok_or_else(|| {
-                Error::invalid_input("timestep", format!("previous timestep {p} out of range"))
-            })?,
-            Err(_) => 1.0,
-        };
+        let (alpha_t, alpha_prev) = self.state.alphas(t as i64, prev_t)?;
         let beta_t = 1.0 - alpha_t;
         let beta_prev = 1.0 - alpha_prev;
         let current_alpha = alpha_t / alpha_prev;
         let current_beta = 1.0 - current_alpha;
 
         // 2. predicted x0, formula (15); 3. clip.
-        let mut pred_x0 = match self.prediction_type {
-            PredictionType::Sample => model_output.clone(),
-            PredictionType::VPrediction => sample
-                .clone()
-                .mul_scalar(alpha_t.sqrt())
-                .sub(model_output.clone().mul_scalar(beta_t.sqrt())),
-            _ => sample
-                .clone()
-                .sub(model_output.clone().mul_scalar(beta_t.sqrt()))
-                .div_scalar(alpha_t.sqrt()),
-        };
-        if let Some(range) = self.clip_sample {
-            pred_x0 = pred_x0.clamp(-range, range);
-        }
+        let prediction = self.state.params.prediction_type;
+        let pred_x0 = predict_x0(
+            prediction,
+            &model_output,
+            &sample,
+            alpha_t,
+            self.clip_sample,
+        );
 
         // 4.–5. posterior mean, formula (7).
         let x0_coeff = (alpha_prev.sqrt() * current_beta) / beta_t;
@@ -198,15 +125,6 @@ impl<B: Backend> Scheduler<B> for DdpmScheduler<B> {
             };
             prev = prev.add(z.mul_scalar(std));
         }
-        Ok(to_dtype(prev, dtype))
-    }
-
-    fn add_noise(
-        &self,
-        original: Tensor<B, 4>,
-        noise: Tensor<B, 4>,
-        timestep: f64,
-    ) -> Tensor<B, 4> {
-        alpha_add_noise(&self.schedule.alphas_cumprod, original, noise, timestep)
+        Ok(prev)
     }
 }

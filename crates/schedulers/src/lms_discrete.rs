@@ -4,19 +4,11 @@
 //! Lagrange basis polynomial with `scipy.integrate.quad`; the integrand is a polynomial of degree
 //! ≤ 3, so here it is integrated exactly by three-point Gauss–Legendre quadrature.
 
-use std::marker::PhantomData;
-
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::noise::NoiseSource;
 
-use crate::config::{SchedulerConfig, prediction_type};
-use crate::euler_discrete::sigma_init;
-use crate::options::{PredictionType, TimestepSpacing};
-use crate::schedule::{
-    NoiseSchedule, SigmaSpacing, StepIndex, nearest, np_interp, sigma_timesteps, sigma_to_t,
-};
-use crate::tensor::{check_history, check_step_shapes, check_steps, exhausted, f32, to_dtype};
+use crate::schedule::{Rule, SigmaState, sigma_x0};
 use crate::{Scheduler, SchedulerKind};
 
 /// The multistep order diffusers' `step` uses by default.
@@ -28,54 +20,23 @@ const ORDER: usize = 4;
 /// `timestep_spacing` linspace, `steps_offset` 0; order 4.
 #[derive(Debug, Clone)]
 pub struct LmsDiscreteScheduler<B: Backend> {
-    schedule: NoiseSchedule,
-    prediction_type: PredictionType,
-    spacing: SigmaSpacing,
-    exponential_bounds: (Option<f64>, Option<f64>),
-    timestep_spacing: TimestepSpacing,
-    steps_offset: usize,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
+    state: SigmaState,
     derivatives: Vec<Tensor<B, 4>>,
-    index: StepIndex,
-    _backend: PhantomData<B>,
 }
 
 impl<B: Backend> LmsDiscreteScheduler<B> {
-    /// Builds the scheduler from a config, filling absent keys with LMS's defaults.
+    /// An LMS scheduler on `state` (exploding form, final sigma zero; Karras spacing ignores
+    /// the configured bounds in LMS, exponential spacing reads them).
     ///
     /// # Errors
-    /// [`Error::Config`](prompt_diffusion_core::Error::Config) for conflicting sigma options or
-    /// an unknown prediction type, [`Error::Unsupported`](prompt_diffusion_core::Error::Unsupported)
-    /// for beta sigmas or a DDPM-only beta schedule.
-    pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        let spacing = SigmaSpacing::from_config(config)?;
-        let schedule = NoiseSchedule::new(config, false, false)?;
-        let prediction_type = prediction_type(
-            config,
-            "LMSDiscreteScheduler",
-            &[
-                PredictionType::Epsilon,
-                PredictionType::VPrediction,
-                PredictionType::Sample,
-            ],
-        )?;
+    /// None in practice: the full-length schedule it lays out always fits.
+    pub(crate) fn new(state: SigmaState) -> Result<Self> {
         let mut scheduler = Self {
-            prediction_type,
-            spacing,
-            // Karras spacing ignores the config bounds in LMS; exponential spacing reads them.
-            exponential_bounds: (config.sigma_min, config.sigma_max),
-            timestep_spacing: config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
-            steps_offset: config.steps_offset.unwrap_or(0),
-            timesteps: Vec::new(),
-            sigmas: Vec::new(),
+            state,
             derivatives: Vec::new(),
-            index: StepIndex::default(),
-            schedule,
-            _backend: PhantomData,
         };
         // Like the reference's constructor: a full-length schedule until `set_timesteps`.
-        let n = scheduler.schedule.num_train_timesteps;
+        let n = scheduler.state.params.schedule.num_train_timesteps;
         Scheduler::<B>::set_timesteps(&mut scheduler, n)?;
         Ok(scheduler)
     }
@@ -83,14 +44,14 @@ impl<B: Backend> LmsDiscreteScheduler<B> {
     /// `get_lms_coefficient`: ∫ from σ_t to σ_{t+1} of the Lagrange basis polynomial of
     /// `current` over the last `order` sigmas.
     fn coefficient(&self, order: usize, t: usize, current: usize) -> f64 {
-        let s = |k: usize| self.sigmas[t - k] as f64;
+        let s = |k: usize| self.state.sigmas[t - k] as f64;
         let basis = |tau: f64| {
             (0..order)
                 .filter(|&k| k != current)
                 .map(|k| (tau - s(k)) / (s(current) - s(k)))
                 .product::<f64>()
         };
-        let (a, b) = (self.sigmas[t] as f64, self.sigmas[t + 1] as f64);
+        let (a, b) = (self.state.sigmas[t] as f64, self.state.sigmas[t + 1] as f64);
         let (mid, half) = ((a + b) / 2.0, (b - a) / 2.0);
         let node = (3.0f64 / 5.0).sqrt();
         half * (5.0 / 9.0 * basis(mid - half * node)
@@ -99,81 +60,41 @@ impl<B: Backend> LmsDiscreteScheduler<B> {
     }
 }
 
-impl<B: Backend> Scheduler<B> for LmsDiscreteScheduler<B> {
-    fn kind(&self) -> SchedulerKind {
+impl<B: Backend> Rule<B> for LmsDiscreteScheduler<B> {
+    type State = SigmaState;
+
+    fn state(&self) -> &SigmaState {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut SigmaState {
+        &mut self.state
+    }
+
+    fn scheduler_kind(&self) -> SchedulerKind {
         SchedulerKind::Lms
     }
 
-    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        let n_train = self.schedule.num_train_timesteps;
-        let n = num_inference_steps;
-        check_steps(n, n_train)?;
-        let mut timesteps = sigma_timesteps(self.timestep_spacing, n_train, n, self.steps_offset);
-        let train = self.schedule.sigmas();
-        let log_sigmas: Vec<f32> = train.iter().map(|s| s.ln()).collect();
-        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| np_interp(t, &train)).collect();
-        if self.spacing != SigmaSpacing::Interpolated {
-            let bounds = match self.spacing {
-                SigmaSpacing::Exponential => self.exponential_bounds,
-                _ => (None, None),
-            };
-            sigmas = self.spacing.convert(&sigmas, bounds, n);
-            timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
-        }
-        self.sigmas = sigmas.iter().map(|&s| s as f32).chain([0.0]).collect();
-        self.timesteps = timesteps.into_iter().map(|t| t as f32 as f64).collect();
+    fn lay_out(&mut self, n: usize) -> Result<()> {
+        self.state.lay_out_discrete(n, false);
         self.derivatives.clear();
-        self.index = StepIndex::default();
         Ok(())
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn history(&self) -> Option<[usize; 4]> {
+        self.derivatives.last().map(Tensor::dims)
     }
 
-    fn set_begin_index(&mut self, index: usize) {
-        self.index.begin = Some(index);
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        sigma_init(&self.sigmas, self.timestep_spacing)
-    }
-
-    fn scale_model_input(&mut self, sample: Tensor<B, 4>, timestep: f64) -> Tensor<B, 4> {
-        let i = match self.index.current(&self.timesteps, timestep, false) {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!("scale_model_input: {e}; using the nearest timestep");
-                nearest(&self.timesteps, timestep)
-            }
-        };
-        let sigma = self.sigmas.get(i).copied().unwrap_or(0.0);
-        sample.div_scalar((sigma * sigma + 1.0).sqrt())
-    }
-
-    fn step(
+    fn update(
         &mut self,
+        i: usize,
         model_output: Tensor<B, 4>,
-        timestep: f64,
         sample: Tensor<B, 4>,
         _noise: &mut dyn NoiseSource,
     ) -> Result<Tensor<B, 4>> {
-        check_step_shapes(&model_output, &sample)?;
-        check_history(self.derivatives.last(), &sample)?;
-        let i = self.index.current(&self.timesteps, timestep, false)?;
-        if i + 1 >= self.sigmas.len() {
-            return Err(exhausted(self.timesteps.len()));
-        }
-        let sigma = self.sigmas[i];
-        let dtype = model_output.dtype();
-        let (model_output, sample) = (f32(model_output), f32(sample));
-        let pred_x0 = match self.prediction_type {
-            PredictionType::Sample => model_output,
-            PredictionType::VPrediction => model_output
-                .mul_scalar(-sigma / (sigma * sigma + 1.0).sqrt())
-                .add(sample.clone().div_scalar(sigma * sigma + 1.0)),
-            _ => sample.clone().sub(model_output.mul_scalar(sigma)),
-        };
+        let sigma = self.state.sigmas[i];
+        let prediction = self.state.params.prediction_type;
+        let pred_x0 = sigma_x0(prediction, model_output, &sample, sigma);
         let derivative = sample.clone().sub(pred_x0).div_scalar(sigma);
         self.derivatives.push(derivative);
         if self.derivatives.len() > ORDER {
@@ -184,22 +105,9 @@ impl<B: Backend> Scheduler<B> for LmsDiscreteScheduler<B> {
             .zip(self.derivatives.iter().rev())
             .map(|(k, d)| d.clone().mul_scalar(self.coefficient(order, i, k) as f32))
             .reduce(|acc, t| acc.add(t));
-        let prev = match update {
+        Ok(match update {
             Some(u) => sample.add(u),
             None => sample,
-        };
-        self.index.step = Some(i + 1);
-        Ok(to_dtype(prev, dtype))
-    }
-
-    fn add_noise(
-        &self,
-        original: Tensor<B, 4>,
-        noise: Tensor<B, 4>,
-        timestep: f64,
-    ) -> Tensor<B, 4> {
-        let i = self.index.for_add_noise(&self.timesteps, timestep);
-        let sigma = self.sigmas.get(i).copied().unwrap_or(0.0);
-        original.add(noise.mul_scalar(sigma))
+        })
     }
 }

@@ -11,14 +11,10 @@ use burn::prelude::*;
 use prompt_diffusion_core::noise::NoiseSource;
 use prompt_diffusion_core::{Error, Result};
 
-use crate::config::{SchedulerConfig, prediction_type};
+use crate::SchedulerKind;
 use crate::options::{PredictionType, TimestepSpacing};
-use crate::schedule::{NoiseSchedule, np_arange, np_linspace, round_even};
-use crate::tensor::{
-    alpha_add_noise, check_history, check_step_shapes, check_steps, discrete_timestep, f32,
-    not_initialised, to_dtype,
-};
-use crate::{Scheduler, SchedulerKind};
+use crate::schedule::{DiscreteState, Rule, np_arange, np_linspace, round_even};
+use crate::tensor::not_initialised;
 
 /// diffusers' `PNDMScheduler` (SD1.5's default scheduler).
 ///
@@ -27,15 +23,9 @@ use crate::{Scheduler, SchedulerKind};
 /// v-prediction.
 #[derive(Debug, Clone)]
 pub struct PndmScheduler<B: Backend> {
-    schedule: NoiseSchedule,
-    final_alpha_cumprod: f32,
-    prediction_type: PredictionType,
+    state: DiscreteState,
     skip_prk_steps: bool,
-    timestep_spacing: TimestepSpacing,
-    steps_offset: usize,
-    num_inference_steps: Option<usize>,
     prk_steps: usize,
-    timesteps: Vec<f64>,
     // running values
     counter: usize,
     cur_model_output: Option<Tensor<B, 4>>,
@@ -45,39 +35,20 @@ pub struct PndmScheduler<B: Backend> {
 }
 
 impl<B: Backend> PndmScheduler<B> {
-    /// Builds the scheduler from a config, filling absent keys with PNDM's defaults.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for a prediction type other than epsilon and v-prediction,
-    /// [`Error::Unsupported`] for a DDPM-only beta schedule.
-    pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        let schedule = NoiseSchedule::new(config, false, false)?;
-        let prediction_type = prediction_type(
-            config,
-            "PNDMScheduler",
-            &[PredictionType::Epsilon, PredictionType::VPrediction],
-        )?;
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(false) {
-            1.0
-        } else {
-            schedule.alphas_cumprod[0]
-        };
-        Ok(Self {
-            final_alpha_cumprod,
-            prediction_type,
-            skip_prk_steps: config.skip_prk_steps.unwrap_or(false),
-            timestep_spacing: config.timestep_spacing.unwrap_or(TimestepSpacing::Leading),
-            steps_offset: config.steps_offset.unwrap_or(0),
-            num_inference_steps: None,
+    /// A PNDM scheduler on `state`, with or without the Runge–Kutta warm-up.
+    pub(crate) fn new(mut state: DiscreteState, skip_prk_steps: bool) -> Self {
+        // No timesteps until `set_timesteps`.
+        state.timesteps.clear();
+        Self {
+            state,
+            skip_prk_steps,
             prk_steps: 0,
-            timesteps: Vec::new(),
             counter: 0,
             cur_model_output: None,
             cur_sample: None,
             ets: Vec::new(),
-            schedule,
             _backend: PhantomData,
-        })
+        }
     }
 
     /// Formula (9): x_{t−δ} from x_t and ε at `t`.
@@ -88,22 +59,10 @@ impl<B: Backend> PndmScheduler<B> {
         prev_t: i64,
         model_output: Tensor<B, 4>,
     ) -> Result<Tensor<B, 4>> {
-        let acp = &self.schedule.alphas_cumprod;
-        let lookup = |t: i64| {
-            usize::try_from(t)
-                .ok()
-                .and_then(|i| acp.get(i).copied())
-                .ok_or_else(|| Error::invalid_input("timestep", format!("{t} out of range")))
-        };
-        let alpha_t = lookup(t)?;
-        let alpha_prev = if prev_t >= 0 {
-            lookup(prev_t)?
-        } else {
-            self.final_alpha_cumprod
-        };
+        let (alpha_t, alpha_prev) = self.state.alphas(t, prev_t)?;
         let beta_t = 1.0 - alpha_t;
         let beta_prev = 1.0 - alpha_prev;
-        let model_output = match self.prediction_type {
+        let model_output = match self.state.params.prediction_type {
             PredictionType::VPrediction => model_output
                 .mul_scalar(alpha_t.sqrt())
                 .add(sample.clone().mul_scalar(beta_t.sqrt())),
@@ -124,12 +83,11 @@ impl<B: Backend> PndmScheduler<B> {
         model_output: Tensor<B, 4>,
         t: i64,
         sample: Tensor<B, 4>,
-        n: usize,
     ) -> Result<Tensor<B, 4>> {
-        let half = (self.schedule.num_train_timesteps / n / 2) as i64;
+        let half = (self.state.ratio() / 2) as i64;
         let diff_to_prev = if self.counter % 2 == 1 { 0 } else { half };
         let prev_t = t - diff_to_prev;
-        let t = self.timesteps[self.counter / 4 * 4] as i64;
+        let t = self.state.timesteps[self.counter / 4 * 4] as i64;
         let model_output = match self.counter % 4 {
             0 => {
                 self.cur_model_output = Some(model_output.clone().mul_scalar(1.0f32 / 6.0));
@@ -165,9 +123,8 @@ impl<B: Backend> PndmScheduler<B> {
         model_output: Tensor<B, 4>,
         mut t: i64,
         mut sample: Tensor<B, 4>,
-        n: usize,
     ) -> Result<Tensor<B, 4>> {
-        let ratio = (self.schedule.num_train_timesteps / n) as i64;
+        let ratio = self.state.ratio() as i64;
         let mut prev_t = t - ratio;
         if self.counter != 1 {
             let keep = self.ets.len().saturating_sub(3);
@@ -211,15 +168,24 @@ impl<B: Backend> PndmScheduler<B> {
     }
 }
 
-impl<B: Backend> Scheduler<B> for PndmScheduler<B> {
-    fn kind(&self) -> SchedulerKind {
+impl<B: Backend> Rule<B> for PndmScheduler<B> {
+    type State = DiscreteState;
+
+    fn state(&self) -> &DiscreteState {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut DiscreteState {
+        &mut self.state
+    }
+
+    fn scheduler_kind(&self) -> SchedulerKind {
         SchedulerKind::Pndm
     }
 
-    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        let n_train = self.schedule.num_train_timesteps;
-        let n = num_inference_steps;
-        check_steps(n, n_train)?;
+    fn lay_out(&mut self, n: usize) -> Result<()> {
+        let p = &self.state.params;
+        let n_train = p.schedule.num_train_timesteps;
         if !self.skip_prk_steps && n < 4 {
             return Err(Error::invalid_input(
                 "num_inference_steps",
@@ -227,13 +193,13 @@ impl<B: Backend> Scheduler<B> for PndmScheduler<B> {
             ));
         }
         // Ascending training timesteps.
-        let ts: Vec<f64> = match self.timestep_spacing {
+        let ts: Vec<f64> = match p.timestep_spacing {
             TimestepSpacing::Linspace => np_linspace(0.0, (n_train - 1) as f64, n)
                 .into_iter()
                 .map(round_even)
                 .collect(),
             TimestepSpacing::Leading => (0..n)
-                .map(|i| (i * (n_train / n)) as f64 + self.steps_offset as f64)
+                .map(|i| (i * (n_train / n)) as f64 + p.steps_offset as f64)
                 .collect(),
             TimestepSpacing::Trailing => {
                 np_arange(n_train as f64, 0.0, -(n_train as f64 / n as f64))
@@ -264,55 +230,28 @@ impl<B: Backend> Scheduler<B> for PndmScheduler<B> {
         };
         plms.reverse();
         self.prk_steps = prk.len();
-        self.timesteps = prk.into_iter().chain(plms).collect();
-        self.num_inference_steps = Some(n);
+        self.state.timesteps = prk.into_iter().chain(plms).collect();
         self.ets.clear();
         self.counter = 0;
         self.cur_model_output = None;
         Ok(())
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn history(&self) -> Option<[usize; 4]> {
+        self.ets.last().map(Tensor::dims)
     }
 
-    fn set_begin_index(&mut self, _index: usize) {}
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&mut self, sample: Tensor<B, 4>, _timestep: f64) -> Tensor<B, 4> {
-        sample
-    }
-
-    fn step(
+    fn update(
         &mut self,
+        t: usize,
         model_output: Tensor<B, 4>,
-        timestep: f64,
         sample: Tensor<B, 4>,
         _noise: &mut dyn NoiseSource,
     ) -> Result<Tensor<B, 4>> {
-        let n = self.num_inference_steps.ok_or_else(not_initialised)?;
-        check_step_shapes(&model_output, &sample)?;
-        check_history(self.ets.last(), &sample)?;
-        let t = discrete_timestep(timestep, self.schedule.alphas_cumprod.len())? as i64;
-        let dtype = model_output.dtype();
-        let (model_output, sample) = (f32(model_output), f32(sample));
-        let prev = if self.counter < self.prk_steps && !self.skip_prk_steps {
-            self.step_prk(model_output, t, sample, n)?
+        if self.counter < self.prk_steps && !self.skip_prk_steps {
+            self.step_prk(model_output, t as i64, sample)
         } else {
-            self.step_plms(model_output, t, sample, n)?
-        };
-        Ok(to_dtype(prev, dtype))
-    }
-
-    fn add_noise(
-        &self,
-        original: Tensor<B, 4>,
-        noise: Tensor<B, 4>,
-        timestep: f64,
-    ) -> Tensor<B, 4> {
-        alpha_add_noise(&self.schedule.alphas_cumprod, original, noise, timestep)
+            self.step_plms(model_output, t as i64, sample)
+        }
     }
 }

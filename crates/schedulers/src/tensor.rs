@@ -40,16 +40,15 @@ pub(crate) fn check_step_shapes<B: Backend>(
 
 /// Checks that a tensor kept from an earlier step matches the current shape.
 pub(crate) fn check_history<B: Backend>(
-    history: Option<&Tensor<B, 4>>,
+    history: Option<[usize; 4]>,
     sample: &Tensor<B, 4>,
 ) -> Result<()> {
     match history {
-        Some(h) if h.dims() != sample.dims() => Err(Error::invalid_input(
+        Some(h) if h != sample.dims() => Err(Error::invalid_input(
             "sample",
             format!(
-                "shape {:?} differs from the {:?} of earlier steps; call set_timesteps to restart",
+                "shape {:?} differs from the {h:?} of earlier steps; call set_timesteps to restart",
                 sample.dims(),
-                h.dims()
             ),
         )),
         _ => Ok(()),

@@ -5,23 +5,14 @@
 //! Models" (<https://arxiv.org/abs/2302.04867>): the UniP predictor and the UniC corrector with
 //! B(h) = h (`bh1`) or eʰ − 1 (`bh2`).
 
-use std::marker::PhantomData;
-
 use burn::prelude::*;
+use prompt_diffusion_core::Result;
 use prompt_diffusion_core::noise::NoiseSource;
-use prompt_diffusion_core::{Error, Result};
 
-use crate::config::{SchedulerConfig, prediction_type, reject_flags};
-use crate::options::{FinalSigmasType, PredictionType, SolverType, TimestepSpacing};
-use crate::schedule::{
-    NoiseSchedule, SigmaSpacing, StepIndex, alpha_sigma, lambda, linspace_desc,
-    multistep_timesteps, np_interp, round_even, sigma_of, sigma_to_t, solve,
-};
-use crate::tensor::{
-    check_history, check_step_shapes, check_steps, convert_model_output, exhausted, f32,
-    not_initialised, to_dtype,
-};
-use crate::{Scheduler, SchedulerKind};
+use crate::SchedulerKind;
+use crate::options::FinalSigmasType;
+use crate::schedule::{Rule, SigmaSpacing, SigmaState, alpha_sigma, lambda, linspace_desc, solve};
+use crate::tensor::convert_model_output;
 
 /// diffusers' `UniPCMultistepScheduler`.
 ///
@@ -38,112 +29,48 @@ use crate::{Scheduler, SchedulerKind};
 /// with `solver_order > 1`) are rejected when the scheduler is built.
 #[derive(Debug, Clone)]
 pub struct UniPcMultistepScheduler<B: Backend> {
-    schedule: NoiseSchedule,
-    solver_order: usize,
-    prediction_type: PredictionType,
-    predict_x0: bool,
-    bh1: bool,
-    lower_order_final: bool,
-    disable_corrector: Vec<usize>,
-    spacing: SigmaSpacing,
-    sigma_bounds: (Option<f64>, Option<f64>),
-    final_sigmas_type: FinalSigmasType,
-    timestep_spacing: TimestepSpacing,
-    steps_offset: usize,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f32>,
+    state: SigmaState,
+    options: UniPcOptions,
     model_outputs: Vec<Tensor<B, 4>>,
     last_sample: Option<Tensor<B, 4>>,
     this_order: usize,
     lower_order_nums: usize,
-    index: StepIndex,
-    ready: bool,
-    _backend: PhantomData<B>,
+}
+
+/// UniPC's own options (the factory resolves their defaults and rejects the degenerate ones).
+#[derive(Debug, Clone)]
+pub(crate) struct UniPcOptions {
+    /// `solver_order` (at least 1).
+    pub solver_order: usize,
+    /// `predict_x0`.
+    pub predict_x0: bool,
+    /// `solver_type = "bh1"` (else bh2).
+    pub bh1: bool,
+    /// `lower_order_final`.
+    pub lower_order_final: bool,
+    /// `disable_corrector`.
+    pub disable_corrector: Vec<usize>,
 }
 
 impl<B: Backend> UniPcMultistepScheduler<B> {
-    /// Builds the scheduler from a config, filling absent keys with UniPC's defaults.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for values diffusers rejects or that make it return NaN (see the type),
-    /// [`Error::Unsupported`] for thresholding, flow sigmas, dynamic shifting, beta sigmas or an
-    /// external `solver_p`.
-    pub fn new(config: &SchedulerConfig) -> Result<Self> {
-        reject_flags(
-            "UniPCMultistepScheduler",
-            &[
-                ("thresholding", config.thresholding),
-                ("use_flow_sigmas", config.use_flow_sigmas),
-                ("use_dynamic_shifting", config.use_dynamic_shifting),
-            ],
-        )?;
-        if config.solver_p.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(Error::Unsupported("UniPC with an external solver_p".into()));
-        }
-        if config.shift_terminal.is_some() {
-            return Err(Error::config(
-                "shift_terminal",
-                "is only supported with use_flow_sigmas",
-            ));
-        }
-        let spacing = SigmaSpacing::from_config(config)?;
-        let solver_order = config.solver_order.unwrap_or(2);
-        if solver_order == 0 {
-            return Err(Error::config("solver_order", "must be at least 1"));
-        }
-        let predict_x0 = config.predict_x0.unwrap_or(true);
-        let lower_order_final = config.lower_order_final.unwrap_or(true);
-        let final_sigmas_type = config.final_sigmas_type.unwrap_or(FinalSigmasType::Zero);
-        if final_sigmas_type == FinalSigmasType::Zero
-            && (!predict_x0 || (!lower_order_final && solver_order > 1))
-        {
-            return Err(Error::config(
-                "final_sigmas_type",
-                "`zero` with predict_x0 = false or lower_order_final = false divides by an \
-                 infinite log-SNR step on the last step (diffusers returns NaN/inf); use \
-                 `sigma_min`",
-            ));
-        }
-        let schedule = NoiseSchedule::new(config, true, true)?;
-        let prediction_type = prediction_type(
-            config,
-            "UniPCMultistepScheduler",
-            &[
-                PredictionType::Epsilon,
-                PredictionType::Sample,
-                PredictionType::VPrediction,
-                PredictionType::FlowPrediction,
-            ],
-        )?;
-        let n_train = schedule.num_train_timesteps;
-        Ok(Self {
-            solver_order,
-            prediction_type,
-            predict_x0,
-            bh1: config.solver_type == Some(SolverType::Bh1),
-            lower_order_final,
-            disable_corrector: config.disable_corrector.clone().unwrap_or_default(),
-            spacing,
-            sigma_bounds: (config.sigma_min, config.sigma_max),
-            final_sigmas_type,
-            timestep_spacing: config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
-            steps_offset: config.steps_offset.unwrap_or(0),
-            timesteps: linspace_desc((n_train - 1) as f64, n_train),
-            sigmas: schedule.sigmas(),
+    /// A UniPC scheduler on `state` (preserving form) with `options`.
+    pub(crate) fn new(mut state: SigmaState, options: UniPcOptions) -> Self {
+        let n_train = state.params.schedule.num_train_timesteps;
+        state.timesteps = linspace_desc((n_train - 1) as f64, n_train);
+        state.sigmas = state.params.schedule.sigmas();
+        Self {
+            state,
+            options,
             model_outputs: Vec::new(),
             last_sample: None,
             this_order: 1,
             lower_order_nums: 0,
-            index: StepIndex::default(),
-            ready: false,
-            schedule,
-            _backend: PhantomData,
-        })
+        }
     }
 
     /// λ, α, σ at sigma index `k`.
     fn at(&self, k: usize) -> (f32, f32, f32) {
-        let (a, s) = alpha_sigma(self.sigmas[k]);
+        let (a, s) = alpha_sigma(self.state.sigmas[k]);
         (a, s, lambda(a, s))
     }
 
@@ -165,10 +92,10 @@ impl<B: Backend> UniPcMultistepScheduler<B> {
             d1s.push(mi.sub(m0.clone()).div_scalar(rk));
         }
         rks.push(1.0);
-        let hh = if self.predict_x0 { -h } else { h };
+        let hh = if self.options.predict_x0 { -h } else { h };
         let h_phi_1 = hh.exp_m1();
         let mut h_phi_k = h_phi_1 / hh - 1.0;
-        let b_h = if self.bh1 { hh } else { hh.exp_m1() };
+        let b_h = if self.options.bh1 { hh } else { hh.exp_m1() };
         let mut factorial = 1f64;
         let mut r = Vec::with_capacity(order);
         let mut b = Vec::with_capacity(order);
@@ -178,7 +105,7 @@ impl<B: Backend> UniPcMultistepScheduler<B> {
             factorial *= (i + 1) as f64;
             h_phi_k = h_phi_k / hh - (1.0 / factorial) as f32;
         }
-        let (base_x, base_m, scale) = if self.predict_x0 {
+        let (base_x, base_m, scale) = if self.options.predict_x0 {
             (sigma_t / sigma_s0, alpha_t * h_phi_1, alpha_t * b_h)
         } else {
             (alpha_t / alpha_s0, sigma_t * h_phi_1, sigma_t * b_h)
@@ -274,128 +201,78 @@ fn weighted_sum<B: Backend>(rhos: &[f32], d1s: Vec<Tensor<B, 4>>) -> Option<Tens
         .reduce(|acc, t| acc.add(t))
 }
 
-impl<B: Backend> Scheduler<B> for UniPcMultistepScheduler<B> {
-    fn kind(&self) -> SchedulerKind {
+impl<B: Backend> Rule<B> for UniPcMultistepScheduler<B> {
+    type State = SigmaState;
+
+    fn state(&self) -> &SigmaState {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut SigmaState {
+        &mut self.state
+    }
+
+    fn scheduler_kind(&self) -> SchedulerKind {
         SchedulerKind::UniPc
     }
 
-    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        let n_train = self.schedule.num_train_timesteps;
-        let n = num_inference_steps;
-        check_steps(n, n_train)?;
-        let mut timesteps = multistep_timesteps(
-            self.timestep_spacing,
-            n_train,
-            n_train,
-            n,
-            self.steps_offset,
-        );
-        let train = self.schedule.sigmas();
-        let sigmas: Vec<f64> = if self.spacing == SigmaSpacing::Interpolated {
-            timesteps.iter().map(|&t| np_interp(t, &train)).collect()
-        } else {
-            let log_sigmas: Vec<f32> = train.iter().map(|s| s.ln()).collect();
-            let descending: Vec<f64> = train.iter().rev().map(|&s| s as f64).collect();
-            let sigmas = self.spacing.convert(&descending, self.sigma_bounds, n);
-            let karras = self.spacing == SigmaSpacing::Karras;
-            timesteps = sigmas
-                .iter()
-                .map(|&s| {
-                    let t = sigma_to_t(s, &log_sigmas);
-                    if karras { round_even(t) } else { t }
-                })
-                .collect();
-            sigmas
-        };
-        let last = match (self.final_sigmas_type, self.spacing) {
-            (FinalSigmasType::Zero, _) => 0.0,
-            (FinalSigmasType::SigmaMin, SigmaSpacing::Interpolated) => {
-                sigma_of(self.schedule.alphas_cumprod[0])
-            }
+    fn lay_out(&mut self, n: usize) -> Result<()> {
+        let n_train = self.state.params.schedule.num_train_timesteps;
+        let sigmas = self.state.lay_out_multistep(n, n_train, false, true);
+        let last = match (
+            self.state.options.final_sigmas_type,
+            self.state.options.spacing,
+        ) {
+            (FinalSigmasType::SigmaMin, SigmaSpacing::Interpolated)
+            | (FinalSigmasType::Zero, _) => self.state.final_sigma(),
             (FinalSigmasType::SigmaMin, _) => sigmas[sigmas.len() - 1] as f32,
         };
-        self.sigmas = sigmas.iter().map(|&s| s as f32).chain([last]).collect();
-        self.timesteps = timesteps.into_iter().map(f64::trunc).collect();
+        self.state.set_sigmas(&sigmas, last);
         self.model_outputs.clear();
         self.last_sample = None;
         self.this_order = 1;
         self.lower_order_nums = 0;
-        self.index = StepIndex::default();
-        self.ready = true;
         Ok(())
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
+    fn history(&self) -> Option<[usize; 4]> {
+        self.model_outputs.last().map(Tensor::dims)
     }
 
-    fn set_begin_index(&mut self, index: usize) {
-        self.index.begin = Some(index);
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&mut self, sample: Tensor<B, 4>, _timestep: f64) -> Tensor<B, 4> {
-        sample
-    }
-
-    fn step(
+    fn update(
         &mut self,
+        i: usize,
         model_output: Tensor<B, 4>,
-        timestep: f64,
-        sample: Tensor<B, 4>,
+        mut sample: Tensor<B, 4>,
         _noise: &mut dyn NoiseSource,
     ) -> Result<Tensor<B, 4>> {
-        if !self.ready {
-            return Err(not_initialised());
-        }
-        check_step_shapes(&model_output, &sample)?;
-        check_history(self.model_outputs.last(), &sample)?;
-        let len = self.timesteps.len();
-        let i = self.index.current(&self.timesteps, timestep, true)?;
-        if i >= len {
-            return Err(exhausted(len));
-        }
-        let dtype = model_output.dtype();
-        let (model_output, mut sample) = (f32(model_output), f32(sample));
+        let len = self.state.timesteps.len();
+        let o = &self.options;
         let converted = convert_model_output(
-            self.prediction_type,
-            self.predict_x0,
+            self.state.params.prediction_type,
+            o.predict_x0,
             model_output,
             &sample,
-            self.sigmas[i],
+            self.state.sigmas[i],
         );
-        let use_corrector = i > 0 && !self.disable_corrector.contains(&(i - 1));
+        let use_corrector = i > 0 && !o.disable_corrector.contains(&(i - 1));
         if let (true, Some(last)) = (use_corrector, self.last_sample.take()) {
             sample = self.correct(i, converted.clone(), last, self.this_order)?;
         }
-        if self.model_outputs.len() == self.solver_order {
+        let solver_order = self.options.solver_order;
+        if self.model_outputs.len() == solver_order {
             self.model_outputs.remove(0);
         }
         self.model_outputs.push(converted);
-        let order = if self.lower_order_final {
-            self.solver_order.min(len - i)
+        let order = if self.options.lower_order_final {
+            solver_order.min(len - i)
         } else {
-            self.solver_order
+            solver_order
         };
         self.this_order = order.min(self.lower_order_nums + 1);
         self.last_sample = Some(sample.clone());
         let prev = self.predict(i, sample, self.this_order)?;
-        self.lower_order_nums = (self.lower_order_nums + 1).min(self.solver_order);
-        self.index.step = Some(i + 1);
-        Ok(to_dtype(prev, dtype))
-    }
-
-    fn add_noise(
-        &self,
-        original: Tensor<B, 4>,
-        noise: Tensor<B, 4>,
-        timestep: f64,
-    ) -> Tensor<B, 4> {
-        let i = self.index.for_add_noise(&self.timesteps, timestep);
-        let (alpha, sigma) = alpha_sigma(self.sigmas.get(i).copied().unwrap_or(0.0));
-        original.mul_scalar(alpha).add(noise.mul_scalar(sigma))
+        self.lower_order_nums = (self.lower_order_nums + 1).min(solver_order);
+        Ok(prev)
     }
 }

@@ -13,12 +13,19 @@
 //! the per-step scalars derived from them may differ from diffusers' in the last bit.
 //!
 //! The NumPy/PyTorch primitives live in [`numeric`], the inference timestep and sigma layouts
-//! in [`timesteps`].
+//! in [`timesteps`]; the state each scheduler family shares in [`discrete`] and [`sigmas`],
+//! wired into [`Scheduler`](crate::Scheduler) by [`family`].
 
+mod discrete;
+mod family;
 mod numeric;
+mod sigmas;
 mod timesteps;
 
+pub(crate) use discrete::{DiscreteState, predict_x0};
+pub(crate) use family::{Rule, ScheduleParams};
 pub(crate) use numeric::*;
+pub(crate) use sigmas::{Form, SigmaOptions, SigmaState, sigma_x0};
 pub(crate) use timesteps::*;
 
 use prompt_diffusion_core::{Error, Result};
@@ -31,7 +38,7 @@ const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
 
 /// The training noise schedule: `alphas_cumprod` as diffusers holds it (a float32 tensor).
 #[derive(Debug, Clone)]
-pub(crate) struct NoiseSchedule {
+pub struct NoiseSchedule {
     /// `num_train_timesteps`.
     pub num_train_timesteps: usize,
     /// The beta schedule the table came from (`trained_betas` keep the configured name).

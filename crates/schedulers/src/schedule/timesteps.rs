@@ -82,7 +82,7 @@ pub(crate) fn sigma_timesteps(
 
 /// The sigma schedule options shared by Euler, DPM-Solver, UniPC and LMS.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum SigmaSpacing {
+pub enum SigmaSpacing {
     /// The training sigmas interpolated at the timesteps.
     Interpolated,
     /// Karras et al. spacing.
@@ -188,7 +188,7 @@ pub(crate) fn index_for_timestep(timesteps: &[f64], t: f64) -> Option<usize> {
 
 /// The step index of the sigma-based schedulers (`_step_index` / `_begin_index`).
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct StepIndex {
+pub struct StepIndex {
     pub step: Option<usize>,
     pub begin: Option<usize>,
 }

@@ -1,0 +1,176 @@
+//! The two scheduler families and the one [`Scheduler`] implementation they share.
+//!
+//! Every scheduler is its family's shared state ([`DiscreteState`](super::DiscreteState) for
+//! DDIM, DDPM and PNDM; [`SigmaState`](super::SigmaState) for Euler, Euler ancestral, LMS,
+//! DPM-Solver and UniPC) plus its own update rule ([`Rule`]). The state holds the schedule,
+//! the timesteps, the step bookkeeping and the guards of `step`; the blanket implementation
+//! below wires a rule and its state into a [`Scheduler`].
+
+use burn::prelude::*;
+use prompt_diffusion_core::Result;
+use prompt_diffusion_core::noise::NoiseSource;
+
+use super::NoiseSchedule;
+use crate::options::{PredictionType, TimestepSpacing};
+use crate::tensor::{check_steps, f32, to_dtype};
+use crate::{Scheduler, SchedulerKind};
+
+/// The options every scheduler takes: its training schedule, how inference timesteps are laid
+/// out over it, and what the model predicts.
+#[derive(Debug, Clone)]
+pub struct ScheduleParams {
+    /// The training noise schedule.
+    pub schedule: NoiseSchedule,
+    /// `timestep_spacing`.
+    pub timestep_spacing: TimestepSpacing,
+    /// `steps_offset`.
+    pub steps_offset: usize,
+    /// `prediction_type`.
+    pub prediction_type: PredictionType,
+}
+
+/// The state a scheduler family keeps once for all its members.
+pub trait Family {
+    /// The options the state was built with.
+    fn params(&self) -> &ScheduleParams;
+
+    /// The current timesteps.
+    fn timesteps(&self) -> &[f64];
+
+    /// [`Scheduler::set_begin_index`].
+    fn set_begin_index(&mut self, index: usize);
+
+    /// [`Scheduler::init_noise_sigma`].
+    fn init_noise_sigma(&self) -> f64;
+
+    /// [`Scheduler::scale_model_input`].
+    fn scale_model_input<B: Backend>(
+        &mut self,
+        sample: Tensor<B, 4>,
+        timestep: f64,
+    ) -> Tensor<B, 4>;
+
+    /// [`Scheduler::add_noise`].
+    fn add_noise<B: Backend>(
+        &self,
+        original: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        timestep: f64,
+    ) -> Tensor<B, 4>;
+
+    /// Resets the step bookkeeping after the rule laid out a schedule of `n` steps.
+    fn restarted(&mut self, n: usize);
+
+    /// The guards of `step` ("set_timesteps was not called", shape mismatch with the sample or
+    /// with the rule's `history`, timestep not in the schedule, schedule exhausted); returns
+    /// where the rule steps from: the training timestep (discrete family) or the step index
+    /// (sigma family).
+    fn enter<B: Backend>(
+        &mut self,
+        model_output: &Tensor<B, 4>,
+        timestep: f64,
+        sample: &Tensor<B, 4>,
+        history: Option<[usize; 4]>,
+    ) -> Result<usize>;
+
+    /// Records that the step from `at` was taken.
+    fn leave(&mut self, at: usize);
+}
+
+/// A scheduler's own part: its update rule on top of its family's state.
+pub trait Rule<B: Backend> {
+    /// The family state.
+    type State: Family;
+
+    /// The shared state.
+    fn state(&self) -> &Self::State;
+
+    /// The shared state, mutably.
+    fn state_mut(&mut self) -> &mut Self::State;
+
+    /// Which scheduler this is.
+    fn scheduler_kind(&self) -> SchedulerKind;
+
+    /// Lays out the timesteps (and sigmas) for `n` steps, already checked against the training
+    /// range, and clears the rule's history.
+    fn lay_out(&mut self, n: usize) -> Result<()>;
+
+    /// The shape of the tensors kept from earlier steps, if any.
+    fn history(&self) -> Option<[usize; 4]> {
+        None
+    }
+
+    /// One step from `at` (see [`Family::enter`]) on float32 tensors.
+    fn update(
+        &mut self,
+        at: usize,
+        model_output: Tensor<B, 4>,
+        sample: Tensor<B, 4>,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor<B, 4>>;
+
+    /// DDIM's η; ignored by the other rules.
+    fn use_eta(&mut self, eta: f64) {
+        let _ = eta;
+    }
+}
+
+impl<B: Backend, R: Rule<B>> Scheduler<B> for R {
+    fn kind(&self) -> SchedulerKind {
+        self.scheduler_kind()
+    }
+
+    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
+        let n_train = self.state().params().schedule.num_train_timesteps;
+        check_steps(num_inference_steps, n_train)?;
+        self.lay_out(num_inference_steps)?;
+        self.state_mut().restarted(num_inference_steps);
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        self.state().timesteps()
+    }
+
+    fn set_begin_index(&mut self, index: usize) {
+        self.state_mut().set_begin_index(index);
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.state().init_noise_sigma()
+    }
+
+    fn scale_model_input(&mut self, sample: Tensor<B, 4>, timestep: f64) -> Tensor<B, 4> {
+        self.state_mut().scale_model_input(sample, timestep)
+    }
+
+    fn step(
+        &mut self,
+        model_output: Tensor<B, 4>,
+        timestep: f64,
+        sample: Tensor<B, 4>,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor<B, 4>> {
+        let history = self.history();
+        let at = self
+            .state_mut()
+            .enter(&model_output, timestep, &sample, history)?;
+        let dtype = model_output.dtype();
+        let prev = self.update(at, f32(model_output), f32(sample), noise)?;
+        self.state_mut().leave(at);
+        Ok(to_dtype(prev, dtype))
+    }
+
+    fn add_noise(
+        &self,
+        original: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        timestep: f64,
+    ) -> Tensor<B, 4> {
+        self.state().add_noise(original, noise, timestep)
+    }
+
+    fn set_eta(&mut self, eta: f64) {
+        self.use_eta(eta);
+    }
+}
