@@ -147,20 +147,6 @@ impl CLIPTextConfig {
         }
     }
 
-    /// Reads a `config.json` holding a `CLIPTextConfig` or a `CLIPConfig` (its `text_config`).
-    ///
-    /// # Errors
-    /// [`Error::Io`] when the file cannot be read, [`Error::Config`] naming the file and field
-    /// when a value has the wrong type.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        Ok(read_tower(path.as_ref(), Tower::Text)?.0)
-    }
-
-    /// Parses a `CLIPTextConfig` or `CLIPConfig` JSON string.
-    pub fn from_json(text: &str) -> Result<Self> {
-        Ok(parse_tower(text, Tower::Text)?.0)
-    }
-
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads.max(1)
@@ -205,20 +191,6 @@ impl CLIPVisionConfig {
         }
     }
 
-    /// Reads a `config.json` holding a `CLIPVisionConfig` or a `CLIPConfig` (its
-    /// `vision_config`).
-    ///
-    /// # Errors
-    /// As [`CLIPTextConfig::from_file`].
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        Ok(read_tower(path.as_ref(), Tower::Vision)?.0)
-    }
-
-    /// Parses a `CLIPVisionConfig` or `CLIPConfig` JSON string.
-    pub fn from_json(text: &str) -> Result<Self> {
-        Ok(parse_tower(text, Tower::Vision)?.0)
-    }
-
     /// Number of patches along one side (`image_size / patch_size`).
     pub fn grid_size(&self) -> usize {
         self.image_size / self.patch_size.max(1)
@@ -242,14 +214,10 @@ impl CLIPVisionConfig {
         check_count("image_size", self.image_size, MAX_SAMPLE_SIZE)?;
         check_count("patch_size", self.patch_size, MAX_SAMPLE_SIZE)?;
         check_count("num_positions", self.num_positions(), MAX_POSITIONS)?;
-        if self.image_size < self.patch_size {
-            return Err(Error::config(
-                "image_size",
-                format!(
-                    "{} is smaller than patch_size {}",
-                    self.image_size, self.patch_size
-                ),
-            ));
+        let (image, patch) = (self.image_size, self.patch_size);
+        if image < patch {
+            let reason = format!("{image} is smaller than patch_size {patch}");
+            return Err(Error::config("image_size", reason));
         }
         check_width(self.hidden_size, self.num_attention_heads)?;
         check_eps(self.layer_norm_eps)
@@ -259,13 +227,12 @@ impl CLIPVisionConfig {
 fn check_width(hidden_size: usize, heads: usize) -> Result<()> {
     check_count("hidden_size", hidden_size, MAX_WIDTH)?;
     check_count("num_attention_heads", heads, MAX_HEADS)?;
-    if !hidden_size.is_multiple_of(heads) {
-        return Err(Error::config(
-            "num_attention_heads",
-            format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {heads}"),
-        ));
+    if hidden_size.is_multiple_of(heads) {
+        return Ok(());
     }
-    Ok(())
+    let reason =
+        format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {heads}");
+    Err(Error::config("num_attention_heads", reason))
 }
 
 fn check_eps(eps: f64) -> Result<()> {
@@ -323,7 +290,10 @@ pub(crate) fn read_tower<T: serde::de::DeserializeOwned>(
     parse_tower(&text, tower).map_err(|e| e.with_config_origin(path))
 }
 
-fn parse_tower<T: serde::de::DeserializeOwned>(text: &str, tower: Tower) -> Result<(T, bool)> {
+pub(crate) fn parse_tower<T: serde::de::DeserializeOwned>(
+    text: &str,
+    tower: Tower,
+) -> Result<(T, bool)> {
     let root: Value = serde_json::from_str(text)
         .map_err(|e| Error::config("<root>", format!("invalid JSON: {e}")))?;
     let Value::Object(mut root) = root else {

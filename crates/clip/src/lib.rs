@@ -6,7 +6,8 @@
 //!   77 with the folder's pad token and truncation.
 //! * [`CLIPTextModel`] — Stable Diffusion's text encoder: `last_hidden_state` is the UNet
 //!   context; every hidden state is available for "CLIP skip".
-//! * [`CLIPVisionModelWithProjection`] + [`clip_image_preprocess`] — image embeddings
+//! * [`CLIPVisionModelWithProjection`] + [`CLIPImageProcessor`] (the model's
+//!   [`image_processor`](CLIPVisionModelWithProjection::image_processor)) — image embeddings
 //!   (Versatile Diffusion, Diff-Plugin).
 //! * [`weights`] — the key tables of single-file checkpoints (SD1, SD2 OpenCLIP) and of full
 //!   `CLIPModel` files.
@@ -40,11 +41,12 @@ pub mod encoder;
 pub mod preprocess;
 pub mod text_model;
 pub mod tokenizer;
+mod tower;
 pub mod vision_model;
 pub mod weights;
 
 pub use config::{CLIPTextConfig, CLIPVisionConfig};
-pub use preprocess::{CLIP_MEAN, CLIP_STD, clip_image_preprocess};
+pub use preprocess::{CLIP_MEAN, CLIP_STD, CLIPImageProcessor, clip_image_preprocess};
 pub use text_model::{
     CLIPTextModel, CLIPTextModelWithProjection, CLIPTextOutput, CLIPTextProjectionOutput,
     CLIPTextTransformer,

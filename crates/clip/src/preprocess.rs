@@ -1,4 +1,5 @@
-//! CLIP image preprocessing: the pixels transformers' `CLIPImageProcessor` produces.
+//! CLIP image preprocessing: the pixels transformers' `CLIPImageProcessor` produces
+//! ([`CLIPImageProcessor`], [`clip_image_preprocess`]).
 //!
 //! Steps (transformers 5, default torchvision backend, as used by diffusers' image encoders):
 //! resize so the shorter side is `size` (the longer side `floor(size · long / short)`), center
@@ -14,6 +15,8 @@
 //! by about as much.
 
 use burn::prelude::*;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use image::RgbImage;
 use prompt_diffusion_core::{Error, Result};
 
@@ -22,7 +25,64 @@ pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
 /// OpenAI CLIP normalisation standard deviation (R, G, B), as `OPENAI_CLIP_STD`.
 pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
-/// Preprocesses images for the CLIP vision tower (224 for ViT-L/14).
+/// The input boundary of a CLIP vision tower (transformers' `CLIPImageProcessor` with the
+/// OpenAI statistics): images to the normalised pixels the tower takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CLIPImageProcessor {
+    /// The side of the square input, in pixels (the config's `image_size`: 224 for ViT-L/14).
+    pub size: usize,
+}
+
+impl CLIPImageProcessor {
+    /// A processor for `size`×`size` inputs.
+    pub fn new(size: usize) -> Self {
+        Self { size }
+    }
+
+    /// Resizes (shorter side to `size`, anti-aliased bicubic), center-crops and normalises,
+    /// exactly as transformers does (see the [module](self) documentation).
+    ///
+    /// # Shapes
+    /// `n` images of any sizes → `[n, 3, size, size]`, in the device's default float dtype.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when `images` is empty, `size` is 0 or an image has no pixels.
+    pub fn preprocess<B: Backend>(
+        &self,
+        images: &[RgbImage],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 4>> {
+        clip_image_preprocess(images, self.size, device)
+    }
+
+    /// The on-tensor variant of Diff-Plugin's `train.py`: images in [-1, 1] to [0, 1],
+    /// bilinear to `size`×`size` (no antialiasing, half-pixel centres, no crop), then
+    /// [`normalize`](Self::normalize).
+    ///
+    /// # Shapes
+    /// `[n, 3, H, W]` → `[n, 3, size, size]`.
+    pub fn preprocess_tensor<B: Backend>(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
+        let options = InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false);
+        let x = interpolate((images + 1.0) / 2.0, [self.size, self.size], options);
+        self.normalize(x)
+    }
+
+    /// `(x − mean) / std` per channel with the OpenAI CLIP statistics, on pixels in [0, 1].
+    ///
+    /// # Shapes
+    /// `[n, 3, H, W]` → `[n, 3, H, W]`.
+    pub fn normalize<B: Backend>(&self, pixels: Tensor<B, 4>) -> Tensor<B, 4> {
+        let device = pixels.device();
+        let stat = |v: [f64; 3]| {
+            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            Tensor::<B, 1>::from_data(TensorData::new(v, [3]), &device).reshape([1, 3, 1, 1])
+        };
+        (pixels - stat(CLIP_MEAN)) / stat(CLIP_STD)
+    }
+}
+
+/// Preprocesses images for the CLIP vision tower (224 for ViT-L/14): the pixels of
+/// [`CLIPImageProcessor::preprocess`].
 ///
 /// # Shapes
 /// `n` images of any sizes → `[n, 3, size, size]`, in the device's default float dtype.
@@ -245,7 +305,7 @@ mod tests {
 
     #[test]
     fn output_shape_and_errors() {
-        type B = burn_ndarray::NdArray<f32>;
+        use prompt_diffusion_core::testing::TestBackend as B;
         let device = Default::default();
         let wide = RgbImage::from_pixel(40, 20, image::Rgb([128, 64, 0]));
         let tall = RgbImage::from_pixel(9, 30, image::Rgb([255, 255, 255]));

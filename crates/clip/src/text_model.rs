@@ -10,20 +10,16 @@
 //! Parameter paths are the released checkpoint keys: `text_model.embeddings.…`,
 //! `text_model.encoder.layers.{i}.…`, `text_model.final_layer_norm.…`, `text_projection.weight`.
 
-use std::path::Path;
-
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::nn::{LayerNorm, LayerNormConfig};
-use prompt_diffusion_core::weights::{
-    LoadOptions, TensorSource, load_module, open_component_weights,
-};
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 
-use crate::config::{CLIPTextConfig, Tower, read_tower};
-use crate::encoder::{CLIPEncoder, CLIPEncoderConfig};
-use crate::weights;
+use crate::config::CLIPTextConfig;
+use crate::encoder::CLIPEncoder;
+use crate::tower::{self, TowerConfig};
 
 /// Token and position embeddings (`CLIPTextEmbeddings`).
 #[derive(Module, Debug)]
@@ -94,7 +90,7 @@ impl<B: Backend> CLIPTextTransformer<B> {
                 )
                 .init(device),
             },
-            encoder: encoder_config(config).init(device),
+            encoder: config.encoder().init(device),
             final_layer_norm: LayerNormConfig::new(config.hidden_size)
                 .with_eps(config.layer_norm_eps)
                 .init(device),
@@ -180,17 +176,6 @@ fn gather_rows<B: Backend>(x: Tensor<B, 3>, index: Tensor<B, 2, Int>) -> Tensor<
     x.gather(1, index).reshape([batch, width])
 }
 
-fn encoder_config(config: &CLIPTextConfig) -> CLIPEncoderConfig {
-    CLIPEncoderConfig {
-        hidden_size: config.hidden_size,
-        intermediate_size: config.intermediate_size,
-        num_attention_heads: config.num_attention_heads,
-        num_hidden_layers: config.num_hidden_layers,
-        hidden_act: config.hidden_act,
-        layer_norm_eps: config.layer_norm_eps,
-    }
-}
-
 /// `CLIPTextModel`: the text transformer alone (Stable Diffusion's `text_encoder`).
 #[derive(Module, Debug)]
 pub struct CLIPTextModel<B: Backend> {
@@ -206,48 +191,6 @@ impl<B: Backend> CLIPTextModel<B> {
         }
     }
 
-    /// Loads a transformers folder (`config.json` + weights, e.g. a diffusers
-    /// `text_encoder/`); the weight-file variant comes from `options.variant`. A folder holding
-    /// a full `CLIPModel` loads its text tower.
-    ///
-    /// # Errors
-    /// [`Error::Io`](prompt_diffusion_core::Error::Io) /
-    /// [`Error::Config`](prompt_diffusion_core::Error::Config) for the config,
-    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) listing missing, unexpected
-    /// and mis-shaped tensors.
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let (config, source) = open_text_folder(dir.as_ref(), options)?;
-        Self::from_source(config, &source, options, device)
-    }
-
-    /// Loads weights named as in transformers (`text_model.*`, or the same without the
-    /// `text_model.` level) into a model built from `config`. Tolerates `position_ids`.
-    ///
-    /// # Errors
-    /// [`Error::Config`](prompt_diffusion_core::Error::Config) when `config` is invalid,
-    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) when the tensors do not match.
-    pub fn from_source(
-        config: CLIPTextConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        config.validate()?;
-        let source = weights::text_model_keys(source)?;
-        weights::check_text_weights(&config, &source, false)?;
-        let options = weights::tolerate_buffers(options);
-        load_module(
-            Self::init(&config, device),
-            &source,
-            "CLIPTextModel",
-            &options,
-        )
-    }
-
     /// See [`CLIPTextTransformer::forward`].
     ///
     /// # Shapes
@@ -260,6 +203,27 @@ impl<B: Backend> CLIPTextModel<B> {
     pub fn forward_with_hidden_states(&self, input_ids: Tensor<B, 2, Int>) -> CLIPTextOutput<B> {
         self.text_model.forward_with_hidden_states(input_ids)
     }
+}
+
+tower::loaders! {
+    CLIPTextModel, CLIPTextConfig, projection: false, ignore: [],
+    /// Loads a transformers folder (`config.json` + weights, e.g. a diffusers
+    /// `text_encoder/`); the weight-file variant comes from `options.variant`. A folder holding
+    /// a full `CLIPModel` loads its text tower.
+    ///
+    /// # Errors
+    /// [`Error::Io`](prompt_diffusion_core::Error::Io) /
+    /// [`Error::Config`](prompt_diffusion_core::Error::Config) for the config,
+    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) listing missing, unexpected
+    /// and mis-shaped tensors.
+    fn from_folder;
+    /// Loads weights named as in transformers (`text_model.*`, or the same without the
+    /// `text_model.` level) into a model built from `config`. Tolerates `position_ids`.
+    ///
+    /// # Errors
+    /// [`Error::Config`](prompt_diffusion_core::Error::Config) when `config` is invalid,
+    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) when the tensors do not match.
+    fn from_source;
 }
 
 /// Outputs of [`CLIPTextModelWithProjection`].
@@ -296,35 +260,6 @@ impl<B: Backend> CLIPTextModelWithProjection<B> {
         }
     }
 
-    /// As [`CLIPTextModel::from_folder`].
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let (config, source) = open_text_folder(dir.as_ref(), options)?;
-        Self::from_source(config, &source, options, device)
-    }
-
-    /// As [`CLIPTextModel::from_source`], with `text_projection.weight` as well.
-    pub fn from_source(
-        config: CLIPTextConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        config.validate()?;
-        let source = weights::text_model_keys(source)?;
-        weights::check_text_weights(&config, &source, true)?;
-        let options = weights::tolerate_buffers(options);
-        load_module(
-            Self::init(&config, device),
-            &source,
-            "CLIPTextModelWithProjection",
-            &options,
-        )
-    }
-
     /// Encodes token ids and projects the pooled token.
     ///
     /// # Shapes
@@ -352,26 +287,18 @@ impl<B: Backend> CLIPTextModelWithProjection<B> {
     }
 }
 
-fn open_text_folder(dir: &Path, options: &LoadOptions) -> Result<(CLIPTextConfig, TensorSource)> {
-    let path = dir.join("config.json");
-    let (config, full_clip): (CLIPTextConfig, bool) = read_tower(&path, Tower::Text)?;
-    // Validated here too, so that an error names the config file.
-    config.validate().map_err(|e| e.with_config_origin(&path))?;
-    let source = open_component_weights(dir, options.variant.as_deref())?;
-    let source = if full_clip {
-        weights::text_tower(&source)
-    } else {
-        source
-    };
-    Ok((config, source))
+tower::loaders! {
+    CLIPTextModelWithProjection, CLIPTextConfig, projection: true, ignore: [],
+    /// As [`CLIPTextModel::from_folder`].
+    fn from_folder;
+    /// As [`CLIPTextModel::from_source`], with `text_projection.weight` as well.
+    fn from_source;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn_ndarray::NdArray;
-
-    type B = NdArray<f32>;
+    use prompt_diffusion_core::testing::TestBackend as B;
 
     fn positions(ids: [[i64; 5]; 3], eos: u32) -> Vec<i64> {
         let device = Default::default();

@@ -12,21 +12,18 @@
 //! `vision_model.encoder.layers.{i}.…`, `vision_model.post_layernorm.…`,
 //! `visual_projection.weight`.
 
-use std::path::Path;
-
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::nn::{LayerNorm, LayerNormConfig};
-use prompt_diffusion_core::weights::{
-    LoadOptions, TensorSource, load_module, open_component_weights,
-};
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 
-use crate::config::{CLIPVisionConfig, Tower, read_tower};
-use crate::encoder::{CLIPEncoder, CLIPEncoderConfig};
-use crate::weights;
+use crate::CLIPImageProcessor;
+use crate::config::CLIPVisionConfig;
+use crate::encoder::CLIPEncoder;
+use crate::tower::{self, TowerConfig};
 
 /// Patch, class and position embeddings (`CLIPVisionEmbeddings`).
 #[derive(Module, Debug)]
@@ -101,15 +98,7 @@ impl<B: Backend> CLIPVisionTransformer<B> {
             pre_layrnorm: LayerNormConfig::new(d)
                 .with_eps(config.layer_norm_eps)
                 .init(device),
-            encoder: CLIPEncoderConfig {
-                hidden_size: d,
-                intermediate_size: config.intermediate_size,
-                num_attention_heads: config.num_attention_heads,
-                num_hidden_layers: config.num_hidden_layers,
-                hidden_act: config.hidden_act,
-                layer_norm_eps: config.layer_norm_eps,
-            }
-            .init(device),
+            encoder: config.encoder().init(device),
             post_layernorm: LayerNormConfig::new(d)
                 .with_eps(config.layer_norm_eps)
                 .init(device),
@@ -155,6 +144,11 @@ impl<B: Backend> CLIPVisionTransformer<B> {
         Ok(())
     }
 
+    /// The processor that makes this tower's input from images (its `image_size`).
+    pub fn image_processor(&self) -> CLIPImageProcessor {
+        CLIPImageProcessor::new(self.image_size)
+    }
+
     fn run(&self, pixel_values: Tensor<B, 4>, keep: bool) -> CLIPVisionOutput<B> {
         let h = self
             .pre_layrnorm
@@ -188,37 +182,6 @@ impl<B: Backend> CLIPVisionModel<B> {
         }
     }
 
-    /// As [`CLIPVisionModelWithProjection::from_folder`]; a `visual_projection` in the file is
-    /// ignored.
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let (config, source) = open_vision_folder(dir.as_ref(), options)?;
-        let options = options.clone().ignore(r"^visual_projection\.");
-        Self::from_source(config, &source, &options, device)
-    }
-
-    /// As [`CLIPVisionModelWithProjection::from_source`], without the projection.
-    pub fn from_source(
-        config: CLIPVisionConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        config.validate()?;
-        let source = weights::vision_model_keys(source)?;
-        weights::check_vision_weights(&config, &source, false)?;
-        let options = weights::tolerate_buffers(options);
-        load_module(
-            Self::init(&config, device),
-            &source,
-            "CLIPVisionModel",
-            &options,
-        )
-    }
-
     /// See [`CLIPVisionTransformer::forward`].
     ///
     /// # Shapes
@@ -232,6 +195,20 @@ impl<B: Backend> CLIPVisionModel<B> {
     pub fn forward_with_hidden_states(&self, pixel_values: Tensor<B, 4>) -> CLIPVisionOutput<B> {
         self.vision_model.forward_with_hidden_states(pixel_values)
     }
+
+    /// See [`CLIPVisionTransformer::image_processor`].
+    pub fn image_processor(&self) -> CLIPImageProcessor {
+        self.vision_model.image_processor()
+    }
+}
+
+tower::loaders! {
+    CLIPVisionModel, CLIPVisionConfig, projection: false, ignore: [r"^visual_projection\."],
+    /// As [`CLIPVisionModelWithProjection::from_folder`]; a `visual_projection` in the file is
+    /// ignored.
+    fn from_folder;
+    /// As [`CLIPVisionModelWithProjection::from_source`], without the projection.
+    fn from_source;
 }
 
 /// Outputs of [`CLIPVisionModelWithProjection`].
@@ -268,48 +245,6 @@ impl<B: Backend> CLIPVisionModelWithProjection<B> {
         }
     }
 
-    /// Loads a transformers folder (`config.json` + weights, e.g. a diffusers
-    /// `image_encoder/`); the weight-file variant comes from `options.variant`. A folder holding
-    /// a full `CLIPModel` loads its vision tower.
-    ///
-    /// # Errors
-    /// [`Error::Io`](prompt_diffusion_core::Error::Io) /
-    /// [`Error::Config`](prompt_diffusion_core::Error::Config) for the config,
-    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) listing missing, unexpected
-    /// and mis-shaped tensors.
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let (config, source) = open_vision_folder(dir.as_ref(), options)?;
-        Self::from_source(config, &source, options, device)
-    }
-
-    /// Loads weights named as in transformers (`vision_model.*` + `visual_projection.weight`;
-    /// the `vision_model.` level may be absent) into a model built from `config`.
-    ///
-    /// # Errors
-    /// [`Error::Config`](prompt_diffusion_core::Error::Config) when `config` is invalid,
-    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) when the tensors do not match.
-    pub fn from_source(
-        config: CLIPVisionConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        config.validate()?;
-        let source = weights::vision_model_keys(source)?;
-        weights::check_vision_weights(&config, &source, true)?;
-        let options = weights::tolerate_buffers(options);
-        load_module(
-            Self::init(&config, device),
-            &source,
-            "CLIPVisionModelWithProjection",
-            &options,
-        )
-    }
-
     /// Encodes normalised pixels and projects the pooled class token.
     ///
     /// # Shapes
@@ -330,6 +265,11 @@ impl<B: Backend> CLIPVisionModelWithProjection<B> {
         self.project(self.vision_model.forward_with_hidden_states(pixel_values))
     }
 
+    /// See [`CLIPVisionTransformer::image_processor`].
+    pub fn image_processor(&self) -> CLIPImageProcessor {
+        self.vision_model.image_processor()
+    }
+
     fn project(&self, out: CLIPVisionOutput<B>) -> CLIPVisionProjectionOutput<B> {
         CLIPVisionProjectionOutput {
             image_embeds: self.visual_projection.forward(out.pooled_output.clone()),
@@ -340,19 +280,23 @@ impl<B: Backend> CLIPVisionModelWithProjection<B> {
     }
 }
 
-fn open_vision_folder(
-    dir: &Path,
-    options: &LoadOptions,
-) -> Result<(CLIPVisionConfig, TensorSource)> {
-    let path = dir.join("config.json");
-    let (config, full_clip): (CLIPVisionConfig, bool) = read_tower(&path, Tower::Vision)?;
-    // Validated here too, so that an error names the config file.
-    config.validate().map_err(|e| e.with_config_origin(&path))?;
-    let source = open_component_weights(dir, options.variant.as_deref())?;
-    let source = if full_clip {
-        weights::vision_tower(&source)
-    } else {
-        source
-    };
-    Ok((config, source))
+tower::loaders! {
+    CLIPVisionModelWithProjection, CLIPVisionConfig, projection: true, ignore: [],
+    /// Loads a transformers folder (`config.json` + weights, e.g. a diffusers
+    /// `image_encoder/`); the weight-file variant comes from `options.variant`. A folder holding
+    /// a full `CLIPModel` loads its vision tower.
+    ///
+    /// # Errors
+    /// [`Error::Io`](prompt_diffusion_core::Error::Io) /
+    /// [`Error::Config`](prompt_diffusion_core::Error::Config) for the config,
+    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) listing missing, unexpected
+    /// and mis-shaped tensors.
+    fn from_folder;
+    /// Loads weights named as in transformers (`vision_model.*` + `visual_projection.weight`;
+    /// the `vision_model.` level may be absent) into a model built from `config`.
+    ///
+    /// # Errors
+    /// [`Error::Config`](prompt_diffusion_core::Error::Config) when `config` is invalid,
+    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) when the tensors do not match.
+    fn from_source;
 }

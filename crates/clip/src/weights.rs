@@ -70,35 +70,21 @@ pub fn check_text_weights(
     source: &TensorSource,
     projection: bool,
 ) -> Result<()> {
-    let module = if projection {
-        "CLIPTextModelWithProjection"
-    } else {
-        "CLIPTextModel"
-    };
-    let check = HeaderCheck::new(source, module);
     let d = config.hidden_size;
-    let width = format!("hidden_size = {d}");
-    let key = "text_model.embeddings.token_embedding.weight";
-    check.dim_is(key, 1, d, &width)?;
-    let field = format!("vocab_size = {}", config.vocab_size);
-    check.dim_is(key, 0, config.vocab_size, &field)?;
-    let key = "text_model.embeddings.position_embedding.weight";
-    check.dim_is(key, 1, d, &width)?;
-    let field = format!(
-        "max_position_embeddings = {}",
-        config.max_position_embeddings
-    );
-    check.dim_is(key, 0, config.max_position_embeddings, &field)?;
-    check_encoder(&check, "text_model", config.num_hidden_layers)?;
-    if projection {
-        let field = format!("projection_dim = {}", config.projection_dim);
-        check.shape_is(
-            "text_projection.weight",
-            &[config.projection_dim, d],
-            &field,
-        )?;
-    }
-    Ok(())
+    let projection = projection.then_some(("text_projection.weight", config.projection_dim, d));
+    let tower = ("CLIPTextModel", "text_model", config.num_hidden_layers);
+    check_tower(source, tower, projection, |check| {
+        let width = format!("hidden_size = {d}");
+        let key = "text_model.embeddings.token_embedding.weight";
+        check.dim_is(key, 1, d, &width)?;
+        let field = format!("vocab_size = {}", config.vocab_size);
+        check.dim_is(key, 0, config.vocab_size, &field)?;
+        let key = "text_model.embeddings.position_embedding.weight";
+        check.dim_is(key, 1, d, &width)?;
+        let positions = config.max_position_embeddings;
+        let field = format!("max_position_embeddings = {positions}");
+        check.dim_is(key, 0, positions, &field)
+    })
 }
 
 /// [`check_text_weights`] for the vision tower (keys with the `vision_model.` level): the patch
@@ -111,51 +97,48 @@ pub fn check_vision_weights(
     source: &TensorSource,
     projection: bool,
 ) -> Result<()> {
-    let module = if projection {
-        "CLIPVisionModelWithProjection"
-    } else {
-        "CLIPVisionModel"
-    };
-    let check = HeaderCheck::new(source, module);
     let d = config.hidden_size;
-    let (c, p) = (config.num_channels, config.patch_size);
-    let field = format!("hidden_size = {d}, num_channels = {c}, patch_size = {p}");
-    check.shape_is(
-        "vision_model.embeddings.patch_embedding.weight",
-        &[d, c, p, p],
-        &field,
-    )?;
-    let field = format!(
-        "image_size = {}, patch_size = {p} ({} positions), hidden_size = {d}",
-        config.image_size,
-        config.num_positions()
-    );
-    let key = "vision_model.embeddings.position_embedding.weight";
-    check.shape_is(key, &[config.num_positions(), d], &field)?;
-    check_encoder(&check, "vision_model", config.num_hidden_layers)?;
-    if projection {
-        let field = format!("projection_dim = {}", config.projection_dim);
-        check.shape_is(
-            "visual_projection.weight",
-            &[config.projection_dim, d],
-            &field,
-        )?;
-    }
-    Ok(())
+    let projection = projection.then_some(("visual_projection.weight", config.projection_dim, d));
+    let tower = ("CLIPVisionModel", "vision_model", config.num_hidden_layers);
+    check_tower(source, tower, projection, |check| {
+        let (c, p) = (config.num_channels, config.patch_size);
+        let field = format!("hidden_size = {d}, num_channels = {c}, patch_size = {p}");
+        let key = "vision_model.embeddings.patch_embedding.weight";
+        check.shape_is(key, &[d, c, p, p], &field)?;
+        let positions = config.num_positions();
+        let field = format!(
+            "image_size = {}, patch_size = {p} ({positions} positions), hidden_size = {d}",
+            config.image_size,
+        );
+        let key = "vision_model.embeddings.position_embedding.weight";
+        check.shape_is(key, &[positions, d], &field)
+    })
 }
 
-/// The layer count of a tower (the MLP width is left to the strict loader, which names every
-/// mis-shaped tensor).
-fn check_encoder(check: &HeaderCheck<'_>, tower: &str, layers: usize) -> Result<()> {
-    let prefix = format!("{tower}.encoder.layers.");
+/// The header checks of a tower `(model, level, layers)`: `embeddings`, then the layer count
+/// (the MLP width is left to the strict loader, which names every mis-shaped tensor), then the
+/// projection `(key, projection_dim, hidden_size)` when there is one (the module named in
+/// errors is then `{model}WithProjection`).
+fn check_tower(
+    source: &TensorSource,
+    (model, level, layers): (&str, &str, usize),
+    projection: Option<(&str, usize, usize)>,
+    embeddings: impl FnOnce(&HeaderCheck<'_>) -> Result<()>,
+) -> Result<()> {
+    let module = match projection {
+        Some(_) => format!("{model}WithProjection"),
+        None => model.to_string(),
+    };
+    let check = HeaderCheck::new(source, &module);
+    embeddings(&check)?;
+    let prefix = format!("{level}.encoder.layers.");
     let field = format!("num_hidden_layers = {layers}");
-    check.count_is(
-        &prefix,
-        ".self_attn.q_proj.weight",
-        layers,
-        &field,
-        "layers",
-    )
+    let probe = ".self_attn.q_proj.weight";
+    check.count_is(&prefix, probe, layers, &field, "layers")?;
+    if let Some((key, dim, d)) = projection {
+        check.shape_is(key, &[dim, d], &format!("projection_dim = {dim}"))?;
+    }
+    Ok(())
 }
 
 /// Text-tower keys with the `text_model.` level: files without it (older single files,

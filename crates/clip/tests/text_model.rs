@@ -4,7 +4,7 @@
 //! `text_model.` level, SD2 OpenCLIP single file).
 
 use crate::common::{
-    B, Reference, TOL, check, check_hidden_states, clip_fixture, device, fixtures,
+    B, Reference, TOL, check, check_hidden_states, clip_fixture, device, fixtures, load_fixture,
 };
 use prompt_diffusion_clip::{
     CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, ClipTokenizer, weights,
@@ -14,27 +14,11 @@ use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 
 #[test]
 fn with_projection_quick_gelu_legacy_eos() {
-    let model = CLIPTextModelWithProjection::<B>::from_folder(
-        clip_fixture("text_proj"),
-        &LoadOptions::default(),
-        &device(),
-    )
-    .unwrap();
+    let model = load_fixture("text_proj", CLIPTextModelWithProjection::<B>::from_folder);
     let r = Reference::open(clip_fixture("text_proj_io.safetensors"));
     let out = model.forward_with_hidden_states(r.ids("input_ids"));
-    check(
-        "last_hidden_state",
-        out.last_hidden_state,
-        r.float("last_hidden_state"),
-        TOL,
-    );
-    check(
-        "pooled_output",
-        out.pooled_output,
-        r.float("pooled_output"),
-        TOL,
-    );
-    check("text_embeds", out.text_embeds, r.float("text_embeds"), TOL);
+    r.check_outputs("", out.last_hidden_state, out.pooled_output);
+    r.check("", "text_embeds", out.text_embeds);
     check_hidden_states("text_proj", &out.hidden_states.unwrap(), &r);
     // Without hidden states the outputs are the same.
     let plain = model.forward(r.ids("input_ids"));
@@ -51,29 +35,13 @@ fn with_projection_quick_gelu_legacy_eos() {
 fn bare_gelu_model_pools_at_first_eos() {
     // Saved by transformers 5 without the `text_model.` level; eos_token_id 7, inputs shorter
     // than max_position_embeddings.
-    let model = CLIPTextModel::<B>::from_folder(
-        clip_fixture("text_gelu"),
-        &LoadOptions::default(),
-        &device(),
-    )
-    .unwrap();
+    let model = load_fixture("text_gelu", CLIPTextModel::<B>::from_folder);
     let r = Reference::open(clip_fixture("text_gelu_io.safetensors"));
     model.text_model.check_input_ids([2, 10]).unwrap();
     assert!(model.text_model.check_input_ids([2, 17]).is_err());
     let out = model.forward_with_hidden_states(r.ids("input_ids"));
     assert_eq!(out.last_hidden_state.dims(), [2, 10, 32]);
-    check(
-        "last_hidden_state",
-        out.last_hidden_state,
-        r.float("last_hidden_state"),
-        TOL,
-    );
-    check(
-        "pooled_output",
-        out.pooled_output,
-        r.float("pooled_output"),
-        TOL,
-    );
+    r.check_outputs("", out.last_hidden_state, out.pooled_output);
     check_hidden_states("text_gelu", &out.hidden_states.unwrap(), &r);
 }
 
@@ -85,26 +53,10 @@ fn open_clip_single_file_matches_the_folder() {
     let open_clip = file.strip_prefix(weights::OPEN_CLIP_TEXT_PREFIX);
 
     let source = weights::open_clip_text(&open_clip, config.num_hidden_layers, false).unwrap();
-    let model = CLIPTextModel::<B>::from_source(
-        config.clone(),
-        &source,
-        &LoadOptions::default(),
-        &device(),
-    )
-    .unwrap();
-    let out = model.forward(r.ids("input_ids"));
-    check(
-        "openclip last_hidden_state",
-        out.last_hidden_state,
-        r.float("last_hidden_state"),
-        TOL,
-    );
-    check(
-        "openclip pooled_output",
-        out.pooled_output.clone(),
-        r.float("pooled_output"),
-        TOL,
-    );
+    let options = LoadOptions::default();
+    let model = CLIPTextModel::<B>::from_source(config.clone(), &source, &options, &device());
+    let out = model.unwrap().forward(r.ids("input_ids"));
+    r.check_outputs("openclip ", out.last_hidden_state, out.pooled_output);
 
     // With the projection: text_embeds = pooled @ text_projection ([D, P] in OpenCLIP files).
     let source = weights::open_clip_text(&open_clip, config.num_hidden_layers, true).unwrap();
@@ -142,33 +94,20 @@ fn tiny_sd_text_encoder_from_folder_and_single_files() {
     assert_eq!(ids.to_data(), r.ids("input_ids").to_data());
 
     let out = model.forward_with_hidden_states(ids.clone());
-    check(
-        "tiny-sd last_hidden_state",
-        out.last_hidden_state.clone(),
-        r.float("last_hidden_state"),
-        TOL,
-    );
-    check(
-        "tiny-sd pooled_output",
-        out.pooled_output.clone(),
-        r.float("pooled_output"),
-        TOL,
-    );
+    let (last, pooled) = (out.last_hidden_state.clone(), out.pooled_output.clone());
+    r.check_outputs("tiny-sd ", last, pooled);
     check_hidden_states("tiny-sd", out.hidden_states.as_ref().unwrap(), &r);
 
     // The same weights from the original single files give identical outputs.
     let config = CLIPTextConfig::from_file(folder.join("config.json")).unwrap();
+    let load = |source: &TensorSource| {
+        let options = LoadOptions::default();
+        CLIPTextModel::<B>::from_source(config.clone(), source, &options, &device()).unwrap()
+    };
     for file in ["tiny-sd.safetensors", "tiny-sd.ckpt"] {
         let ckpt = TensorSource::open(fixtures().join(file)).unwrap();
         let stripped = ckpt.strip_prefix("cond_stage_model.transformer.");
-        let single = CLIPTextModel::<B>::from_source(
-            config.clone(),
-            &stripped,
-            &LoadOptions::default(),
-            &device(),
-        )
-        .unwrap();
-        let same = single.forward(ids.clone());
+        let same = load(&stripped).forward(ids.clone());
         assert_eq!(
             max_abs_diff(same.last_hidden_state, out.last_hidden_state.clone()),
             0.0,
@@ -185,14 +124,7 @@ fn tiny_sd_text_encoder_from_folder_and_single_files() {
             .rename(|k| Some(k.strip_prefix("text_model.").unwrap_or(k).to_string()))
             .unwrap();
         assert!(!flat.has_prefix("text_model."));
-        let flat_model = CLIPTextModel::<B>::from_source(
-            config.clone(),
-            &flat,
-            &LoadOptions::default(),
-            &device(),
-        )
-        .unwrap();
-        let flat_out = flat_model.forward(ids.clone());
+        let flat_out = load(&flat).forward(ids.clone());
         assert_eq!(
             max_abs_diff(flat_out.last_hidden_state, out.last_hidden_state.clone()),
             0.0
@@ -201,18 +133,9 @@ fn tiny_sd_text_encoder_from_folder_and_single_files() {
         let found = weights::sd1_text_encoder(&ckpt)
             .unwrap()
             .expect("SD1 text encoder");
-        let found_model = CLIPTextModel::<B>::from_source(
-            config.clone(),
-            &found,
-            &LoadOptions::default(),
-            &device(),
-        )
-        .unwrap();
+        let found_out = load(&found).forward(ids.clone());
         assert_eq!(
-            max_abs_diff(
-                found_model.forward(ids.clone()).pooled_output,
-                out.pooled_output.clone()
-            ),
+            max_abs_diff(found_out.pooled_output, out.pooled_output.clone()),
             0.0
         );
     }

@@ -1,22 +1,21 @@
 //! Vision tower and preprocessing parity with transformers (`fixtures/clip/`, made by
 //! `tools/fixtures/gen_clip.py`).
 
-use crate::common::{B, Reference, TOL, check, check_hidden_states, clip_fixture, device};
+use crate::common::{
+    B, Reference, TOL, check, check_hidden_states, clip_fixture, device, load_fixture,
+};
 use prompt_diffusion_clip::{
     CLIPVisionModel, CLIPVisionModelWithProjection, clip_image_preprocess,
 };
 use prompt_diffusion_core::image::load_rgb;
 use prompt_diffusion_core::testing::max_abs_diff;
-use prompt_diffusion_core::weights::LoadOptions;
 
 #[test]
 fn with_projection_outputs_and_hidden_states() {
-    let model = CLIPVisionModelWithProjection::<B>::from_folder(
-        clip_fixture("vision_proj"),
-        &LoadOptions::default(),
-        &device(),
-    )
-    .unwrap();
+    let model = load_fixture(
+        "vision_proj",
+        CLIPVisionModelWithProjection::<B>::from_folder,
+    );
     let r = Reference::open(clip_fixture("vision_io.safetensors"));
     let pixels = r.float::<4>("pixel_values");
     model
@@ -25,36 +24,15 @@ fn with_projection_outputs_and_hidden_states() {
         .unwrap();
     let out = model.forward_with_hidden_states(pixels.clone());
     assert_eq!(out.last_hidden_state.dims(), [2, 65, 32]);
-    check(
-        "last_hidden_state",
-        out.last_hidden_state.clone(),
-        r.float("last_hidden_state"),
-        TOL,
-    );
-    check(
-        "pooled_output",
-        out.pooled_output,
-        r.float("pooled_output"),
-        TOL,
-    );
-    check(
-        "image_embeds",
-        out.image_embeds,
-        r.float("image_embeds"),
-        TOL,
-    );
+    r.check_outputs("", out.last_hidden_state.clone(), out.pooled_output);
+    r.check("", "image_embeds", out.image_embeds);
     let hidden = out.hidden_states.unwrap();
     check_hidden_states("vision", &hidden, &r);
     // hidden_states[num_layers] is last_hidden_state (before post_layernorm).
     assert_eq!(max_abs_diff(hidden[3].clone(), out.last_hidden_state), 0.0);
 
     // The tower alone, from the same folder (its visual_projection is ignored).
-    let tower = CLIPVisionModel::<B>::from_folder(
-        clip_fixture("vision_proj"),
-        &LoadOptions::default(),
-        &device(),
-    )
-    .unwrap();
+    let tower = load_fixture("vision_proj", CLIPVisionModel::<B>::from_folder);
     let plain = tower.forward(pixels);
     assert!(plain.hidden_states.is_none());
     check(
@@ -67,12 +45,10 @@ fn with_projection_outputs_and_hidden_states() {
 
 #[test]
 fn wrong_pixel_shape_is_reported() {
-    let model = CLIPVisionModelWithProjection::<B>::from_folder(
-        clip_fixture("vision_proj"),
-        &LoadOptions::default(),
-        &device(),
-    )
-    .unwrap();
+    let model = load_fixture(
+        "vision_proj",
+        CLIPVisionModelWithProjection::<B>::from_folder,
+    );
     let err = model
         .vision_model
         .check_pixel_values([1, 3, 224, 224])

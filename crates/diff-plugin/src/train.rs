@@ -18,10 +18,8 @@ use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use image::RgbImage;
-use prompt_diffusion_clip::{CLIP_MEAN, CLIP_STD, CLIPVisionModel};
+use prompt_diffusion_clip::{CLIPImageProcessor, CLIPVisionModel};
 use prompt_diffusion_core::image::{PixelRange, images_to_tensor, load_rgb, resize};
 use prompt_diffusion_core::noise::{SeededNoise, noise_tensor};
 use prompt_diffusion_core::{Error, Result};
@@ -375,19 +373,11 @@ impl<B: AutodiffBackend> PluginTrainer<B> {
     }
 
     /// The CLIP tokens of `train.py`'s input: `(x + 1)/2`, bilinear to the CLIP size (no
-    /// antialiasing, half-pixel centres), normalised with the CLIP mean and std.
+    /// antialiasing, half-pixel centres), normalised with the CLIP mean and std
+    /// ([`CLIPImageProcessor::preprocess_tensor`]).
     fn clip_tokens(&self, degraded: Tensor<B::InnerBackend, 4>) -> Tensor<B::InnerBackend, 3> {
-        let device = degraded.device();
-        let size = self.frozen.image_size;
-        let options = InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false);
-        let x = interpolate((degraded + 1.0) / 2.0, [size, size], options);
-        let stat = |v: [f64; 3]| {
-            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(v, [3]), &device)
-                .reshape([1, 3, 1, 1])
-        };
-        let x = (x - stat(CLIP_MEAN)) / stat(CLIP_STD);
-        self.frozen.image_encoder.forward(x).last_hidden_state
+        let pixels = CLIPImageProcessor::new(self.frozen.image_size).preprocess_tensor(degraded);
+        self.frozen.image_encoder.forward(pixels).last_hidden_state
     }
 }
 

@@ -12,8 +12,9 @@
 //! let device = Default::default();
 //! let vae = AutoencoderKL::<NdArray>::from_folder("stable-diffusion-v1-5/vae", &LoadOptions::default(), &device)?;
 //! let latents = burn::tensor::Tensor::zeros([1, 4, 64, 64], &device);
-//! let image = vae.decode(vae.unscale_latents(latents)); // [1, 3, 512, 512] in [-1, 1]
-//! # let _ = image;
+//! let image = vae.decode(vae.unscale_latents(latents.clone())); // [1, 3, 512, 512] in [-1, 1]
+//! let images = vae.decode_to_images(latents)?; // one 512×512 RgbImage
+//! # let _ = (image, images);
 //! # Ok(())
 //! # }
 //! ```
@@ -21,8 +22,10 @@
 
 mod autoencoder_kl;
 mod config;
+mod image_processor;
 pub mod vae;
 pub mod weights;
 
 pub use autoencoder_kl::{AutoencoderKL, DiagonalGaussian};
 pub use config::{AutoencoderKLConfig, DownEncoderBlockType, UpDecoderBlockType};
+pub use image_processor::VaeImageProcessor;

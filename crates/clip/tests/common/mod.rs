@@ -4,11 +4,10 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use burn_ndarray::NdArray;
-use prompt_diffusion_core::testing::max_abs_diff;
-use prompt_diffusion_core::weights::TensorSource;
+use prompt_diffusion_core::testing::{TestBackend, TestDevice, max_abs_diff};
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 
-pub type B = NdArray<f32>;
+pub type B = TestBackend;
 
 /// The parity target of the CLIP towers (f32, max-abs).
 pub const TOL: f32 = 1e-4;
@@ -21,8 +20,17 @@ pub fn clip_fixture(name: &str) -> PathBuf {
     fixtures().join("clip").join(name)
 }
 
-pub fn device() -> burn_ndarray::NdArrayDevice {
+pub fn device() -> TestDevice {
     Default::default()
+}
+
+/// A model loaded by `load` (a `from_folder`) from the fixture folder `name`, with the default
+/// options.
+pub fn load_fixture<M>(
+    name: &str,
+    load: impl FnOnce(PathBuf, &LoadOptions, &TestDevice) -> prompt_diffusion_core::Result<M>,
+) -> M {
+    load(clip_fixture(name), &LoadOptions::default(), &device()).unwrap()
 }
 
 /// Reference tensors written by `tools/fixtures/gen_clip.py`.
@@ -46,6 +54,18 @@ impl Reference {
 
     pub fn count(&self, prefix: &str) -> usize {
         self.0.keys().filter(|k| k.starts_with(prefix)).count()
+    }
+
+    /// Checks `actual` against the reference tensor `key` within [`TOL`], reported as
+    /// `{prefix}{key}`.
+    pub fn check<const D: usize>(&self, prefix: &str, key: &str, actual: Tensor<B, D>) -> f32 {
+        check(&format!("{prefix}{key}"), actual, self.float(key), TOL)
+    }
+
+    /// Checks `last_hidden_state` and `pooled_output` (see [`check`](Self::check)).
+    pub fn check_outputs(&self, prefix: &str, last: Tensor<B, 3>, pooled: Tensor<B, 2>) {
+        self.check(prefix, "last_hidden_state", last);
+        self.check(prefix, "pooled_output", pooled);
     }
 }
 
