@@ -108,7 +108,7 @@ fn every_released_plugin_folder_loads() {
 
 #[test]
 fn missing_plugin_files_are_named() {
-    let device: burn_ndarray::NdArrayDevice = Default::default();
+    let device: prompt_diffusion_core::testing::TestDevice = Default::default();
     let dir = tempfile::tempdir().unwrap();
     let err =
         TaskPlugin::<B>::from_dir(dir.path().join("derain"), &LoadOptions::default(), &device)

@@ -3,13 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn_ndarray::{NdArray, NdArrayDevice};
 use prompt_diffusion_core::Error;
-use prompt_diffusion_core::testing::{assert_close, max_abs_diff};
+use prompt_diffusion_core::testing::{TestBackend, assert_close, max_abs_diff};
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 use prompt_diffusion_vae::{AutoencoderKL, AutoencoderKLConfig};
 
-type B = NdArray<f32>;
+type B = TestBackend;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
@@ -20,11 +19,11 @@ fn io(name: &str) -> TensorSource {
 }
 
 fn t<const D: usize>(io: &TensorSource, key: &str) -> Tensor<B, D> {
-    io.tensor(key, &NdArrayDevice::Cpu, None).unwrap()
+    io.tensor(key, &Default::default(), None).unwrap()
 }
 
 fn load(dir: &Path) -> AutoencoderKL<B> {
-    AutoencoderKL::from_folder(dir, &LoadOptions::default(), &NdArrayDevice::Cpu).unwrap()
+    AutoencoderKL::from_folder(dir, &LoadOptions::default(), &Default::default()).unwrap()
 }
 
 fn check(vae: &AutoencoderKL<B>, io: &TensorSource, what: &str) {
@@ -92,7 +91,7 @@ fn single_file_checkpoints_give_identical_outputs() {
             &config,
             &source,
             &LoadOptions::default(),
-            &NdArrayDevice::Cpu,
+            &Default::default(),
         )
         .unwrap();
         assert_eq!(
@@ -115,7 +114,7 @@ fn mismatched_weights_and_configs_are_named() {
         &config,
         &missing,
         &LoadOptions::default(),
-        &NdArrayDevice::Cpu,
+        &Default::default(),
     )
     .unwrap_err();
     assert!(matches!(err, Error::Weights(_)));
@@ -131,7 +130,7 @@ fn mismatched_weights_and_configs_are_named() {
         &wrong,
         &source,
         &LoadOptions::default(),
-        &NdArrayDevice::Cpu,
+        &Default::default(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("encoder.conv_out.weight"), "{err}");

@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use burn_ndarray::{NdArray, NdArrayDevice};
+use prompt_diffusion_core::testing::{TestBackend, TestDevice};
 use prompt_diffusion_core::weights::TensorSource;
 
-pub type B = NdArray<f32>;
+pub type B = TestBackend;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(concat!(
@@ -24,14 +24,14 @@ pub fn pretrained() -> PathBuf {
 /// The reference tensors, read as f32.
 pub struct Reference {
     pub source: TensorSource,
-    pub device: NdArrayDevice,
+    pub device: TestDevice,
 }
 
 impl Reference {
     pub fn open() -> Self {
         Self {
             source: TensorSource::open(fixtures().join("reference.safetensors")).unwrap(),
-            device: NdArrayDevice::Cpu,
+            device: Default::default(),
         }
     }
 
