@@ -9,19 +9,18 @@
 
 use std::path::Path;
 
-use burn::nn::PaddingConfig2d;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::DType;
+use prompt_diffusion_core::Result;
 use prompt_diffusion_core::weights::{
     LoadOptions, TensorSource, load_module, open_component_weights,
 };
-use prompt_diffusion_core::{Error, Result};
-use prompt_diffusion_unet::embeddings::{TimestepEmbedding, timestep_embedding};
+use prompt_diffusion_unet::embeddings::TimestepEmbedding;
 use prompt_diffusion_unet::unet_2d_blocks::{
-    AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn,
+    AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn, conv2d_same as conv,
+    embed_time, run_down_blocks,
 };
-use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals};
+use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals, shape_error};
 
 use crate::conditioning_embedding::ControlNetConditioningEmbedding;
 use crate::config::{ChannelOrder, ControlNetConfig};
@@ -51,37 +50,22 @@ pub struct ControlNetModel<B: Backend> {
     config: ControlNetConfig,
 }
 
-fn conv<B: Backend>(i: usize, o: usize, kernel: usize, device: &B::Device) -> Conv2d<B> {
-    let p = (kernel - 1) / 2;
-    Conv2dConfig::new([i, o], [kernel, kernel])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .init(device)
-}
-
 impl<B: Backend> ControlNetModel<B> {
     /// Creates the model for `config` (weights are filled by loading).
     ///
     /// # Errors
-    /// [`Error::Config`]/[`Error::Unsupported`] from [`ControlNetConfig::validate`].
+    /// [`Error::Config`](prompt_diffusion_core::Error::Config) or
+    /// [`Error::Unsupported`](prompt_diffusion_core::Error::Unsupported) from
+    /// [`ControlNetConfig::validate`].
     pub fn new(config: &ControlNetConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
         let unet = config.to_unet_config();
         let blocks = BlockBuilder::new(&unet)?;
         let boc = &config.block_out_channels;
-        let mut zero_convs = vec![conv(boc[0], boc[0], 1, device)];
-        for (i, &c) in boc.iter().enumerate() {
-            let per_level = config.layers_per_block + usize::from(i + 1 < boc.len());
-            zero_convs.extend((0..per_level).map(|_| conv(c, c, 1, device)));
-        }
         let last = boc[boc.len() - 1];
         Ok(Self {
             conv_in: conv(config.in_channels, boc[0], 3, device),
-            time_embedding: TimestepEmbedding::new(
-                boc[0],
-                unet.time_embed_dim(),
-                config.act_fn,
-                device,
-            ),
+            time_embedding: blocks.time_embedding(device),
             controlnet_cond_embedding: ControlNetConditioningEmbedding::new(
                 config.conditioning_channels,
                 config.hint_channels()?,
@@ -89,7 +73,11 @@ impl<B: Backend> ControlNetModel<B> {
                 device,
             ),
             down_blocks: blocks.down_blocks(device),
-            controlnet_down_blocks: zero_convs,
+            controlnet_down_blocks: config
+                .skip_channels()
+                .into_iter()
+                .map(|c| conv(c, c, 1, device))
+                .collect(),
             mid_block: blocks.mid_block(device),
             controlnet_mid_block: conv(last, last, 1, device),
             config: config.clone(),
@@ -114,7 +102,8 @@ impl<B: Backend> ControlNetModel<B> {
     /// taken with the prefix removed and the rest of such a file is ignored.
     ///
     /// # Errors
-    /// [`Error::Weights`] naming every missing, unexpected or mis-shaped tensor.
+    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) naming every missing,
+    /// unexpected or mis-shaped tensor.
     pub fn from_source(
         config: &ControlNetConfig,
         source: &TensorSource,
@@ -146,7 +135,8 @@ impl<B: Backend> ControlNetModel<B> {
     /// connection (12 for SD, shaped as the skips) and the mid residual.
     ///
     /// # Errors
-    /// [`Error::Shape`] when an input does not match the model or the others.
+    /// [`Error::Shape`](prompt_diffusion_core::Error::Shape) when an input does not match the
+    /// model or the others.
     pub fn forward(
         &self,
         sample: Tensor<B, 4>,
@@ -219,13 +209,13 @@ impl<B: Backend> ControlNetModel<B> {
         context: &Tensor<B, 3>,
     ) -> Result<()> {
         let [batch, _, width] = context.dims();
-        if batch != sample.dims()[0] || width != self.config.cross_attention_dim {
+        if batch != sample.dims()[0] || width != self.config.context_width() {
             return Err(shape_error(
                 "encoder_hidden_states",
                 format!(
                     "[{}, tokens, {}]",
                     sample.dims()[0],
-                    self.config.cross_attention_dim
+                    self.config.context_width()
                 ),
                 &context.dims(),
             ));
@@ -244,7 +234,13 @@ impl<B: Backend> ControlNetModel<B> {
         scales: &ControlScales,
     ) -> Result<UNetResiduals<B>> {
         let [batch, _, _, _] = sample.dims();
-        let temb = self.time_embed(timestep, batch, sample.dtype())?;
+        let temb = embed_time(
+            &self.time_embedding,
+            &self.config,
+            timestep,
+            batch,
+            sample.dtype(),
+        )?;
         let n = self.controlnet_down_blocks.len() + 1;
         let scales = match scales {
             // diffusers applies guess-mode scaling only without global pooling.
@@ -256,15 +252,12 @@ impl<B: Backend> ControlNetModel<B> {
             other => other.resolve(n)?,
         };
 
-        let mut h = embeddings
+        let h = embeddings
             .into_iter()
             .fold(self.conv_in.forward(sample), |h, e| h + e);
         let mut slots = AttentionSlots::new(context);
-        let mut skips = vec![h.clone()];
-        for block in &self.down_blocks {
-            h = block.forward(h, &temb, &mut slots, &mut skips);
-        }
-        h = self.mid_block.forward(h, &temb, &mut slots);
+        let (h, skips) = run_down_blocks(&self.down_blocks, h, &temb, &mut slots);
+        let h = self.mid_block.forward(h, &temb, &mut slots);
 
         let pool = self.config.global_pool_conditions;
         let finish = |r: Tensor<B, 4>, scale: f32| {
@@ -287,28 +280,6 @@ impl<B: Backend> ControlNetModel<B> {
             down,
             mid: Some(mid),
         })
-    }
-
-    /// The time embedding fed to every resnet, in `dtype`.
-    fn time_embed(
-        &self,
-        timestep: Tensor<B, 1>,
-        batch: usize,
-        dtype: DType,
-    ) -> Result<Tensor<B, 2>> {
-        let [n] = timestep.dims();
-        let timestep = match n {
-            n if n == batch => timestep,
-            1 => timestep.expand([batch]),
-            _ => return Err(shape_error("timestep", format!("[1] or [{batch}]"), &[n])),
-        };
-        let t = timestep_embedding(
-            timestep,
-            self.config.block_out_channels[0],
-            self.config.flip_sin_to_cos,
-            self.config.freq_shift,
-        );
-        Ok(self.time_embedding.forward(t.cast(dtype)))
     }
 }
 
@@ -338,14 +309,5 @@ pub(crate) fn check_hint<B: Backend>(
             ),
             &hint.dims(),
         ))
-    }
-}
-
-pub(crate) fn shape_error(key: &str, expected: String, found: &[usize]) -> Error {
-    Error::Shape {
-        origin: None,
-        key: key.into(),
-        expected,
-        found: found.to_vec(),
     }
 }

@@ -122,12 +122,13 @@ impl<B: Backend> TaskPlugin<B> {
 }
 
 fn check_widths(tpb: &TPBConfig, scb: &SCBNetConfig) -> Result<()> {
-    if tpb.out_dim != scb.cross_attention_dim {
+    if tpb.out_dim != scb.context_width() {
         return Err(Error::config(
             "cross_attention_dim",
             format!(
                 "the SCB attends to {}-wide prompts but the TPB makes {}-wide ones",
-                scb.cross_attention_dim, tpb.out_dim
+                scb.context_width(),
+                tpb.out_dim
             ),
         ));
     }

@@ -11,16 +11,18 @@
 
 use std::path::Path;
 
+use burn::nn::Initializer;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Initializer, PaddingConfig2d};
 use burn::prelude::*;
+use prompt_diffusion_core::Result;
 use prompt_diffusion_core::weights::{
     LoadOptions, TensorSource, load_module, open_component_weights,
 };
-use prompt_diffusion_core::{Error, Result};
-use prompt_diffusion_unet::embeddings::{TimestepEmbedding, timestep_embedding};
-use prompt_diffusion_unet::unet_2d_blocks::{AttentionSlots, BlockBuilder, DownBlock2D};
-use prompt_diffusion_unet::{ContextTokens, UNetResiduals};
+use prompt_diffusion_unet::embeddings::TimestepEmbedding;
+use prompt_diffusion_unet::unet_2d_blocks::{
+    AttentionSlots, BlockBuilder, DownBlock2D, conv2d_same, embed_time, run_down_blocks,
+};
+use prompt_diffusion_unet::{ContextTokens, UNetResiduals, shape_error};
 
 use crate::SCBNetConfig;
 
@@ -44,35 +46,28 @@ impl<B: Backend> SCBNet<B> {
     /// convolutions at zero (the state training starts from).
     ///
     /// # Errors
-    /// [`Error::Config`]/[`Error::Unsupported`] from [`SCBNetConfig::validate`].
+    /// [`Error::Config`](prompt_diffusion_core::Error::Config) or
+    /// [`Error::Unsupported`](prompt_diffusion_core::Error::Unsupported) from
+    /// [`SCBNetConfig::validate`].
     pub fn new(config: &SCBNetConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
         let unet = config.to_unet_config();
         let blocks = BlockBuilder::new(&unet)?;
-        let c0 = config.block_out_channels[0];
         let zero_conv = |c: usize| {
             Conv2dConfig::new([c, c], [1, 1])
                 .with_initializer(Initializer::Zeros)
                 .init(device)
         };
-        let mut zero_convs = vec![zero_conv(c0)];
-        let n = config.block_out_channels.len();
-        for (i, &c) in config.block_out_channels.iter().enumerate() {
-            let per_level = config.layers_per_block + usize::from(i + 1 < n);
-            zero_convs.extend((0..per_level).map(|_| zero_conv(c)));
-        }
         Ok(Self {
-            controlnet_cond_embedding: Conv2dConfig::new([config.in_channels, c0], [3, 3])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(device),
-            time_embedding: TimestepEmbedding::new(
-                c0,
-                config.time_embed_dim(),
-                config.act_fn,
+            controlnet_cond_embedding: conv2d_same(
+                config.in_channels,
+                config.block_out_channels[0],
+                3,
                 device,
             ),
+            time_embedding: blocks.time_embedding(device),
             down_blocks: blocks.down_blocks(device),
-            controlnet_down_blocks: zero_convs,
+            controlnet_down_blocks: config.skip_channels().into_iter().map(zero_conv).collect(),
             config: config.clone(),
         })
     }
@@ -82,7 +77,8 @@ impl<B: Backend> SCBNet<B> {
     ///
     /// # Errors
     /// A missing or invalid config or weight file, or weights that do not match the config
-    /// ([`Error::Weights`] names every missing, unexpected and mis-shaped tensor).
+    /// ([`Error::Weights`](prompt_diffusion_core::Error::Weights) names every missing,
+    /// unexpected and mis-shaped tensor).
     pub fn from_folder(
         dir: impl AsRef<Path>,
         options: &LoadOptions,
@@ -126,7 +122,8 @@ impl<B: Backend> SCBNet<B> {
     /// [`num_residuals`]: SCBNetConfig::num_residuals
     ///
     /// # Errors
-    /// [`Error::Shape`] when the inputs do not match the branch or each other.
+    /// [`Error::Shape`](prompt_diffusion_core::Error::Shape) when the inputs do not match
+    /// the branch or each other.
     pub fn forward(
         &self,
         timestep: Tensor<B, 1>,
@@ -142,34 +139,20 @@ impl<B: Backend> SCBNet<B> {
             ));
         }
         let [pb, _, width] = prompt.dims();
-        if pb != batch || width != self.config.cross_attention_dim {
+        if pb != batch || width != self.config.context_width() {
             return Err(shape_error(
                 "encoder_hidden_states",
-                format!("[{batch}, tokens, {}]", self.config.cross_attention_dim),
+                format!("[{batch}, tokens, {}]", self.config.context_width()),
                 &prompt.dims(),
             ));
         }
-        let timestep = match timestep.dims() {
-            [n] if n == batch => timestep,
-            [1] => timestep.expand([batch]),
-            [n] => return Err(shape_error("timestep", format!("[1] or [{batch}]"), &[n])),
-        };
         let dtype = condition.dtype();
-        let t = timestep_embedding(
-            timestep,
-            self.config.block_out_channels[0],
-            self.config.flip_sin_to_cos,
-            self.config.freq_shift,
-        );
-        let temb = self.time_embedding.forward(t.cast(dtype));
+        let temb = embed_time(&self.time_embedding, &self.config, timestep, batch, dtype)?;
 
         let context = ContextTokens(prompt.cast(dtype));
         let mut slots = AttentionSlots::new(&context);
-        let mut h = self.controlnet_cond_embedding.forward(condition);
-        let mut skips = vec![h.clone()];
-        for block in &self.down_blocks {
-            h = block.forward(h, &temb, &mut slots, &mut skips);
-        }
+        let h = self.controlnet_cond_embedding.forward(condition);
+        let (_, skips) = run_down_blocks(&self.down_blocks, h, &temb, &mut slots);
         Ok(skips
             .into_iter()
             .zip(&self.controlnet_down_blocks)
@@ -193,14 +176,5 @@ impl<B: Backend> SCBNet<B> {
             down: down.into_iter().map(Some).collect(),
             mid: None,
         })
-    }
-}
-
-fn shape_error(key: &str, expected: String, found: &[usize]) -> Error {
-    Error::Shape {
-        origin: None,
-        key: key.into(),
-        expected,
-        found: found.to_vec(),
     }
 }

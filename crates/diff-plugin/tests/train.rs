@@ -65,14 +65,12 @@ fn trainer(config: TrainConfig) -> PluginTrainer<AD> {
         scheduler: SchedulerConfig::from_file(sd.join("scheduler/scheduler_config.json")).unwrap(),
     };
     // The tiny UNet's shapes: F^p width 16, SCB level of 16 channels, 2 heads, 8 groups.
-    let scb = SCBNetConfig {
-        down_block_types: vec![DownBlockType::CrossAttnDownBlock2D],
-        block_out_channels: vec![16],
-        cross_attention_dim: 16,
-        attention_head_dim: prompt_diffusion_core::config::OneOrMany::One(2),
-        norm_num_groups: Some(8),
-        ..SCBNetConfig::released()
-    };
+    let mut scb = SCBNetConfig::released();
+    scb.down_block_types = vec![DownBlockType::CrossAttnDownBlock2D];
+    scb.block_out_channels = vec![16];
+    scb.cross_attention_dim = prompt_diffusion_core::config::OneOrMany::One(16);
+    scb.attention_head_dim = prompt_diffusion_core::config::OneOrMany::One(2);
+    scb.norm_num_groups = Some(8);
     let tpb = TPBConfig {
         clip_v_dim: 32,
         num_cross_proj_layers: 2,

@@ -9,32 +9,14 @@ use std::path::Path;
 
 use prompt_diffusion_core::config::{OneOrMany, parse_config};
 use prompt_diffusion_core::limits::{
-    MAX_HEADS, MAX_KERNEL, MAX_LAYERS, MAX_LEVELS, MAX_SAMPLE_SIZE, MAX_WIDTH, check_count,
-    check_counts,
+    MAX_KERNEL, MAX_SAMPLE_SIZE, MAX_WIDTH, check_count, check_counts,
 };
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data_layers::{DataLayerKind, normalize_flat_config};
-
-/// Encoder block kinds (`down_block_types`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DownBlockType {
-    /// Resnets followed by cross-attention transformers.
-    #[serde(rename = "CrossAttnDownBlock2D")]
-    CrossAttnDownBlock2D,
-    /// Resnets only.
-    #[serde(rename = "DownBlock2D")]
-    DownBlock2D,
-}
-
-impl DownBlockType {
-    /// Whether the block has cross-attention.
-    pub fn has_attention(self) -> bool {
-        matches!(self, Self::CrossAttnDownBlock2D)
-    }
-}
+use crate::trunk::{DownBlockType, MidBlockType, UNetTrunkConfig, string_option};
 
 /// Decoder block kinds (`up_block_types`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,78 +36,61 @@ impl UpBlockType {
     }
 }
 
-/// Mid block kinds (`mid_block_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MidBlockType {
-    /// Resnet, transformer(s), resnet.
-    #[serde(rename = "UNetMidBlock2DCrossAttn")]
-    UNetMidBlock2DCrossAttn,
+string_option! {
+    /// Time embedding kinds (`time_embedding_type`); only `positional` is implemented.
+    TimeEmbeddingType {
+        /// Sinusoidal embedding of the timestep.
+        Positional = "positional",
+        /// Gaussian Fourier features (not implemented).
+        Fourier = "fourier",
+    }
 }
 
-/// The configuration of a [`UNet2DConditionModel`](crate::UNet2DConditionModel).
+string_option! {
+    /// Attention kinds (`attention_type`); only `default` is implemented.
+    AttentionType {
+        /// Self- and cross-attention.
+        Default = "default",
+        /// GLIGEN's gated attention (not implemented).
+        Gated = "gated",
+        /// GLIGEN's gated text-image attention (not implemented).
+        GatedTextImage = "gated-text-image",
+    }
+}
+
+string_option! {
+    /// Norms of the context in cross-attention (`cross_attention_norm`; none is implemented).
+    CrossAttentionNorm {
+        /// GroupNorm.
+        GroupNorm = "group_norm",
+        /// LayerNorm.
+        LayerNorm = "layer_norm",
+    }
+}
+
+/// The configuration of a [`UNet2DConditionModel`](crate::UNet2DConditionModel): the encoder
+/// keys it shares with ControlNets ([`UNetTrunkConfig`], flattened, and readable as the
+/// config's own fields through `Deref`) and the decoder and UNet-only keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UNet2DConditionConfig {
+    /// The encoder keys (`in_channels`, `block_out_channels`, `down_block_types`, …).
+    #[serde(flatten, deserialize_with = "crate::trunk::deserialize_flattened")]
+    pub trunk: UNetTrunkConfig,
     /// Latent size the model was trained at (informative; default none).
     pub sample_size: Option<OneOrMany<usize>>,
-    /// Input channels (default 4; 9 for inpainting models).
-    pub in_channels: usize,
     /// Output channels (default 4).
     pub out_channels: usize,
     /// Maps the input from [0, 1] to [-1, 1] first (default false).
     pub center_input_sample: bool,
-    /// Timestep embedding order `[cos, sin]` (default true).
-    pub flip_sin_to_cos: bool,
-    /// Frequency shift of the timestep embedding (default 0).
-    pub freq_shift: f64,
-    /// Encoder blocks (default 3 × CrossAttnDownBlock2D, DownBlock2D).
-    pub down_block_types: Vec<DownBlockType>,
-    /// Mid block (default UNetMidBlock2DCrossAttn).
-    pub mid_block_type: Option<MidBlockType>,
     /// Decoder blocks (default UpBlock2D, 3 × CrossAttnUpBlock2D).
     pub up_block_types: Vec<UpBlockType>,
-    /// Attention to the context only, no self-attention (default false; only false supported).
-    pub only_cross_attention: OneOrMany<bool>,
-    /// Channels per resolution level (default [320, 640, 1280, 1280]).
-    pub block_out_channels: Vec<usize>,
-    /// Resnets per encoder block; decoder blocks have one more (default 2).
-    pub layers_per_block: OneOrMany<usize>,
-    /// Padding of the stride-2 downsampling convolutions (default 1).
-    pub downsample_padding: usize,
-    /// Output scale of the mid-block resnets (default 1).
-    pub mid_block_scale_factor: f64,
     /// Dropout probability (inference ignores it; default 0).
     pub dropout: f64,
-    /// Non-linearity (default silu).
-    pub act_fn: Activation,
-    /// GroupNorm groups (default 32).
-    pub norm_num_groups: Option<usize>,
-    /// GroupNorm epsilon of the resnets and the output norm (default 1e-5).
-    pub norm_eps: f64,
-    /// Width of the context tokens (default 1280; 768 for SD1, 1024 for SD2).
-    pub cross_attention_dim: OneOrMany<usize>,
-    /// Transformer blocks per attention layer (default 1).
-    pub transformer_layers_per_block: OneOrMany<usize>,
-    /// Legacy name of the number of heads per block (default 8; see diffusers issue #2011).
-    pub attention_head_dim: OneOrMany<usize>,
-    /// Number of heads (must be unset: diffusers rejects it and uses `attention_head_dim`).
-    pub num_attention_heads: Option<OneOrMany<usize>>,
     /// Two context streams (Versatile Diffusion; must be false here).
     pub dual_cross_attention: bool,
-    /// `proj_in`/`proj_out` as Linear (SD2) instead of 1×1 convolutions (SD1) (default false).
-    pub use_linear_projection: bool,
-    /// Compute attention scores in f32 (always done here; default false).
-    pub upcast_attention: bool,
-    /// Class embedding (must be unset).
-    pub class_embed_type: Option<String>,
-    /// Additional embedding (SDXL; must be unset).
-    pub addition_embed_type: Option<String>,
-    /// Number of class embeddings (must be unset).
-    pub num_class_embeds: Option<usize>,
-    /// Resnet time conditioning (only "default" supported).
-    pub resnet_time_scale_shift: String,
     /// Time embedding kind (only "positional" supported).
-    pub time_embedding_type: String,
+    pub time_embedding_type: TimeEmbeddingType,
     /// Width of the time embedding (default 4 × block_out_channels[0]).
     pub time_embedding_dim: Option<usize>,
     /// Activation after the time embedding (must be unset).
@@ -138,10 +103,8 @@ pub struct UNet2DConditionConfig {
     pub conv_in_kernel: usize,
     /// Kernel size of `conv_out` (default 3).
     pub conv_out_kernel: usize,
-    /// Projection of the context (must be unset).
-    pub encoder_hid_dim: Option<usize>,
     /// Attention kind (only "default" supported).
-    pub attention_type: String,
+    pub attention_type: AttentionType,
     /// Output scale of the encoder/decoder resnets (default 1).
     pub resnet_out_scale_factor: f64,
     /// Time-embedding activation of the resnets' projection (must be false).
@@ -151,15 +114,7 @@ pub struct UNet2DConditionConfig {
     /// Mid block without self-attention (must be unset or false).
     pub mid_block_only_cross_attention: Option<bool>,
     /// Norm of the context in cross-attention (must be unset).
-    pub cross_attention_norm: Option<String>,
-    /// Projection kind of the context (must be unset).
-    pub encoder_hid_dim_type: Option<String>,
-    /// Input width of class-embedding projections (SDXL; ignored when unused).
-    pub projection_class_embeddings_input_dim: Option<usize>,
-    /// Width of SDXL's added time ids (ignored when unused).
-    pub addition_time_embed_dim: Option<usize>,
-    /// Heads of the added text-time embedding (ignored when unused; default 64).
-    pub addition_embed_type_num_heads: usize,
+    pub cross_attention_norm: Option<CrossAttentionNorm>,
     /// Per-block transformer depths of the decoder (SDXL; must be unset).
     pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
     /// Convolutional (default) or flat data layers. Not a `config.json` key: a
@@ -170,99 +125,77 @@ pub struct UNet2DConditionConfig {
 
 impl Default for UNet2DConditionConfig {
     fn default() -> Self {
+        Self::from_trunk(UNetTrunkConfig::default())
+    }
+}
+
+crate::deref_to_trunk!(UNet2DConditionConfig);
+
+impl UNet2DConditionConfig {
+    /// The UNet with the encoder `trunk`, a decoder mirroring it (`CrossAttnDownBlock2D` ↔
+    /// `CrossAttnUpBlock2D`), `out_channels = in_channels` and every other key at its default:
+    /// for a ControlNet's trunk, the UNet it was trained against when it follows SD's layout.
+    /// `num_attention_heads`, which the UNet does not take, becomes `attention_head_dim`.
+    pub fn from_trunk(mut trunk: UNetTrunkConfig) -> Self {
+        if let Some(heads) = trunk.num_attention_heads.take() {
+            trunk.attention_head_dim = heads;
+        }
+        let up_block_types = trunk
+            .down_block_types
+            .iter()
+            .rev()
+            .map(|kind| match kind {
+                DownBlockType::CrossAttnDownBlock2D => UpBlockType::CrossAttnUpBlock2D,
+                DownBlockType::DownBlock2D => UpBlockType::UpBlock2D,
+            })
+            .collect();
         Self {
             sample_size: None,
-            in_channels: 4,
-            out_channels: 4,
+            out_channels: trunk.in_channels,
             center_input_sample: false,
-            flip_sin_to_cos: true,
-            freq_shift: 0.0,
-            down_block_types: vec![
-                DownBlockType::CrossAttnDownBlock2D,
-                DownBlockType::CrossAttnDownBlock2D,
-                DownBlockType::CrossAttnDownBlock2D,
-                DownBlockType::DownBlock2D,
-            ],
-            mid_block_type: Some(MidBlockType::UNetMidBlock2DCrossAttn),
-            up_block_types: vec![
-                UpBlockType::UpBlock2D,
-                UpBlockType::CrossAttnUpBlock2D,
-                UpBlockType::CrossAttnUpBlock2D,
-                UpBlockType::CrossAttnUpBlock2D,
-            ],
-            only_cross_attention: OneOrMany::One(false),
-            block_out_channels: vec![320, 640, 1280, 1280],
-            layers_per_block: OneOrMany::One(2),
-            downsample_padding: 1,
-            mid_block_scale_factor: 1.0,
+            up_block_types,
             dropout: 0.0,
-            act_fn: Activation::Silu,
-            norm_num_groups: Some(32),
-            norm_eps: 1e-5,
-            cross_attention_dim: OneOrMany::One(1280),
-            transformer_layers_per_block: OneOrMany::One(1),
-            attention_head_dim: OneOrMany::One(8),
-            num_attention_heads: None,
             dual_cross_attention: false,
-            use_linear_projection: false,
-            upcast_attention: false,
-            class_embed_type: None,
-            addition_embed_type: None,
-            num_class_embeds: None,
-            resnet_time_scale_shift: "default".into(),
-            time_embedding_type: "positional".into(),
+            time_embedding_type: TimeEmbeddingType::Positional,
             time_embedding_dim: None,
             time_embedding_act_fn: None,
             timestep_post_act: None,
             time_cond_proj_dim: None,
             conv_in_kernel: 3,
             conv_out_kernel: 3,
-            encoder_hid_dim: None,
-            attention_type: "default".into(),
+            attention_type: AttentionType::Default,
             resnet_out_scale_factor: 1.0,
             resnet_skip_time_act: false,
             class_embeddings_concat: false,
             mid_block_only_cross_attention: None,
             cross_attention_norm: None,
-            encoder_hid_dim_type: None,
-            projection_class_embeddings_input_dim: None,
-            addition_time_embed_dim: None,
-            addition_embed_type_num_heads: 64,
             reverse_transformer_layers_per_block: None,
             data_layers: DataLayerKind::Conv2D,
+            trunk,
         }
     }
-}
 
-/// The per-level values a config resolves to (lists expanded, heads derived).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Levels {
-    pub layers: Vec<usize>,
-    pub heads: Vec<usize>,
-    pub cross_attention_dim: Vec<usize>,
-    pub transformer_layers: Vec<usize>,
-}
-
-impl UNet2DConditionConfig {
     /// Stable Diffusion 1.x (`stable-diffusion-v1-5/unet/config.json`).
     pub fn sd_v1_5() -> Self {
-        Self {
+        let mut config = Self {
             sample_size: Some(OneOrMany::One(64)),
-            cross_attention_dim: OneOrMany::One(768),
             ..Self::default()
-        }
+        };
+        config.cross_attention_dim = OneOrMany::One(768);
+        config
     }
 
     /// Stable Diffusion 2.1 (`stable-diffusion-2-1/unet/config.json`).
     pub fn sd_v2_1() -> Self {
-        Self {
+        let mut config = Self {
             sample_size: Some(OneOrMany::One(96)),
-            cross_attention_dim: OneOrMany::One(1024),
-            attention_head_dim: OneOrMany::Many(vec![5, 10, 20, 20]),
-            use_linear_projection: true,
-            upcast_attention: true,
             ..Self::default()
-        }
+        };
+        config.cross_attention_dim = OneOrMany::One(1024);
+        config.attention_head_dim = OneOrMany::Many(vec![5, 10, 20, 20]);
+        config.use_linear_projection = true;
+        config.upcast_attention = true;
+        config
     }
 
     /// Reads a diffusers `config.json` (of a `UNet2DConditionModel` or, with flat data layers,
@@ -295,58 +228,12 @@ impl UNet2DConditionConfig {
         1 << self.block_out_channels.len().saturating_sub(1)
     }
 
-    /// The number of skip connections the decoder consumes (= ControlNet down residuals):
-    /// 12 for SD.
-    pub fn num_skips(&self) -> usize {
-        let levels = self.levels().map(|l| l.layers).unwrap_or_default();
-        let n = levels.len();
-        1 + levels.iter().sum::<usize>() + n.saturating_sub(1)
-    }
-
-    pub(crate) fn levels(&self) -> Result<Levels> {
-        let n = self.block_out_channels.len();
-        let heads = self.attention_head_dim.per_block(n, "attention_head_dim")?;
-        Ok(Levels {
-            layers: self.layers_per_block.per_block(n, "layers_per_block")?,
-            heads,
-            cross_attention_dim: self
-                .cross_attention_dim
-                .per_block(n, "cross_attention_dim")?,
-            transformer_layers: self
-                .transformer_layers_per_block
-                .per_block(n, "transformer_layers_per_block")?,
-        })
-    }
-
-    /// GroupNorm groups (diffusers allows none; SD always has 32).
-    pub fn groups(&self) -> usize {
-        self.norm_num_groups.unwrap_or(32)
-    }
-
-    /// The sizes and counts that must lie within `core::limits`' maxima (checked before the
-    /// per-level lists are expanded).
+    /// The sizes and counts of the UNet-only keys that must lie within `core::limits`'
+    /// maxima.
     fn check_bounds(&self) -> Result<()> {
-        if self.block_out_channels.len() > MAX_LEVELS {
-            return Err(Error::config(
-                "block_out_channels",
-                format!(
-                    "has {} levels, above the supported maximum {MAX_LEVELS}",
-                    self.block_out_channels.len()
-                ),
-            ));
-        }
-        check_counts("block_out_channels", &self.block_out_channels, MAX_WIDTH)?;
-        check_count("norm_num_groups", self.groups(), MAX_WIDTH)?;
-        check_count("in_channels", self.in_channels, MAX_WIDTH)?;
         check_count("out_channels", self.out_channels, MAX_WIDTH)?;
         check_count("conv_in_kernel", self.conv_in_kernel, MAX_KERNEL)?;
         check_count("conv_out_kernel", self.conv_out_kernel, MAX_KERNEL)?;
-        if self.downsample_padding > MAX_KERNEL {
-            return Err(Error::config(
-                "downsample_padding",
-                format!("{} is above {MAX_KERNEL}", self.downsample_padding),
-            ));
-        }
         if let Some(dim) = self.time_embedding_dim {
             check_count("time_embedding_dim", dim, MAX_WIDTH)?;
         }
@@ -366,20 +253,9 @@ impl UNet2DConditionConfig {
     /// [`Error::Config`] for inconsistent values, [`Error::Unsupported`] for options of
     /// diffusers' class that this port does not implement.
     pub fn validate(&self) -> Result<()> {
-        let n = self.block_out_channels.len();
-        if n == 0 {
-            return Err(Error::config("block_out_channels", "is empty"));
-        }
         self.check_bounds()?;
-        if self.down_block_types.len() != n {
-            return Err(Error::config(
-                "down_block_types",
-                format!(
-                    "has {} entries, block_out_channels has {n}",
-                    self.down_block_types.len()
-                ),
-            ));
-        }
+        self.trunk.check_structure()?;
+        let n = self.block_out_channels.len();
         if self.up_block_types.len() != n {
             return Err(Error::config(
                 "up_block_types",
@@ -389,38 +265,15 @@ impl UNet2DConditionConfig {
                 ),
             ));
         }
-        let levels = self.levels()?;
-        check_counts("layers_per_block", &levels.layers, MAX_LAYERS)?;
-        check_counts("attention_head_dim", &levels.heads, MAX_HEADS)?;
-        check_counts(
-            "cross_attention_dim",
-            &levels.cross_attention_dim,
-            MAX_WIDTH,
-        )?;
-        check_counts(
-            "transformer_layers_per_block",
-            &levels.transformer_layers,
-            MAX_LAYERS,
-        )?;
-        let groups = self.groups();
-        for (i, &c) in self.block_out_channels.iter().enumerate() {
-            if c == 0 || c % groups != 0 {
-                return Err(Error::config(
-                    "block_out_channels",
-                    format!("{c} is not a positive multiple of norm_num_groups ({groups})"),
-                ));
-            }
-            if levels.heads[i] == 0 || c % levels.heads[i] != 0 {
-                return Err(Error::config(
-                    "attention_head_dim",
-                    format!("{} heads do not divide {c} channels", levels.heads[i]),
-                ));
-            }
-        }
-        if self.in_channels == 0 || self.out_channels == 0 {
+        if let Some(kind) = &self.mid_block_type
+            && *kind != MidBlockType::UNetMidBlock2DCrossAttn
+        {
             return Err(Error::config(
-                "in_channels",
-                "channel counts must be positive",
+                "mid_block_type",
+                format!(
+                    "`{}` is not a supported mid block (only `UNetMidBlock2DCrossAttn`)",
+                    kind.as_str()
+                ),
             ));
         }
         self.data_layers
@@ -431,16 +284,9 @@ impl UNet2DConditionConfig {
         let unsupported = [
             ("num_attention_heads", self.num_attention_heads.is_some()),
             ("dual_cross_attention", self.dual_cross_attention),
-            ("class_embed_type", self.class_embed_type.is_some()),
-            ("addition_embed_type", self.addition_embed_type.is_some()),
-            ("num_class_embeds", self.num_class_embeds.is_some()),
-            (
-                "resnet_time_scale_shift",
-                self.resnet_time_scale_shift != "default",
-            ),
             (
                 "time_embedding_type",
-                self.time_embedding_type != "positional",
+                self.time_embedding_type != TimeEmbeddingType::Positional,
             ),
             (
                 "time_embedding_act_fn",
@@ -448,13 +294,9 @@ impl UNet2DConditionConfig {
             ),
             ("timestep_post_act", self.timestep_post_act.is_some()),
             ("time_cond_proj_dim", self.time_cond_proj_dim.is_some()),
-            ("encoder_hid_dim", self.encoder_hid_dim.is_some()),
-            ("attention_type", self.attention_type != "default"),
             (
-                "only_cross_attention",
-                self.only_cross_attention
-                    .per_block(n, "only_cross_attention")?
-                    .contains(&true),
+                "attention_type",
+                self.attention_type != AttentionType::Default,
             ),
             ("mid_block_type", self.mid_block_type.is_none()),
             ("resnet_skip_time_act", self.resnet_skip_time_act),
@@ -464,7 +306,6 @@ impl UNet2DConditionConfig {
                 self.mid_block_only_cross_attention == Some(true),
             ),
             ("cross_attention_norm", self.cross_attention_norm.is_some()),
-            ("encoder_hid_dim_type", self.encoder_hid_dim_type.is_some()),
             (
                 "reverse_transformer_layers_per_block",
                 self.reverse_transformer_layers_per_block
@@ -472,11 +313,7 @@ impl UNet2DConditionConfig {
                     .is_some_and(|v| !v.is_null()),
             ),
         ];
-        if let Some((field, _)) = unsupported.iter().find(|(_, bad)| *bad) {
-            return Err(Error::Unsupported(format!(
-                "UNet2DConditionModel config field `{field}` with a non-default value"
-            )));
-        }
-        Ok(())
+        self.trunk
+            .check_unsupported("UNet2DConditionModel", &unsupported)
     }
 }

@@ -37,13 +37,20 @@ pub mod data_layers;
 pub mod embeddings;
 pub mod resnet_flat;
 pub mod transformer_2d;
+pub mod trunk;
 pub mod unet_2d_blocks;
 mod unet_2d_condition;
 pub mod weights;
 
-pub use config::{DownBlockType, MidBlockType, UNet2DConditionConfig, UpBlockType};
+pub use config::{
+    AttentionType, CrossAttentionNorm, TimeEmbeddingType, UNet2DConditionConfig, UpBlockType,
+};
 pub use context::{ContextTokens, CrossAttentionContext};
 pub use data_layers::{DataDownsample, DataLayerKind, DataProjection, DataResnet, DataUpsample};
 pub use resnet_flat::{FLAT_SECOND_DIM, LinearMultiDim, ResnetBlockFlat};
 pub use transformer_2d::{Transformer2DConfig, Transformer2DModel};
-pub use unet_2d_condition::{UNet2DConditionModel, UNetResiduals};
+pub use trunk::{
+    AdditionEmbedType, ClassEmbedType, DownBlockType, EncoderHidDimType, MidBlockType,
+    ResnetTimeScaleShift, UNetTrunkConfig,
+};
+pub use unet_2d_condition::{UNet2DConditionModel, UNetResiduals, shape_error};

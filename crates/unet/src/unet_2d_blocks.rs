@@ -9,16 +9,21 @@
 //! upsamplers) are of the config's [`DataLayerKind`]: convolutional, or the fully connected
 //! layers of Versatile Diffusion's flat text UNet (`CrossAttnDownBlockFlat`, …).
 
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
+use burn::tensor::DType;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::nn::{Downsample2D, DownsamplePadding, ResnetBlock2DConfig, Upsample2D};
 
-use crate::UNet2DConditionConfig;
-use crate::config::Levels;
 use crate::context::CrossAttentionContext;
 use crate::data_layers::{DataDownsample, DataLayerKind, DataResnet, DataUpsample};
+use crate::embeddings::{TimestepEmbedding, timestep_embedding};
 use crate::resnet_flat::{LinearMultiDim, ResnetBlockFlat, flat_shape};
 use crate::transformer_2d::{Transformer2DConfig, Transformer2DModel};
+use crate::trunk::Levels;
+use crate::unet_2d_condition::shape_error;
+use crate::{UNet2DConditionConfig, UNetTrunkConfig};
 
 /// Runs the cross-attention slots through a [`CrossAttentionContext`], numbering them in
 /// execution order. A model that runs several block lists (a UNet, a ControlNet) passes one
@@ -133,6 +138,17 @@ impl<'a> BlockBuilder<'a> {
             groups: self.config.groups(),
         }
         .init(device)
+    }
+
+    /// The time MLP (`time_embedding`), from the sinusoidal embedding of the first level's
+    /// width to the time embedding's.
+    pub fn time_embedding<B: Backend>(&self, device: &B::Device) -> TimestepEmbedding<B> {
+        TimestepEmbedding::new(
+            self.config.block_out_channels[0],
+            self.config.time_embed_dim(),
+            self.config.act_fn,
+            device,
+        )
     }
 
     /// The encoder levels (`down_blocks`).
@@ -303,6 +319,58 @@ impl<B: Backend> DownBlock2D<B> {
         }
         h
     }
+}
+
+/// A convolution keeping the spatial size (padding `(kernel − 1) / 2`), PyTorch-initialised.
+pub fn conv2d_same<B: Backend>(i: usize, o: usize, kernel: usize, device: &B::Device) -> Conv2d<B> {
+    let p = (kernel - 1) / 2;
+    Conv2dConfig::new([i, o], [kernel, kernel])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .init(device)
+}
+
+/// The time embedding fed to every resnet of a UNet encoder: the sinusoidal embedding of
+/// `timestep` (one entry, or one per batch entry) of `trunk`'s first-level width, through
+/// `mlp`, in `dtype`.
+///
+/// # Errors
+/// [`Error::Shape`](prompt_diffusion_core::Error::Shape) when `timestep` has neither 1 nor
+/// `batch` entries.
+pub fn embed_time<B: Backend>(
+    mlp: &TimestepEmbedding<B>,
+    trunk: &UNetTrunkConfig,
+    timestep: Tensor<B, 1>,
+    batch: usize,
+    dtype: DType,
+) -> Result<Tensor<B, 2>> {
+    let [n] = timestep.dims();
+    let timestep = match n {
+        n if n == batch => timestep,
+        1 => timestep.expand([batch]),
+        _ => return Err(shape_error("timestep", format!("[1] or [{batch}]"), &[n])),
+    };
+    let t = timestep_embedding(
+        timestep,
+        trunk.block_out_channels[0],
+        trunk.flip_sin_to_cos,
+        trunk.freq_shift,
+    );
+    Ok(mlp.forward(t.cast(dtype)))
+}
+
+/// Runs the encoder levels on `h` (`conv_in`'s output): the features after the last level,
+/// and the skip connections, `h` first.
+pub fn run_down_blocks<B: Backend>(
+    blocks: &[DownBlock2D<B>],
+    h: Tensor<B, 4>,
+    temb: &Tensor<B, 2>,
+    slots: &mut AttentionSlots<'_, B>,
+) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
+    let mut skips = vec![h.clone()];
+    let h = blocks
+        .iter()
+        .fold(h, |h, block| block.forward(h, temb, slots, &mut skips));
+    (h, skips)
 }
 
 /// The bottleneck: resnet, then `(transformer, resnet)` pairs.

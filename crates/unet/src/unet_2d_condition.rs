@@ -4,8 +4,6 @@
 
 use std::path::Path;
 
-use burn::nn::PaddingConfig2d;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::nn::{GroupNorm, GroupNormConfig};
 use prompt_diffusion_core::weights::{
@@ -16,11 +14,12 @@ use prompt_diffusion_core::{Error, Result};
 use crate::UNet2DConditionConfig;
 use crate::context::{ContextTokens, CrossAttentionContext};
 use crate::data_layers::{DataLayerKind, DataProjection};
-use crate::embeddings::{TimestepEmbedding, timestep_embedding};
+use crate::embeddings::TimestepEmbedding;
 use crate::resnet_flat::{LinearMultiDim, flat_shape};
 use crate::transformer_2d::Transformer2DModel;
 use crate::unet_2d_blocks::{
-    AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
+    AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D, conv2d_same,
+    embed_time, run_down_blocks,
 };
 use crate::weights::{UNetWeightLayout, check_weights, to_diffusers_names};
 
@@ -81,13 +80,6 @@ pub struct UNet2DConditionModel<B: Backend> {
     config: UNet2DConditionConfig,
 }
 
-fn conv<B: Backend>(i: usize, o: usize, kernel: usize, device: &B::Device) -> Conv2d<B> {
-    let p = (kernel - 1) / 2;
-    Conv2dConfig::new([i, o], [kernel, kernel])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .init(device)
-}
-
 impl<B: Backend> UNet2DConditionModel<B> {
     /// Creates the model for `config` (weights are filled by loading).
     ///
@@ -99,13 +91,13 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let boc = &config.block_out_channels;
         let (conv_in, conv_out) = match config.data_layers {
             DataLayerKind::Conv2D => (
-                DataProjection::Conv(conv(
+                DataProjection::Conv(conv2d_same(
                     config.in_channels,
                     boc[0],
                     config.conv_in_kernel,
                     device,
                 )),
-                DataProjection::Conv(conv(
+                DataProjection::Conv(conv2d_same(
                     boc[0],
                     config.out_channels,
                     config.conv_out_kernel,
@@ -122,12 +114,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         };
         Ok(Self {
             conv_in,
-            time_embedding: TimestepEmbedding::new(
-                boc[0],
-                config.time_embed_dim(),
-                config.act_fn,
-                device,
-            ),
+            time_embedding: blocks.time_embedding(device),
             down_blocks: blocks.down_blocks(device),
             mid_block: blocks.mid_block(device),
             up_blocks: blocks.up_blocks(device),
@@ -254,11 +241,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
         };
 
         let mut slots = AttentionSlots::new(context);
-        let mut h = self.conv_in.forward(sample);
-        let mut skips = vec![h.clone()];
-        for block in &self.down_blocks {
-            h = block.forward(h, &temb, &mut slots, &mut skips);
-        }
+        let (mut h, mut skips) = run_down_blocks(
+            &self.down_blocks,
+            self.conv_in.forward(sample),
+            &temb,
+            &mut slots,
+        );
         add_down_residuals(&mut skips, &residuals.down)?;
 
         h = self.mid_block.forward(h, &temb, &mut slots);
@@ -290,20 +278,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         batch: usize,
         dtype: burn::tensor::DType,
     ) -> Result<Tensor<B, 2>> {
-        let [n] = timestep.dims();
-        let timestep = match n {
-            n if n == batch => timestep,
-            1 => timestep.expand([batch]),
-            _ => return Err(shape_error("timestep", format!("[1] or [{batch}]"), &[n])),
-        };
-        let dim = self.config.block_out_channels[0];
-        let t = timestep_embedding(
-            timestep,
-            dim,
-            self.config.flip_sin_to_cos,
-            self.config.freq_shift,
-        );
-        Ok(self.time_embedding.forward(t.cast(dtype)))
+        embed_time(&self.time_embedding, &self.config, timestep, batch, dtype)
     }
 
     /// The transformers of every cross-attention slot, in the order
@@ -359,7 +334,9 @@ fn check_shape<B: Backend>(
     }
 }
 
-fn shape_error(key: &str, expected: String, found: &[usize]) -> Error {
+/// An [`Error::Shape`] for the input `key`, without origin: `found` where `expected` was
+/// needed.
+pub fn shape_error(key: &str, expected: String, found: &[usize]) -> Error {
     Error::Shape {
         origin: None,
         key: key.into(),
