@@ -11,7 +11,7 @@ use prompt_diffusion_core::noise::NoiseSource;
 
 use crate::SchedulerKind;
 use crate::options::PredictionType;
-use crate::schedule::{DiscreteState, Rule, predict_x0};
+use crate::schedule::{DiscreteState, Rule, Step, predict_x0, rule_state};
 use crate::tensor::draw_noise;
 
 /// diffusers' `DDIMScheduler`.
@@ -40,32 +40,14 @@ impl<B: Backend> DdimScheduler<B> {
 }
 
 impl<B: Backend> Rule<B> for DdimScheduler<B> {
-    type State = DiscreteState;
+    rule_state!(DiscreteState, SchedulerKind::Ddim);
 
-    fn state(&self) -> &DiscreteState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut DiscreteState {
-        &mut self.state
-    }
-
-    fn scheduler_kind(&self) -> SchedulerKind {
-        SchedulerKind::Ddim
-    }
-
-    fn lay_out(&mut self, n: usize) -> Result<()> {
-        self.state.timesteps = self.state.descending(n);
-        Ok(())
-    }
-
-    fn update(
-        &mut self,
-        t: usize,
-        model_output: Tensor<B, 4>,
-        sample: Tensor<B, 4>,
-        noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor<B, 4>> {
+    fn update(&mut self, step: Step<B>, noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
+        let Step {
+            at: t,
+            model_output,
+            sample,
+        } = step;
         // 1. previous step value; 2. alphas and betas.
         let prev_t = t as i64 - self.state.ratio() as i64;
         let (alpha_t, alpha_prev) = self.state.alphas(t as i64, prev_t)?;

@@ -11,7 +11,7 @@ use prompt_diffusion_core::{Error, Result};
 
 use crate::SchedulerKind;
 use crate::options::VarianceType;
-use crate::schedule::{DiscreteState, Rule, predict_x0};
+use crate::schedule::{DiscreteState, Rule, Step, predict_x0, rule_state};
 use crate::tensor::draw_noise;
 
 /// diffusers' `DDPMScheduler`.
@@ -61,32 +61,14 @@ impl<B: Backend> DdpmScheduler<B> {
 }
 
 impl<B: Backend> Rule<B> for DdpmScheduler<B> {
-    type State = DiscreteState;
+    rule_state!(DiscreteState, SchedulerKind::Ddpm);
 
-    fn state(&self) -> &DiscreteState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut DiscreteState {
-        &mut self.state
-    }
-
-    fn scheduler_kind(&self) -> SchedulerKind {
-        SchedulerKind::Ddpm
-    }
-
-    fn lay_out(&mut self, n: usize) -> Result<()> {
-        self.state.timesteps = self.state.descending(n);
-        Ok(())
-    }
-
-    fn update(
-        &mut self,
-        t: usize,
-        model_output: Tensor<B, 4>,
-        sample: Tensor<B, 4>,
-        noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor<B, 4>> {
+    fn update(&mut self, step: Step<B>, noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
+        let Step {
+            at: t,
+            model_output,
+            sample,
+        } = step;
         // 1. alphas and betas.
         let prev_t = self.previous_timestep(t)?;
         let (alpha_t, alpha_prev) = self.state.alphas(t as i64, prev_t)?;

@@ -14,7 +14,9 @@ use prompt_diffusion_core::noise::NoiseSource;
 
 use crate::SchedulerKind;
 use crate::options::{AlgorithmType, BetaSchedule, FinalSigmasType};
-use crate::schedule::{Rule, SigmaSpacing, SigmaState, alpha_sigma, lambda, linspace_desc};
+use crate::schedule::{
+    Rule, SigmaSpacing, SigmaState, Step, alpha_sigma, lambda, linspace_desc, rule_state,
+};
 use crate::tensor::{convert_model_output, draw_noise};
 
 /// diffusers' `DPMSolverMultistepScheduler` (`dpm++2m`, and `dpm++2m-karras` with
@@ -188,15 +190,7 @@ impl<B: Backend> DpmSolverMultistepScheduler<B> {
 }
 
 impl<B: Backend> Rule<B> for DpmSolverMultistepScheduler<B> {
-    type State = SigmaState;
-
-    fn state(&self) -> &SigmaState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut SigmaState {
-        &mut self.state
-    }
+    rule_state!(SigmaState, SchedulerKind::DpmSolverMultistep);
 
     fn scheduler_kind(&self) -> SchedulerKind {
         if self.state.options.spacing == SigmaSpacing::Karras {
@@ -222,13 +216,12 @@ impl<B: Backend> Rule<B> for DpmSolverMultistepScheduler<B> {
         self.model_outputs.last().map(Tensor::dims)
     }
 
-    fn update(
-        &mut self,
-        i: usize,
-        model_output: Tensor<B, 4>,
-        sample: Tensor<B, 4>,
-        noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor<B, 4>> {
+    fn update(&mut self, step: Step<B>, noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
+        let Step {
+            at: i,
+            model_output,
+            sample,
+        } = step;
         let o = self.options;
         let len = self.state.timesteps.len();
         let final_zero = self.state.options.final_sigmas_type == FinalSigmasType::Zero;

@@ -11,7 +11,7 @@ use prompt_diffusion_core::Result;
 use prompt_diffusion_core::noise::NoiseSource;
 
 use crate::SchedulerKind;
-use crate::schedule::{Rule, SigmaState, sigma_x0};
+use crate::schedule::{Rule, SigmaState, Step, rule_state, sigma_x0};
 use crate::tensor::draw_noise;
 
 /// diffusers' `EulerAncestralDiscreteScheduler`.
@@ -36,32 +36,14 @@ impl<B: Backend> EulerAncestralDiscreteScheduler<B> {
 }
 
 impl<B: Backend> Rule<B> for EulerAncestralDiscreteScheduler<B> {
-    type State = SigmaState;
+    rule_state!(SigmaState, SchedulerKind::EulerAncestral);
 
-    fn state(&self) -> &SigmaState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut SigmaState {
-        &mut self.state
-    }
-
-    fn scheduler_kind(&self) -> SchedulerKind {
-        SchedulerKind::EulerAncestral
-    }
-
-    fn lay_out(&mut self, n: usize) -> Result<()> {
-        self.state.lay_out_discrete(n, false);
-        Ok(())
-    }
-
-    fn update(
-        &mut self,
-        i: usize,
-        model_output: Tensor<B, 4>,
-        sample: Tensor<B, 4>,
-        noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor<B, 4>> {
+    fn update(&mut self, step: Step<B>, noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
+        let Step {
+            at: i,
+            model_output,
+            sample,
+        } = step;
         let (sigma, sigma_to) = (self.state.sigmas[i], self.state.sigmas[i + 1]);
         let prediction = self.state.params.prediction_type;
         let pred_x0 = sigma_x0(prediction, model_output.clone(), &sample, sigma);

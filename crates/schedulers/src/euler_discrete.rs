@@ -13,7 +13,7 @@ use prompt_diffusion_core::noise::NoiseSource;
 
 use crate::SchedulerKind;
 use crate::options::{InterpolationType, PredictionType};
-use crate::schedule::{Rule, SigmaState, sigma_x0};
+use crate::schedule::{Rule, SigmaState, Step, rule_state, sigma_x0};
 
 /// diffusers' `EulerDiscreteScheduler`.
 ///
@@ -58,19 +58,7 @@ fn continuous_timesteps_of(sigmas: &[f32]) -> Vec<f64> {
 }
 
 impl<B: Backend> Rule<B> for EulerDiscreteScheduler<B> {
-    type State = SigmaState;
-
-    fn state(&self) -> &SigmaState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut SigmaState {
-        &mut self.state
-    }
-
-    fn scheduler_kind(&self) -> SchedulerKind {
-        SchedulerKind::Euler
-    }
+    rule_state!(SigmaState, SchedulerKind::Euler);
 
     fn lay_out(&mut self, n: usize) -> Result<()> {
         let log_linear = self.interpolation == InterpolationType::LogLinear;
@@ -82,13 +70,12 @@ impl<B: Backend> Rule<B> for EulerDiscreteScheduler<B> {
         Ok(())
     }
 
-    fn update(
-        &mut self,
-        i: usize,
-        model_output: Tensor<B, 4>,
-        sample: Tensor<B, 4>,
-        _noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor<B, 4>> {
+    fn update(&mut self, step: Step<B>, _noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
+        let Step {
+            at: i,
+            model_output,
+            sample,
+        } = step;
         let (sigma, sigma_next) = (self.state.sigmas[i], self.state.sigmas[i + 1]);
         // γ = 0 (s_churn = 0), so σ̂ = σ·(γ + 1) = σ and no noise is added.
         let sigma_hat = sigma * (0.0 + 1.0);

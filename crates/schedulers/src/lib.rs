@@ -49,6 +49,7 @@ mod kind;
 mod lms_discrete;
 mod options;
 mod pndm;
+mod sampler;
 mod schedule;
 mod tensor;
 mod unipc_multistep;
@@ -70,6 +71,7 @@ pub use options::{
     TimestepSpacing, TimestepType, VarianceType,
 };
 pub use pndm::PndmScheduler;
+pub use sampler::Sampler;
 pub use unipc_multistep::UniPcMultistepScheduler;
 
 /// A diffusion scheduler: the timestep schedule and the update rule of a denoising loop.

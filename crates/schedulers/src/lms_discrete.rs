@@ -8,7 +8,7 @@ use burn::prelude::*;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::noise::NoiseSource;
 
-use crate::schedule::{Rule, SigmaState, sigma_x0};
+use crate::schedule::{Rule, SigmaState, Step, rule_state, sigma_x0};
 use crate::{Scheduler, SchedulerKind};
 
 /// The multistep order diffusers' `step` uses by default.
@@ -61,19 +61,7 @@ impl<B: Backend> LmsDiscreteScheduler<B> {
 }
 
 impl<B: Backend> Rule<B> for LmsDiscreteScheduler<B> {
-    type State = SigmaState;
-
-    fn state(&self) -> &SigmaState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut SigmaState {
-        &mut self.state
-    }
-
-    fn scheduler_kind(&self) -> SchedulerKind {
-        SchedulerKind::Lms
-    }
+    rule_state!(SigmaState, SchedulerKind::Lms);
 
     fn lay_out(&mut self, n: usize) -> Result<()> {
         self.state.lay_out_discrete(n, false);
@@ -85,13 +73,12 @@ impl<B: Backend> Rule<B> for LmsDiscreteScheduler<B> {
         self.derivatives.last().map(Tensor::dims)
     }
 
-    fn update(
-        &mut self,
-        i: usize,
-        model_output: Tensor<B, 4>,
-        sample: Tensor<B, 4>,
-        _noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor<B, 4>> {
+    fn update(&mut self, step: Step<B>, _noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
+        let Step {
+            at: i,
+            model_output,
+            sample,
+        } = step;
         let sigma = self.state.sigmas[i];
         let prediction = self.state.params.prediction_type;
         let pred_x0 = sigma_x0(prediction, model_output, &sample, sigma);

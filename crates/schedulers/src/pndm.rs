@@ -13,7 +13,7 @@ use prompt_diffusion_core::{Error, Result};
 
 use crate::SchedulerKind;
 use crate::options::{PredictionType, TimestepSpacing};
-use crate::schedule::{DiscreteState, Rule, np_arange, np_linspace, round_even};
+use crate::schedule::{DiscreteState, Rule, Step, np_arange, np_linspace, round_even, rule_state};
 use crate::tensor::not_initialised;
 
 /// diffusers' `PNDMScheduler` (SD1.5's default scheduler).
@@ -169,19 +169,7 @@ impl<B: Backend> PndmScheduler<B> {
 }
 
 impl<B: Backend> Rule<B> for PndmScheduler<B> {
-    type State = DiscreteState;
-
-    fn state(&self) -> &DiscreteState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut DiscreteState {
-        &mut self.state
-    }
-
-    fn scheduler_kind(&self) -> SchedulerKind {
-        SchedulerKind::Pndm
-    }
+    rule_state!(DiscreteState, SchedulerKind::Pndm);
 
     fn lay_out(&mut self, n: usize) -> Result<()> {
         let p = &self.state.params;
@@ -241,13 +229,12 @@ impl<B: Backend> Rule<B> for PndmScheduler<B> {
         self.ets.last().map(Tensor::dims)
     }
 
-    fn update(
-        &mut self,
-        t: usize,
-        model_output: Tensor<B, 4>,
-        sample: Tensor<B, 4>,
-        _noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor<B, 4>> {
+    fn update(&mut self, step: Step<B>, _noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
+        let Step {
+            at: t,
+            model_output,
+            sample,
+        } = step;
         if self.counter < self.prk_steps && !self.skip_prk_steps {
             self.step_prk(model_output, t as i64, sample)
         } else {

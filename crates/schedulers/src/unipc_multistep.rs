@@ -11,7 +11,9 @@ use prompt_diffusion_core::noise::NoiseSource;
 
 use crate::SchedulerKind;
 use crate::options::FinalSigmasType;
-use crate::schedule::{Rule, SigmaSpacing, SigmaState, alpha_sigma, lambda, linspace_desc, solve};
+use crate::schedule::{
+    Rule, SigmaSpacing, SigmaState, Step, alpha_sigma, lambda, linspace_desc, rule_state, solve,
+};
 use crate::tensor::convert_model_output;
 
 /// diffusers' `UniPCMultistepScheduler`.
@@ -202,19 +204,7 @@ fn weighted_sum<B: Backend>(rhos: &[f32], d1s: Vec<Tensor<B, 4>>) -> Option<Tens
 }
 
 impl<B: Backend> Rule<B> for UniPcMultistepScheduler<B> {
-    type State = SigmaState;
-
-    fn state(&self) -> &SigmaState {
-        &self.state
-    }
-
-    fn state_mut(&mut self) -> &mut SigmaState {
-        &mut self.state
-    }
-
-    fn scheduler_kind(&self) -> SchedulerKind {
-        SchedulerKind::UniPc
-    }
+    rule_state!(SigmaState, SchedulerKind::UniPc);
 
     fn lay_out(&mut self, n: usize) -> Result<()> {
         let n_train = self.state.params.schedule.num_train_timesteps;
@@ -239,13 +229,12 @@ impl<B: Backend> Rule<B> for UniPcMultistepScheduler<B> {
         self.model_outputs.last().map(Tensor::dims)
     }
 
-    fn update(
-        &mut self,
-        i: usize,
-        model_output: Tensor<B, 4>,
-        mut sample: Tensor<B, 4>,
-        _noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor<B, 4>> {
+    fn update(&mut self, step: Step<B>, _noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
+        let Step {
+            at: i,
+            model_output,
+            mut sample,
+        } = step;
         let len = self.state.timesteps.len();
         let o = &self.options;
         let converted = convert_model_output(

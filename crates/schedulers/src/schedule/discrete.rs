@@ -7,9 +7,7 @@ use prompt_diffusion_core::{Error, Result};
 use super::family::{Family, ScheduleParams};
 use super::{leading_desc, linspace_desc, round_even, trailing_desc};
 use crate::options::{PredictionType, TimestepSpacing};
-use crate::tensor::{
-    alpha_add_noise, check_history, check_step_shapes, discrete_timestep, not_initialised,
-};
+use crate::tensor::{alpha_add_noise, discrete_timestep};
 
 /// The discrete-timestep family's shared state.
 #[derive(Debug, Clone)]
@@ -119,20 +117,20 @@ impl Family for DiscreteState {
         )
     }
 
+    /// The DDIM/DDPM layout (PNDM lays out its own).
+    fn lay_out(&mut self, n: usize) {
+        self.timesteps = self.descending(n);
+    }
+
     fn restarted(&mut self, n: usize) {
         self.num_inference_steps = Some(n);
     }
 
-    fn enter<B: Backend>(
-        &mut self,
-        model_output: &Tensor<B, 4>,
-        timestep: f64,
-        sample: &Tensor<B, 4>,
-        history: Option<[usize; 4]>,
-    ) -> Result<usize> {
-        self.num_inference_steps.ok_or_else(not_initialised)?;
-        check_step_shapes(model_output, sample)?;
-        check_history(history, sample)?;
+    fn ready(&self) -> bool {
+        self.num_inference_steps.is_some()
+    }
+
+    fn enter(&mut self, timestep: f64) -> Result<usize> {
         discrete_timestep(timestep, self.params.schedule.alphas_cumprod.len())
     }
 

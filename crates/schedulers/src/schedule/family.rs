@@ -12,7 +12,9 @@ use prompt_diffusion_core::noise::NoiseSource;
 
 use super::NoiseSchedule;
 use crate::options::{PredictionType, TimestepSpacing};
-use crate::tensor::{check_steps, f32, to_dtype};
+use crate::tensor::{
+    check_history, check_step_shapes, check_steps, f32, not_initialised, to_dtype,
+};
 use crate::{Scheduler, SchedulerKind};
 
 /// The options every scheduler takes: its training schedule, how inference timesteps are laid
@@ -58,23 +60,33 @@ pub trait Family {
         timestep: f64,
     ) -> Tensor<B, 4>;
 
+    /// Lays out the family's default schedule for `n` steps (already checked against the
+    /// training range).
+    fn lay_out(&mut self, n: usize);
+
     /// Resets the step bookkeeping after the rule laid out a schedule of `n` steps.
     fn restarted(&mut self, n: usize);
 
-    /// The guards of `step` ("set_timesteps was not called", shape mismatch with the sample or
-    /// with the rule's `history`, timestep not in the schedule, schedule exhausted); returns
-    /// where the rule steps from: the training timestep (discrete family) or the step index
-    /// (sigma family).
-    fn enter<B: Backend>(
-        &mut self,
-        model_output: &Tensor<B, 4>,
-        timestep: f64,
-        sample: &Tensor<B, 4>,
-        history: Option<[usize; 4]>,
-    ) -> Result<usize>;
+    /// Whether `step` may run ("set_timesteps was not called" otherwise).
+    fn ready(&self) -> bool;
+
+    /// The family's guards of `step` on the timestep (not in the schedule, schedule exhausted);
+    /// returns where the rule steps from: the training timestep (discrete family) or the step
+    /// index (sigma family).
+    fn enter(&mut self, timestep: f64) -> Result<usize>;
 
     /// Records that the step from `at` was taken.
     fn leave(&mut self, at: usize);
+}
+
+/// One step's float32 inputs and where the rule steps from (see [`Family::enter`]).
+pub struct Step<B: Backend> {
+    /// The training timestep (discrete family) or the step index (sigma family).
+    pub at: usize,
+    /// The model output.
+    pub model_output: Tensor<B, 4>,
+    /// The sample.
+    pub sample: Tensor<B, 4>,
 }
 
 /// A scheduler's own part: its update rule on top of its family's state.
@@ -82,38 +94,58 @@ pub trait Rule<B: Backend> {
     /// The family state.
     type State: Family;
 
+    /// Which scheduler this is.
+    const KIND: SchedulerKind;
+
     /// The shared state.
     fn state(&self) -> &Self::State;
 
     /// The shared state, mutably.
     fn state_mut(&mut self) -> &mut Self::State;
 
-    /// Which scheduler this is.
-    fn scheduler_kind(&self) -> SchedulerKind;
+    /// Which scheduler this is, when it depends on the options.
+    fn scheduler_kind(&self) -> SchedulerKind {
+        Self::KIND
+    }
 
     /// Lays out the timesteps (and sigmas) for `n` steps, already checked against the training
     /// range, and clears the rule's history.
-    fn lay_out(&mut self, n: usize) -> Result<()>;
+    fn lay_out(&mut self, n: usize) -> Result<()> {
+        self.state_mut().lay_out(n);
+        Ok(())
+    }
 
     /// The shape of the tensors kept from earlier steps, if any.
     fn history(&self) -> Option<[usize; 4]> {
         None
     }
 
-    /// One step from `at` (see [`Family::enter`]) on float32 tensors.
-    fn update(
-        &mut self,
-        at: usize,
-        model_output: Tensor<B, 4>,
-        sample: Tensor<B, 4>,
-        noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor<B, 4>>;
+    /// One step on float32 tensors: the sample at the next timestep.
+    fn update(&mut self, step: Step<B>, noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>>;
 
     /// DDIM's η; ignored by the other rules.
     fn use_eta(&mut self, eta: f64) {
         let _ = eta;
     }
 }
+
+/// The state accessors of a [`Rule`] whose state is its field `state`.
+macro_rules! rule_state {
+    ($state:ty, $kind:expr) => {
+        type State = $state;
+
+        const KIND: $crate::SchedulerKind = $kind;
+
+        fn state(&self) -> &$state {
+            &self.state
+        }
+
+        fn state_mut(&mut self) -> &mut $state {
+            &mut self.state
+        }
+    };
+}
+pub(crate) use rule_state;
 
 impl<B: Backend, R: Rule<B>> Scheduler<B> for R {
     fn kind(&self) -> SchedulerKind {
@@ -151,12 +183,20 @@ impl<B: Backend, R: Rule<B>> Scheduler<B> for R {
         sample: Tensor<B, 4>,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor<B, 4>> {
-        let history = self.history();
-        let at = self
-            .state_mut()
-            .enter(&model_output, timestep, &sample, history)?;
+        if !self.state().ready() {
+            return Err(not_initialised());
+        }
+        check_step_shapes(&model_output, &sample)?;
+        check_history(self.history(), &sample)?;
+        let at = self.state_mut().enter(timestep)?;
         let dtype = model_output.dtype();
-        let prev = self.update(at, f32(model_output), f32(sample), noise)?;
+        let (model_output, sample) = (f32(model_output), f32(sample));
+        let step = Step {
+            at,
+            model_output,
+            sample,
+        };
+        let prev = self.update(step, noise)?;
         self.state_mut().leave(at);
         Ok(to_dtype(prev, dtype))
     }

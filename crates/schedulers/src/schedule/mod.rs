@@ -23,7 +23,7 @@ mod sigmas;
 mod timesteps;
 
 pub(crate) use discrete::{DiscreteState, predict_x0};
-pub(crate) use family::{Rule, ScheduleParams};
+pub(crate) use family::{Rule, ScheduleParams, Step, rule_state};
 pub(crate) use numeric::*;
 pub(crate) use sigmas::{Form, SigmaOptions, SigmaState, sigma_x0};
 pub(crate) use timesteps::*;

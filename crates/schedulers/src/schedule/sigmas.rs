@@ -11,7 +11,7 @@ use super::{
     round_even, sigma_of, sigma_timesteps, sigma_to_t, torch_linspace_f32,
 };
 use crate::options::{FinalSigmasType, PredictionType, TimestepSpacing};
-use crate::tensor::{check_history, check_step_shapes, exhausted, not_initialised};
+use crate::tensor::exhausted;
 
 /// How a sigma scheduler relates the sample to the noise level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,23 +237,21 @@ impl Family for SigmaState {
         }
     }
 
+    /// The Euler ancestral layout: interpolated sigmas.
+    fn lay_out(&mut self, n: usize) {
+        self.lay_out_discrete(n, false);
+    }
+
     fn restarted(&mut self, _n: usize) {
         self.index = StepIndex::default();
         self.ready = true;
     }
 
-    fn enter<B: Backend>(
-        &mut self,
-        model_output: &Tensor<B, 4>,
-        timestep: f64,
-        sample: &Tensor<B, 4>,
-        history: Option<[usize; 4]>,
-    ) -> Result<usize> {
-        if !self.ready {
-            return Err(not_initialised());
-        }
-        check_step_shapes(model_output, sample)?;
-        check_history(history, sample)?;
+    fn ready(&self) -> bool {
+        self.ready
+    }
+
+    fn enter(&mut self, timestep: f64) -> Result<usize> {
         let last_fallback = self.form == Form::Preserving;
         let i = self
             .index
