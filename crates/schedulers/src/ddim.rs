@@ -11,7 +11,7 @@ use prompt_diffusion_core::noise::NoiseSource;
 
 use crate::SchedulerKind;
 use crate::options::PredictionType;
-use crate::schedule::{DiscreteState, Rule, Step, predict_x0, rule_state};
+use crate::schedule::{DiscreteState, Rule, Step, rule_state};
 use crate::tensor::draw_noise;
 
 /// diffusers' `DDIMScheduler`.
@@ -43,26 +43,17 @@ impl<B: Backend> Rule<B> for DdimScheduler<B> {
     rule_state!(DiscreteState, SchedulerKind::Ddim);
 
     fn update(&mut self, step: Step<B>, noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
-        let Step {
-            at: t,
-            model_output,
-            sample,
-        } = step;
+        let (t, model_output, sample) = (step.at, step.model_output, step.sample);
         // 1. previous step value; 2. alphas and betas.
         let prev_t = t as i64 - self.state.ratio() as i64;
         let (alpha_t, alpha_prev) = self.state.alphas(t as i64, prev_t)?;
         let beta_t = 1.0 - alpha_t;
 
         // 3. predicted x0 and ε (formula (12)); 4. clip x0.
-        let prediction = self.state.params.prediction_type;
-        let pred_x0 = predict_x0(
-            prediction,
-            &model_output,
-            &sample,
-            alpha_t,
-            self.clip_sample,
-        );
-        let pred_eps = match prediction {
+        let pred_x0 = self
+            .state
+            .predict_x0(&model_output, &sample, alpha_t, self.clip_sample);
+        let pred_eps = match self.state.params.prediction_type {
             PredictionType::Sample => sample
                 .sub(model_output.mul_scalar(alpha_t.sqrt()))
                 .div_scalar(beta_t.sqrt()),

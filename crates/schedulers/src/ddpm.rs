@@ -11,7 +11,7 @@ use prompt_diffusion_core::{Error, Result};
 
 use crate::SchedulerKind;
 use crate::options::VarianceType;
-use crate::schedule::{DiscreteState, Rule, Step, predict_x0, rule_state};
+use crate::schedule::{DiscreteState, Rule, Step, rule_state};
 use crate::tensor::draw_noise;
 
 /// diffusers' `DDPMScheduler`.
@@ -64,11 +64,7 @@ impl<B: Backend> Rule<B> for DdpmScheduler<B> {
     rule_state!(DiscreteState, SchedulerKind::Ddpm);
 
     fn update(&mut self, step: Step<B>, noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
-        let Step {
-            at: t,
-            model_output,
-            sample,
-        } = step;
+        let (t, model_output, sample) = (step.at, step.model_output, step.sample);
         // 1. alphas and betas.
         let prev_t = self.previous_timestep(t)?;
         let (alpha_t, alpha_prev) = self.state.alphas(t as i64, prev_t)?;
@@ -78,14 +74,9 @@ impl<B: Backend> Rule<B> for DdpmScheduler<B> {
         let current_beta = 1.0 - current_alpha;
 
         // 2. predicted x0, formula (15); 3. clip.
-        let prediction = self.state.params.prediction_type;
-        let pred_x0 = predict_x0(
-            prediction,
-            &model_output,
-            &sample,
-            alpha_t,
-            self.clip_sample,
-        );
+        let pred_x0 = self
+            .state
+            .predict_x0(&model_output, &sample, alpha_t, self.clip_sample);
 
         // 4.–5. posterior mean, formula (7).
         let x0_coeff = (alpha_prev.sqrt() * current_beta) / beta_t;

@@ -217,11 +217,7 @@ impl<B: Backend> Rule<B> for DpmSolverMultistepScheduler<B> {
     }
 
     fn update(&mut self, step: Step<B>, noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
-        let Step {
-            at: i,
-            model_output,
-            sample,
-        } = step;
+        let (i, model_output, sample) = (step.at, step.model_output, step.sample);
         let o = self.options;
         let len = self.state.timesteps.len();
         let final_zero = self.state.options.final_sigmas_type == FinalSigmasType::Zero;

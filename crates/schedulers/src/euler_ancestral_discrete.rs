@@ -39,11 +39,7 @@ impl<B: Backend> Rule<B> for EulerAncestralDiscreteScheduler<B> {
     rule_state!(SigmaState, SchedulerKind::EulerAncestral);
 
     fn update(&mut self, step: Step<B>, noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
-        let Step {
-            at: i,
-            model_output,
-            sample,
-        } = step;
+        let (i, model_output, sample) = (step.at, step.model_output, step.sample);
         let (sigma, sigma_to) = (self.state.sigmas[i], self.state.sigmas[i + 1]);
         let prediction = self.state.params.prediction_type;
         let pred_x0 = sigma_x0(prediction, model_output.clone(), &sample, sigma);

@@ -71,11 +71,7 @@ impl<B: Backend> Rule<B> for EulerDiscreteScheduler<B> {
     }
 
     fn update(&mut self, step: Step<B>, _noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
-        let Step {
-            at: i,
-            model_output,
-            sample,
-        } = step;
+        let (i, model_output, sample) = (step.at, step.model_output, step.sample);
         let (sigma, sigma_next) = (self.state.sigmas[i], self.state.sigmas[i + 1]);
         // γ = 0 (s_churn = 0), so σ̂ = σ·(γ + 1) = σ and no noise is added.
         let sigma_hat = sigma * (0.0 + 1.0);

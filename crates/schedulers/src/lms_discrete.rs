@@ -74,11 +74,7 @@ impl<B: Backend> Rule<B> for LmsDiscreteScheduler<B> {
     }
 
     fn update(&mut self, step: Step<B>, _noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
-        let Step {
-            at: i,
-            model_output,
-            sample,
-        } = step;
+        let (i, model_output, sample) = (step.at, step.model_output, step.sample);
         let sigma = self.state.sigmas[i];
         let prediction = self.state.params.prediction_type;
         let pred_x0 = sigma_x0(prediction, model_output, &sample, sigma);

@@ -230,11 +230,7 @@ impl<B: Backend> Rule<B> for PndmScheduler<B> {
     }
 
     fn update(&mut self, step: Step<B>, _noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
-        let Step {
-            at: t,
-            model_output,
-            sample,
-        } = step;
+        let (t, model_output, sample) = (step.at, step.model_output, step.sample);
         if self.counter < self.prk_steps && !self.skip_prk_steps {
             self.step_prk(model_output, t as i64, sample)
         } else {

@@ -230,11 +230,7 @@ impl<B: Backend> Rule<B> for UniPcMultistepScheduler<B> {
     }
 
     fn update(&mut self, step: Step<B>, _noise: &mut dyn NoiseSource) -> Result<Tensor<B, 4>> {
-        let Step {
-            at: i,
-            model_output,
-            mut sample,
-        } = step;
+        let (i, model_output, mut sample) = (step.at, step.model_output, step.sample);
         let len = self.state.timesteps.len();
         let o = &self.options;
         let converted = convert_model_output(

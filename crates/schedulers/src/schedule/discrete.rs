@@ -77,6 +77,33 @@ impl DiscreteState {
         };
         Ok((alpha_t, alpha_prev))
     }
+
+    /// The predicted x0 of DDIM and DDPM (formula (15) of the DDPM paper) at ᾱ = `alpha_t`,
+    /// clipped to `±clip_sample` when set.
+    pub fn predict_x0<B: Backend>(
+        &self,
+        model_output: &Tensor<B, 4>,
+        sample: &Tensor<B, 4>,
+        alpha_t: f32,
+        clip_sample: Option<f32>,
+    ) -> Tensor<B, 4> {
+        let beta_t = 1.0 - alpha_t;
+        let pred_x0 = match self.params.prediction_type {
+            PredictionType::Sample => model_output.clone(),
+            PredictionType::VPrediction => sample
+                .clone()
+                .mul_scalar(alpha_t.sqrt())
+                .sub(model_output.clone().mul_scalar(beta_t.sqrt())),
+            _ => sample
+                .clone()
+                .sub(model_output.clone().mul_scalar(beta_t.sqrt()))
+                .div_scalar(alpha_t.sqrt()),
+        };
+        match clip_sample {
+            Some(range) => pred_x0.clamp(-range, range),
+            None => pred_x0,
+        }
+    }
 }
 
 impl Family for DiscreteState {
@@ -135,31 +162,4 @@ impl Family for DiscreteState {
     }
 
     fn leave(&mut self, _at: usize) {}
-}
-
-/// The predicted x0 of DDIM and DDPM (formula (15) of the DDPM paper), clipped to
-/// `±clip_sample` when set.
-pub fn predict_x0<B: Backend>(
-    prediction_type: PredictionType,
-    model_output: &Tensor<B, 4>,
-    sample: &Tensor<B, 4>,
-    alpha_t: f32,
-    clip_sample: Option<f32>,
-) -> Tensor<B, 4> {
-    let beta_t = 1.0 - alpha_t;
-    let pred_x0 = match prediction_type {
-        PredictionType::Sample => model_output.clone(),
-        PredictionType::VPrediction => sample
-            .clone()
-            .mul_scalar(alpha_t.sqrt())
-            .sub(model_output.clone().mul_scalar(beta_t.sqrt())),
-        _ => sample
-            .clone()
-            .sub(model_output.clone().mul_scalar(beta_t.sqrt()))
-            .div_scalar(alpha_t.sqrt()),
-    };
-    match clip_sample {
-        Some(range) => pred_x0.clamp(-range, range),
-        None => pred_x0,
-    }
 }

@@ -22,7 +22,7 @@ mod numeric;
 mod sigmas;
 mod timesteps;
 
-pub(crate) use discrete::{DiscreteState, predict_x0};
+pub(crate) use discrete::DiscreteState;
 pub(crate) use family::{Rule, ScheduleParams, Step, rule_state};
 pub(crate) use numeric::*;
 pub(crate) use sigmas::{Form, SigmaOptions, SigmaState, sigma_x0};
