@@ -159,9 +159,7 @@ impl<B: Backend> ResnetBlockFlat<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn_ndarray::NdArray;
-
-    type B = NdArray<f32>;
+    use prompt_diffusion_core::testing::TestBackend as B;
 
     #[test]
     fn linear_multi_dim_flattens_row_major() {

@@ -4,13 +4,12 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn_ndarray::NdArray;
 use prompt_diffusion_core::Error;
-use prompt_diffusion_core::testing::{assert_close, max_abs_diff};
+use prompt_diffusion_core::testing::{TestBackend, TestDevice, assert_close, max_abs_diff};
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 use prompt_diffusion_unet::{UNet2DConditionConfig, UNet2DConditionModel, UNetResiduals};
 
-type B = NdArray<f32>;
+type B = TestBackend;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
@@ -18,7 +17,7 @@ fn fixtures() -> PathBuf {
 
 struct Io {
     source: TensorSource,
-    device: burn_ndarray::NdArrayDevice,
+    device: TestDevice,
 }
 
 impl Io {

@@ -5,12 +5,11 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use burn_ndarray::NdArray;
 use prompt_diffusion_controlnet_prompt::UNetResiduals;
-use prompt_diffusion_core::testing::assert_close;
+use prompt_diffusion_core::testing::{TestBackend, TestDevice, assert_close};
 use prompt_diffusion_core::weights::TensorSource;
 
-pub type B = NdArray<f32>;
+pub type B = TestBackend;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
@@ -23,7 +22,7 @@ pub fn controlnet_fixture(name: &str) -> PathBuf {
 /// Inputs and reference outputs of one fixture file, read as f32.
 pub struct Io {
     pub source: TensorSource,
-    pub device: burn_ndarray::NdArrayDevice,
+    pub device: TestDevice,
 }
 
 impl Io {
