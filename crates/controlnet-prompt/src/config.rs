@@ -73,9 +73,13 @@ impl ControlNetConfig {
     /// A standard Stable Diffusion 1.5 ControlNet with a 3-channel hint
     /// (`lllyasviel/sd-controlnet-canny/config.json`; depth, HED, … are identical).
     pub fn sd_v1_5() -> Self {
-        let mut config = Self::default();
-        config.cross_attention_dim = OneOrMany::One(768);
-        config
+        Self {
+            trunk: UNetTrunkConfig {
+                cross_attention_dim: OneOrMany::One(768),
+                ..UNetTrunkConfig::default()
+            },
+            ..Self::default()
+        }
     }
 
     /// The Prompt Diffusion ControlNet: SD 1.5 with a 6-channel example-pair hint (the

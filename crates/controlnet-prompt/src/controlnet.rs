@@ -12,15 +12,15 @@ use std::path::Path;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
-use prompt_diffusion_core::weights::{
-    LoadOptions, TensorSource, load_module, open_component_weights,
-};
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource, load_module};
 use prompt_diffusion_unet::embeddings::TimestepEmbedding;
 use prompt_diffusion_unet::unet_2d_blocks::{
     AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn, conv2d_same as conv,
     embed_time, run_down_blocks,
 };
-use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals, shape_error};
+use prompt_diffusion_unet::{
+    ContextTokens, CrossAttentionContext, UNetResiduals, load_folder, shape_error,
+};
 
 use crate::conditioning_embedding::ControlNetConditioningEmbedding;
 use crate::config::{ChannelOrder, ControlNetConfig};
@@ -91,10 +91,12 @@ impl<B: Backend> ControlNetModel<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = ControlNetConfig::from_file(dir.join("config.json"))?;
-        let source = open_component_weights(dir, options.variant.as_deref())?;
-        Self::from_source(&config, &source, options, device)
+        load_folder(
+            dir.as_ref(),
+            options,
+            |path| ControlNetConfig::from_file(path),
+            |config, source| Self::from_source(config, source, options, device),
+        )
     }
 
     /// Loads weights in diffusers or original naming (detected from the keys). Tensors under
@@ -110,13 +112,13 @@ impl<B: Backend> ControlNetModel<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        config.validate()?;
-        let source = controlnet_tensors(source);
-        let layout = ControlNetWeightLayout::detect(&source);
-        let source = to_diffusers_names(&source, layout, config, HintEncoders::Single)?;
-        check_weights(config, &source, "ControlNetModel")?;
-        let model = Self::new(config, device)?;
-        load_module(model, &source, "ControlNetModel", options)
+        let source = diffusers_source(config, source, HintEncoders::Single, "ControlNetModel")?;
+        load_module(
+            Self::new(config, device)?,
+            &source,
+            "ControlNetModel",
+            options,
+        )
     }
 
     /// The configuration.
@@ -281,6 +283,23 @@ impl<B: Backend> ControlNetModel<B> {
             mid: Some(mid),
         })
     }
+}
+
+/// The ControlNet tensors of `source` (a `control_model.` prefix removed) in diffusers' naming,
+/// after checking `config` and the tensors' shapes against it (`module` names the model in a
+/// report).
+pub(crate) fn diffusers_source(
+    config: &ControlNetConfig,
+    source: &TensorSource,
+    hints: HintEncoders,
+    module: &str,
+) -> Result<TensorSource> {
+    config.validate()?;
+    let source = controlnet_tensors(source);
+    let layout = ControlNetWeightLayout::detect(&source);
+    let source = to_diffusers_names(&source, layout, config, hints)?;
+    check_weights(config, &source, module)?;
+    Ok(source)
 }
 
 /// Checks a hint image against the latent: same batch, `channels` channels, `factor` times

@@ -15,20 +15,15 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use prompt_diffusion_core::weights::{
-    LoadOptions, TensorSource, load_module, open_component_weights,
-};
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource, load_module};
 use prompt_diffusion_core::{Error, Result};
-use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals};
+use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals, load_folder};
 
 use crate::conditioning_embedding::ControlNetConditioningEmbedding;
 use crate::config::ControlNetConfig;
-use crate::controlnet::{ControlNetModel, check_hint};
+use crate::controlnet::{ControlNetModel, check_hint, diffusers_source};
 use crate::scales::ControlScales;
-use crate::weights::{
-    CONTROL_MODEL_PREFIX, ControlNetWeightLayout, HintEncoders, check_weights, controlnet_tensors,
-    to_diffusers_names,
-};
+use crate::weights::{CONTROL_MODEL_PREFIX, HintEncoders};
 
 /// Channels of the query image (fixed by the official model and the diffusers port).
 pub const QUERY_CHANNELS: usize = 3;
@@ -72,10 +67,12 @@ impl<B: Backend> PromptDiffusionControlNet<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = ControlNetConfig::from_file(dir.join("config.json"))?;
-        let source = open_component_weights(dir, options.variant.as_deref())?;
-        Self::from_source(&config, &source, options, device)
+        load_folder(
+            dir.as_ref(),
+            options,
+            |path| ControlNetConfig::from_file(path),
+            |config, source| Self::from_source(config, source, options, device),
+        )
     }
 
     /// Loads weights in diffusers or original naming (detected from the keys). Tensors under
@@ -91,11 +88,8 @@ impl<B: Backend> PromptDiffusionControlNet<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        config.validate()?;
-        let source = controlnet_tensors(source);
-        let layout = ControlNetWeightLayout::detect(&source);
-        let source = to_diffusers_names(&source, layout, config, HintEncoders::PairAndQuery)?;
-        check_weights(config, &source, "PromptDiffusionControlNetModel")?;
+        let module = "PromptDiffusionControlNetModel";
+        let source = diffusers_source(config, source, HintEncoders::PairAndQuery, module)?;
         let model = Self::new(config, device)?;
         // The inner ControlNet's parameters sit under `controlnet.`.
         let source = source.rename(|key| {
@@ -105,8 +99,7 @@ impl<B: Backend> PromptDiffusionControlNet<B> {
                 format!("{INNER_PREFIX}{key}")
             })
         })?;
-        load_module(model, &source, "PromptDiffusionControlNetModel", options)
-            .map_err(diffusers_names_in_report)
+        load_module(model, &source, module, options).map_err(diffusers_names_in_report)
     }
 
     /// Loads the ControlNet of an original Prompt Diffusion checkpoint (`control_model.*` of

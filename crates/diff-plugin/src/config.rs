@@ -69,11 +69,15 @@ impl SCBNetConfig {
     /// The released configuration (`pre-trained/<task>/scb/config.json`, the same for all eight
     /// tasks): one `CrossAttnDownBlock2D` of 320 channels, 8 heads, F^p width 768.
     pub fn released() -> Self {
-        let mut config = Self::default();
-        config.down_block_types = vec![DownBlockType::CrossAttnDownBlock2D];
-        config.block_out_channels = vec![320];
-        config.cross_attention_dim = OneOrMany::One(768);
-        config
+        Self {
+            trunk: UNetTrunkConfig {
+                down_block_types: vec![DownBlockType::CrossAttnDownBlock2D],
+                block_out_channels: vec![320],
+                cross_attention_dim: OneOrMany::One(768),
+                ..UNetTrunkConfig::default()
+            },
+            ..Self::default()
+        }
     }
 
     /// The branch `train.py` creates for `unet` (`SCBNet.from_unet` with the released

@@ -15,14 +15,12 @@ use burn::nn::Initializer;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
-use prompt_diffusion_core::weights::{
-    LoadOptions, TensorSource, load_module, open_component_weights,
-};
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource, load_module};
 use prompt_diffusion_unet::embeddings::TimestepEmbedding;
 use prompt_diffusion_unet::unet_2d_blocks::{
     AttentionSlots, BlockBuilder, DownBlock2D, conv2d_same, embed_time, run_down_blocks,
 };
-use prompt_diffusion_unet::{ContextTokens, UNetResiduals, shape_error};
+use prompt_diffusion_unet::{ContextTokens, UNetResiduals, load_folder, shape_error};
 
 use crate::SCBNetConfig;
 
@@ -84,10 +82,12 @@ impl<B: Backend> SCBNet<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = SCBNetConfig::from_file(dir.join("config.json"))?;
-        let source = open_component_weights(dir, options.variant.as_deref())?;
-        Self::from_source(&config, &source, options, device)
+        load_folder(
+            dir.as_ref(),
+            options,
+            |path| SCBNetConfig::from_file(path),
+            |config, source| Self::from_source(config, source, options, device),
+        )
     }
 
     /// Loads weights under the official names (a `module.` prefix is removed).

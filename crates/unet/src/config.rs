@@ -177,25 +177,27 @@ impl UNet2DConditionConfig {
 
     /// Stable Diffusion 1.x (`stable-diffusion-v1-5/unet/config.json`).
     pub fn sd_v1_5() -> Self {
-        let mut config = Self {
+        Self {
             sample_size: Some(OneOrMany::One(64)),
-            ..Self::default()
-        };
-        config.cross_attention_dim = OneOrMany::One(768);
-        config
+            ..Self::from_trunk(UNetTrunkConfig {
+                cross_attention_dim: OneOrMany::One(768),
+                ..UNetTrunkConfig::default()
+            })
+        }
     }
 
     /// Stable Diffusion 2.1 (`stable-diffusion-2-1/unet/config.json`).
     pub fn sd_v2_1() -> Self {
-        let mut config = Self {
+        Self {
             sample_size: Some(OneOrMany::One(96)),
-            ..Self::default()
-        };
-        config.cross_attention_dim = OneOrMany::One(1024);
-        config.attention_head_dim = OneOrMany::Many(vec![5, 10, 20, 20]);
-        config.use_linear_projection = true;
-        config.upcast_attention = true;
-        config
+            ..Self::from_trunk(UNetTrunkConfig {
+                cross_attention_dim: OneOrMany::One(1024),
+                attention_head_dim: OneOrMany::Many(vec![5, 10, 20, 20]),
+                use_linear_projection: true,
+                upcast_attention: true,
+                ..UNetTrunkConfig::default()
+            })
+        }
     }
 
     /// Reads a diffusers `config.json` (of a `UNet2DConditionModel` or, with flat data layers,

@@ -53,4 +53,4 @@ pub use trunk::{
     AdditionEmbedType, ClassEmbedType, DownBlockType, EncoderHidDimType, MidBlockType,
     ResnetTimeScaleShift, UNetTrunkConfig,
 };
-pub use unet_2d_condition::{UNet2DConditionModel, UNetResiduals, shape_error};
+pub use unet_2d_condition::{UNet2DConditionModel, UNetResiduals, load_folder, shape_error};

@@ -512,3 +512,46 @@ macro_rules! deref_to_trunk {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use prompt_diffusion_core::config::parse_config;
+
+    use super::*;
+    use crate::UNet2DConditionConfig;
+
+    #[test]
+    fn string_options_keep_unknown_values_for_validation() {
+        let text = r#"{"resnet_time_scale_shift": "scale_shift", "mid_block_type": "Mid"}"#;
+        let config: UNet2DConditionConfig = parse_config(text).unwrap();
+        assert_eq!(
+            config.resnet_time_scale_shift,
+            ResnetTimeScaleShift::ScaleShift
+        );
+        assert_eq!(
+            config.mid_block_type,
+            Some(MidBlockType::Other("Mid".into()))
+        );
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["resnet_time_scale_shift"], "scale_shift");
+        assert_eq!(json["mid_block_type"], "Mid");
+        assert!(matches!(config.validate(), Err(Error::Config { .. })));
+        let mut config = config;
+        config.mid_block_type = None;
+        assert!(matches!(config.validate(), Err(Error::Unsupported(_))));
+    }
+
+    #[test]
+    fn flattened_keys_of_the_wrong_type_are_named() {
+        let err = parse_config::<UNet2DConditionConfig>(r#"{"layers_per_block": "x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("layers_per_block"), "{err}");
+        let config = UNet2DConditionConfig::sd_v2_1();
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(
+            parse_config::<UNet2DConditionConfig>(&json).unwrap(),
+            config
+        );
+    }
+}

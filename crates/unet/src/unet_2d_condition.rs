@@ -133,10 +133,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = UNet2DConditionConfig::from_file(dir.join("config.json"))?;
-        let source = open_component_weights(dir, options.variant.as_deref())?;
-        Self::from_source(&config, &source, options, device)
+        load_folder(
+            dir.as_ref(),
+            options,
+            |path| UNet2DConditionConfig::from_file(path),
+            |config, source| Self::from_source(config, source, options, device),
+        )
     }
 
     /// Loads weights in diffusers or original LDM naming (detected from the keys; for a
@@ -332,6 +334,23 @@ fn check_shape<B: Backend>(
             &residual.dims(),
         ))
     }
+}
+
+/// Loads a diffusers component folder: `read_config` reads its `config.json`, then `load`
+/// builds the model from that config and the folder's weights (in the variant of `options`
+/// when present).
+///
+/// # Errors
+/// Those of `read_config`, of opening the weights and of `load`.
+pub fn load_folder<C, M>(
+    dir: &Path,
+    options: &LoadOptions,
+    read_config: impl FnOnce(&Path) -> Result<C>,
+    load: impl FnOnce(&C, &TensorSource) -> Result<M>,
+) -> Result<M> {
+    let config = read_config(&dir.join("config.json"))?;
+    let source = open_component_weights(dir, options.variant.as_deref())?;
+    load(&config, &source)
 }
 
 /// An [`Error::Shape`] for the input `key`, without origin: `found` where `expected` was
