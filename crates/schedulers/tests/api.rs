@@ -268,20 +268,20 @@ fn misuse_is_an_error_not_a_panic() {
     assert!(a.step(x.clone(), t, x, &mut noise).is_err());
 }
 
+/// Six steps of a fresh SD1.5-configured `kind` with noise seed `seed`.
+fn sd15_run(kind: SchedulerKind, seed: u64) -> Vec<f32> {
+    let mut s = SchedulerConfig::sd_v1_5()
+        .build::<B>(Some(kind), &device())
+        .unwrap();
+    run(s.as_mut(), 6, seed)
+}
+
 #[test]
 fn same_seed_same_output() {
     for kind in SchedulerKind::ALL {
         let cfg = SchedulerConfig::sd_v1_5();
-        let a = run(
-            cfg.build::<B>(Some(kind), &device()).unwrap().as_mut(),
-            6,
-            7,
-        );
-        let b = run(
-            cfg.build::<B>(Some(kind), &device()).unwrap().as_mut(),
-            6,
-            7,
-        );
+        let a = sd15_run(kind, 7);
+        let b = sd15_run(kind, 7);
         assert_eq!(a, b, "{kind}");
         assert!(a.iter().all(|v| v.is_finite()), "{kind}");
         // Reusing a scheduler after set_timesteps gives the same result again.
@@ -291,17 +291,8 @@ fn same_seed_same_output() {
     }
     // Stochastic schedulers depend on the seed.
     for kind in [SchedulerKind::EulerAncestral, SchedulerKind::Ddpm] {
-        let cfg = SchedulerConfig::sd_v1_5();
-        let a = run(
-            cfg.build::<B>(Some(kind), &device()).unwrap().as_mut(),
-            6,
-            7,
-        );
-        let c = run(
-            cfg.build::<B>(Some(kind), &device()).unwrap().as_mut(),
-            6,
-            8,
-        );
+        let a = sd15_run(kind, 7);
+        let c = sd15_run(kind, 8);
         assert_ne!(a, c, "{kind}");
     }
     let mut ddim = SchedulerConfig::sd_v1_5()

@@ -28,6 +28,16 @@ const REL_TOL: f32 = 1e-5;
 /// at the default tolerance.)
 const ILL_CONDITIONED: &[(&str, f32)] = &[("euler_zero_snr", 1e-4), ("euler_a_zero_snr", 1e-4)];
 
+/// diffusers' timesteps for a case.
+fn expected_timesteps(case: &serde_json::Value) -> Vec<f64> {
+    case["timesteps"]
+        .as_array()
+        .expect("timesteps")
+        .iter()
+        .map(|v| v.as_f64().expect("f64"))
+        .collect()
+}
+
 struct Report {
     failures: Vec<String>,
     worst: (f32, String),
@@ -85,12 +95,7 @@ fn schedulers_match_diffusers_step_by_step() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         s.set_eta(case["eta"].as_f64().unwrap_or(0.0));
 
-        let expected_ts: Vec<f64> = case["timesteps"]
-            .as_array()
-            .expect("timesteps")
-            .iter()
-            .map(|v| v.as_f64().expect("f64"))
-            .collect();
+        let expected_ts = expected_timesteps(case);
         let ts_ok = s.timesteps().len() == expected_ts.len()
             && s.timesteps().iter().zip(&expected_ts).all(|(a, e)| {
                 if e.fract() == 0.0 {
@@ -225,12 +230,7 @@ fn sd15_config_switches_like_from_config() {
         assert_eq!(s.kind(), kind, "{name}");
         s.set_timesteps(case["steps"].as_u64().expect("steps") as usize)
             .expect("set_timesteps");
-        let expected: Vec<f64> = case["timesteps"]
-            .as_array()
-            .expect("timesteps")
-            .iter()
-            .map(|v| v.as_f64().expect("f64"))
-            .collect();
+        let expected = expected_timesteps(case);
         assert_eq!(s.timesteps().len(), expected.len(), "{name}");
         for (a, e) in s.timesteps().iter().zip(&expected) {
             assert!(
