@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use burn_ndarray::{NdArray, NdArrayDevice};
+use prompt_diffusion_core::testing::{TestBackend, TestDevice};
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 use prompt_diffusion_unet::UNet2DConditionConfig;
 use prompt_diffusion_vae::AutoencoderKLConfig;
@@ -13,7 +13,7 @@ use prompt_diffusion_versatile_flows::{
     Flow, OfficialFiles, OptimusConfig, OptimusFiles, VersatileComponents, VersatileFolders,
 };
 
-pub type B = NdArray<f32>;
+pub type B = TestBackend;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
@@ -63,7 +63,7 @@ pub fn load(flows: &[Flow]) -> VersatileComponents<B> {
         Some(&optimus_files()),
         flows,
         &LoadOptions::default(),
-        &NdArrayDevice::Cpu,
+        &Default::default(),
     )
     .unwrap()
 }
@@ -71,14 +71,14 @@ pub fn load(flows: &[Flow]) -> VersatileComponents<B> {
 /// Inputs and reference outputs of one fixture file, read as f32.
 pub struct Io {
     pub source: TensorSource,
-    pub device: NdArrayDevice,
+    pub device: TestDevice,
 }
 
 impl Io {
     pub fn open(name: &str) -> Self {
         Self {
             source: TensorSource::open(versatile(name)).unwrap(),
-            device: NdArrayDevice::Cpu,
+            device: Default::default(),
         }
     }
 
