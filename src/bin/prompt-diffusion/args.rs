@@ -1,19 +1,21 @@
 //! Command-line arguments shared by the subcommands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Instant;
 
+use burn::tensor::backend::Backend;
 use clap::Args;
 use prompt_diffusion::backends::BackendKind;
-use prompt_diffusion::core::Precision;
 use prompt_diffusion::core::memory::MemoryLimit;
+use prompt_diffusion::core::{Error, Precision, Result};
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{Generation, ModelOptions};
 
-use crate::output::check_output;
+use crate::output::{check_output, read_latents, report_loaded};
 
 /// Parses a value with the library's `FromStr`, for clap.
-pub(crate) fn parse<T: FromStr<Err = prompt_diffusion::core::Error>>(s: &str) -> Result<T, String> {
+pub(crate) fn parse<T: FromStr<Err = Error>>(s: &str) -> std::result::Result<T, String> {
     T::from_str(s).map_err(|e| e.to_string())
 }
 
@@ -69,15 +71,9 @@ impl ModelArgs {
     }
 }
 
-/// What to generate.
+/// The denoising loop's settings, shared by every generating subcommand.
 #[derive(Debug, Clone, Args)]
-pub struct GenerationArgs {
-    /// The prompt.
-    #[arg(long)]
-    pub prompt: String,
-    /// What to steer away from.
-    #[arg(long)]
-    pub negative_prompt: Option<String>,
+pub struct DenoiseArgs {
     /// Denoising steps.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
@@ -91,12 +87,55 @@ pub struct GenerationArgs {
     /// Seed of every random draw (default, or -1: a random seed, printed).
     #[arg(long, value_parser = parse_seed, allow_negative_numbers = true)]
     pub seed: Option<SeedArg>,
+}
+
+impl DenoiseArgs {
+    /// The library's defaults with these steps, guidance scale, scheduler and `eta` (the seed is
+    /// resolved last, by [`resolve_seed`], once everything else was checked).
+    pub fn generation(&self, eta: f64) -> Generation {
+        Generation {
+            steps: self.steps,
+            guidance_scale: self.guidance,
+            scheduler: self.scheduler,
+            eta,
+            ..Generation::default()
+        }
+    }
+}
+
+/// The size of generated images.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct SizeArgs {
     /// Image width in pixels, a multiple of 8 (default: the model's native size).
     #[arg(long)]
     pub width: Option<usize>,
     /// Image height in pixels, a multiple of 8 (default: the model's native size).
     #[arg(long)]
     pub height: Option<usize>,
+}
+
+impl SizeArgs {
+    /// `[width, height]`, as given.
+    pub fn get(self) -> [Option<usize>; 2] {
+        [self.width, self.height]
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone, Args)]
+pub struct GenerationArgs {
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// What to steer away from.
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Steps, guidance, scheduler and seed.
+    #[command(flatten)]
+    pub denoise: DenoiseArgs,
+    /// Width and height.
+    #[command(flatten)]
+    pub size: SizeArgs,
     /// A safetensors file whose tensor `latents` [n, 4, height/8, width/8] is the initial noise.
     #[arg(long, value_name = "FILE")]
     pub latents: Option<PathBuf>,
@@ -119,34 +158,94 @@ impl GenerationArgs {
         let mut generation = Generation {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
-            steps: self.steps,
-            guidance_scale: self.guidance,
-            scheduler: self.scheduler,
-            width: self.width,
-            height: self.height,
-            num_images: self.num_images.unwrap_or(1),
-            seed: 0,
-            latents: None,
-            eta: self.eta,
+            ..self.denoise.generation(self.eta)
         };
-        if let Some(path) = &self.latents {
-            let latents = crate::output::read_latents(path)?;
-            let [n, _, h, w] = [
-                latents.shape[0],
-                latents.shape[1],
-                latents.shape[2],
-                latents.shape[3],
-            ];
-            generation.num_images = self.num_images.unwrap_or(n);
-            generation.width = Some(self.width.unwrap_or(w * 8));
-            generation.height = Some(self.height.unwrap_or(h * 8));
-            generation.latents = Some(latents);
-        }
+        let size = Some(self.size.get());
+        read_latents_into(
+            &mut generation,
+            self.latents.as_deref(),
+            self.num_images,
+            size,
+        )?;
         generation.validate()?;
         check_output(&self.output, "png", generation.num_images)?;
-        generation.seed = resolve_seed(self.seed);
+        generation.seed = resolve_seed(self.denoise.seed);
         Ok(generation)
     }
+}
+
+/// Reads `--latents` (when given) into `generation`, with the image count `count` (default: the
+/// latents' batch, else 1) and, for images, the `[width, height]` of `size` (default: the
+/// latents' size).
+pub(crate) fn read_latents_into(
+    generation: &mut Generation,
+    latents: Option<&Path>,
+    count: Option<usize>,
+    size: Option<[Option<usize>; 2]>,
+) -> anyhow::Result<()> {
+    let latents = latents.map(read_latents).transpose()?;
+    let shape = latents.as_ref().map(|l| l.shape.as_slice());
+    generation.num_images = count.or(shape.map(|s| s[0])).unwrap_or(1);
+    if let Some([width, height]) = size {
+        generation.width = width.or(shape.map(|s| s[3] * 8));
+        generation.height = height.or(shape.map(|s| s[2] * 8));
+    }
+    generation.latents = latents;
+    Ok(())
+}
+
+/// Loads a model from a folder (`dir`, with `from_dir`) or a single file (`file`, with
+/// `from_file`), then prints what was loaded, on which device and in which precision, and the
+/// time taken.
+pub fn load_timed<M, B: Backend>(
+    what: &str,
+    (dir, file): (Option<&Path>, Option<&Path>),
+    precision: Precision,
+    device: &B::Device,
+    from_dir: impl FnOnce(&Path) -> Result<M>,
+    from_file: impl FnOnce(&Path) -> Result<M>,
+) -> Result<M> {
+    let start = Instant::now();
+    let model = match (dir, file) {
+        (Some(dir), _) => from_dir(dir)?,
+        (None, Some(file)) => from_file(file)?,
+        (None, None) => {
+            let message = "give --model DIR or --checkpoint FILE";
+            return Err(Error::invalid_input("model", message));
+        }
+    };
+    report_loaded(what, &B::name(device), precision, start);
+    Ok(model)
+}
+
+impl ModelArgs {
+    /// Loads `what` from `--model` (with `from_dir`) or `--checkpoint` (with `from_file`),
+    /// printing the time taken.
+    pub fn load<M, B: Backend>(
+        &self,
+        what: &str,
+        device: &B::Device,
+        from_dir: fn(PathBuf, &ModelOptions, &B::Device) -> Result<M>,
+        from_file: fn(PathBuf, &ModelOptions, &B::Device) -> Result<M>,
+    ) -> Result<M> {
+        let options = self.options();
+        load_timed::<M, B>(
+            what,
+            (self.model.as_deref(), self.checkpoint.as_deref()),
+            self.device.precision,
+            device,
+            |dir| from_dir(dir.to_path_buf(), &options, device),
+            |file| from_file(file.to_path_buf(), &options, device),
+        )
+    }
+}
+
+/// Checks that `--conditioning-scale` is a finite number.
+pub(crate) fn check_conditioning_scale(scale: f32) -> anyhow::Result<()> {
+    if !scale.is_finite() {
+        anyhow::bail!("--conditioning-scale must be a finite number");
+    }
+    Ok(())
 }
 
 /// A `--seed` value.
@@ -159,7 +258,7 @@ pub enum SeedArg {
 }
 
 /// Parses `--seed`: a number in 0..2⁶⁴, or -1 for a random seed.
-pub(crate) fn parse_seed(s: &str) -> Result<SeedArg, String> {
+pub(crate) fn parse_seed(s: &str) -> std::result::Result<SeedArg, String> {
     match s.trim() {
         "-1" => Ok(SeedArg::Random),
         n => n.parse().map(SeedArg::Fixed).map_err(|_| {

@@ -11,7 +11,7 @@ use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::pipelines::ControlNetOptions;
 use prompt_diffusion::{Generation, StableDiffusionControlNet};
 
-use crate::args::{GenerationArgs, ModelArgs};
+use crate::args::{GenerationArgs, ModelArgs, check_conditioning_scale};
 use crate::output::{Progress, save_images};
 use crate::sd::load_model;
 
@@ -53,9 +53,7 @@ pub struct ControlNetRun {
 impl ControlNetRun {
     /// Reads the hint and checks everything that can be checked without the model.
     pub fn new(args: &ControlNetArgs) -> anyhow::Result<Self> {
-        if !args.conditioning_scale.is_finite() {
-            anyhow::bail!("--conditioning-scale must be a finite number");
-        }
+        check_conditioning_scale(args.conditioning_scale)?;
         if !args.controlnet.exists() {
             anyhow::bail!("--controlnet {}: not found", args.controlnet.display());
         }

@@ -1,20 +1,19 @@
 //! `in-context`: Prompt Diffusion from an example pair and a query image.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use clap::{Args, ValueEnum};
 use image::RgbImage;
 use prompt_diffusion::backends::BackendTask;
 use prompt_diffusion::controlnet::ControlScales;
+use prompt_diffusion::core::Result;
 use prompt_diffusion::core::image::{PixelRange, load_rgb};
-use prompt_diffusion::core::{Error, Result};
 use prompt_diffusion::pipelines::{NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX};
 use prompt_diffusion::{InContextOptions, PromptDiffusion};
 
-use crate::args::{GenerationArgs, ModelArgs};
-use crate::output::{Progress, report_loaded, save_images};
+use crate::args::{GenerationArgs, ModelArgs, check_conditioning_scale};
+use crate::output::{Progress, save_images};
 
 /// The value range hints are given to the ControlNet in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -80,9 +79,7 @@ pub struct InContextRun {
 impl InContextRun {
     /// Reads the images and checks everything that can be checked without the model.
     pub fn new(args: &InContextArgs) -> anyhow::Result<Self> {
-        if !args.conditioning_scale.is_finite() {
-            anyhow::bail!("--conditioning-scale must be a finite number");
-        }
+        check_conditioning_scale(args.conditioning_scale)?;
         let g = args.generation.generation()?;
         let images = [
             load_rgb(&args.example_source)?,
@@ -131,33 +128,17 @@ impl InContextRun {
     }
 }
 
-/// Loads a Prompt Diffusion model from `--model` or `--checkpoint`, printing the time taken.
-fn load_model<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<PromptDiffusion<B>> {
-    let start = Instant::now();
-    let pd = match (&args.model, &args.checkpoint) {
-        (Some(dir), _) => PromptDiffusion::from_pretrained(dir, &args.options(), device)?,
-        (None, Some(file)) => PromptDiffusion::from_single_file(file, &args.options(), device)?,
-        (None, None) => {
-            return Err(Error::invalid_input(
-                "model",
-                "give --model DIR or --checkpoint FILE",
-            ));
-        }
-    };
-    report_loaded(
-        "Prompt Diffusion",
-        &B::name(device),
-        args.device.precision,
-        start,
-    );
-    Ok(pd)
-}
-
 impl BackendTask for InContextRun {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
-        let pd = load_model::<B>(&self.model, &device)?;
+        let (dir, file) = (
+            PromptDiffusion::<B>::from_pretrained,
+            PromptDiffusion::<B>::from_single_file,
+        );
+        let pd = self
+            .model
+            .load::<_, B>("Prompt Diffusion", &device, dir, file)?;
         let mut progress = Progress::new("denoising");
         let [source, target, query] = &self.images;
         let images = pd.generate(

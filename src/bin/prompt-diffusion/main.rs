@@ -58,27 +58,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         set_kernel_cache_dir(dir)?;
     }
     match cli.command {
-        Command::Txt2img(args) => {
-            let task = sd::SdRun::txt2img(&args)?;
-            run_task(args.model.device, task)
-        }
-        Command::Img2img(args) => {
-            let task = sd::SdRun::img2img(&args)?;
-            run_task(args.model.device, task)
-        }
+        Command::Txt2img(args) => run_task(args.model.device, sd::SdRun::txt2img(&args)?),
+        Command::Img2img(args) => run_task(args.model.device, sd::SdRun::img2img(&args)?),
         Command::InContext(args) => {
-            let task = in_context::InContextRun::new(&args)?;
-            run_task(args.model.device, task)
+            run_task(args.model.device, in_context::InContextRun::new(&args)?)
         }
         Command::Controlnet(args) => {
-            let task = controlnet::ControlNetRun::new(&args)?;
-            run_task(args.model.device, task)
+            run_task(args.model.device, controlnet::ControlNetRun::new(&args)?)
         }
         Command::Annotate(args) => annotate::run(&args),
-        Command::Restore(args) => {
-            let device = args.model.device;
-            run_task(device, restore::RestoreRun::new(args)?)
-        }
+        Command::Restore(args) => run_task(args.model.device, restore::RestoreRun::new(args)?),
         Command::Versatile(args) => versatile::run(args),
     }
 }

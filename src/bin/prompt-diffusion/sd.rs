@@ -1,18 +1,17 @@
 //! `txt2img` and `img2img`.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use clap::Args;
 use prompt_diffusion::StableDiffusion;
 use prompt_diffusion::backends::BackendTask;
+use prompt_diffusion::core::Result;
 use prompt_diffusion::core::image::load_rgb;
-use prompt_diffusion::core::{Error, Result};
 use prompt_diffusion::pipelines::memory;
 
 use crate::args::{GenerationArgs, ModelArgs};
-use crate::output::{Progress, report_loaded, save_images};
+use crate::output::{Progress, save_images};
 
 /// Arguments of `txt2img`.
 #[derive(Debug, Clone, Args)]
@@ -40,19 +39,11 @@ pub struct Img2ImgArgs {
 
 /// Loads a Stable Diffusion model from `--model` or `--checkpoint`, printing the time taken.
 pub fn load_model<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<StableDiffusion<B>> {
-    let start = Instant::now();
-    let sd = match (&args.model, &args.checkpoint) {
-        (Some(dir), _) => StableDiffusion::from_pretrained(dir, &args.options(), device)?,
-        (None, Some(file)) => StableDiffusion::from_single_file(file, &args.options(), device)?,
-        (None, None) => {
-            return Err(Error::invalid_input(
-                "model",
-                "give --model DIR or --checkpoint FILE",
-            ));
-        }
-    };
-    report_loaded("model", &B::name(device), args.device.precision, start);
-    Ok(sd)
+    let (dir, file) = (
+        StableDiffusion::from_pretrained,
+        StableDiffusion::from_single_file,
+    );
+    args.load::<_, B>("model", device, dir, file)
 }
 
 /// A txt2img or img2img run, ready to be dispatched to a backend.

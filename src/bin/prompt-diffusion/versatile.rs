@@ -4,7 +4,6 @@
 //! and decode with Optimus.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{anyhow, bail};
 use burn::tensor::backend::Backend;
@@ -16,17 +15,14 @@ use prompt_diffusion::core::{Error, Result};
 use prompt_diffusion::pipelines::{
     ImagePrompt, VersatileDiffusion, VersatileModelOptions, VersatileOptions,
 };
-use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::unet::UNet2DConditionConfig;
 use prompt_diffusion::vae::AutoencoderKLConfig;
 use prompt_diffusion::versatile::{
     Flow, Modality, OfficialFiles, OptimusConfig, OptimusFiles, TextDecoding, UncondImage,
 };
 
-use crate::args::{DeviceArgs, SeedArg, parse, parse_seed, resolve_seed};
-use crate::output::{
-    Progress, check_output, read_latents, read_tensor, report_loaded, save_images, save_texts,
-};
+use crate::args::{DenoiseArgs, DeviceArgs, SizeArgs, load_timed, read_latents_into, resolve_seed};
+use crate::output::{Progress, check_output, read_tensor, save_images, save_texts};
 
 /// Arguments of `versatile`: the flow, then its options.
 #[derive(Debug, Clone, Args)]
@@ -68,6 +64,29 @@ pub struct VdModelArgs {
     /// The official diffuser checkpoint (vd-four-flow-v1-0.pth), with --checkpoint-vae and --clip.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
+    /// With --checkpoint: the release's other files.
+    #[command(flatten)]
+    pub official: OfficialArgs,
+    /// Another VAE folder than the model's vae/ (with --checkpoint: only its config.json is
+    /// read, describing --checkpoint-vae).
+    #[arg(long, value_name = "DIR")]
+    pub vae: Option<PathBuf>,
+    /// Another CLIP tokenizer folder than the model's tokenizer/ (or --clip).
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer: Option<PathBuf>,
+    /// The text flows' Optimus.
+    #[command(flatten)]
+    pub optimus: OptimusArgs,
+    /// With --model: weight-file variant to prefer (e.g. fp16).
+    #[arg(long)]
+    pub variant: Option<String>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// The official release's other files, beside `--checkpoint`.
+#[derive(Debug, Clone, Args)]
+pub struct OfficialArgs {
     /// With --checkpoint: the official VAE (kl-f8.pth).
     #[arg(long, value_name = "FILE")]
     pub checkpoint_vae: Option<PathBuf>,
@@ -83,47 +102,64 @@ pub struct VdModelArgs {
     /// sizes).
     #[arg(long, value_name = "DIR")]
     pub config: Option<PathBuf>,
-    /// Another VAE folder than the model's vae/ (with --checkpoint: only its config.json is
-    /// read, describing --checkpoint-vae).
-    #[arg(long, value_name = "DIR")]
-    pub vae: Option<PathBuf>,
-    /// Another CLIP tokenizer folder than the model's tokenizer/ (or --clip).
-    #[arg(long, value_name = "DIR")]
-    pub tokenizer: Option<PathBuf>,
+}
+
+/// Optimus, the text VAE of the text flows.
+#[derive(Debug, Clone, Args)]
+pub struct OptimusArgs {
     /// Optimus weights (optimus-vae.pth of the official release): needed by image-to-text and
     /// text-variation.
-    #[arg(long, value_name = "FILE")]
-    pub optimus_weights: Option<PathBuf>,
+    #[arg(id = "optimus_weights", long = "optimus-weights", value_name = "FILE")]
+    pub weights: Option<PathBuf>,
     /// Optimus vocabulary folder (lib/model_zoo/optimus_models/vocab/ of the official code:
     /// bert-base-cased-vocab.txt, gpt2-vocab.json, gpt2-merges.txt).
-    #[arg(long, value_name = "DIR")]
-    pub optimus_vocab: Option<PathBuf>,
+    #[arg(id = "optimus_vocab", long = "optimus-vocab", value_name = "DIR")]
+    pub vocab: Option<PathBuf>,
     /// Optimus sizes as a config.json (default: VD's BERT-base-cased and GPT-2 small).
-    #[arg(long, value_name = "FILE")]
-    pub optimus_config: Option<PathBuf>,
-    /// With --model: weight-file variant to prefer (e.g. fp16).
-    #[arg(long)]
-    pub variant: Option<String>,
-    #[command(flatten)]
-    pub device: DeviceArgs,
+    #[arg(id = "optimus_config", long = "optimus-config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl OptimusArgs {
+    /// Checks that the weights and the vocabulary come together, and are given for `flow` when
+    /// it decodes text.
+    fn check(&self, flow: Flow) -> anyhow::Result<()> {
+        match (&self.weights, &self.vocab) {
+            (Some(_), None) => bail!("--optimus-weights needs --optimus-vocab DIR"),
+            (None, Some(_)) => bail!("--optimus-vocab needs --optimus-weights FILE"),
+            (None, None) if flow.output() == Modality::Text => bail!(
+                "{flow} decodes text with Optimus: give --optimus-weights FILE (optimus-vae.pth) and --optimus-vocab DIR (its vocabulary folder)"
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The Optimus files `flow` needs: `None` for image outputs.
+    fn files(&self, flow: Flow) -> Result<Option<OptimusFiles>> {
+        let (Some(weights), Some(vocab)) = (&self.weights, &self.vocab) else {
+            return Ok(None);
+        };
+        if flow.output() != Modality::Text {
+            return Ok(None);
+        }
+        let files = OptimusFiles::new(weights, vocab);
+        Ok(Some(match &self.config {
+            Some(path) => files.with_config(OptimusConfig::from_file(path)?),
+            None => files,
+        }))
+    }
 }
 
 /// The denoising loop.
 #[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("scheduler", |a| a.help("Scheduler: ddim, ddpm, pndm, euler, euler-ancestral, dpm++2m, dpm++2m-karras, unipc, lms (default: the model's DDIM)")),
+    mut_arg("seed", |a| a.help("Seed of every random draw, Optimus' sampling included (default, or -1: random, printed)")),
+)]
 pub struct SamplingArgs {
-    /// Denoising steps.
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    /// Classifier-free guidance scale (≤ 1 turns guidance off).
-    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
-    pub guidance: f64,
-    /// Scheduler: ddim, ddpm, pndm, euler, euler-ancestral, dpm++2m, dpm++2m-karras, unipc, lms
-    /// (default: the model's DDIM).
-    #[arg(long, value_parser = parse::<SchedulerKind>)]
-    pub scheduler: Option<SchedulerKind>,
-    /// Seed of every random draw, Optimus' sampling included (default, or -1: random, printed).
-    #[arg(long, value_parser = parse_seed, allow_negative_numbers = true)]
-    pub seed: Option<SeedArg>,
+    /// Steps, guidance, scheduler and seed.
+    #[command(flatten)]
+    pub denoise: DenoiseArgs,
     /// DDIM's eta (0 = deterministic).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
@@ -148,12 +184,12 @@ pub struct PromptArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ImageInputArgs {
     /// The image prompt (this or --image-embeds is required; any size, CLIP resizes it).
-    #[arg(long, value_name = "FILE", conflicts_with = "image_embeds")]
+    #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
     /// Precomputed image context instead of --image: a safetensors file whose tensor
     /// `image_embeds` is [257, 768] or [n, 257, 768], normalised as the image encoder's output
     /// (e.g. predicted from brain activity or retrieved from an index).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "image")]
     pub image_embeds: Option<PathBuf>,
     /// The unconditional image context: gray (diffusers and the 2022 inference code), black (the
     /// 2023 app's image→text) or zeros (the 2023 app's image flows).
@@ -174,12 +210,9 @@ fn parse_uncond(s: &str) -> std::result::Result<UncondImage, String> {
 /// Where generated images go.
 #[derive(Debug, Clone, Args)]
 pub struct ImageOutputArgs {
-    /// Image width in pixels, a multiple of 8 (default: the model's native size).
-    #[arg(long)]
-    pub width: Option<usize>,
-    /// Image height in pixels, a multiple of 8 (default: the model's native size).
-    #[arg(long)]
-    pub height: Option<usize>,
+    /// Width and height.
+    #[command(flatten)]
+    pub size: SizeArgs,
     /// Number of images (default 1, or the batch of --latents).
     #[arg(long)]
     pub num_images: Option<usize>,
@@ -206,75 +239,105 @@ pub struct TextOutputArgs {
     pub output: Option<PathBuf>,
 }
 
-/// Arguments of `versatile text-to-image`.
+/// The prompt and the image of `versatile dual-guided`, and their mix.
 #[derive(Debug, Clone, Args)]
-pub struct TextToImageArgs {
-    #[command(flatten)]
-    pub model: VdModelArgs,
+pub struct DualConditionArgs {
+    /// The text condition.
     #[command(flatten)]
     pub prompt: PromptArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-    #[command(flatten)]
-    pub output: ImageOutputArgs,
-}
-
-/// Arguments of `versatile image-variation`.
-#[derive(Debug, Clone, Args)]
-pub struct ImageVariationArgs {
-    #[command(flatten)]
-    pub model: VdModelArgs,
-    #[command(flatten)]
-    pub image: ImageInputArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-    #[command(flatten)]
-    pub output: ImageOutputArgs,
-}
-
-/// Arguments of `versatile dual-guided`.
-#[derive(Debug, Clone, Args)]
-pub struct DualGuidedArgs {
-    #[command(flatten)]
-    pub model: VdModelArgs,
-    #[command(flatten)]
-    pub prompt: PromptArgs,
+    /// The image condition.
     #[command(flatten)]
     pub image: ImageInputArgs,
     /// The text's weight in [0, 1]; the image's is 1 − mix (diffusers' text_to_image_strength).
     #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub mix: f64,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-    #[command(flatten)]
-    pub output: ImageOutputArgs,
 }
 
+/// Arguments of a flow: the model, its condition `C`, the denoising loop and its outputs `O`.
+#[derive(Debug, Clone, Args)]
+pub struct FlowArgs<C: Args, O: Args> {
+    /// The model and where it runs.
+    #[command(flatten)]
+    pub model: VdModelArgs,
+    /// The condition.
+    #[command(flatten)]
+    pub condition: C,
+    /// The denoising loop.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Where the results go.
+    #[command(flatten)]
+    pub output: O,
+}
+
+/// A flow's condition: a prompt, an image, or both with their mix.
+pub trait Condition {
+    /// The text condition, for flows that take one.
+    fn prompt(&self) -> Option<&PromptArgs> {
+        None
+    }
+    /// The image condition, for flows that take one.
+    fn image(&self) -> Option<&ImageInputArgs> {
+        None
+    }
+    /// The text's weight (dual-guided only).
+    fn mix(&self) -> f64 {
+        0.5
+    }
+}
+
+impl Condition for PromptArgs {
+    fn prompt(&self) -> Option<&PromptArgs> {
+        Some(self)
+    }
+}
+
+impl Condition for ImageInputArgs {
+    fn image(&self) -> Option<&ImageInputArgs> {
+        Some(self)
+    }
+}
+
+impl Condition for DualConditionArgs {
+    fn prompt(&self) -> Option<&PromptArgs> {
+        Some(&self.prompt)
+    }
+    fn image(&self) -> Option<&ImageInputArgs> {
+        Some(&self.image)
+    }
+    fn mix(&self) -> f64 {
+        self.mix
+    }
+}
+
+/// A flow's output options: images or texts.
+pub trait FlowOutput {
+    /// These options, by kind.
+    fn kind(&self) -> OutputArgs<'_>;
+}
+
+impl FlowOutput for ImageOutputArgs {
+    fn kind(&self) -> OutputArgs<'_> {
+        OutputArgs::Images(self)
+    }
+}
+
+impl FlowOutput for TextOutputArgs {
+    fn kind(&self) -> OutputArgs<'_> {
+        OutputArgs::Texts(self)
+    }
+}
+
+/// Arguments of `versatile text-to-image`.
+pub type TextToImageArgs = FlowArgs<PromptArgs, ImageOutputArgs>;
+/// Arguments of `versatile image-variation`.
+pub type ImageVariationArgs = FlowArgs<ImageInputArgs, ImageOutputArgs>;
+/// Arguments of `versatile dual-guided`.
+pub type DualGuidedArgs = FlowArgs<DualConditionArgs, ImageOutputArgs>;
 /// Arguments of `versatile image-to-text`.
-#[derive(Debug, Clone, Args)]
-pub struct ImageToTextArgs {
-    #[command(flatten)]
-    pub model: VdModelArgs,
-    #[command(flatten)]
-    pub image: ImageInputArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-    #[command(flatten)]
-    pub output: TextOutputArgs,
-}
-
+pub type ImageToTextArgs = FlowArgs<ImageInputArgs, TextOutputArgs>;
 /// Arguments of `versatile text-variation`.
-#[derive(Debug, Clone, Args)]
-pub struct TextVariationArgs {
-    #[command(flatten)]
-    pub model: VdModelArgs,
-    #[command(flatten)]
-    pub prompt: PromptArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-    #[command(flatten)]
-    pub output: TextOutputArgs,
-}
+pub type TextVariationArgs = FlowArgs<PromptArgs, TextOutputArgs>;
 
 /// Runs a flow on the backend and precision it names.
 pub fn run(args: VersatileArgs) -> anyhow::Result<()> {
@@ -282,9 +345,11 @@ pub fn run(args: VersatileArgs) -> anyhow::Result<()> {
     crate::run_task(task.model.device, task)
 }
 
-/// A flow's output options.
-enum OutputArgs<'a> {
+/// A flow's output options, by kind.
+pub enum OutputArgs<'a> {
+    /// Images.
     Images(&'a ImageOutputArgs),
+    /// Texts.
     Texts(&'a TextOutputArgs),
 }
 
@@ -308,52 +373,39 @@ impl VersatileRun {
     /// Reads the inputs and checks everything that can be checked without the model.
     pub fn new(command: FlowCommand) -> anyhow::Result<Self> {
         use FlowCommand as C;
-        let (flow, model, sampling, prompt, image, mix, output) = match &command {
-            C::TextToImage(a) => {
-                let (f, out) = (Flow::TextToImage, OutputArgs::Images(&a.output));
-                (f, &a.model, &a.sampling, Some(&a.prompt), None, 0.5, out)
-            }
-            C::ImageVariation(a) => {
-                let (f, out) = (Flow::ImageVariation, OutputArgs::Images(&a.output));
-                (f, &a.model, &a.sampling, None, Some(&a.image), 0.5, out)
-            }
-            C::DualGuided(a) => {
-                let (f, out) = (Flow::DualGuided, OutputArgs::Images(&a.output));
-                let (p, i) = (Some(&a.prompt), Some(&a.image));
-                (f, &a.model, &a.sampling, p, i, a.mix, out)
-            }
-            C::ImageToText(a) => {
-                let (f, out) = (Flow::ImageToText, OutputArgs::Texts(&a.output));
-                (f, &a.model, &a.sampling, None, Some(&a.image), 0.5, out)
-            }
-            C::TextVariation(a) => {
-                let (f, out) = (Flow::TextVariation, OutputArgs::Texts(&a.output));
-                (f, &a.model, &a.sampling, Some(&a.prompt), None, 0.5, out)
-            }
-        };
+        match &command {
+            C::TextToImage(args) => Self::checked(Flow::TextToImage, args),
+            C::ImageVariation(args) => Self::checked(Flow::ImageVariation, args),
+            C::DualGuided(args) => Self::checked(Flow::DualGuided, args),
+            C::ImageToText(args) => Self::checked(Flow::ImageToText, args),
+            C::TextVariation(args) => Self::checked(Flow::TextVariation, args),
+        }
+    }
+
+    /// [`VersatileRun::new`] for the arguments of `flow`.
+    fn checked<C: Args + Condition, O: Args + FlowOutput>(
+        flow: Flow,
+        args: &FlowArgs<C, O>,
+    ) -> anyhow::Result<Self> {
+        let (model, sampling, condition) = (&args.model, &args.sampling, &args.condition);
         model.check(flow)?;
+        let mix = condition.mix();
         if !(0.0..=1.0).contains(&mix) {
             bail!("--mix {mix} is outside [0, 1]");
         }
-        let mut generation = Generation {
-            steps: sampling.steps,
-            guidance_scale: sampling.guidance,
-            scheduler: sampling.scheduler,
-            eta: sampling.eta,
-            ..Generation::default()
-        };
+        let mut generation = sampling.denoise.generation(sampling.eta);
         let mut options = VersatileOptions {
             mix,
             ..VersatileOptions::default()
         };
-        if let Some(prompt) = prompt {
+        if let Some(prompt) = condition.prompt() {
             let text = prompt.prompt.as_ref();
             generation.prompt = text
                 .ok_or_else(|| anyhow!("{flow} needs --prompt TEXT"))?
                 .clone();
             generation.negative_prompt = prompt.negative_prompt.clone();
         }
-        let image = match image {
+        let image = match condition.image() {
             Some(args) => {
                 options.uncond_image = args.uncond_image;
                 Some(match (&args.image, &args.image_embeds) {
@@ -367,18 +419,15 @@ impl VersatileRun {
             }
             None => None,
         };
-        let latents = sampling.latents.as_deref().map(read_latents).transpose()?;
-        let batch = latents.as_ref().map(|l| l.shape[0]);
-        let output = match output {
+        let latents = sampling.latents.as_deref();
+        let output = match args.output.kind() {
             OutputArgs::Images(out) => {
-                generation.num_images = out.num_images.or(batch).unwrap_or(1);
-                let (h, w) = latents.as_ref().map(|l| (l.shape[2], l.shape[3])).unzip();
-                generation.width = out.width.or(w.map(|w| w * 8));
-                generation.height = out.height.or(h.map(|h| h * 8));
+                let size = Some(out.size.get());
+                read_latents_into(&mut generation, latents, out.num_images, size)?;
                 Output::Images(out.output.clone())
             }
             OutputArgs::Texts(out) => {
-                generation.num_images = out.num_texts.or(batch).unwrap_or(1);
+                read_latents_into(&mut generation, latents, out.num_texts, None)?;
                 options.decoding = match out.greedy {
                     true => TextDecoding::Greedy,
                     false => TextDecoding::Sample {
@@ -389,14 +438,13 @@ impl VersatileRun {
                 Output::Texts(out.output.clone())
             }
         };
-        generation.latents = latents;
         generation.validate()?;
         match &output {
             Output::Images(path) => check_output(path, "png", generation.num_images)?,
             Output::Texts(Some(path)) => check_output(path, "txt", generation.num_images)?,
             Output::Texts(None) => {}
         }
-        generation.seed = resolve_seed(sampling.seed);
+        generation.seed = resolve_seed(sampling.denoise.seed);
         Ok(Self {
             model: model.clone(),
             flow,
@@ -418,11 +466,12 @@ impl VersatileRun {
 impl VdModelArgs {
     /// Checks that the model, the official files and Optimus are given as `flow` needs.
     fn check(&self, flow: Flow) -> anyhow::Result<()> {
+        let official = &self.official;
         let official_only = [
-            ("--checkpoint-vae", self.checkpoint_vae.is_some()),
-            ("--clip", self.clip.is_some()),
-            ("--clip-vision", self.clip_vision.is_some()),
-            ("--config", self.config.is_some()),
+            ("--checkpoint-vae", official.checkpoint_vae.is_some()),
+            ("--clip", official.clip.is_some()),
+            ("--clip-vision", official.clip_vision.is_some()),
+            ("--config", official.config.is_some()),
         ];
         match (&self.model, &self.checkpoint) {
             (None, None) => bail!(
@@ -434,7 +483,7 @@ impl VdModelArgs {
                 }
             }
             (None, Some(_)) => {
-                if self.checkpoint_vae.is_none() || self.clip.is_none() {
+                if official.checkpoint_vae.is_none() || official.clip.is_none() {
                     bail!(
                         "--checkpoint needs --checkpoint-vae FILE (kl-f8.pth) and --clip DIR (CLIP ViT-L/14)"
                     );
@@ -444,32 +493,15 @@ impl VdModelArgs {
                 }
             }
         }
-        match (&self.optimus_weights, &self.optimus_vocab) {
-            (Some(_), None) => bail!("--optimus-weights needs --optimus-vocab DIR"),
-            (None, Some(_)) => bail!("--optimus-vocab needs --optimus-weights FILE"),
-            (None, None) if flow.output() == Modality::Text => bail!(
-                "{flow} decodes text with Optimus: give --optimus-weights FILE (optimus-vae.pth) and --optimus-vocab DIR (its vocabulary folder)"
-            ),
-            _ => Ok(()),
-        }
+        self.optimus.check(flow)
     }
 
     /// The loading options of `flow` (only its layers; Optimus for text outputs).
     fn options(&self, flow: Flow) -> Result<VersatileModelOptions> {
-        let optimus = match (&self.optimus_weights, &self.optimus_vocab) {
-            (Some(weights), Some(vocab)) if flow.output() == Modality::Text => {
-                let files = OptimusFiles::new(weights, vocab);
-                Some(match &self.optimus_config {
-                    Some(path) => files.with_config(OptimusConfig::from_file(path)?),
-                    None => files,
-                })
-            }
-            _ => None,
-        };
         Ok(VersatileModelOptions {
             variant: self.variant.clone(),
             flows: vec![flow],
-            optimus,
+            optimus: self.optimus.files(flow)?,
             vae: self.vae.clone(),
             tokenizer: self.tokenizer.clone(),
         })
@@ -478,17 +510,18 @@ impl VdModelArgs {
     /// The official files: `checkpoint`, --checkpoint-vae, --clip and the overrides.
     fn official_files(&self, checkpoint: &Path) -> Result<OfficialFiles> {
         let missing = |flag: &str| Error::invalid_input(flag, "--checkpoint needs it");
-        let vae = self.checkpoint_vae.as_ref();
+        let official = &self.official;
+        let vae = official.checkpoint_vae.as_ref();
         let vae = vae.ok_or_else(|| missing("--checkpoint-vae"))?;
-        let clip = self.clip.as_ref().ok_or_else(|| missing("--clip"))?;
+        let clip = official.clip.as_ref().ok_or_else(|| missing("--clip"))?;
         let mut files = OfficialFiles::new(checkpoint, vae, clip);
-        if let Some(dir) = &self.clip_vision {
+        if let Some(dir) = &official.clip_vision {
             files.image_encoder = dir.clone();
         }
         if let Some(dir) = &self.tokenizer {
             files.tokenizer = dir.clone();
         }
-        if let Some(dir) = &self.config {
+        if let Some(dir) = &official.config {
             let unet = |name: &str| UNet2DConditionConfig::from_file(dir.join(name));
             files.image_unet_config = unet("image_unet/config.json")?;
             files.text_unet_config = unet("text_unet/config.json")?;
@@ -510,27 +543,15 @@ fn load_model<B: Backend>(
     flow: Flow,
     device: &B::Device,
 ) -> Result<VersatileDiffusion<B>> {
-    let start = Instant::now();
     let options = args.options(flow)?;
-    let vd = match (&args.model, &args.checkpoint) {
-        (Some(dir), _) => VersatileDiffusion::from_pretrained(dir, &options, device)?,
-        (None, Some(file)) => {
-            VersatileDiffusion::from_official(&args.official_files(file)?, &options, device)?
-        }
-        (None, None) => {
-            return Err(Error::invalid_input(
-                "model",
-                "give --model DIR or --checkpoint FILE",
-            ));
-        }
-    };
-    report_loaded(
+    load_timed::<_, B>(
         &format!("Versatile Diffusion ({flow})"),
-        &B::name(device),
+        (args.model.as_deref(), args.checkpoint.as_deref()),
         args.device.precision,
-        start,
-    );
-    Ok(vd)
+        device,
+        |dir| VersatileDiffusion::from_pretrained(dir, &options, device),
+        |file| VersatileDiffusion::from_official(&args.official_files(file)?, &options, device),
+    )
 }
 
 impl BackendTask for VersatileRun {
