@@ -105,14 +105,9 @@ pub(crate) fn discrete_timestep(t: f64, n: usize) -> Result<usize> {
     Ok(t as usize)
 }
 
-/// diffusers' `DDPMScheduler.add_noise` (shared by DDIM, DDPM and PNDM):
-/// `√ᾱ_t·x0 + √(1 − ᾱ_t)·ε`, in `original`'s dtype.
-pub(crate) fn alpha_add_noise<B: Backend>(
-    alphas_cumprod: &[f32],
-    original: Tensor<B, 4>,
-    noise: Tensor<B, 4>,
-    timestep: f64,
-) -> Tensor<B, 4> {
+/// The factors of diffusers' `DDPMScheduler.add_noise` (shared by DDIM, DDPM and PNDM):
+/// `(√ᾱ_t, √(1 − ᾱ_t))`, for the nearest training timestep.
+pub(crate) fn alpha_noise_scales(alphas_cumprod: &[f32], timestep: f64) -> (f32, f32) {
     let last = alphas_cumprod.len().saturating_sub(1);
     let t = if timestep.is_finite() {
         timestep.round().clamp(0.0, last as f64) as usize
@@ -123,9 +118,7 @@ pub(crate) fn alpha_add_noise<B: Backend>(
         tracing::warn!("add_noise: timestep {timestep} is not a training timestep; using {t}");
     }
     let a = alphas_cumprod[t];
-    original
-        .mul_scalar(a.sqrt())
-        .add(noise.mul_scalar((1.0 - a).sqrt()))
+    (a.sqrt(), (1.0 - a).sqrt())
 }
 
 /// `convert_model_output` of the multistep solvers: the data prediction x0 (`data`) or the

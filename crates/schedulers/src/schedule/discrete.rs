@@ -7,7 +7,7 @@ use prompt_diffusion_core::{Error, Result};
 use super::family::{Family, ScheduleParams};
 use super::{leading_desc, linspace_desc, round_even, trailing_desc};
 use crate::options::{PredictionType, TimestepSpacing};
-use crate::tensor::{alpha_add_noise, discrete_timestep};
+use crate::tensor::{alpha_noise_scales, discrete_timestep};
 
 /// The discrete-timestep family's shared state.
 #[derive(Debug, Clone)]
@@ -130,18 +130,8 @@ impl Family for DiscreteState {
         sample
     }
 
-    fn add_noise<B: Backend>(
-        &self,
-        original: Tensor<B, 4>,
-        noise: Tensor<B, 4>,
-        timestep: f64,
-    ) -> Tensor<B, 4> {
-        alpha_add_noise(
-            &self.params.schedule.alphas_cumprod,
-            original,
-            noise,
-            timestep,
-        )
+    fn noise_scales(&self, timestep: f64) -> (f32, f32) {
+        alpha_noise_scales(&self.params.schedule.alphas_cumprod, timestep)
     }
 
     /// The DDIM/DDPM layout (PNDM lays out its own).

@@ -52,13 +52,8 @@ pub trait Family {
         timestep: f64,
     ) -> Tensor<B, 4>;
 
-    /// [`Scheduler::add_noise`].
-    fn add_noise<B: Backend>(
-        &self,
-        original: Tensor<B, 4>,
-        noise: Tensor<B, 4>,
-        timestep: f64,
-    ) -> Tensor<B, 4>;
+    /// [`Scheduler::add_noise`]'s factors of the original and of the noise at `timestep`.
+    fn noise_scales(&self, timestep: f64) -> (f32, f32);
 
     /// Lays out the family's default schedule for `n` steps (already checked against the
     /// training range).
@@ -207,7 +202,10 @@ impl<B: Backend, R: Rule<B>> Scheduler<B> for R {
         noise: Tensor<B, 4>,
         timestep: f64,
     ) -> Tensor<B, 4> {
-        self.state().add_noise(original, noise, timestep)
+        let (original_scale, noise_scale) = self.state().noise_scales(timestep);
+        original
+            .mul_scalar(original_scale)
+            .add(noise.mul_scalar(noise_scale))
     }
 
     fn set_eta(&mut self, eta: f64) {

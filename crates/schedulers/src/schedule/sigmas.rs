@@ -220,20 +220,13 @@ impl Family for SigmaState {
         sample.div_scalar((sigma * sigma + 1.0).sqrt())
     }
 
-    fn add_noise<B: Backend>(
-        &self,
-        original: Tensor<B, 4>,
-        noise: Tensor<B, 4>,
-        timestep: f64,
-    ) -> Tensor<B, 4> {
+    /// `(1, σ)` in the exploding form, `(α, σ_t)` in the preserving one.
+    fn noise_scales(&self, timestep: f64) -> (f32, f32) {
         let i = self.index.for_add_noise(&self.timesteps, timestep);
         let sigma = self.sigmas.get(i).copied().unwrap_or(0.0);
         match self.form {
-            Form::Exploding => original.add(noise.mul_scalar(sigma)),
-            Form::Preserving => {
-                let (alpha, sigma) = alpha_sigma(sigma);
-                original.mul_scalar(alpha).add(noise.mul_scalar(sigma))
-            }
+            Form::Exploding => (1.0, sigma),
+            Form::Preserving => alpha_sigma(sigma),
         }
     }
 
