@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use safetensors::SafeTensors;
 
-pub type B = burn_ndarray::NdArray<f32>;
+pub type B = prompt_diffusion_core::testing::TestBackend;
 
 /// `fixtures/schedulers/` at the workspace root.
 pub fn fixture_dir() -> PathBuf {
