@@ -2,23 +2,25 @@
 //! (diffusers `StableDiffusionControlNetPipeline`), and the ControlNet-guided text→image run
 //! that [`PromptDiffusion`](super::PromptDiffusion) shares.
 //!
-//! The run is txt2img's: the same prompt encoding, initial latents, scheduler, denoising loop
-//! ([`denoise`]) and decoding, with the ControlNet's residuals added to the UNet's skips and
+//! The run is txt2img's ([`StableDiffusion::text_to_image_with`]): the same prompt encoding,
+//! initial latents, sampler and decoding, with the UNet and the ControlNet paired into one
+//! denoiser ([`Controlled`]), so the ControlNet's residuals are added to the UNet's skips and
 //! mid block at every step.
 
 use std::path::Path;
 
 use burn::prelude::*;
 use image::RgbImage;
-use prompt_diffusion_controlnet_prompt::{ControlNetConfig, ControlNetModel, ControlScales};
+use prompt_diffusion_controlnet_prompt::{
+    ControlHint, ControlNetConfig, ControlNetModel, ControlScales,
+};
 use prompt_diffusion_core::image::{MAX_IMAGE_SIDE, PixelRange, images_to_tensor, resize};
 use prompt_diffusion_core::noise::{NoiseSource, SeededNoise};
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource, open_component_weights};
 use prompt_diffusion_core::{Error, Result};
-use prompt_diffusion_unet::UNetResiduals;
+use prompt_diffusion_unet::{Controlled, ControlledConditioning};
 
-use super::denoise::denoise;
 use super::generation::Generation;
 use super::loading::ModelOptions;
 use super::stable_diffusion::StableDiffusion;
@@ -134,88 +136,23 @@ impl<B: Backend> StableDiffusionControlNet<B> {
         } else {
             ControlScales::Uniform(options.conditioning_scale)
         };
-        let cond_only = guess_mode && guided;
+        let conditional_half_only = guess_mode && guided;
         let n = generation.num_images;
-        let hint = Tensor::cat(vec![hint; if guided && !cond_only { 2 * n } else { n }], 0);
-        let mut residuals = |x: Tensor<B, 4>, t: Tensor<B, 1>, context: Tensor<B, 3>| {
-            if !cond_only {
-                return self
-                    .controlnet
-                    .forward(x, t, context, hint.clone(), &scales);
-            }
-            let cond = self.controlnet.forward(
-                x.narrow(0, n, n),
-                t,
-                context.narrow(0, n, n),
-                hint.clone(),
-                &scales,
-            )?;
-            Ok(zero_unconditional_half(cond))
+        let copies = if guided && !conditional_half_only {
+            2 * n
+        } else {
+            n
         };
-        controlled_text_to_image(
-            &self.sd,
-            generation,
-            (width, height),
-            noise,
-            callback,
-            &mut residuals,
-        )
-    }
-}
-
-/// The ControlNet residuals for the scaled latent input `[(2·)n, c, h, w]`, the timestep and
-/// the text context of one step.
-pub(crate) type ResidualsFn<'a, B> =
-    dyn FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Result<UNetResiduals<B>> + 'a;
-
-/// Text→image of `width`×`height` images with `residuals` added to the UNet at every step.
-pub(crate) fn controlled_text_to_image<B: Backend>(
-    sd: &StableDiffusion<B>,
-    generation: &Generation,
-    (width, height): (usize, usize),
-    noise: &mut dyn NoiseSource,
-    callback: &mut dyn StepCallback,
-    residuals: &mut ResidualsFn<'_, B>,
-) -> Result<Vec<RgbImage>> {
-    let (n, guided) = (generation.num_images, generation.guided());
-    sd.check_memory(width, height, n, guided, 0)?;
-    let context = sd.encode_prompt(generation)?;
-    let mut scheduler = sd.scheduler(generation.scheduler, generation.eta)?;
-    scheduler.set_timesteps(generation.steps)?;
-    let latents = sd.initial_latents(
-        generation,
-        width,
-        height,
-        scheduler.init_noise_sigma(),
-        noise,
-    )?;
-    let timesteps = scheduler.timesteps().to_vec();
-    let unet = &sd.components.unet;
-    let dtype = context.dtype();
-    let mut model = |x: Tensor<B, 4>, t: f64| {
-        let (x, t) = (x.cast(dtype), sd.timestep(t));
-        let added = residuals(x.clone(), t.clone(), context.clone())?;
-        unet.forward_with_residuals(x, t, context.clone(), &added)
-    };
-    let guidance = generation.guided().then_some(generation.guidance_scale);
-    let latents = denoise(
-        scheduler.as_mut(),
-        latents,
-        &timesteps,
-        guidance,
-        &mut model,
-        noise,
-        callback,
-    )?;
-    sd.decode(latents)
-}
-
-/// Residuals of the conditional half, with zeros for the unconditional half before them.
-fn zero_unconditional_half<B: Backend>(cond: UNetResiduals<B>) -> UNetResiduals<B> {
-    let pad = |r: Tensor<B, 4>| Tensor::cat(vec![r.zeros_like(), r], 0);
-    UNetResiduals {
-        down: cond.down.into_iter().map(|r| r.map(pad)).collect(),
-        mid: cond.mid.map(pad),
+        let hint = ControlHint {
+            image: Tensor::cat(vec![hint; copies], 0),
+            scales,
+            conditional_half_only,
+        };
+        let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
+        let conditioning = |context| ControlledConditioning { context, hint };
+        let size = (width, height);
+        self.sd
+            .text_to_image_with(generation, size, &denoiser, conditioning, noise, callback)
     }
 }
 

@@ -17,7 +17,7 @@ use image::RgbImage;
 use prompt_diffusion_clip::{
     CLIPVisionConfig, CLIPVisionModel, ClipTokenizer, clip_image_preprocess,
 };
-use prompt_diffusion_core::image::{MAX_IMAGE_SIDE, PixelRange, images_to_tensor, resize};
+use prompt_diffusion_core::image::{MAX_IMAGE_SIDE, resize};
 use prompt_diffusion_core::noise::{NoiseSource, ReplayNoise, SeededNoise, noise_tensor};
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::weights::LoadOptions;
@@ -26,9 +26,9 @@ use prompt_diffusion_diff_plugin::{
     PluginFiles, PluginSelector, SELECTOR_FILE, Selection, StartLatent, Task, TaskPlugin, select,
     weights,
 };
-use prompt_diffusion_schedulers::{FinalSigmasType, Scheduler, SchedulerKind};
+use prompt_diffusion_schedulers::{FinalSigmasType, Sampler, Scheduler, SchedulerKind};
+use prompt_diffusion_unet::{Controlled, ControlledConditioning};
 
-use super::denoise::denoise;
 use super::stable_diffusion::StableDiffusion;
 
 /// What to restore.
@@ -393,37 +393,20 @@ impl<B: Backend> DiffPlugin<B> {
     ) -> Result<RgbImage> {
         let device = self.sd.device();
         let condition = self.condition(image)?;
-        let mut scheduler = self.scheduler()?;
-        scheduler.set_timesteps(steps)?;
-        let timesteps = scheduler.timesteps().to_vec();
+        let mut sampler = Sampler::new(self.scheduler()?, steps)?;
         let eps = noise_tensor::<B, 4>(noise, condition.dims(), device, DType::F32)?;
         let latents = match task.start_latent() {
-            StartLatent::NoisedCondition => {
-                scheduler.add_noise(condition.clone(), eps, timesteps[0])
-            }
-            StartLatent::PureNoise => eps * scheduler.init_noise_sigma(),
+            StartLatent::NoisedCondition => sampler.noised(condition.clone(), eps),
+            StartLatent::PureNoise => eps * sampler.scheduler().init_noise_sigma(),
         };
-        let dtype = prompt.dtype();
-        let condition = condition.cast(dtype);
-        let unet = &self.sd.components.unet;
-        let mut model = |x: Tensor<B, 4>, t: f64| {
-            let timestep = self.sd.timestep(t);
-            let residuals =
-                plugin
-                    .scb
-                    .residuals(timestep.clone(), prompt.clone(), condition.clone())?;
-            unet.forward_with_residuals(x.cast(dtype), timestep, prompt.clone(), &residuals)
+        let hint = condition.cast(prompt.dtype());
+        let conditioning = ControlledConditioning {
+            context: prompt,
+            hint,
         };
+        let denoiser = Controlled::new(&self.sd.components.unet, &plugin.scb);
         let no_noise = &mut ReplayNoise::default();
-        let latents = denoise(
-            scheduler.as_mut(),
-            latents,
-            &timesteps,
-            None,
-            &mut model,
-            no_noise,
-            callback,
-        )?;
+        let latents = sampler.sample(&denoiser, &conditioning, latents, no_noise, callback)?;
         self.sd
             .decode(latents)?
             .pop()
@@ -443,15 +426,10 @@ impl<B: Backend> DiffPlugin<B> {
     /// # Shapes
     /// → `[1, 4, h/8, w/8]`.
     pub fn condition(&self, image: &RgbImage) -> Result<Tensor<B, 4>> {
-        let vae = &self.sd.components.vae;
-        let dtype = vae.encoder.conv_in.weight.val().dtype();
-        let pixels = images_to_tensor::<B>(
-            std::slice::from_ref(image),
-            PixelRange::MinusOneToOne,
-            self.sd.device(),
-        )?;
-        let mean = vae.encode(pixels.cast(dtype)).mean;
-        Ok(vae.scale_latents(mean).cast(DType::F32))
+        self.sd
+            .components
+            .vae
+            .encode_images(std::slice::from_ref(image))
     }
 
     /// The CLIP vision tower's last hidden state of the (original) image, the TPB's input.

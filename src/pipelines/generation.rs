@@ -123,6 +123,11 @@ impl Generation {
         self.guidance_scale > 1.0
     }
 
+    /// The guidance scale when guidance runs, else `None`.
+    pub fn guidance(&self) -> Option<f64> {
+        self.guided().then_some(self.guidance_scale)
+    }
+
     /// Checks the options that do not depend on the model: at least one step, a finite
     /// guidance scale of magnitude at most [`MAX_GUIDANCE`], 1 to [`MAX_IMAGES`] images, sides
     /// that are positive multiples of 8 up to [`MAX_IMAGE_SIDE`], finite latents.
@@ -176,15 +181,4 @@ impl Generation {
     pub(crate) fn size(&self, native: usize) -> (usize, usize) {
         (self.width.unwrap_or(native), self.height.unwrap_or(native))
     }
-}
-
-/// Checks a strength value of img2img-style pipelines.
-pub(crate) fn check_strength(strength: f64) -> Result<()> {
-    if !(0.0..=1.0).contains(&strength) {
-        return Err(Error::invalid_input(
-            "strength",
-            format!("{strength} is outside [0, 1]"),
-        ));
-    }
-    Ok(())
 }

@@ -12,15 +12,16 @@
 //! (default: the model's native 512) with both sides rounded to multiples of 64; hints are in
 //! [-1, 1] as in training ([`PixelRange::ZeroToOne`] reproduces the diffusers port); under
 //! classifier-free guidance the unconditional branch keeps the pair and the query and only
-//! changes the text. The rest is the txt2img run of
-//! [`controlled_text_to_image`](super::controlnet), with DDIM unless another scheduler is named.
+//! changes the text. The rest is the txt2img run
+//! ([`StableDiffusion::text_to_image_with`]) with the UNet and the ControlNet paired into one
+//! denoiser, with DDIM unless another scheduler is named.
 
 use std::path::Path;
 
 use burn::prelude::*;
 use image::RgbImage;
 use prompt_diffusion_controlnet_prompt::{
-    ControlNetConfig, ControlScales, PromptDiffusionControlNet, UNET_PREFIX,
+    ControlNetConfig, ControlScales, InContextHint, PromptDiffusionControlNet, UNET_PREFIX,
 };
 use prompt_diffusion_core::image::{PixelRange, images_to_tensor, resize};
 use prompt_diffusion_core::noise::{NoiseSource, SeededNoise};
@@ -28,8 +29,9 @@ use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::weights::TensorSource;
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_schedulers::SchedulerKind;
+use prompt_diffusion_unet::{Controlled, ControlledConditioning};
 
-use super::controlnet::{controlled_text_to_image, load_options};
+use super::controlnet::load_options;
 use super::generation::Generation;
 use super::loading::{Components, ModelOptions, require_dir};
 use super::stable_diffusion::StableDiffusion;
@@ -308,14 +310,15 @@ impl<B: Backend> PromptDiffusion<B> {
             let t = images_to_tensor::<B>(&[image], options.hint_range, self.sd.device())?;
             Ok(Tensor::cat(vec![t; n], 0))
         };
-        let pair = Tensor::cat(vec![hint(source)?, hint(target)?], 1);
-        let query = hint(query)?;
-        let scales = &options.control_scales;
-        let mut residuals = |x: Tensor<B, 4>, t: Tensor<B, 1>, context: Tensor<B, 3>| {
-            self.controlnet
-                .forward(x, t, context, pair.clone(), query.clone(), scales)
+        let hint = InContextHint {
+            pair: Tensor::cat(vec![hint(source)?, hint(target)?], 1),
+            query: hint(query)?,
+            scales: options.control_scales.clone(),
         };
-        controlled_text_to_image(&self.sd, &generation, size, noise, callback, &mut residuals)
+        let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
+        let conditioning = |context| ControlledConditioning { context, hint };
+        self.sd
+            .text_to_image_with(&generation, size, &denoiser, conditioning, noise, callback)
     }
 }
 

@@ -8,18 +8,17 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use image::RgbImage;
 use prompt_diffusion_clip::ClipTokenizer;
-use prompt_diffusion_core::finite::{Stage, check_finite};
-use prompt_diffusion_core::image::{PixelRange, images_to_tensor, resize, tensor_to_images};
+use prompt_diffusion_core::denoiser::{Denoiser, Guided};
+use prompt_diffusion_core::image::resize;
 use prompt_diffusion_core::memory::MemoryLimit;
 use prompt_diffusion_core::noise::{NoiseSource, SeededNoise, noise_tensor};
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::{Error, Result};
-use prompt_diffusion_schedulers::{Scheduler, SchedulerKind};
+use prompt_diffusion_schedulers::Sampler;
 use prompt_diffusion_unet::UNet2DConditionConfig;
 use prompt_diffusion_vae::AutoencoderKLConfig;
 
-use super::denoise::denoise;
-use super::generation::{Generation, check_strength};
+use super::generation::Generation;
 use super::loading::{Components, ModelOptions};
 use super::memory::{self, RunShape};
 
@@ -140,29 +139,37 @@ impl<B: Backend> StableDiffusion<B> {
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
         generation.validate()?;
-        let (width, height) = generation.size(self.native_size());
-        let (n, guided) = (generation.num_images, generation.guided());
-        self.check_memory(width, height, n, guided, 0)?;
-        let context = self.encode_prompt(generation)?;
-        let mut scheduler = self.scheduler(generation.scheduler, generation.eta)?;
-        scheduler.set_timesteps(generation.steps)?;
-        let latents = self.initial_latents(
-            generation,
-            width,
-            height,
-            scheduler.init_noise_sigma(),
-            noise,
-        )?;
-        let timesteps = scheduler.timesteps().to_vec();
-        let latents = self.run_unet(
-            scheduler.as_mut(),
-            latents,
-            &timesteps,
-            generation,
-            context,
-            noise,
-            callback,
-        )?;
+        let size = generation.size(self.native_size());
+        let unet = &self.components.unet;
+        self.text_to_image_with(generation, size, unet, |context| context, noise, callback)
+    }
+
+    /// Text→image of `width`×`height` images with any denoiser built on this model's UNet (a
+    /// ControlNet, Prompt Diffusion, …): checks the memory, encodes the prompt, hands the text
+    /// context to `conditioning` to make the denoiser's conditioning, samples from the initial
+    /// latents with classifier-free guidance, and decodes.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`], latents of the wrong shape, the denoiser's errors, or
+    /// [`Error::Cancelled`] from `callback`.
+    pub fn text_to_image_with<D: Denoiser<B>>(
+        &self,
+        generation: &Generation,
+        (width, height): (usize, usize),
+        denoiser: &D,
+        conditioning: impl FnOnce(Tensor<B, 3>) -> D::Conditioning,
+        noise: &mut dyn NoiseSource,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
+        let n = generation.num_images;
+        self.check_memory(width, height, n, generation.guided(), 0)?;
+        let conditioning = conditioning(self.encode_prompt(generation)?);
+        let mut sampler = self.sampler(generation)?;
+        let shape = self.latent_shape(n, width, height);
+        let given = generation.latents.as_ref();
+        let latents = sampler.initial_latents(shape, given, noise, &self.device)?;
+        let denoiser = Guided::new(denoiser, generation.guidance());
+        let latents = sampler.sample(&denoiser, &conditioning, latents, noise, callback)?;
         self.decode(latents)
     }
 
@@ -200,7 +207,7 @@ impl<B: Backend> StableDiffusion<B> {
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
         generation.validate()?;
-        check_strength(strength)?;
+        Sampler::<B>::check_strength(strength)?;
         if generation.latents.is_some() {
             return Err(Error::invalid_input(
                 "latents",
@@ -213,33 +220,13 @@ impl<B: Backend> StableDiffusion<B> {
         self.check_memory(width, height, n, guided, 0)?;
         let image = self.fit_image(image, generation)?;
         let context = self.encode_prompt(generation)?;
-        let mut scheduler = self.scheduler(generation.scheduler, generation.eta)?;
-        scheduler.set_timesteps(generation.steps)?;
-        let start = img2img_start(generation.steps, strength)?;
-        let timesteps = scheduler
-            .timesteps()
-            .get(start..)
-            .unwrap_or_default()
-            .to_vec();
-        let Some(&first) = timesteps.first() else {
-            return Err(Error::invalid_input("strength", "leaves no denoising step"));
-        };
-        scheduler.set_begin_index(start);
-
-        let init = self.encode_image(&image, noise)?;
-        let init = Tensor::cat(vec![init; generation.num_images], 0);
-        let [n, c, h, w] = init.dims();
-        let fresh = noise_tensor::<B, 4>(noise, [n, c, h, w], &self.device, DType::F32)?;
-        let latents = scheduler.add_noise(init, fresh, first);
-        let latents = self.run_unet(
-            scheduler.as_mut(),
-            latents,
-            &timesteps,
-            generation,
-            context,
-            noise,
-            callback,
-        )?;
+        let mut sampler = self.sampler(generation)?.with_strength(strength)?;
+        let init = self.components.vae.sample_images(&[image], noise)?;
+        let init = Tensor::cat(vec![init; n], 0);
+        let eps = noise_tensor::<B, 4>(noise, init.dims(), &self.device, DType::F32)?;
+        let latents = sampler.noised(init, eps);
+        let unet = Guided::new(&self.components.unet, generation.guidance());
+        let latents = sampler.sample(&unet, &context, latents, noise, callback)?;
         self.decode(latents)
     }
 
@@ -266,123 +253,31 @@ impl<B: Backend> StableDiffusion<B> {
         Ok(self.components.text_encoder.forward(ids).last_hidden_state)
     }
 
-    /// Builds the scheduler `kind` (the model's own when `None`) from the model's scheduler
-    /// config.
-    pub fn scheduler(
-        &self,
-        kind: Option<SchedulerKind>,
-        eta: f64,
-    ) -> Result<Box<dyn Scheduler<B>>> {
-        let mut scheduler = self.components.scheduler.build::<B>(kind, &self.device)?;
-        scheduler.set_eta(eta);
-        Ok(scheduler)
-    }
-
-    /// The initial latents for `width`×`height` images: the given latents or seeded noise,
-    /// times `init_sigma` (f32).
+    /// The sampler of `generation`: its scheduler (the model's own when it names none) built
+    /// from the model's scheduler config, with DDIM's η and the timesteps set.
     ///
     /// # Errors
-    /// [`Error::Shape`] when given latents do not fit the size and number of images.
-    pub fn initial_latents(
-        &self,
-        generation: &Generation,
-        width: usize,
-        height: usize,
-        init_sigma: f64,
-        noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor<B, 4>> {
-        let factor = self.components.vae.config().downsampling_factor();
-        let shape = [
-            generation.num_images,
-            self.components.vae.config().latent_channels,
-            height / factor,
-            width / factor,
-        ];
-        let latents = match &generation.latents {
-            Some(data) => {
-                if data.shape.as_slice() != shape {
-                    return Err(Error::Shape {
-                        origin: None,
-                        key: "latents".into(),
-                        expected: format!(
-                            "{shape:?} (number of images, latent channels, height/{factor}, width/{factor})"
-                        ),
-                        found: data.shape.to_vec(),
-                    });
-                }
-                Tensor::from_data(
-                    data.clone().convert_dtype(DType::F32),
-                    (&self.device, DType::F32),
-                )
-            }
-            None => noise_tensor::<B, 4>(noise, shape, &self.device, DType::F32)?,
-        };
-        Ok(latents * init_sigma)
+    /// An unsupported scheduler config or an invalid number of steps.
+    pub fn sampler(&self, generation: &Generation) -> Result<Sampler<B>> {
+        let config = &self.components.scheduler;
+        let (kind, eta, steps) = (generation.scheduler, generation.eta, generation.steps);
+        Sampler::from_config(config, kind, eta, steps, &self.device)
     }
 
-    /// Runs the UNet denoising loop with text `context`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_unet(
-        &self,
-        scheduler: &mut dyn Scheduler<B>,
-        latents: Tensor<B, 4>,
-        timesteps: &[f64],
-        generation: &Generation,
-        context: Tensor<B, 3>,
-        noise: &mut dyn NoiseSource,
-        callback: &mut dyn StepCallback,
-    ) -> Result<Tensor<B, 4>> {
-        let unet = &self.components.unet;
-        let dtype = context.dtype();
-        let mut model = |x: Tensor<B, 4>, t: f64| {
-            unet.forward(x.cast(dtype), self.timestep(t), context.clone())
-        };
-        let guidance = generation.guided().then_some(generation.guidance_scale);
-        denoise(
-            scheduler, latents, timesteps, guidance, &mut model, noise, callback,
-        )
+    /// The latent shape of `n` images of `width`×`height` pixels.
+    pub fn latent_shape(&self, n: usize, width: usize, height: usize) -> [usize; 4] {
+        let vae = self.components.vae.config();
+        let factor = vae.downsampling_factor();
+        [n, vae.latent_channels, height / factor, width / factor]
     }
 
-    /// A one-element timestep tensor.
-    pub fn timestep(&self, t: f64) -> Tensor<B, 1> {
-        Tensor::from_data(
-            TensorData::new(vec![t as f32], [1]),
-            (&self.device, DType::F32),
-        )
-    }
-
-    /// Encodes an image to scaled latents, sampling the posterior with `noise`.
-    ///
-    /// # Shapes
-    /// → `[1, 4, h/8, w/8]` (f32).
-    pub fn encode_image(
-        &self,
-        image: &RgbImage,
-        noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor<B, 4>> {
-        let vae = &self.components.vae;
-        let dtype = vae.encoder.conv_in.weight.val().dtype();
-        let pixels = images_to_tensor::<B>(
-            std::slice::from_ref(image),
-            PixelRange::MinusOneToOne,
-            &self.device,
-        )?;
-        let posterior = vae.encode(pixels.cast(dtype));
-        let eps = noise_tensor::<B, 4>(noise, posterior.mean.dims(), &self.device, dtype)?;
-        Ok(vae.scale_latents(posterior.sample(eps)).cast(DType::F32))
-    }
-
-    /// Decodes scaled latents to images.
+    /// Decodes scaled latents to images ([`AutoencoderKL::decode_to_images`](prompt_diffusion_vae::AutoencoderKL::decode_to_images)).
     ///
     /// # Errors
     /// [`Error::NonFinite`] when the decoded image holds NaN or infinite values (instead of
     /// writing a black image).
     pub fn decode(&self, latents: Tensor<B, 4>) -> Result<Vec<RgbImage>> {
-        let vae = &self.components.vae;
-        let dtype = vae.decoder.conv_in.weight.val().dtype();
-        let image = vae.decode(vae.unscale_latents(latents.cast(dtype)));
-        check_finite(&image, Stage::VaeDecode, dtype)?;
-        tensor_to_images(image, PixelRange::MinusOneToOne)
+        self.components.vae.decode_to_images(latents)
     }
 
     /// The img2img input at the requested size (or its own, floored to a multiple of 8).
@@ -398,18 +293,6 @@ impl<B: Backend> StableDiffusion<B> {
         }
         Ok(resize(image, width as u32, height as u32))
     }
-}
-
-/// The index of the first timestep img2img runs (diffusers' `get_timesteps`).
-fn img2img_start(steps: usize, strength: f64) -> Result<usize> {
-    let init = ((steps as f64 * strength) as usize).min(steps);
-    if init == 0 {
-        return Err(Error::invalid_input(
-            "strength",
-            format!("{strength} × {steps} steps leaves no denoising step"),
-        ));
-    }
-    Ok(steps - init)
 }
 
 /// The image side a UNet was trained at: its `sample_size` × the VAE's downsampling factor

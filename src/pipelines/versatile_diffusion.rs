@@ -1,6 +1,6 @@
 //! `VersatileDiffusion`: the five flows of Versatile Diffusion (X. Xu et al., ICCV 2023) —
 //! text→image, image variation, dual-guided, image→text and text variation — as short
-//! compositions of the versatile-flows crate, the shared [`denoise`] loop and the schedulers.
+//! compositions of the versatile-flows crate and the one [`Sampler`] loop.
 //!
 //! Each flow builds its conditions (normalised CLIP tokens; under classifier-free guidance
 //! `[unconditional; conditional]`), runs the multi-flow diffuser with the flow's data and
@@ -14,19 +14,18 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::DType::F32;
 use image::RgbImage;
-use prompt_diffusion_core::noise::{SeededNoise, noise_tensor};
+use prompt_diffusion_core::Result;
+use prompt_diffusion_core::denoiser::{Denoiser, Guided};
+use prompt_diffusion_core::noise::SeededNoise;
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::weights::LoadOptions;
-use prompt_diffusion_core::{Error, Result};
-use prompt_diffusion_schedulers::SchedulerConfig;
+use prompt_diffusion_schedulers::{Sampler, SchedulerConfig};
 pub use prompt_diffusion_versatile_flows::{
     Flow, ImagePrompt, OfficialFiles, OptimusFiles, TextDecoding, UncondImage,
 };
 use prompt_diffusion_versatile_flows::{FlowInputs, VersatileComponents, VersatileFolders};
 
-use super::denoise::denoise;
 use super::generation::Generation;
 
 /// `scheduler/scheduler_config.json` of `shi-labs/versatile-diffusion` (for the official files).
@@ -249,9 +248,7 @@ impl<B: Backend> VersatileDiffusion<B> {
         generation.validate()?;
         options.decoding.validate()?;
         let components = &self.components;
-        let unet = components.diffuser.data_unet(flow.output());
-        let unet = unet.ok_or_else(|| Error::Unsupported(format!("{flow}: layers not loaded")))?;
-        let dtype = unet.conv_in.dtype();
+        let denoiser = components.diffuser.denoiser(flow.output())?;
         let inputs = FlowInputs {
             prompt: &generation.prompt,
             negative_prompt: generation.negative_prompt.as_deref(),
@@ -261,42 +258,15 @@ impl<B: Backend> VersatileDiffusion<B> {
             samples: generation.num_images,
             guided: generation.guided(),
         };
-        let conditions = components.conditions(flow, &inputs, dtype)?;
-
-        let mut scheduler = self
-            .scheduler
-            .build::<B>(generation.scheduler, &self.device)?;
-        scheduler.set_eta(generation.eta);
-        scheduler.set_timesteps(generation.steps)?;
+        let conditions = components.conditions(flow, &inputs, denoiser.dtype())?;
+        let (kind, eta, steps) = (generation.scheduler, generation.eta, generation.steps);
+        let mut sampler = Sampler::from_config(&self.scheduler, kind, eta, steps, &self.device)?;
         let (n, width, height) = (generation.num_images, generation.width, generation.height);
         let shape = components.latent_shape(flow.output(), n, width, height)?;
         let mut noise = SeededNoise::new(generation.seed);
-        let latents = match &generation.latents {
-            Some(data) if data.shape.as_slice() != shape => {
-                let (key, found) = ("latents".into(), data.shape.to_vec());
-                let expected = format!("{shape:?}");
-                return Err(Error::Shape {
-                    origin: None,
-                    key,
-                    expected,
-                    found,
-                });
-            }
-            Some(data) => Tensor::from_data(data.clone().convert_dtype(F32), (&self.device, F32)),
-            None => noise_tensor::<B, 4>(&mut noise, shape, &self.device, F32)?,
-        };
-        let latents = latents * scheduler.init_noise_sigma();
-        let timesteps = scheduler.timesteps().to_vec();
-        let mut model = |x: Tensor<B, 4>, t: f64| {
-            let t = TensorData::new(vec![t as f32], [1]);
-            let t = Tensor::from_data(t, (&self.device, F32));
-            let diffuser = &components.diffuser;
-            diffuser.forward(x.cast(dtype), t, flow.output(), &conditions)
-        };
-        let guidance = generation.guided().then_some(generation.guidance_scale);
-        let scheduler = scheduler.as_mut();
-        denoise(
-            scheduler, latents, &timesteps, guidance, &mut model, &mut noise, callback,
-        )
+        let given = generation.latents.as_ref();
+        let latents = sampler.initial_latents(shape, given, &mut noise, &self.device)?;
+        let denoiser = Guided::new(denoiser, generation.guidance());
+        sampler.sample(&denoiser, &conditions, latents, &mut noise, callback)
     }
 }

@@ -4,13 +4,18 @@
 //! Prompt Diffusion fine-tunes the UNet's decoder (`output_blocks`, `out`) together with the
 //! ControlNet, so the two must come from the same checkpoint. Building both from one single
 //! file makes pairing the ControlNet with stock SD 1.5's UNet impossible by construction.
+//!
+//! Both ControlNets plug into the one denoising loop as [`UNetControl`]s: paired with a UNet by
+//! [`Controlled`], they form a [`Denoiser`](prompt_diffusion_core::denoiser::Denoiser)
+//! conditioned on the text context and a [`ControlHint`] or an [`InContextHint`].
 
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
-use prompt_diffusion_unet::UNet2DConditionModel;
+use prompt_diffusion_unet::{Controlled, UNet2DConditionModel, UNetControl, UNetResiduals};
 
 use crate::config::ControlNetConfig;
+use crate::controlnet::ControlNetModel;
 use crate::prompt_diffusion::PromptDiffusionControlNet;
 use crate::scales::ControlScales;
 
@@ -76,15 +81,81 @@ impl<B: Backend> PromptDiffusionDenoiser<B> {
         query: Tensor<B, 4>,
         scales: &ControlScales,
     ) -> Result<Tensor<B, 4>> {
-        let residuals = self.controlnet.forward(
-            sample.clone(),
-            timestep.clone(),
-            context.clone(),
+        let hint = InContextHint {
             pair,
             query,
-            scales,
-        )?;
+            scales: scales.clone(),
+        };
+        let residuals =
+            self.controlnet
+                .residuals(sample.clone(), timestep.clone(), context.clone(), &hint)?;
         self.unet
             .forward_with_residuals(sample, timestep, context, &residuals)
+    }
+
+    /// The two models as one [`Denoiser`](prompt_diffusion_core::denoiser::Denoiser)
+    /// (conditioned on the text context and an [`InContextHint`]).
+    pub fn denoiser(&self) -> Controlled<'_, B, PromptDiffusionControlNet<B>> {
+        Controlled::new(&self.unet, &self.controlnet)
+    }
+}
+
+/// The inputs of a standard ControlNet at each step.
+#[derive(Debug, Clone)]
+pub struct ControlHint<B: Backend> {
+    /// The hint image in `[0, 1]`, `[batch, 3, H, W]` (`batch` = the conditional half only in
+    /// guess mode under guidance).
+    pub image: Tensor<B, 4>,
+    /// How the residuals are scaled.
+    pub scales: ControlScales,
+    /// diffusers' guess mode under guidance: the ControlNet runs on the conditional half of
+    /// the batch only, and the unconditional half gets no residuals.
+    pub conditional_half_only: bool,
+}
+
+impl<B: Backend> UNetControl<B> for ControlNetModel<B> {
+    type Hint = ControlHint<B>;
+
+    fn residuals(
+        &self,
+        latents: Tensor<B, 4>,
+        timestep: Tensor<B, 1>,
+        context: Tensor<B, 3>,
+        hint: &ControlHint<B>,
+    ) -> Result<UNetResiduals<B>> {
+        let image = hint.image.clone();
+        if !hint.conditional_half_only {
+            return self.forward(latents, timestep, context, image, &hint.scales);
+        }
+        let n = latents.dims()[0] / 2;
+        let (latents, context) = (latents.narrow(0, n, n), context.narrow(0, n, n));
+        let cond = self.forward(latents, timestep, context, image, &hint.scales)?;
+        Ok(cond.after_zeros())
+    }
+}
+
+/// The inputs of the Prompt Diffusion ControlNet at each step.
+#[derive(Debug, Clone)]
+pub struct InContextHint<B: Backend> {
+    /// The example pair, source and target concatenated along channels, `[batch, 6, H, W]`.
+    pub pair: Tensor<B, 4>,
+    /// The query image, `[batch, 3, H, W]`.
+    pub query: Tensor<B, 4>,
+    /// How the residuals are scaled.
+    pub scales: ControlScales,
+}
+
+impl<B: Backend> UNetControl<B> for PromptDiffusionControlNet<B> {
+    type Hint = InContextHint<B>;
+
+    fn residuals(
+        &self,
+        latents: Tensor<B, 4>,
+        timestep: Tensor<B, 1>,
+        context: Tensor<B, 3>,
+        hint: &InContextHint<B>,
+    ) -> Result<UNetResiduals<B>> {
+        let (pair, query) = (hint.pair.clone(), hint.query.clone());
+        self.forward(latents, timestep, context, pair, query, &hint.scales)
     }
 }

@@ -54,7 +54,7 @@ pub mod weights;
 pub use conditioning_embedding::ControlNetConditioningEmbedding;
 pub use config::{ChannelOrder, ControlNetConfig};
 pub use controlnet::ControlNetModel;
-pub use denoiser::{PromptDiffusionDenoiser, UNET_PREFIX};
+pub use denoiser::{ControlHint, InContextHint, PromptDiffusionDenoiser, UNET_PREFIX};
 pub use prompt_diffusion::{PromptDiffusionControlNet, QUERY_CHANNELS};
 pub use prompt_diffusion_unet::UNetResiduals;
 pub use scales::ControlScales;

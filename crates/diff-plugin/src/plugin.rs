@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use prompt_diffusion_core::weights::LoadOptions;
 use prompt_diffusion_core::{Error, Result};
+use prompt_diffusion_unet::{UNetControl, UNetResiduals};
 
 use crate::{SCBNet, SCBNetConfig, TPBConfig, TPBNet, Task, weights};
 
@@ -32,6 +33,24 @@ pub struct TaskPlugin<B: Backend> {
     pub tpb: TPBNet<B>,
     /// Spatial Complement Branch (z_c, t, F^p → F^s).
     pub scb: SCBNet<B>,
+}
+
+/// The SCB plugs into the one denoising loop as a UNet control model: paired with the frozen
+/// UNet by [`Controlled`](prompt_diffusion_unet::Controlled), with the task prompt F^p as the
+/// text context and the condition latent z_c (in the UNet's dtype) as its hint. It ignores the
+/// noisy latents: F^s depends on z_c, the timestep and F^p only.
+impl<B: Backend> UNetControl<B> for SCBNet<B> {
+    type Hint = Tensor<B, 4>;
+
+    fn residuals(
+        &self,
+        _latents: Tensor<B, 4>,
+        timestep: Tensor<B, 1>,
+        prompt: Tensor<B, 3>,
+        condition: &Tensor<B, 4>,
+    ) -> Result<UNetResiduals<B>> {
+        SCBNet::residuals(self, timestep, prompt, condition.clone())
+    }
 }
 
 /// The files of one plugin.

@@ -8,6 +8,8 @@
 //! * [`config`] — reading reference `config.json` files into typed configs; [`limits`] — the
 //!   bounds every config is checked against, and its agreement with the weight file's header.
 //! * [`memory`], [`finite`] — refusing runs that cannot fit in memory, and failing on NaN/Inf.
+//! * [`denoiser`] — the noise-predictor trait every model implements, and classifier-free
+//!   guidance over any of them.
 //! * [`nn`] — GroupNorm/LayerNorm with f32 statistics, the attention entry point, activations.
 //! * [`image`], [`noise`], [`progress`] — image ⇄ tensor, reproducible noise, step callbacks.
 //! * [`files`] — output files checked before any work and written atomically.
@@ -28,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod denoiser;
 pub mod dtype;
 mod error;
 pub mod files;

@@ -34,6 +34,7 @@ pub mod attention;
 mod config;
 mod context;
 pub mod data_layers;
+mod denoiser;
 pub mod embeddings;
 pub mod resnet_flat;
 pub mod transformer_2d;
@@ -47,6 +48,7 @@ pub use config::{
 };
 pub use context::{ContextTokens, CrossAttentionContext};
 pub use data_layers::{DataDownsample, DataLayerKind, DataProjection, DataResnet, DataUpsample};
+pub use denoiser::{Controlled, ControlledConditioning, UNetControl};
 pub use resnet_flat::{FLAT_SECOND_DIM, LinearMultiDim, ResnetBlockFlat};
 pub use transformer_2d::{Transformer2DConfig, Transformer2DModel};
 pub use trunk::{

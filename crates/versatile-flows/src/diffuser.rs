@@ -13,6 +13,8 @@
 //! UNet's tensors (shared, not copied).
 
 use burn::prelude::*;
+use burn::tensor::DType;
+use prompt_diffusion_core::denoiser::{Denoiser, timestep_tensor};
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_unet::{Transformer2DModel, UNet2DConditionModel, UNetResiduals};
 
@@ -223,6 +225,20 @@ impl<B: Backend> VersatileDiffuser<B> {
         Ok(stats)
     }
 
+    /// The denoiser of the flows that generate `output` (conditioned on their
+    /// [`Condition`]s).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when `output`'s data layers are not loaded.
+    pub fn denoiser(&self, output: Modality) -> Result<FlowDenoiser<'_, B>> {
+        let dtype = self.require_data(output)?.conv_in.dtype();
+        Ok(FlowDenoiser {
+            diffuser: self,
+            output,
+            dtype,
+        })
+    }
+
     fn require_data(&self, modality: Modality) -> Result<&UNet2DConditionModel<B>> {
         self.data_unet(modality).ok_or_else(|| {
             Error::Unsupported(format!(
@@ -275,4 +291,33 @@ fn cross_width<B: Backend>(transformer: &Transformer2DModel<B>) -> usize {
         .first()
         .map(|block| block.attn2.to_k.weight.lazy_shape().dims::<2>()[0])
         .unwrap_or(0)
+}
+
+/// The diffuser generating one modality, as a [`Denoiser`] conditioned on a flow's
+/// [`Condition`]s ([`VersatileDiffuser::denoiser`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FlowDenoiser<'a, B: Backend> {
+    diffuser: &'a VersatileDiffuser<B>,
+    output: Modality,
+    dtype: DType,
+}
+
+impl<B: Backend> Denoiser<B> for FlowDenoiser<'_, B> {
+    type Conditioning = Vec<Condition<B>>;
+
+    fn predict(
+        &self,
+        latents: Tensor<B, 4>,
+        timestep: f64,
+        conditions: &Vec<Condition<B>>,
+    ) -> Result<Tensor<B, 4>> {
+        let timestep = timestep_tensor(timestep, &latents.device());
+        let latents = latents.cast(self.dtype);
+        self.diffuser
+            .forward(latents, timestep, self.output, conditions)
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
 }

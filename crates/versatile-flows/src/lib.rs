@@ -60,7 +60,7 @@ mod params;
 pub mod weights;
 
 pub use context_layers::ContextLayers;
-pub use diffuser::{Condition, VersatileDiffuser};
+pub use diffuser::{Condition, FlowDenoiser, VersatileDiffuser};
 pub use encoders::{
     ClipImageContextEncoder, ClipTextContextEncoder, UncondImage, image_tokens_from_data,
 };

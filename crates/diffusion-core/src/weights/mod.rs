@@ -7,12 +7,14 @@
 
 mod load;
 mod pickle;
+mod pretrained;
 mod source;
 mod torch;
 
 use std::path::{Path, PathBuf};
 
 pub use load::{CastFloats, CheckedData, LoadOptions, SqueezeConv1x1, load_module};
+pub use pretrained::{ComponentConfig, Pretrained};
 pub use source::{DataFn, TensorSource, WeightFormat};
 pub use torch::MAX_PICKLE_BYTES;
 

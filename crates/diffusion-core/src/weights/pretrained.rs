@@ -1,0 +1,90 @@
+//! [`Pretrained`]: one loading convention for every component.
+//!
+//! A component (UNet, VAE, text encoder, ControlNet, …) has a config read from a diffusers
+//! `config.json`, a diffusers class name, weights in diffusers naming (a component folder) and
+//! a key prefix in original single-file checkpoints. It implements [`Pretrained::from_source`]
+//! — build from a config and tensors in any naming its crate's `weights.rs` knows — and gets
+//! [`from_pretrained`](Pretrained::from_pretrained) (a folder) and
+//! [`from_single_file`](Pretrained::from_single_file) (its part of a checkpoint) for free.
+
+use std::path::Path;
+
+use burn::prelude::*;
+
+use super::{LoadOptions, TensorSource, open_component_weights};
+use crate::{Error, Result};
+
+/// A config read from a component's `config.json`.
+pub trait ComponentConfig: Sized {
+    /// Reads and checks the config file.
+    ///
+    /// # Errors
+    /// [`Error::Io`], or [`Error::Config`] naming the file and the field at fault.
+    fn from_file(path: &Path) -> Result<Self>;
+}
+
+/// A model component loaded the same way as every other.
+pub trait Pretrained<B: Backend>: Sized {
+    /// The component's config.
+    type Config: ComponentConfig;
+
+    /// The diffusers class name (`"UNet2DConditionModel"`), used in messages.
+    const CLASS_NAME: &'static str;
+
+    /// The prefix of the component's tensors in an original single-file checkpoint
+    /// (`"model.diffusion_model."` for the SD UNet).
+    const SINGLE_FILE_PREFIX: &'static str;
+
+    /// Builds the component from `config` and tensors in diffusers naming or in the original
+    /// naming (the prefix stripped), converted by the crate's `weights.rs`.
+    ///
+    /// # Errors
+    /// An invalid config, or any missing, unexpected or mis-shaped tensor.
+    fn from_source(
+        config: &Self::Config,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self>;
+
+    /// Loads a diffusers component folder: `config.json` and the weights (in the variant of
+    /// `options` when present).
+    ///
+    /// # Errors
+    /// A missing or invalid config or weight file, or weights that do not match the config.
+    fn from_pretrained(
+        dir: impl AsRef<Path>,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = Self::Config::from_file(&dir.join("config.json"))?;
+        let source = open_component_weights(dir, options.variant.as_deref())?;
+        Self::from_source(&config, &source, options, device)
+    }
+
+    /// Loads the component's part (its [`SINGLE_FILE_PREFIX`](Self::SINGLE_FILE_PREFIX)) of an
+    /// original single-file checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::Format`] when the checkpoint holds no tensor under the prefix; as
+    /// [`from_source`](Self::from_source).
+    fn from_single_file(
+        checkpoint: &TensorSource,
+        config: &Self::Config,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let prefix = Self::SINGLE_FILE_PREFIX;
+        if !checkpoint.has_prefix(prefix) {
+            return Err(Error::format(
+                checkpoint.description(),
+                format!(
+                    "no `{prefix}*` tensors: no {} in this checkpoint",
+                    Self::CLASS_NAME
+                ),
+            ));
+        }
+        Self::from_source(config, &checkpoint.strip_prefix(prefix), options, device)
+    }
+}
