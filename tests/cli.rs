@@ -1,13 +1,25 @@
 //! The `prompt-diffusion` program: bad input exits non-zero with one readable line naming the
 //! problem (never a panic), and the same seed writes the same PNG bytes.
 
+use std::path::Path;
+
 use crate::common::{
     assert_cli_fails as assert_fails, assert_cli_succeeds as assert_succeeds, copy_dir, fixtures,
-    write_f32_safetensors,
+    restore_args, words, write_f32_safetensors,
 };
 
 fn tiny() -> String {
     fixtures().join("tiny-sd").display().to_string()
+}
+
+/// Runs `txt2img` with the tiny model, the prompt "a fox" and `extra`, writing `dir/name`;
+/// asserts that it succeeds and returns the output path.
+fn fox(dir: &Path, name: &str, extra: &[&str]) -> String {
+    let out = dir.join(name).display().to_string();
+    let tiny = tiny();
+    let base = ["--model", tiny.as_str(), "--prompt", "a fox"];
+    assert_succeeds(words("txt2img", &[&base, extra, &["--output", &out]]));
+    out
 }
 
 #[test]
@@ -109,18 +121,10 @@ fn truncated_weights_are_named() {
 
 #[test]
 fn same_seed_writes_identical_png_bytes() {
-    let tiny = tiny();
     let dir = tempfile::tempdir().unwrap();
-    let mut outputs = Vec::new();
-    for name in ["a.png", "b.png"] {
-        let out = dir.path().join(name).display().to_string();
-        let args = [
-            "txt2img", "--model", &tiny, "--prompt", "a fox", "--steps", "3", "--seed", "42",
-            "--output", &out,
-        ];
-        assert_succeeds(args);
-        outputs.push(std::fs::read(&out).unwrap());
-    }
+    let outputs = ["a.png", "b.png"]
+        .map(|name| fox(dir.path(), name, &["--steps", "3", "--seed", "42"]))
+        .map(|out| std::fs::read(out).unwrap());
     assert_eq!(outputs[0], outputs[1]);
     assert!(image::load_from_memory(&outputs[0]).is_ok());
 }
@@ -134,21 +138,12 @@ fn latents_file_sets_batch_and_size() {
         .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
         .collect();
     write_f32_safetensors(&latents, "latents", &values, vec![2, 4, 6, 8]);
-    let out = dir.path().join("batch.png").display().to_string();
     let latents = latents.display().to_string();
-    assert_succeeds([
-        "txt2img",
-        "--model",
-        &tiny,
-        "--prompt",
-        "a fox",
-        "--steps",
-        "2",
-        "--latents",
-        &latents,
-        "--output",
-        &out,
-    ]);
+    fox(
+        dir.path(),
+        "batch.png",
+        &["--steps", "2", "--latents", &latents],
+    );
     for name in ["batch_0.png", "batch_1.png"] {
         let image = image::open(dir.path().join(name)).unwrap();
         assert_eq!((image.width(), image.height()), (64, 48));
@@ -172,32 +167,14 @@ fn latents_file_sets_batch_and_size() {
 
 #[test]
 fn half_precision_images_are_not_black_and_follow_f32() {
-    let tiny = tiny();
     let dir = tempfile::tempdir().unwrap();
-    let mut images = Vec::new();
-    for precision in ["f32", "f16", "bf16"] {
-        let out = dir
-            .path()
-            .join(format!("{precision}.png"))
-            .display()
-            .to_string();
-        assert_succeeds([
-            "txt2img",
-            "--model",
-            &tiny,
-            "--prompt",
-            "a fox",
-            "--steps",
-            "5",
-            "--seed",
-            "3",
-            "--precision",
-            precision,
-            "--output",
-            &out,
-        ]);
-        images.push(image::open(&out).unwrap().to_rgb8());
-    }
+    let images = ["f32", "f16", "bf16"].map(|precision| {
+        let name = format!("{precision}.png");
+        let extra = ["--steps", "5", "--seed", "3", "--precision", precision];
+        image::open(fox(dir.path(), &name, &extra))
+            .unwrap()
+            .to_rgb8()
+    });
     for (image, precision) in images.iter().zip(["f32", "f16", "bf16"]) {
         let pixels = image.as_raw();
         let black = image.pixels().filter(|p| p.0 == [0, 0, 0]).count();
@@ -232,25 +209,14 @@ fn restore_runs_a_task_and_names_bad_input() {
     let input = plugin.join("input.png").display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("restored.png").display().to_string();
-    let base = [
-        "restore",
-        "--model",
-        &tiny,
-        "--clip-vision",
-        &clip,
-        "--plugins",
-        &plugins,
-        "--input",
-        &input,
-        "--size",
-        "64",
-    ];
-    let args: Vec<&str> = base
-        .iter()
-        .copied()
-        .chain(["--task", "derain", "--steps", "3", "--output", &out])
-        .collect();
-    let stdout = assert_succeeds(args);
+    let base = restore_args(&tiny, &clip, &plugins, &["--input", &input, "--size", "64"]);
+    let with = |extra: &[&str]| -> Vec<String> {
+        let extra = extra.iter().map(|s| s.to_string());
+        base.iter().cloned().chain(extra).collect()
+    };
+    let stdout = assert_succeeds(with(&[
+        "--task", "derain", "--steps", "3", "--output", &out,
+    ]));
     assert!(stdout.contains("plugins: derain"), "{stdout}");
     let restored = image::open(&out).unwrap();
     assert_eq!(restored.width().min(restored.height()), 64);
@@ -258,9 +224,12 @@ fn restore_runs_a_task_and_names_bad_input() {
     // The same base as one original checkpoint (configs from the folder): the same bytes.
     let checkpoint = fixtures().join("tiny-sd.safetensors").display().to_string();
     let single = dir.path().join("single.png").display().to_string();
-    let mut args: Vec<&str> = vec!["restore", "--checkpoint", &checkpoint, "--config", &tiny];
+    let mut args = words(
+        "restore",
+        &[&["--checkpoint", &checkpoint, "--config", &tiny]],
+    );
     args.extend_from_slice(&base[3..]);
-    args.extend(["--task", "derain", "--steps", "3", "--output", &single]);
+    args.extend(["--task", "derain", "--steps", "3", "--output", &single].map(String::from));
     assert_succeeds(args);
     assert_eq!(
         std::fs::read(&single).unwrap(),
@@ -268,40 +237,22 @@ fn restore_runs_a_task_and_names_bad_input() {
     );
 
     // An instruction picks the plugins with the selector and chains them.
-    let args: Vec<&str> = base
-        .iter()
-        .copied()
-        .chain([
-            "--instruction",
-            "remove the rain and brighten it",
-            "--steps",
-            "2",
-            "--output",
-            &out,
-        ])
-        .collect();
+    let instruction = "remove the rain and brighten it";
+    let args = with(&[
+        "--instruction",
+        instruction,
+        "--steps",
+        "2",
+        "--output",
+        &out,
+    ]);
     let stdout = assert_succeeds(args);
     assert!(stdout.contains("plugins: "), "{stdout}");
     assert_eq!(image::open(&out).unwrap().height(), 64);
 
-    let args: Vec<&str> = base.iter().copied().chain(["--task", "sharpen"]).collect();
-    assert_fails(&args, &["task", "sharpen"]);
+    assert_fails(&with(&["--task", "sharpen"]), &["task", "sharpen"]);
     let empty = tempfile::tempdir().unwrap();
     let empty = empty.path().display().to_string();
-    let args = [
-        "restore",
-        "--model",
-        &tiny,
-        "--clip-vision",
-        &clip,
-        "--plugins",
-        &empty,
-        "--input",
-        &input,
-        "--task",
-        "derain",
-        "--output",
-        &out,
-    ];
-    assert_fails(&args, &["derain"]);
+    let args = ["--input", &input, "--task", "derain", "--output", &out];
+    assert_fails(&restore_args(&tiny, &clip, &empty, &args), &["derain"]);
 }

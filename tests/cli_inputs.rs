@@ -6,8 +6,9 @@
 use std::process::Command;
 
 use crate::common::{
-    assert_cli_fails, assert_cli_succeeds, assert_one_line_error, copy_dir, fixture, fixtures,
-    run_cli, versatile_args, write_f32_safetensors,
+    assert_cli_fails, assert_cli_succeeds, assert_one_line_error, controlnet_args, copy_dir,
+    fixture, fixtures, in_context_images, restore_args, run_cli, versatile_args,
+    write_f32_safetensors,
 };
 
 /// `base` followed by `extra`, as owned words.
@@ -35,17 +36,7 @@ fn every_float_option_rejects_nan_infinity_and_absurd_values() {
         .collect::<Vec<_>>();
     let in_context = words(&["in-context"], &sd)
         .into_iter()
-        .chain(words(
-            &[
-                "--example-source",
-                &init,
-                "--example-target",
-                &init,
-                "--query",
-                &init,
-            ],
-            &[],
-        ))
+        .chain(words(&in_context_images(&init, &init, &init), &[]))
         .collect::<Vec<_>>();
     let annotate = words(&["annotate", "--kind", "canny", &init, "unused.png"], &[]);
     let t2i = words(&[], &["--prompt", "x"]);
@@ -134,14 +125,7 @@ fn sizes_counts_and_images_are_bounded() {
         &words(&sd, &["--num-images", "100000"]),
         &["number of images", "64"],
     );
-    let pd = [
-        "--example-source",
-        &init,
-        "--example-target",
-        &init,
-        "--query",
-        &init,
-    ];
+    let pd = in_context_images(&init, &init, &init);
     let image_inputs: Vec<Vec<String>> = vec![
         words(
             &[
@@ -155,35 +139,13 @@ fn sizes_counts_and_images_are_bounded() {
             ],
             &[],
         ),
-        words(
-            &[
-                "controlnet",
-                "--model",
-                &tiny,
-                "--prompt",
-                "x",
-                "--controlnet",
-                &tiny,
-            ],
-            &["--hint", &huge],
-        ),
+        controlnet_args(&tiny, &tiny, &["--hint", &huge]),
         words(&["in-context", "--model", &tiny, "--prompt", "x"], &pd)
             .into_iter()
             .map(|w| if w == init { huge.clone() } else { w })
             .collect(),
         words(&["annotate", "--kind", "canny", &huge, "unused.png"], &[]),
-        words(
-            &[
-                "restore",
-                "--model",
-                &tiny,
-                "--clip-vision",
-                &tiny,
-                "--plugins",
-                &tiny,
-            ],
-            &["--task", "derain", "--input", &huge],
-        ),
+        restore_args(&tiny, &tiny, &tiny, &["--task", "derain", "--input", &huge]),
         versatile_args("image-variation")
             .into_iter()
             .chain(words(&["--image", &huge], &[]))
@@ -194,30 +156,13 @@ fn sizes_counts_and_images_are_bounded() {
         fails(&args, &["huge.png", "12000x12000", "8192"]);
         assert!(start.elapsed().as_secs() < 30, "{args:?} was slow to fail");
     }
-    let restore = [
-        "restore",
-        "--model",
-        &tiny,
-        "--clip-vision",
-        &tiny,
-        "--plugins",
-        &tiny,
-    ];
-    let input = ["--task", "derain", "--input", &init];
-    let with = |extra: &[&str]| {
-        words(&restore, &input)
-            .into_iter()
-            .chain(words(extra, &[]))
-            .collect::<Vec<_>>()
-    };
-    fails(&with(&["--size", "100000"]), &["size", "8192"]);
+    let restore = |extra: &[&str]| restore_args(&tiny, &tiny, &tiny, extra);
+    let args = restore(&["--task", "derain", "--input", &init, "--size", "100000"]);
+    fails(&args, &["size", "8192"]);
     let tall = dir.path().join("tall.png");
     image::RgbImage::new(8, 4000).save(&tall).unwrap();
     let tall = tall.display().to_string();
-    let args: Vec<String> = words(
-        &restore,
-        &["--task", "derain", "--input", &tall, "--size", "512"],
-    );
+    let args = restore(&["--task", "derain", "--input", &tall, "--size", "512"]);
     fails(&args, &["256000", "8192"]);
 }
 
@@ -311,20 +256,11 @@ fn a_blank_instruction_is_an_error() {
     let plugins = plugin.join("pre-trained").display().to_string();
     let input = plugin.join("input.png").display().to_string();
     for instruction in ["", "   \t"] {
-        let args = [
-            "restore",
-            "--model",
-            &tiny,
-            "--clip-vision",
-            &clip,
-            "--plugins",
-            &plugins,
-            "--input",
-            &input,
-            "--instruction",
-            instruction,
-        ];
-        assert_cli_fails(&args, &["instruction", "empty"]);
+        let args = ["--input", &input, "--instruction", instruction];
+        assert_cli_fails(
+            &restore_args(&tiny, &clip, &plugins, &args),
+            &["instruction", "empty"],
+        );
     }
 }
 

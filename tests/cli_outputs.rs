@@ -8,7 +8,10 @@ use std::process::Command;
 
 use prompt_diffusion::core::testing::file_names as names;
 
-use crate::common::{assert_cli_succeeds, assert_one_line_error, fixture, run_cli, versatile_args};
+use crate::common::{
+    assert_cli_succeeds, assert_one_line_error, fixture, in_context_images, restore_args, run_cli,
+    versatile_args,
+};
 
 /// Every subcommand that writes files, with arguments that are valid up to the output (the
 /// models are not all loadable: a check after loading would report another error), and the
@@ -21,14 +24,7 @@ fn writers() -> Vec<(Vec<String>, &'static str)> {
         head.extend(words(tail));
         head
     };
-    let images = [
-        "--example-source",
-        &init,
-        "--example-target",
-        &init,
-        "--query",
-        &init,
-    ];
+    let images = in_context_images(&init, &init, &init);
     vec![
         (with(sd("txt2img"), &["--output", "OUT"]), "png"),
         (
@@ -51,21 +47,12 @@ fn writers() -> Vec<(Vec<String>, &'static str)> {
         ),
         (words(&["annotate", "--kind", "canny", &init, "OUT"]), "png"),
         (
-            words(&[
-                "restore",
-                "--model",
+            restore_args(
                 &tiny,
-                "--clip-vision",
                 &tiny,
-                "--plugins",
                 &tiny,
-                "--input",
-                &init,
-                "--task",
-                "derain",
-                "--output",
-                "OUT",
-            ]),
+                &["--input", &init, "--task", "derain", "--output", "OUT"],
+            ),
             "png",
         ),
         (

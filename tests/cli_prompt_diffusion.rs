@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use crate::common::{
-    assert_cli_fails as assert_fails, assert_cli_succeeds as assert_succeeds, copy_dir, fixture,
-    fixtures,
+    assert_cli_fails as assert_fails, assert_cli_succeeds as assert_succeeds, controlnet_args,
+    copy_dir, fixture, fixtures, in_context_images,
 };
 
 /// A diffusers-layout Prompt Diffusion folder (tiny-sd + the tiny ControlNet) in `dir`.
@@ -52,14 +52,7 @@ fn in_context_runs_from_both_layouts_and_resizes_images() {
         fixture("prompt_diffusion/target.png"),
         fixture("prompt_diffusion/query.png"),
     );
-    let images = [
-        "--example-source",
-        source.as_str(),
-        "--example-target",
-        target.as_str(),
-        "--query",
-        query.as_str(),
-    ];
+    let images = in_context_images(&source, &target, &query);
     let out = dir.path().join("folder.png");
     let out_str = out.display().to_string();
     let mut args = in_context(&["--model", &model], &out_str);
@@ -88,16 +81,8 @@ fn in_context_runs_from_both_layouts_and_resizes_images() {
     let out = dir.path().join("resized.png");
     let out_str = out.display().to_string();
     let mut args = in_context(&["--model", &model], &out_str);
-    args.extend_from_slice(&[
-        "--example-source",
-        &small,
-        "--example-target",
-        &target,
-        "--query",
-        &query,
-        "--num-images",
-        "2",
-    ]);
+    args.extend_from_slice(&in_context_images(&small, &target, &query));
+    args.extend_from_slice(&["--num-images", "2"]);
     assert_succeeds(&args);
     assert_eq!(size(&dir.path().join("resized_1.png")), (128, 64));
 }
@@ -200,16 +185,7 @@ fn controlnet_runs_from_a_folder_and_a_file() {
     let mut args = base.to_vec();
     args.extend_from_slice(&["--controlnet", "/no/such/controlnet"]);
     assert_fails(&args, &["/no/such/controlnet"]);
-    let mut args = vec![
-        "controlnet",
-        "--model",
-        &tiny,
-        "--prompt",
-        "x",
-        "--controlnet",
-        &folder_str,
-    ];
-    args.extend_from_slice(&["--hint", "/no/such/hint.png"]);
+    let args = controlnet_args(&tiny, &folder_str, &["--hint", "/no/such/hint.png"]);
     assert_fails(&args, &["/no/such/hint.png"]);
 }
 

@@ -80,8 +80,39 @@ pub fn assert_cli_succeeds<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) 
 }
 
 /// Runs the program with `args` and asserts [`assert_one_line_error`].
-pub fn assert_cli_fails(args: &[&str], needles: &[&str]) {
+pub fn assert_cli_fails<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S], needles: &[&str]) {
     assert_one_line_error(&format!("{args:?}"), &run_cli(args), needles);
+}
+
+/// `command` followed by every word of `parts`, as owned words.
+pub fn words(command: &str, parts: &[&[&str]]) -> Vec<String> {
+    let parts = parts.iter().flat_map(|part| part.iter().copied());
+    std::iter::once(command)
+        .chain(parts)
+        .map(String::from)
+        .collect()
+}
+
+/// The images of an `in-context` command: the example's source and target, and the query.
+pub fn in_context_images<'a>(source: &'a str, target: &'a str, query: &'a str) -> [&'a str; 6] {
+    let [s, t, q] = ["--example-source", "--example-target", "--query"];
+    [s, source, t, target, q, query]
+}
+
+/// A `restore` command: the model, the CLIP vision tower and the Task-Plugins folder, then
+/// `extra`.
+pub fn restore_args(model: &str, clip_vision: &str, plugins: &str, extra: &[&str]) -> Vec<String> {
+    let models = ["--model", model, "--clip-vision", clip_vision];
+    words("restore", &[&models, &["--plugins", plugins], extra])
+}
+
+/// A `controlnet` command with the model, the prompt `x` and the ControlNet, then `extra`.
+pub fn controlnet_args(model: &str, controlnet: &str, extra: &[&str]) -> Vec<String> {
+    let models = ["--model", model, "--prompt", "x"];
+    words(
+        "controlnet",
+        &[&models, &["--controlnet", controlnet], extra],
+    )
 }
 
 /// The reference's uint8 images `[n, h, w, 3]` stored under `key`.
