@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     let tpb = TPBConfig {
         clip_v_dim: clip_config.hidden_size,
         num_cross_proj_layers: 2,
-        out_dim: scb.cross_attention_dim,
+        out_dim: scb.context_width(),
     };
     let plugin = TaskPlugin::<B>::new(&tpb, &scb, &device)?;
     let config = TrainConfig {
