@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::DType;
 use image::RgbImage;
-use prompt_diffusion_clip::{
-    CLIPVisionConfig, CLIPVisionModel, ClipTokenizer, clip_image_preprocess,
-};
+use prompt_diffusion_clip::{CLIPVisionModel, ClipTokenizer};
 use prompt_diffusion_core::image::{MAX_IMAGE_SIDE, resize};
 use prompt_diffusion_core::noise::{NoiseSource, ReplayNoise, SeededNoise, noise_tensor};
 use prompt_diffusion_core::progress::StepCallback;
@@ -111,28 +109,15 @@ impl Restore {
         }
     }
 
-    /// Sets the steps of the first plugin.
-    pub fn with_steps(mut self, steps: usize) -> Self {
-        self.steps = steps;
-        self
-    }
-
-    /// Sets the steps of later plugins in a chain.
-    pub fn with_chain_steps(mut self, steps: usize) -> Self {
-        self.chain_steps = steps;
-        self
-    }
-
-    /// Sets the seed.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Sets the working size.
-    pub fn with_size(mut self, size: WorkingSize) -> Self {
-        self.size = size;
-        self
+    prompt_diffusion_core::setters! {
+        /// Sets the steps of the first plugin.
+        with_steps(steps: usize);
+        /// Sets the steps of later plugins in a chain.
+        with_chain_steps(chain_steps: usize);
+        /// Sets the seed.
+        with_seed(seed: u64);
+        /// Sets the working size.
+        with_size(size: WorkingSize);
     }
 
     /// Checks the options: at least one step, a non-blank instruction, a working size of 1 to
@@ -201,7 +186,6 @@ pub struct DiffPlugin<B: Backend> {
     pub sd: StableDiffusion<B>,
     /// The CLIP vision tower (ViT-L/14 for the released plugins).
     pub image_encoder: CLIPVisionModel<B>,
-    image_size: usize,
     plugins: PathBuf,
     options: LoadOptions,
 }
@@ -220,14 +204,12 @@ impl<B: Backend> DiffPlugin<B> {
     ) -> Result<Self> {
         let dir = clip_vision.as_ref();
         let options = LoadOptions::default();
-        let config = CLIPVisionConfig::from_file(dir.join("config.json"))?;
         let image_encoder = CLIPVisionModel::from_folder(dir, &options, sd.device())?;
         let plugins = plugins.as_ref().to_path_buf();
         super::loading::require_dir(&plugins, "Task-Plugin folder")?;
         Ok(Self {
             sd,
             image_encoder,
-            image_size: config.image_size,
             plugins,
             options,
         })
@@ -437,11 +419,8 @@ impl<B: Backend> DiffPlugin<B> {
     /// # Shapes
     /// → `[1, 1 + patches, width]`.
     pub fn clip_tokens(&self, image: &RgbImage) -> Result<Tensor<B, 3>> {
-        let pixels = clip_image_preprocess::<B>(
-            std::slice::from_ref(image),
-            self.image_size,
-            self.sd.device(),
-        )?;
+        let processor = self.image_encoder.image_processor();
+        let pixels = processor.preprocess::<B>(std::slice::from_ref(image), self.sd.device())?;
         Ok(self.image_encoder.forward(pixels).last_hidden_state)
     }
 

@@ -69,52 +69,27 @@ impl Generation {
         }
     }
 
-    /// Sets the negative prompt.
-    pub fn with_negative_prompt(mut self, negative: impl Into<String>) -> Self {
-        self.negative_prompt = Some(negative.into());
-        self
-    }
-
-    /// Sets the number of steps.
-    pub fn with_steps(mut self, steps: usize) -> Self {
-        self.steps = steps;
-        self
-    }
-
-    /// Sets the guidance scale.
-    pub fn with_guidance_scale(mut self, scale: f64) -> Self {
-        self.guidance_scale = scale;
-        self
-    }
-
-    /// Chooses the scheduler.
-    pub fn with_scheduler(mut self, kind: SchedulerKind) -> Self {
-        self.scheduler = Some(kind);
-        self
+    prompt_diffusion_core::setters! {
+        /// Sets the negative prompt.
+        with_negative_prompt(negative_prompt: impl Into<String>) = Some(negative_prompt.into());
+        /// Sets the number of steps.
+        with_steps(steps: usize);
+        /// Sets the guidance scale.
+        with_guidance_scale(guidance_scale: f64);
+        /// Chooses the scheduler.
+        with_scheduler(scheduler: SchedulerKind) = Some(scheduler);
+        /// Sets the number of images.
+        with_num_images(num_images: usize);
+        /// Sets the seed.
+        with_seed(seed: u64);
+        /// Gives the initial latents.
+        with_latents(latents: TensorData) = Some(latents);
     }
 
     /// Sets the output size in pixels.
     pub fn with_size(mut self, width: usize, height: usize) -> Self {
         self.width = Some(width);
         self.height = Some(height);
-        self
-    }
-
-    /// Sets the number of images.
-    pub fn with_num_images(mut self, n: usize) -> Self {
-        self.num_images = n;
-        self
-    }
-
-    /// Sets the seed.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Gives the initial latents.
-    pub fn with_latents(mut self, latents: TensorData) -> Self {
-        self.latents = Some(latents);
         self
     }
 

@@ -35,22 +35,13 @@ pub struct ModelOptions {
 }
 
 impl ModelOptions {
-    /// Prefers a weight-file variant.
-    pub fn with_variant(mut self, variant: impl Into<String>) -> Self {
-        self.variant = Some(variant.into());
-        self
-    }
-
-    /// Describes a single-file checkpoint by a diffusers folder's configs and tokenizer.
-    pub fn with_config(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.config = Some(dir.into());
-        self
-    }
-
-    /// Sets the memory limit of generations.
-    pub fn with_memory_limit(mut self, limit: MemoryLimit) -> Self {
-        self.memory_limit = limit;
-        self
+    prompt_diffusion_core::setters! {
+        /// Prefers a weight-file variant.
+        with_variant(variant: impl Into<String>) = Some(variant.into());
+        /// Describes a single-file checkpoint by a diffusers folder's configs and tokenizer.
+        with_config(config: impl Into<PathBuf>) = Some(config.into());
+        /// Sets the memory limit of generations.
+        with_memory_limit(memory_limit: MemoryLimit);
     }
 
     pub(crate) fn load_options(&self) -> LoadOptions {

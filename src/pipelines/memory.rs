@@ -105,7 +105,7 @@ pub fn estimate<B: Backend>(
     device: &B::Device,
 ) -> MemoryEstimate {
     let model_dtype = default_float_dtype::<B>(device);
-    let vae_dtype = components.vae.decoder.conv_in.weight.val().dtype();
+    let vae_dtype = components.vae.dtype();
     let weights = weight_bytes(&components.unet, model_dtype)
         .saturating_add(weight_bytes(&components.text_encoder, model_dtype))
         .saturating_add(weight_bytes(&components.vae, vae_dtype))

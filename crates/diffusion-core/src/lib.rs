@@ -41,6 +41,7 @@ pub mod memory;
 pub mod nn;
 pub mod noise;
 pub mod progress;
+mod setters;
 pub mod testing;
 pub mod weights;
 

@@ -30,16 +30,11 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// Options that cast to `dtype`.
-    pub fn with_dtype(mut self, dtype: DType) -> Self {
-        self.dtype = Some(dtype);
-        self
-    }
-
-    /// Prefers the given weight-file variant in diffusers folders.
-    pub fn with_variant(mut self, variant: impl Into<String>) -> Self {
-        self.variant = Some(variant.into());
-        self
+    crate::setters! {
+        /// Options that cast to `dtype`.
+        with_dtype(dtype: DType) = Some(dtype);
+        /// Prefers the given weight-file variant in diffusers folders.
+        with_variant(variant: impl Into<String>) = Some(variant.into());
     }
 
     /// Tolerates unexpected tensors whose name matches `pattern` (a regex).
