@@ -42,6 +42,51 @@ pub fn assert_close<B: Backend, const D: usize>(
     );
 }
 
+/// One fixture file of inputs and reference outputs (written by the fixture tools), read on
+/// the [`TestDevice`].
+#[derive(Debug)]
+pub struct Fixture {
+    /// The file's tensors.
+    pub source: crate::weights::TensorSource,
+    /// The device tensors are read to.
+    pub device: TestDevice,
+}
+
+impl Fixture {
+    /// Opens the fixture file at `path`.
+    ///
+    /// # Panics
+    /// When the file cannot be opened (a test failure).
+    pub fn open(path: impl AsRef<std::path::Path>) -> Self {
+        Self {
+            source: crate::weights::TensorSource::open(path.as_ref()).expect("a fixture file"),
+            device: Default::default(),
+        }
+    }
+
+    /// The tensor `key` as f32.
+    ///
+    /// # Panics
+    /// When the file has no such tensor or its rank is not `D` (a test failure).
+    pub fn t<const D: usize>(&self, key: &str) -> Tensor<TestBackend, D> {
+        self.source.tensor(key, &self.device, None).unwrap()
+    }
+
+    /// The rows of the integer tensor `key` (`[rows, cols]`), as token ids.
+    ///
+    /// # Panics
+    /// When the file has no such tensor or it is not 2-D (a test failure).
+    pub fn ids(&self, key: &str) -> Vec<Vec<u32>> {
+        let data = self.source.data(key).unwrap().convert::<i64>();
+        let cols = data.shape[1];
+        let values: Vec<i64> = data.to_vec().unwrap();
+        values
+            .chunks(cols)
+            .map(|row| row.iter().map(|&v| v as u32).collect())
+            .collect()
+    }
+}
+
 /// Rewrites the zip archive `from` (a `torch.save` checkpoint) into `to`, entry by entry:
 /// `edit` receives each entry's name and bytes and returns the new bytes with the compression
 /// to store them with, or `None` to leave the entry out. Tests make damaged checkpoints with it.

@@ -8,11 +8,32 @@
 //!   `mid.attn_1.{norm,q,k,v,proj_out}` with 1×1-conv weights, `norm_out`, `nin_shortcut`
 //!   (diffusers' `convert_ldm_vae_checkpoint`). The 1×1 weights are squeezed on load.
 
+use burn::prelude::Backend;
+use burn::tensor::DType;
 use prompt_diffusion_core::Result;
+use prompt_diffusion_core::dtype::default_float_dtype;
 use prompt_diffusion_core::limits::HeaderCheck;
-use prompt_diffusion_core::weights::TensorSource;
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 
 use crate::AutoencoderKLConfig;
+
+/// The options to load a VAE of `config` with: `options` with its dtype (an explicit
+/// `options.dtype`, else the device's default float dtype) upcast to f32 when the config has
+/// `force_upcast` and that dtype is not f32.
+pub fn upcast_options<B: Backend>(
+    config: &AutoencoderKLConfig,
+    options: &LoadOptions,
+    device: &B::Device,
+) -> LoadOptions {
+    let mut options = options.clone();
+    let dtype = options
+        .dtype
+        .unwrap_or_else(|| default_float_dtype::<B>(device));
+    if config.force_upcast && dtype != DType::F32 {
+        options.dtype = Some(DType::F32);
+    }
+    options
+}
 
 /// The naming of a VAE weight file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

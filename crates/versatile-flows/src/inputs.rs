@@ -6,8 +6,6 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use image::RgbImage;
 use prompt_diffusion_core::config::OneOrMany;
-use prompt_diffusion_core::finite::{Stage, check_finite};
-use prompt_diffusion_core::image::{PixelRange, tensor_to_images};
 use prompt_diffusion_core::{Error, Result};
 
 use crate::diffuser::Condition;
@@ -167,16 +165,13 @@ impl<B: Backend> VersatileComponents<B> {
         }
     }
 
-    /// VAE-decodes image latents.
+    /// VAE-decodes image latents ([`AutoencoderKL::decode_to_images`](prompt_diffusion_vae::AutoencoderKL::decode_to_images)).
     ///
     /// # Errors
-    /// [`Error::Unsupported`] when the VAE is not loaded.
+    /// [`Error::Unsupported`] when the VAE is not loaded; [`Error::NonFinite`] when the decoded
+    /// image holds NaN or infinite values.
     pub fn decode_images(&self, latents: Tensor<B, 4>) -> Result<Vec<RgbImage>> {
-        let vae = self.vae()?;
-        let dtype = vae.decoder.conv_in.weight.val().dtype();
-        let image = vae.decode(vae.unscale_latents(latents.cast(dtype)));
-        check_finite(&image, Stage::VaeDecode, dtype)?;
-        tensor_to_images(image, PixelRange::MinusOneToOne)
+        self.vae()?.decode_to_images(latents)
     }
 
     /// Optimus-decodes text latents `[n, latent, 1, 1]` (`seed` drives sampling).

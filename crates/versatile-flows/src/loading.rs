@@ -8,11 +8,12 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::DType;
-use prompt_diffusion_core::dtype::default_float_dtype;
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource, open_component_weights};
+use prompt_diffusion_core::weights::{
+    LoadOptions, Pretrained, TensorSource, open_component_weights,
+};
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use prompt_diffusion_vae::weights::upcast_options;
 use prompt_diffusion_vae::{AutoencoderKL, AutoencoderKLConfig};
 
 use crate::context_layers::ContextLayers;
@@ -42,13 +43,8 @@ pub struct VersatileComponents<B: Backend> {
 /// One modality's layers: the whole UNet, or its attentions alone.
 type DiffuserPart<B> = (Option<UNet2DConditionModel<B>>, Option<ContextLayers<B>>);
 
-/// Which components `flows` need.
-fn needs(flows: &[Flow]) -> (LayerGroups, bool, bool) {
-    let groups = LayerGroups::for_flows(flows);
-    let image_out = flows.iter().any(|f| f.output() == Modality::Image);
-    let text_out = flows.iter().any(|f| f.output() == Modality::Text);
-    (groups, image_out, text_out)
-}
+/// A UNet's config and weights (diffusers names), or a VAE's.
+type Weights<C> = (C, TensorSource);
 
 impl<B: Backend> VersatileComponents<B> {
     /// Loads what `flows` need from diffusers folders; Optimus from `optimus` when given.
@@ -63,47 +59,24 @@ impl<B: Backend> VersatileComponents<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let (groups, image_out, text_out) = needs(flows);
-        let part = |dir: &Path, modality: Modality| -> Result<DiffuserPart<B>> {
-            if !groups.data(modality) && !groups.context(modality) {
-                return Ok((None, None));
-            }
-            let config = unet_config(dir)?;
-            let source = open_component_weights(dir, options.variant.as_deref())?;
-            if groups.data(modality) {
-                let unet = UNet2DConditionModel::from_source(&config, &source, options, device)?;
-                return Ok((Some(unet), None));
-            }
-            let layers = ContextLayers::from_unet_source(&config, &source, options, device)?;
-            Ok((None, Some(layers)))
+        let variant = options.variant.as_deref();
+        let unet = |modality: Modality| -> Result<Weights<UNet2DConditionConfig>> {
+            let dir = match modality {
+                Modality::Image => &folders.image_unet,
+                Modality::Text => &folders.text_unet,
+            };
+            Ok((unet_config(dir)?, open_component_weights(dir, variant)?))
         };
-        let (image_unet, image_context) = part(&folders.image_unet, Modality::Image)?;
-        let (text_unet, text_context) = part(&folders.text_unet, Modality::Text)?;
-        let vae = if image_out {
+        let vae = || -> Result<Weights<AutoencoderKLConfig>> {
             let config = AutoencoderKLConfig::from_file(folders.vae.join("config.json"))?;
-            let source = open_component_weights(&folders.vae, options.variant.as_deref())?;
-            Some(AutoencoderKL::from_source(
-                &config,
-                &source,
-                &vae_options::<B>(&config, options, device),
-                device,
-            )?)
-        } else {
-            None
+            Ok((config, open_component_weights(&folders.vae, variant)?))
         };
-        Self::assemble(
-            VersatileDiffuser::new(image_unet, text_unet, image_context, text_context)?,
-            (
-                &folders.text_encoder,
-                &folders.image_encoder,
-                &folders.tokenizer,
-            ),
-            vae,
-            optimus.filter(|_| text_out),
-            groups,
-            options,
-            device,
-        )
+        let clip = (
+            folders.text_encoder.as_path(),
+            folders.image_encoder.as_path(),
+            folders.tokenizer.as_path(),
+        );
+        Self::load(flows, unet, vae, clip, optimus, options, device)
     }
 
     /// Loads what `flows` need from the official checkpoints; Optimus from `optimus` when given.
@@ -118,49 +91,68 @@ impl<B: Backend> VersatileComponents<B> {
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let (groups, image_out, text_out) = needs(flows);
         let checkpoint = TensorSource::open(&files.diffuser)?;
-        let part =
-            |modality: Modality, config: &UNet2DConditionConfig| -> Result<DiffuserPart<B>> {
-                if !groups.data(modality) && !groups.context(modality) {
-                    return Ok((None, None));
-                }
-                let source = official_diffuser_source(&checkpoint, modality, config)?;
-                if groups.data(modality) {
-                    Ok((
-                        Some(UNet2DConditionModel::from_source(
-                            config, &source, options, device,
-                        )?),
-                        None,
-                    ))
-                } else {
-                    Ok((
-                        None,
-                        Some(ContextLayers::from_unet_source(
-                            config, &source, options, device,
-                        )?),
-                    ))
-                }
+        let unet = |modality: Modality| -> Result<Weights<UNet2DConditionConfig>> {
+            let config = match modality {
+                Modality::Image => &files.image_unet_config,
+                Modality::Text => &files.text_unet_config,
             };
-        let (image_unet, image_context) = part(Modality::Image, &files.image_unet_config)?;
-        let (text_unet, text_context) = part(Modality::Text, &files.text_unet_config)?;
-        let vae = if image_out {
-            let source = kl_f8_source(&TensorSource::open(&files.vae)?)?;
-            let config = &files.vae_config;
-            Some(AutoencoderKL::from_source(
-                config,
-                &source,
-                &vae_options::<B>(config, options, device),
-                device,
-            )?)
-        } else {
-            None
+            let source = official_diffuser_source(&checkpoint, modality, config)?;
+            Ok((config.clone(), source))
         };
+        let vae = || -> Result<Weights<AutoencoderKLConfig>> {
+            let source = kl_f8_source(&TensorSource::open(&files.vae)?)?;
+            Ok((files.vae_config.clone(), source))
+        };
+        let clip = (
+            files.text_encoder.as_path(),
+            files.image_encoder.as_path(),
+            files.tokenizer.as_path(),
+        );
+        Self::load(flows, unet, vae, clip, optimus, options, device)
+    }
+
+    /// Loads what `flows` need: per modality the whole UNet when a flow generates it, its
+    /// attentions alone when flows only condition on it (`unet` gives its weights); the VAE
+    /// (`vae`) for image outputs, Optimus for text outputs, the CLIP towers from `clip` (text
+    /// encoder, image encoder and tokenizer folders) for the conditions.
+    fn load(
+        flows: &[Flow],
+        unet: impl Fn(Modality) -> Result<Weights<UNet2DConditionConfig>>,
+        vae: impl FnOnce() -> Result<Weights<AutoencoderKLConfig>>,
+        clip: (&Path, &Path, &Path),
+        optimus: Option<&OptimusFiles>,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let groups = LayerGroups::for_flows(flows);
+        let output = |modality| flows.iter().any(|f| f.output() == modality);
+        let part = |modality: Modality| -> Result<DiffuserPart<B>> {
+            if !groups.data(modality) && !groups.context(modality) {
+                return Ok((None, None));
+            }
+            let (config, source) = unet(modality)?;
+            if groups.data(modality) {
+                let unet = UNet2DConditionModel::from_source(&config, &source, options, device)?;
+                return Ok((Some(unet), None));
+            }
+            let layers = ContextLayers::from_unet_source(&config, &source, options, device)?;
+            Ok((None, Some(layers)))
+        };
+        let (image_unet, image_context) = part(Modality::Image)?;
+        let (text_unet, text_context) = part(Modality::Text)?;
+        let vae = output(Modality::Image)
+            .then(|| -> Result<_> {
+                let (config, source) = vae()?;
+                let vae_options = upcast_options::<B>(&config, options, device);
+                AutoencoderKL::from_source(&config, &source, &vae_options, device)
+            })
+            .transpose()?;
         Self::assemble(
             VersatileDiffuser::new(image_unet, text_unet, image_context, text_context)?,
-            (&files.text_encoder, &files.image_encoder, &files.tokenizer),
+            clip,
             vae,
-            optimus.filter(|_| text_out),
+            optimus.filter(|_| output(Modality::Text)),
             groups,
             options,
             device,
@@ -241,20 +233,4 @@ fn unet_config(dir: &Path) -> Result<UNet2DConditionConfig> {
         object.remove("dual_cross_attention");
     }
     UNet2DConditionConfig::from_json(&value.to_string()).map_err(|e| e.with_config_origin(&path))
-}
-
-/// The VAE runs in f32 when the model is half precision and its config asks for upcasting.
-fn vae_options<B: Backend>(
-    config: &AutoencoderKLConfig,
-    options: &LoadOptions,
-    device: &B::Device,
-) -> LoadOptions {
-    let mut options = options.clone();
-    let dtype = options
-        .dtype
-        .unwrap_or_else(|| default_float_dtype::<B>(device));
-    if config.force_upcast && dtype != DType::F32 {
-        options.dtype = Some(DType::F32);
-    }
-    options
 }

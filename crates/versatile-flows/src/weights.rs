@@ -57,6 +57,13 @@ pub fn official_unet_table(config: &UNet2DConditionConfig) -> Result<Vec<Entry>>
         table.push(entry(format!("context_blocks.{c}.0"), diffusers, false));
         c += 1;
     };
+    // The image UNet's samplers are `op`/`conv` convolutions (diffusers `conv`); the text
+    // UNet's are the layers themselves.
+    let (down_op, up_op, sampler) = if flat {
+        ("", "", "")
+    } else {
+        (".op", ".conv", ".conv")
+    };
     data(&mut table, "", "conv_in".into(), false);
     for (i, &count) in layers.iter().enumerate() {
         for j in 0..count {
@@ -66,13 +73,8 @@ pub fn official_unet_table(config: &UNet2DConditionConfig) -> Result<Vec<Entry>>
             }
         }
         if i + 1 < n {
-            let (suffix, module) = if flat { ("", "") } else { (".op", ".conv") };
-            data(
-                &mut table,
-                suffix,
-                format!("down_blocks.{i}.downsamplers.0{module}"),
-                false,
-            );
+            let name = format!("down_blocks.{i}.downsamplers.0{sampler}");
+            data(&mut table, down_op, name, false);
         }
     }
     data(&mut table, "", "mid_block.resnets.0".into(), true);
@@ -86,13 +88,8 @@ pub fn official_unet_table(config: &UNet2DConditionConfig) -> Result<Vec<Entry>>
             }
         }
         if b + 1 < n {
-            let (suffix, module) = if flat { ("", "") } else { (".conv", ".conv") };
-            data(
-                &mut table,
-                suffix,
-                format!("up_blocks.{b}.upsamplers.0{module}"),
-                false,
-            );
+            let name = format!("up_blocks.{b}.upsamplers.0{sampler}");
+            data(&mut table, up_op, name, false);
         }
     }
     table.push(entry(

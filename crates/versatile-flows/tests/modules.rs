@@ -1,7 +1,7 @@
 //! Module parity with diffusers/transformers (`fixtures/versatile/io.safetensors`): the flat
 //! layers, every flow's UNet forward, dual attention, and the normalised CLIP contexts.
 
-use crate::common::{B, Io, load};
+use crate::common::{B, Io, load, versatile};
 use burn::prelude::*;
 use image::RgbImage;
 use prompt_diffusion_core::testing::{assert_close, max_abs_diff};
@@ -10,7 +10,7 @@ use prompt_diffusion_versatile_flows::{Condition, Flow, Modality, UncondImage};
 
 #[test]
 fn flat_layers_match_diffusers() {
-    let io = Io::open("io.safetensors");
+    let io = Io::open(versatile("io.safetensors"));
     let vd = load(&[Flow::TextVariation]);
     let text_unet = vd.diffuser.text_unet.as_ref().unwrap();
     let DataResnet::Flat(resnet) = &text_unet.down_blocks[2].resnets[0] else {
@@ -40,7 +40,7 @@ fn flat_layers_match_diffusers() {
 
 #[test]
 fn every_flow_matches_diffusers_unets() {
-    let io = Io::open("io.safetensors");
+    let io = Io::open(versatile("io.safetensors"));
     let vd = load(&[
         Flow::TextToImage,
         Flow::ImageVariation,
@@ -70,7 +70,7 @@ fn every_flow_matches_diffusers_unets() {
 
 #[test]
 fn dual_attention_matches_diffusers_and_reduces_to_single_contexts() {
-    let io = Io::open("io.safetensors");
+    let io = Io::open(versatile("io.safetensors"));
     let vd = load(&[Flow::DualGuided, Flow::ImageToText]);
     let forward = |output, text_ratio: f64| {
         let sample = match output {
@@ -114,7 +114,7 @@ fn dual_attention_matches_diffusers_and_reduces_to_single_contexts() {
 
 #[test]
 fn clip_contexts_are_normalised_as_diffusers() {
-    let io = Io::open("io.safetensors");
+    let io = Io::open(versatile("io.safetensors"));
     let vd = load(&[Flow::DualGuided]);
     let text = vd.text_encoder().unwrap();
     let ids = io.ids("encode.text.ids");

@@ -56,7 +56,7 @@ fn tokenizers_match_transformers() {
 
 #[test]
 fn encoder_and_decoder_match_the_reference() {
-    let io = Io::open("io.safetensors");
+    let io = Io::open(versatile("io.safetensors"));
     let model = optimus();
     let sentences = [
         "A red car parked in the sun.",
@@ -76,7 +76,7 @@ fn encoder_and_decoder_match_the_reference() {
 
 #[test]
 fn greedy_decoding_reproduces_the_reference_ids() {
-    let io = Io::open("io.safetensors");
+    let io = Io::open(versatile("io.safetensors"));
     let cases = cases();
     let model = optimus();
     let ids = model

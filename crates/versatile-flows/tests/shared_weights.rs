@@ -1,7 +1,7 @@
 //! One copy of the shared layers: the four flows (and dual guidance) run on the same loaded
 //! tensors — counted by parameter id, each shared tensor once.
 
-use crate::common::{Io, load};
+use crate::common::{Io, load, versatile};
 use prompt_diffusion_versatile_flows::{Condition, Flow, Modality, ParamCounter, param_ids};
 
 #[test]
@@ -21,7 +21,7 @@ fn switching_flows_keeps_one_copy_of_the_shared_weights() {
     let held = diffuser.parameters();
     assert_eq!(held.params + global.params, unets.params);
 
-    let io = Io::open("io.safetensors");
+    let io = Io::open(versatile("io.safetensors"));
     let ids_before = param_ids(diffuser);
     let mut per_flow = 0;
     for flow in [

@@ -155,7 +155,7 @@ fn text_unet_has_the_reference_parameter_shapes() {
 
 #[test]
 fn official_checkpoints_load_to_identical_outputs() {
-    let io = Io::open("io.safetensors");
+    let io = Io::open(versatile("io.safetensors"));
     let device = Default::default();
     let official = VersatileComponents::<B>::from_official(
         &official_files(),
@@ -218,7 +218,7 @@ fn only_the_layers_a_flow_needs_are_loaded() {
     assert!(t2i.diffuser.text_unet.is_none() && t2i.diffuser.text_context.is_some());
     assert!(t2i.image_encoder.is_none() && t2i.optimus.is_none() && t2i.vae.is_some());
     assert!(!t2i.diffuser.supports(Flow::ImageToText));
-    let io = Io::open("io.safetensors");
+    let io = Io::open(versatile("io.safetensors"));
     let err = t2i
         .diffuser
         .forward(
@@ -273,7 +273,7 @@ fn an_image_unet_saved_with_dual_attention_loads() {
         &Default::default(),
     );
     std::fs::remove_dir_all(&dir).unwrap();
-    let io = Io::open("io.safetensors");
+    let io = Io::open(versatile("io.safetensors"));
     let out = vd
         .unwrap()
         .diffuser

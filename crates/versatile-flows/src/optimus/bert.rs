@@ -62,12 +62,19 @@ pub struct BertAttention<B: Backend> {
     pub output: BertResidual<B>,
 }
 
-/// The MLP's first projection (`BertIntermediate`).
+/// One projection: the MLP's first (`BertIntermediate`, `hidden → intermediate`) or the
+/// pooler's (`BertPooler`, `hidden → hidden`).
 #[derive(Module, Debug)]
-pub struct BertIntermediate<B: Backend> {
-    /// `hidden → intermediate`.
+pub struct BertDense<B: Backend> {
+    /// The projection.
     pub dense: Linear<B>,
 }
+
+/// The MLP's first projection (`BertIntermediate`).
+pub type BertIntermediate<B> = BertDense<B>;
+
+/// `tanh(dense(token 0))` (`BertPooler`).
+pub type BertPooler<B> = BertDense<B>;
 
 /// One transformer layer (`BertLayer`).
 #[derive(Module, Debug)]
@@ -111,13 +118,6 @@ impl<B: Backend> BertLayer<B> {
 pub struct BertEncoder<B: Backend> {
     /// The layers.
     pub layer: Vec<BertLayer<B>>,
-}
-
-/// `tanh(dense(token 0))` (`BertPooler`).
-#[derive(Module, Debug)]
-pub struct BertPooler<B: Backend> {
-    /// `hidden → hidden`.
-    pub dense: Linear<B>,
 }
 
 /// BERT with the latent connector (`BertForLatentConnector_XX`).
@@ -166,7 +166,7 @@ impl<B: Backend> BertForLatentConnector<B> {
                                 layer_norm: norm(),
                             },
                         },
-                        intermediate: BertIntermediate {
+                        intermediate: BertDense {
                             dense: linear(h, c.intermediate_size),
                         },
                         output: BertResidual {
@@ -178,7 +178,7 @@ impl<B: Backend> BertForLatentConnector<B> {
                     })
                     .collect(),
             },
-            pooler: BertPooler {
+            pooler: BertDense {
                 dense: linear(h, h),
             },
             linear: LinearConfig::new(h, 2 * config.latent_size)

@@ -24,8 +24,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 
 pub use bert::{
-    BertAttention, BertEmbeddings, BertEncoder, BertForLatentConnector, BertIntermediate,
-    BertLayer, BertPooler, BertResidual, BertSelfAttention,
+    BertAttention, BertDense, BertEmbeddings, BertEncoder, BertForLatentConnector,
+    BertIntermediate, BertLayer, BertPooler, BertResidual, BertSelfAttention,
 };
 pub use config::{BertConfig, Gpt2Config, OptimusConfig};
 pub use decoding::{MAX_LENGTH, TextDecoding, decode_tokens};
@@ -87,36 +87,32 @@ impl<B: Backend> OptimusVae<B> {
 pub fn check_weights(config: &OptimusConfig, source: &TensorSource) -> Result<()> {
     let check = HeaderCheck::new(source, "Optimus");
     let (e, d) = (&config.encoder, &config.decoder);
-    let field = format!(
-        "encoder.vocab_size = {}, encoder.hidden_size = {}",
-        e.vocab_size, e.hidden_size
-    );
-    let key = "encoder.embeddings.word_embeddings.weight";
-    check.shape_is(key, &[e.vocab_size, e.hidden_size], &field)?;
-    let field = format!("encoder.num_hidden_layers = {}", e.num_hidden_layers);
-    let (prefix, suffix) = ("encoder.encoder.layer.", ".output.dense.weight");
-    check.count_is(prefix, suffix, e.num_hidden_layers, &field, "layers")?;
-    let field = format!(
-        "decoder.vocab_size = {}, decoder.n_embd = {}",
-        d.vocab_size, d.n_embd
-    );
-    check.shape_is(
-        "decoder.transformer.wte.weight",
-        &[d.vocab_size, d.n_embd],
-        &field,
+    // `[rows, cols]` of an embedding table, each named by its config field.
+    let table = |key: &str, (rows, r): (&str, usize), (cols, c): (&str, usize)| {
+        check.shape_is(key, &[r, c], &format!("{rows} = {r}, {cols} = {c}"))
+    };
+    // The number of layers `prefix.N.suffix`, named by its config field.
+    let layers = |prefix: &str, suffix: &str, (field, n): (&str, usize)| {
+        check.count_is(prefix, suffix, n, &format!("{field} = {n}"), "layers")
+    };
+    let hidden = ("encoder.hidden_size", e.hidden_size);
+    let n_embd = ("decoder.n_embd", d.n_embd);
+    table(
+        "encoder.embeddings.word_embeddings.weight",
+        ("encoder.vocab_size", e.vocab_size),
+        hidden,
     )?;
-    let field = format!(
-        "decoder.n_positions = {}, decoder.n_embd = {}",
-        d.n_positions, d.n_embd
-    );
-    check.shape_is(
-        "decoder.transformer.wpe.weight",
-        &[d.n_positions, d.n_embd],
-        &field,
+    layers(
+        "encoder.encoder.layer.",
+        ".output.dense.weight",
+        ("encoder.num_hidden_layers", e.num_hidden_layers),
     )?;
-    let field = format!("decoder.n_layer = {}", d.n_layer);
-    let (prefix, suffix) = ("decoder.transformer.h.", ".attn.c_attn.weight");
-    check.count_is(prefix, suffix, d.n_layer, &field, "layers")
+    let vocab = ("decoder.vocab_size", d.vocab_size);
+    table("decoder.transformer.wte.weight", vocab, n_embd)?;
+    let positions = ("decoder.n_positions", d.n_positions);
+    table("decoder.transformer.wpe.weight", positions, n_embd)?;
+    let n_layer = ("decoder.n_layer", d.n_layer);
+    layers("decoder.transformer.h.", ".attn.c_attn.weight", n_layer)
 }
 
 /// Optimus with its tokenizers: text ⇄ latent.

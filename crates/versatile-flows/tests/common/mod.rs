@@ -4,9 +4,8 @@
 
 use std::path::PathBuf;
 
-use burn::prelude::*;
-use prompt_diffusion_core::testing::{TestBackend, TestDevice};
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
+use prompt_diffusion_core::testing::TestBackend;
+use prompt_diffusion_core::weights::LoadOptions;
 use prompt_diffusion_unet::UNet2DConditionConfig;
 use prompt_diffusion_vae::AutoencoderKLConfig;
 use prompt_diffusion_versatile_flows::{
@@ -69,33 +68,7 @@ pub fn load(flows: &[Flow]) -> VersatileComponents<B> {
 }
 
 /// Inputs and reference outputs of one fixture file, read as f32.
-pub struct Io {
-    pub source: TensorSource,
-    pub device: TestDevice,
-}
-
-impl Io {
-    pub fn open(name: &str) -> Self {
-        Self {
-            source: TensorSource::open(versatile(name)).unwrap(),
-            device: Default::default(),
-        }
-    }
-
-    pub fn t<const D: usize>(&self, key: &str) -> Tensor<B, D> {
-        self.source.tensor(key, &self.device, None).unwrap()
-    }
-
-    pub fn ids(&self, key: &str) -> Vec<Vec<u32>> {
-        let data = self.source.data(key).unwrap().convert::<i64>();
-        let cols = data.shape[1];
-        let values: Vec<i64> = data.to_vec().unwrap();
-        values
-            .chunks(cols)
-            .map(|row| row.iter().map(|&v| v as u32).collect())
-            .collect()
-    }
-}
+pub use prompt_diffusion_core::testing::Fixture as Io;
 
 /// `fixtures/versatile/cases.json`.
 pub fn cases() -> serde_json::Value {
