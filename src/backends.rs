@@ -84,15 +84,11 @@ impl FromStr for BackendKind {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
+        let known = Self::ALL
             .into_iter()
-            .find(|k| k.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                Error::invalid_input(
-                    "backend",
-                    format!("`{s}` is not one of ndarray, flex, wgpu, cuda"),
-                )
-            })
+            .find(|k| k.name().eq_ignore_ascii_case(s));
+        let message = || format!("`{s}` is not one of ndarray, flex, wgpu, cuda");
+        known.ok_or_else(|| Error::invalid_input("backend", message()))
     }
 }
 

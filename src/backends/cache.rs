@@ -197,28 +197,24 @@ pub fn device_memory<B: Backend>(device: &B::Device) -> Option<DeviceMemory> {
     let any: &dyn std::any::Any = device;
     #[cfg(feature = "wgpu")]
     if let Some(device) = any.downcast_ref::<burn_wgpu::WgpuDevice>() {
-        use cubecl::Runtime;
-        let usage = cubecl::wgpu::WgpuRuntime::client(device)
-            .memory_usage()
-            .ok()?;
-        return Some(DeviceMemory {
-            bytes_in_use: usage.bytes_in_use,
-            bytes_reserved: usage.bytes_reserved,
-        });
+        return runtime_memory::<cubecl::wgpu::WgpuRuntime>(device);
     }
     #[cfg(feature = "cuda")]
     if let Some(device) = any.downcast_ref::<burn_cuda::CudaDevice>() {
-        use cubecl::Runtime;
-        let usage = cubecl::cuda::CudaRuntime::client(device)
-            .memory_usage()
-            .ok()?;
-        return Some(DeviceMemory {
-            bytes_in_use: usage.bytes_in_use,
-            bytes_reserved: usage.bytes_reserved,
-        });
+        return runtime_memory::<cubecl::cuda::CudaRuntime>(device);
     }
     let _ = any;
     None
+}
+
+/// The memory a cubecl runtime's client reports for `device`.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn runtime_memory<R: cubecl::Runtime>(device: &R::Device) -> Option<DeviceMemory> {
+    let usage = R::client(device).memory_usage().ok()?;
+    Some(DeviceMemory {
+        bytes_in_use: usage.bytes_in_use,
+        bytes_reserved: usage.bytes_reserved,
+    })
 }
 
 #[cfg(test)]
