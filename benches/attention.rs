@@ -13,22 +13,18 @@
 mod common;
 
 use burn::prelude::*;
-use common::{AttentionShape, BenchEnv, bench_env, bench_id, randn, sync};
-use criterion::{Criterion, criterion_group, criterion_main};
-use prompt_diffusion::backends::{BackendTask, run_on};
+use common::{AttentionShape, BenchEnv, CriterionBench, bench_id, randn, sync};
+use criterion::Criterion;
+use prompt_diffusion::core::Result;
 use prompt_diffusion::core::nn::{AttentionOptions, attention};
 
-struct Attention<'a> {
-    criterion: &'a mut Criterion,
-    env: BenchEnv,
-}
+/// Attention at every shape of the environment's size.
+struct Attention;
 
-impl BackendTask for Attention<'_> {
-    type Output = ();
-
-    fn run<B: Backend>(self, device: B::Device) -> prompt_diffusion::core::Result<()> {
-        let mut group = self.criterion.benchmark_group("attention");
-        for shape in common::attention_shapes(self.env.size) {
+impl CriterionBench for Attention {
+    fn run<B: Backend>(criterion: &mut Criterion, env: BenchEnv, device: B::Device) -> Result<()> {
+        let mut group = criterion.benchmark_group("attention");
+        for shape in common::attention_shapes(env.size) {
             let AttentionShape {
                 batch,
                 heads,
@@ -45,7 +41,7 @@ impl BackendTask for Attention<'_> {
                 out
             };
             run(); // compile kernels and autotune before timing
-            let id = bench_id::<B>("attention", &device, &self.env, &shape.label());
+            let id = bench_id::<B>("attention", &device, &env, &shape.label());
             group.bench_function(id.trim_start_matches("attention/"), |b| b.iter(&mut run));
         }
         group.finish();
@@ -53,15 +49,4 @@ impl BackendTask for Attention<'_> {
     }
 }
 
-fn attention_shapes(c: &mut Criterion) {
-    let env = bench_env();
-    let task = Attention { criterion: c, env };
-    run_on(env.backend, env.precision, task).expect("benchmark run");
-}
-
-criterion_group! {
-    name = benches;
-    config = common::criterion();
-    targets = attention_shapes
-}
-criterion_main!(benches);
+common::bench_main!(Attention);

@@ -14,11 +14,11 @@
 mod common;
 
 use burn::prelude::*;
-use common::{BenchEnv, StepInputs, bench_env, bench_id, context_width, randn, sync};
-use criterion::{Criterion, criterion_group, criterion_main};
-use prompt_diffusion::backends::{BackendTask, run_on};
+use common::{
+    BenchEnv, ControlNetStep, CriterionBench, StepInputs, bench_id, context_width, randn, sync,
+};
+use criterion::Criterion;
 use prompt_diffusion::clip::CLIPTextModel;
-use prompt_diffusion::controlnet::{ControlNetModel, ControlScales};
 use prompt_diffusion::core::Result;
 use prompt_diffusion::core::nn::channels_last_conv_weights;
 use prompt_diffusion::unet::UNet2DConditionModel;
@@ -30,16 +30,11 @@ fn bench<O>(c: &mut Criterion, id: &str, mut step: impl FnMut() -> O) {
     c.bench_function(id, |b| b.iter(&mut step));
 }
 
-struct Components<'a> {
-    criterion: &'a mut Criterion,
-    env: BenchEnv,
-}
+/// The components around the UNet step.
+struct Components;
 
-impl BackendTask for Components<'_> {
-    type Output = ();
-
-    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        let (c, env) = (self.criterion, self.env);
+impl CriterionBench for Components {
+    fn run<B: Backend>(c: &mut Criterion, env: BenchEnv, device: B::Device) -> Result<()> {
         let configs = env.size.configs()?;
         let latent = env.size.latent();
         let image = latent * configs.vae.downsampling_factor();
@@ -49,14 +44,8 @@ impl BackendTask for Components<'_> {
         {
             let unet =
                 channels_last_conv_weights(UNet2DConditionModel::<B>::new(&configs.unet, &device)?);
-            let controlnet = channels_last_conv_weights(ControlNetModel::<B>::new(
-                &configs.controlnet,
-                &device,
-            )?);
+            let controlnet = ControlNetStep::<B>::new(&configs, latent, &device)?;
             let x = StepInputs::<B>::new(latent, width, &device);
-            let hint_side = latent * configs.controlnet.hint_downscale_factor();
-            let hint = randn::<B, 4>([2, 3, hint_side, hint_side], &device);
-            let scales = ControlScales::default();
             let id = bench_id::<B>(
                 "controlnet_unet_step",
                 &device,
@@ -64,23 +53,7 @@ impl BackendTask for Components<'_> {
                 &format!("{latent}x{latent}"),
             );
             bench(c, &id, || {
-                let residuals = controlnet
-                    .forward(
-                        x.sample.clone(),
-                        x.timestep.clone(),
-                        x.context.clone(),
-                        hint.clone(),
-                        &scales,
-                    )
-                    .expect("valid controlnet inputs");
-                let out = unet
-                    .forward_with_residuals(
-                        x.sample.clone(),
-                        x.timestep.clone(),
-                        x.context.clone(),
-                        &residuals,
-                    )
-                    .expect("valid unet inputs");
+                let out = controlnet.run(&unet, &x);
                 sync();
                 out
             });
@@ -116,14 +89,4 @@ impl BackendTask for Components<'_> {
     }
 }
 
-fn components(c: &mut Criterion) {
-    let env = bench_env();
-    run_on(env.backend, env.precision, Components { criterion: c, env }).expect("benchmark run");
-}
-
-criterion_group! {
-    name = benches;
-    config = common::criterion();
-    targets = components
-}
-criterion_main!(benches);
+common::bench_main!(Components);

@@ -11,26 +11,22 @@
 mod common;
 
 use burn::prelude::*;
-use common::{BenchEnv, bench_env, bench_id};
-use criterion::{Criterion, criterion_group, criterion_main};
+use common::{BenchEnv, CriterionBench, bench_id};
+use criterion::Criterion;
 use prompt_diffusion::Generation;
-use prompt_diffusion::backends::{BackendTask, run_on};
+use prompt_diffusion::core::Result;
 use prompt_diffusion::core::progress::NoProgress;
 
 /// Denoising steps of the benchmarked generation.
 const STEPS: usize = 25;
 
-struct Pipeline<'a> {
-    criterion: &'a mut Criterion,
-    env: BenchEnv,
-}
+/// A whole txt2img generation.
+struct Pipeline;
 
-impl BackendTask for Pipeline<'_> {
-    type Output = ();
-
-    fn run<B: Backend>(self, device: B::Device) -> prompt_diffusion::core::Result<()> {
-        let sd = common::pipeline::<B>(self.env.size, &device)?;
-        let side = self.env.size.latent() * 8;
+impl CriterionBench for Pipeline {
+    fn run<B: Backend>(criterion: &mut Criterion, env: BenchEnv, device: B::Device) -> Result<()> {
+        let sd = common::pipeline::<B>(env.size, &device)?;
+        let side = env.size.latent() * 8;
         let generation = Generation::new("a photograph of an astronaut riding a horse")
             .with_steps(STEPS)
             .with_size(side, side)
@@ -43,10 +39,10 @@ impl BackendTask for Pipeline<'_> {
         let id = bench_id::<B>(
             "txt2img",
             &device,
-            &self.env,
+            &env,
             &format!("{side}x{side}-{STEPS}steps"),
         );
-        let mut group = self.criterion.benchmark_group("pipeline");
+        let mut group = criterion.benchmark_group("pipeline");
         group.sample_size(10);
         group.bench_function(id, |b| b.iter(&mut run));
         group.finish();
@@ -54,14 +50,4 @@ impl BackendTask for Pipeline<'_> {
     }
 }
 
-fn pipeline(c: &mut Criterion) {
-    let env = bench_env();
-    run_on(env.backend, env.precision, Pipeline { criterion: c, env }).expect("benchmark run");
-}
-
-criterion_group! {
-    name = benches;
-    config = common::criterion();
-    targets = pipeline
-}
-criterion_main!(benches);
+common::bench_main!(Pipeline);

@@ -22,11 +22,10 @@
 mod common;
 
 use burn::prelude::*;
-use common::{Size, StepInputs, context_width, median_ms, randn};
+use common::{ControlNetStep, Size, StepInputs, context_width, median_ms, randn};
 use prompt_diffusion::Generation;
 use prompt_diffusion::backends::{BackendTask, device_memory, run_on};
 use prompt_diffusion::clip::CLIPTextModel;
-use prompt_diffusion::controlnet::{ControlNetModel, ControlScales};
 use prompt_diffusion::core::nn::channels_last_conv_weights;
 use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::unet::UNet2DConditionModel;
@@ -105,30 +104,9 @@ impl BackendTask for Bench {
                 report("unet_step_ms", "unet CFG step (batch 2)", ms);
             }
             if self.wants("controlnet") {
-                let controlnet = channels_last_conv_weights(ControlNetModel::<B>::new(
-                    &configs.controlnet,
-                    &device,
-                )?);
-                let side = latent * configs.controlnet.hint_downscale_factor();
-                let hint = randn::<B, 4>([2, 3, side, side], &device);
-                let scales = ControlScales::default();
+                let controlnet = ControlNetStep::<B>::new(&configs, latent, &device)?;
                 let ms = median_ms(runs, || {
-                    let residuals = controlnet
-                        .forward(
-                            x.sample.clone(),
-                            x.timestep.clone(),
-                            x.context.clone(),
-                            hint.clone(),
-                            &scales,
-                        )
-                        .expect("controlnet");
-                    unet.forward_with_residuals(
-                        x.sample.clone(),
-                        x.timestep.clone(),
-                        x.context.clone(),
-                        &residuals,
-                    )
-                    .expect("unet");
+                    controlnet.run(&unet, &x);
                     sync();
                 });
                 peak.sample::<B>(&device);

@@ -16,6 +16,7 @@
 //!     --prompt "a house by a lake" --out out/
 //! ```
 
+use prompt_diffusion::core::weights::Pretrained;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -132,7 +133,8 @@ pub fn load<B: Backend>(models: &Models, device: &B::Device) -> Result<Systems<B
     } else if pd.join("controlnet").is_dir() {
         PromptDiffusion::from_pretrained(pd, &ModelOptions::default(), device)?
     } else {
-        let controlnet = PromptDiffusionControlNet::from_folder(pd, &Default::default(), device)?;
+        let controlnet =
+            PromptDiffusionControlNet::from_pretrained(pd, &Default::default(), device)?;
         PromptDiffusion::new(share(&plugin.sd), controlnet)
     };
     let options = &models.versatile_options;

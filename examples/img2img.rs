@@ -10,15 +10,16 @@ use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let model = args.next().unwrap_or_else(|| "fixtures/tiny-sd".into());
-    let input = args
-        .next()
-        .unwrap_or_else(|| "fixtures/pipeline/init.png".into());
-    let prompt = args
-        .next()
-        .unwrap_or_else(|| "a snowy landscape, oil painting".into());
-    let output = args.next().unwrap_or_else(|| "img2img.png".into());
+    // The arguments, each with its default.
+    let defaults = [
+        "fixtures/tiny-sd",
+        "fixtures/pipeline/init.png",
+        "a snowy landscape, oil painting",
+        "img2img.png",
+    ];
+    let given: Vec<String> = std::env::args().skip(1).collect();
+    let [model, input, prompt, output] =
+        std::array::from_fn(|i| given.get(i).map_or(defaults[i], String::as_str).to_string());
 
     let device = NdArrayDevice::Cpu;
     // A single-file checkpoint loads the same way:

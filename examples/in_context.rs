@@ -10,6 +10,7 @@
 //!     "a house in the snow" out.png
 //! ```
 
+use prompt_diffusion::core::weights::Pretrained;
 use std::ops::ControlFlow;
 
 use burn_ndarray::{NdArray, NdArrayDevice};
@@ -51,7 +52,7 @@ fn main() -> anyhow::Result<()> {
             &ModelOptions::default(),
             &device,
         )?;
-        let controlnet = PromptDiffusionControlNet::from_folder(
+        let controlnet = PromptDiffusionControlNet::from_pretrained(
             "fixtures/controlnet/prompt-diffusion",
             &Default::default(),
             &device,

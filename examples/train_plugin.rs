@@ -11,6 +11,7 @@
 //!     fixtures/diff_plugin/clip-vision my-pairs out 50 1e-3
 //! ```
 
+use prompt_diffusion::core::weights::Pretrained;
 use std::ops::ControlFlow;
 
 use burn::module::AutodiffModule;
@@ -46,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let frozen = FrozenModels {
         unet: components.unet,
         vae: components.vae.valid(),
-        image_encoder: CLIPVisionModel::<NdArray>::from_folder(
+        image_encoder: CLIPVisionModel::<NdArray>::from_pretrained(
             clip,
             &LoadOptions::default(),
             &device,

@@ -4,6 +4,7 @@
 //! the original single checkpoint.
 
 use crate::common::{assert_images_close, copy_dir, expected, fixtures};
+use prompt_diffusion::core::weights::Pretrained;
 use std::path::{Path, PathBuf};
 
 use burn_ndarray::{NdArray, NdArrayDevice};
@@ -204,7 +205,7 @@ fn tiny_pd() -> PromptDiffusion<B> {
         &DEVICE,
     )
     .unwrap();
-    let controlnet = prompt_diffusion::controlnet::PromptDiffusionControlNet::from_folder(
+    let controlnet = prompt_diffusion::controlnet::PromptDiffusionControlNet::from_pretrained(
         fixtures().join("controlnet/prompt-diffusion"),
         &Default::default(),
         &DEVICE,

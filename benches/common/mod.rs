@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use prompt_diffusion::backends::BackendKind;
+use prompt_diffusion::backends::{BackendKind, BackendTask, run_on};
 use prompt_diffusion::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
-use prompt_diffusion::controlnet::ControlNetConfig;
+use prompt_diffusion::controlnet::{ControlNetConfig, ControlNetModel, ControlScales};
 use prompt_diffusion::core::nn::channels_last_conv_weights;
 use prompt_diffusion::core::{Precision, Result};
 use prompt_diffusion::pipelines::Components;
@@ -187,6 +187,102 @@ impl<B: Backend> StepInputs<B> {
         }
     }
 }
+
+/// A ControlNet with random weights, its hint and its scales, for one classifier-free-guidance
+/// step (batch 2).
+pub struct ControlNetStep<B: Backend> {
+    /// The ControlNet.
+    pub controlnet: ControlNetModel<B>,
+    /// Hint `[2, 3, latent·f, latent·f]`, `f` the ControlNet's hint downscale factor.
+    pub hint: Tensor<B, 4>,
+    /// Residual scales (the default: 1 everywhere).
+    pub scales: ControlScales,
+}
+
+impl<B: Backend> ControlNetStep<B> {
+    /// The ControlNet of `configs` and a random hint for `latent`² latents.
+    pub fn new(configs: &Configs, latent: usize, device: &B::Device) -> Result<Self> {
+        let controlnet = ControlNetModel::<B>::new(&configs.controlnet, device)?;
+        let side = latent * configs.controlnet.hint_downscale_factor();
+        Ok(Self {
+            controlnet: channels_last_conv_weights(controlnet),
+            hint: randn([2, 3, side, side], device),
+            scales: ControlScales::default(),
+        })
+    }
+
+    /// The ControlNet's residuals on `x`, then `unet`'s step with them.
+    pub fn run(&self, unet: &UNet2DConditionModel<B>, x: &StepInputs<B>) -> Tensor<B, 4> {
+        let residuals = self
+            .controlnet
+            .forward(
+                x.sample.clone(),
+                x.timestep.clone(),
+                x.context.clone(),
+                self.hint.clone(),
+                &self.scales,
+            )
+            .expect("valid controlnet inputs");
+        let (sample, timestep, context) = (x.sample.clone(), x.timestep.clone(), x.context.clone());
+        unet.forward_with_residuals(sample, timestep, context, &residuals)
+            .expect("valid unet inputs")
+    }
+}
+
+/// A criterion bench run on the backend and precision [`bench_env`] reads.
+pub trait CriterionBench {
+    /// Registers and runs the benchmarks on `device`.
+    fn run<B: Backend>(
+        criterion: &mut criterion::Criterion,
+        env: BenchEnv,
+        device: B::Device,
+    ) -> Result<()>;
+}
+
+/// A [`CriterionBench`] as a backend task.
+struct CriterionTask<'a, T> {
+    criterion: &'a mut criterion::Criterion,
+    env: BenchEnv,
+    bench: std::marker::PhantomData<T>,
+}
+
+impl<T: CriterionBench> BackendTask for CriterionTask<'_, T> {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        T::run::<B>(self.criterion, self.env, device)
+    }
+}
+
+/// Runs the [`CriterionBench`] `T` on the backend and precision [`bench_env`] reads.
+pub fn run_bench<T: CriterionBench>(criterion: &mut criterion::Criterion) {
+    let env = bench_env();
+    let bench = std::marker::PhantomData::<T>;
+    let task = CriterionTask {
+        criterion,
+        env,
+        bench,
+    };
+    run_on(env.backend, env.precision, task).expect("benchmark run");
+}
+
+/// The bench binary's `main`: runs the [`CriterionBench`] `$bench` with [`criterion`]'s settings.
+#[allow(unused_macros)]
+macro_rules! bench_main {
+    ($bench:ty) => {
+        fn run_benches(c: &mut criterion::Criterion) {
+            $crate::common::run_bench::<$bench>(c);
+        }
+        criterion::criterion_group! {
+            name = benches;
+            config = $crate::common::criterion();
+            targets = run_benches
+        }
+        criterion::criterion_main!(benches);
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use bench_main;
 
 /// The UNet's context width.
 pub fn context_width(config: &UNet2DConditionConfig) -> usize {

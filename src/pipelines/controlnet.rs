@@ -7,6 +7,7 @@
 //! denoiser ([`Controlled`]), so the ControlNet's residuals are added to the UNet's skips and
 //! mid block at every step.
 
+use prompt_diffusion_core::weights::Pretrained;
 use std::path::Path;
 
 use burn::prelude::*;

@@ -9,6 +9,7 @@
 //! each on the previous one's output, the first with `steps` steps and the others with
 //! `chain_steps`.
 
+use prompt_diffusion_core::weights::Pretrained;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
@@ -204,7 +205,7 @@ impl<B: Backend> DiffPlugin<B> {
     ) -> Result<Self> {
         let dir = clip_vision.as_ref();
         let options = LoadOptions::default();
-        let image_encoder = CLIPVisionModel::from_folder(dir, &options, sd.device())?;
+        let image_encoder = CLIPVisionModel::from_pretrained(dir, &options, sd.device())?;
         let plugins = plugins.as_ref().to_path_buf();
         super::loading::require_dir(&plugins, "Task-Plugin folder")?;
         Ok(Self {

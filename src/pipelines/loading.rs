@@ -2,22 +2,21 @@
 //! (`model_index.json` + component folders) and original single-file checkpoints
 //! (`.safetensors`/`.ckpt` with the LDM prefixes).
 
+use prompt_diffusion_core::weights::Pretrained;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::DType;
 use prompt_diffusion_clip::{
     CLIPTextConfig, CLIPTextModel, ClipTokenizer, weights as clip_weights,
 };
 use prompt_diffusion_core::config::OneOrMany;
-use prompt_diffusion_core::dtype::default_float_dtype;
 use prompt_diffusion_core::memory::MemoryLimit;
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_schedulers::SchedulerConfig;
 use prompt_diffusion_unet::{UNet2DConditionConfig, UNet2DConditionModel};
-use prompt_diffusion_vae::{AutoencoderKL, AutoencoderKLConfig};
+use prompt_diffusion_vae::{AutoencoderKL, AutoencoderKLConfig, upcast_options};
 
 /// How weights are read.
 #[derive(Debug, Clone, Default)]
@@ -99,20 +98,6 @@ pub(crate) fn check_model_index(dir: &Path) -> Result<()> {
     }
 }
 
-/// The dtype the VAE runs in: f32 when the pipeline is in half precision and the VAE's config
-/// asks for upcasting (diffusers' `force_upcast`, SD's VAE overflows in f16).
-pub(crate) fn vae_options<B: Backend>(
-    config: &AutoencoderKLConfig,
-    options: &LoadOptions,
-    device: &B::Device,
-) -> LoadOptions {
-    let mut options = options.clone();
-    if config.force_upcast && default_float_dtype::<B>(device) != DType::F32 {
-        options.dtype = Some(DType::F32);
-    }
-    options
-}
-
 impl<B: Backend> Components<B> {
     /// Loads a diffusers pipeline folder (`tokenizer/`, `text_encoder/`, `unet/`, `vae/`,
     /// `scheduler/`).
@@ -130,20 +115,12 @@ impl<B: Backend> Components<B> {
         check_model_index(dir)?;
         let load = options.load_options();
         let vae_config = AutoencoderKLConfig::from_file(dir.join("vae/config.json"))?;
-        let vae_source = prompt_diffusion_core::weights::open_component_weights(
-            dir.join("vae"),
-            load.variant.as_deref(),
-        )?;
+        let vae_load = upcast_options::<B>(&vae_config, &load, device);
         Ok(Self {
             tokenizer: ClipTokenizer::from_folder(dir.join("tokenizer"))?,
-            text_encoder: CLIPTextModel::from_folder(dir.join("text_encoder"), &load, device)?,
-            unet: UNet2DConditionModel::from_folder(dir.join("unet"), &load, device)?,
-            vae: AutoencoderKL::from_source(
-                &vae_config,
-                &vae_source,
-                &vae_options::<B>(&vae_config, &load, device),
-                device,
-            )?,
+            text_encoder: CLIPTextModel::from_pretrained(dir.join("text_encoder"), &load, device)?,
+            unet: UNet2DConditionModel::from_pretrained(dir.join("unet"), &load, device)?,
+            vae: AutoencoderKL::from_pretrained(dir.join("vae"), &vae_load, device)?,
             scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
         })
     }
@@ -198,24 +175,8 @@ impl<B: Backend> Components<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let load = options.load_options();
-        let unet_source = checkpoint.strip_prefix("model.diffusion_model.");
-        if unet_source.is_empty() {
-            return Err(Error::format(
-                checkpoint.description(),
-                "no UNet tensors (`model.diffusion_model.*`): not a Stable Diffusion checkpoint",
-            ));
-        }
-        let vae_source = if checkpoint.has_prefix("first_stage_model.") {
-            checkpoint.strip_prefix("first_stage_model.")
-        } else {
-            checkpoint.strip_prefix("vae.")
-        };
-        if vae_source.is_empty() {
-            return Err(Error::format(
-                checkpoint.description(),
-                "no VAE tensors (`first_stage_model.*`)",
-            ));
-        }
+        let unet_source = UNet2DConditionModel::<B>::single_file_tensors(checkpoint)?;
+        let vae_source = AutoencoderKL::<B>::single_file_tensors(checkpoint)?;
         let family = Family::detect(checkpoint)?;
         let (unet_config, vae_config, text_config, scheduler) = match &options.config {
             Some(dir) => {
@@ -229,6 +190,7 @@ impl<B: Backend> Components<B> {
             }
             None => family.configs(&unet_source)?,
         };
+        let vae_load = upcast_options::<B>(&vae_config, &load, device);
         let tokenizer = match (&options.config, family) {
             (Some(dir), _) => ClipTokenizer::from_folder(dir.join("tokenizer"))?,
             (None, Family::Sd1) => ClipTokenizer::openai_clip()?,
@@ -244,14 +206,9 @@ impl<B: Backend> Components<B> {
         };
         Ok(Self {
             tokenizer,
-            text_encoder: CLIPTextModel::from_source(text_config, &text_source, &load, device)?,
+            text_encoder: CLIPTextModel::from_source(&text_config, &text_source, &load, device)?,
             unet: UNet2DConditionModel::from_source(&unet_config, &unet_source, &load, device)?,
-            vae: AutoencoderKL::from_source(
-                &vae_config,
-                &vae_source,
-                &vae_options::<B>(&vae_config, &load, device),
-                device,
-            )?,
+            vae: AutoencoderKL::from_source(&vae_config, &vae_source, &vae_load, device)?,
             scheduler,
         })
     }

@@ -30,7 +30,7 @@ use prompt_diffusion_core::weights::open_component_weights;
 use prompt_diffusion_unet::UNet2DConditionConfig;
 use prompt_diffusion_vae::AutoencoderKLConfig;
 
-use super::loading::{Components, check_model_index, require_dir, vae_options};
+use super::loading::{Components, check_model_index, require_dir};
 use super::stable_diffusion::native_size;
 use super::{Generation, ModelOptions};
 
@@ -239,7 +239,7 @@ pub fn check_folder<B: Backend>(
     let vae = AutoencoderKLConfig::from_file(dir.join("vae/config.json"))?;
     let load = options.load_options();
     let model_dtype = default_float_dtype::<B>(device);
-    let vae_dtype = vae_options::<B>(&vae, &load, device)
+    let vae_dtype = prompt_diffusion_vae::upcast_options::<B>(&vae, &load, device)
         .dtype
         .unwrap_or(model_dtype);
     let mut weights = 0u64;

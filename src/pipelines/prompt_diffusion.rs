@@ -16,6 +16,7 @@
 //! ([`StableDiffusion::text_to_image_with`]) with the UNet and the ControlNet paired into one
 //! denoiser, with DDIM unless another scheduler is named.
 
+use prompt_diffusion_core::weights::Pretrained;
 use std::path::Path;
 
 use burn::prelude::*;
@@ -209,7 +210,7 @@ impl<B: Backend> PromptDiffusion<B> {
                 "no `controlnet/` folder: not a Prompt Diffusion model (diffusers layout: pipeline components + controlnet/)",
             ));
         }
-        let controlnet = PromptDiffusionControlNet::from_folder(
+        let controlnet = PromptDiffusionControlNet::from_pretrained(
             dir.join("controlnet"),
             &load_options(options),
             device,

@@ -428,3 +428,5 @@ mod tests {
         assert_eq!(CLIPTextConfig::sd_v1_5().head_dim(), 64);
     }
 }
+
+prompt_diffusion_core::component_configs!(CLIPTextConfig, CLIPVisionConfig);

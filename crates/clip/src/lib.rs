@@ -15,13 +15,13 @@
 //! ```no_run
 //! use burn_ndarray::NdArray;
 //! use prompt_diffusion_clip::{CLIPTextModel, ClipTokenizer};
-//! use prompt_diffusion_core::weights::LoadOptions;
+//! use prompt_diffusion_core::weights::{LoadOptions, Pretrained};
 //!
 //! # fn main() -> prompt_diffusion_core::Result<()> {
 //! type B = NdArray<f32>;
 //! let device = Default::default();
 //! let tokenizer = ClipTokenizer::from_folder("stable-diffusion-v1-5")?;
-//! let encoder = CLIPTextModel::<B>::from_folder(
+//! let encoder = CLIPTextModel::<B>::from_pretrained(
 //!     "stable-diffusion-v1-5/text_encoder",
 //!     &LoadOptions::default(),
 //!     &device,

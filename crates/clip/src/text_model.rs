@@ -206,7 +206,8 @@ impl<B: Backend> CLIPTextModel<B> {
 }
 
 tower::loaders! {
-    CLIPTextModel, CLIPTextConfig, projection: false, ignore: [],
+    CLIPTextModel, CLIPTextConfig, projection: false,
+    prefixes: &crate::weights::SD1_TEXT_PREFIXES, ignore: [],
     /// Loads a transformers folder (`config.json` + weights, e.g. a diffusers
     /// `text_encoder/`); the weight-file variant comes from `options.variant`. A folder holding
     /// a full `CLIPModel` loads its text tower.
@@ -216,7 +217,7 @@ tower::loaders! {
     /// [`Error::Config`](prompt_diffusion_core::Error::Config) for the config,
     /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) listing missing, unexpected
     /// and mis-shaped tensors.
-    fn from_folder;
+    fn from_pretrained;
     /// Loads weights named as in transformers (`text_model.*`, or the same without the
     /// `text_model.` level) into a model built from `config`. Tolerates `position_ids`.
     ///
@@ -288,9 +289,10 @@ impl<B: Backend> CLIPTextModelWithProjection<B> {
 }
 
 tower::loaders! {
-    CLIPTextModelWithProjection, CLIPTextConfig, projection: true, ignore: [],
-    /// As [`CLIPTextModel::from_folder`].
-    fn from_folder;
+    CLIPTextModelWithProjection, CLIPTextConfig, projection: true,
+    prefixes: &crate::weights::SD1_TEXT_PREFIXES, ignore: [],
+    /// As [`CLIPTextModel::from_pretrained`].
+    fn from_pretrained;
     /// As [`CLIPTextModel::from_source`], with `text_projection.weight` as well.
     fn from_source;
 }

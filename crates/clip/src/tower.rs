@@ -152,40 +152,46 @@ pub(crate) fn load<B: Backend, C: TowerConfig, M: Module<B>>(
     load_module(init(config), &source, what, &options)
 }
 
-/// Implements `from_folder` and `from_source` on a tower model `$model<B>` built by its
-/// `init` from a `$config`: `projection` says whether the model has the tower's projection,
-/// `ignore` lists the patterns of tensors a folder may hold that the model does not use. The
-/// doc comments of both methods are given before `fn from_folder;` and `fn from_source;`.
+/// Implements [`Pretrained`](prompt_diffusion_core::weights::Pretrained) for a tower model
+/// `$model<B>` built by its `init` from a `$config`: `projection` says whether the model has the
+/// tower's projection, `prefixes` are its single-file prefixes, `ignore` lists the patterns of
+/// tensors a folder may hold that the model does not use. The doc comments of both methods are
+/// given before `fn from_pretrained;` and `fn from_source;`.
 macro_rules! loaders {
     (
-        $model:ident, $config:ty, projection: $projection:expr, ignore: [$($ignore:expr),*],
+        $model:ident, $config:ty, projection: $projection:expr, prefixes: $prefixes:expr,
+        ignore: [$($ignore:expr),*],
         $(#[$folder_doc:meta])*
-        fn from_folder;
+        fn from_pretrained;
         $(#[$source_doc:meta])*
         fn from_source;
     ) => {
-        impl<B: Backend> $model<B> {
+        impl<B: Backend> prompt_diffusion_core::weights::Pretrained<B> for $model<B> {
+            type Config = $config;
+            const CLASS_NAME: &'static str = stringify!($model);
+            const SINGLE_FILE_PREFIXES: &'static [&'static str] = $prefixes;
+
             $(#[$folder_doc])*
-            pub fn from_folder(
+            fn from_pretrained(
                 dir: impl AsRef<std::path::Path>,
                 options: &LoadOptions,
                 device: &B::Device,
             ) -> Result<Self> {
                 let (config, source) = $crate::tower::open_folder(dir.as_ref(), options)?;
                 let options = options.clone()$(.ignore($ignore))*;
-                Self::from_source(config, &source, &options, device)
+                Self::from_source(&config, &source, &options, device)
             }
 
             $(#[$source_doc])*
-            pub fn from_source(
-                config: $config,
+            fn from_source(
+                config: &$config,
                 source: &TensorSource,
                 options: &LoadOptions,
                 device: &B::Device,
             ) -> Result<Self> {
                 let init = |config: &$config| Self::init(config, device);
                 let name = stringify!($model);
-                $crate::tower::load(&config, source, $projection, options, name, init)
+                $crate::tower::load(config, source, $projection, options, name, init)
             }
         }
     };

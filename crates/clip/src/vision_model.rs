@@ -203,10 +203,11 @@ impl<B: Backend> CLIPVisionModel<B> {
 }
 
 tower::loaders! {
-    CLIPVisionModel, CLIPVisionConfig, projection: false, ignore: [r"^visual_projection\."],
-    /// As [`CLIPVisionModelWithProjection::from_folder`]; a `visual_projection` in the file is
+    CLIPVisionModel, CLIPVisionConfig, projection: false, prefixes: &[],
+    ignore: [r"^visual_projection\."],
+    /// As [`CLIPVisionModelWithProjection::from_pretrained`]; a `visual_projection` in the file is
     /// ignored.
-    fn from_folder;
+    fn from_pretrained;
     /// As [`CLIPVisionModelWithProjection::from_source`], without the projection.
     fn from_source;
 }
@@ -281,7 +282,8 @@ impl<B: Backend> CLIPVisionModelWithProjection<B> {
 }
 
 tower::loaders! {
-    CLIPVisionModelWithProjection, CLIPVisionConfig, projection: true, ignore: [],
+    CLIPVisionModelWithProjection, CLIPVisionConfig, projection: true, prefixes: &[],
+    ignore: [],
     /// Loads a transformers folder (`config.json` + weights, e.g. a diffusers
     /// `image_encoder/`); the weight-file variant comes from `options.variant`. A folder holding
     /// a full `CLIPModel` loads its vision tower.
@@ -291,7 +293,7 @@ tower::loaders! {
     /// [`Error::Config`](prompt_diffusion_core::Error::Config) for the config,
     /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) listing missing, unexpected
     /// and mis-shaped tensors.
-    fn from_folder;
+    fn from_pretrained;
     /// Loads weights named as in transformers (`vision_model.*` + `visual_projection.weight`;
     /// the `vision_model.` level may be absent) into a model built from `config`.
     ///

@@ -7,6 +7,7 @@ use prompt_diffusion_clip::{
     CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection,
 };
 use prompt_diffusion_core::Error;
+use prompt_diffusion_core::weights::Pretrained;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource, open_component_weights};
 
 fn gelu() -> (CLIPTextConfig, TensorSource) {
@@ -16,7 +17,7 @@ fn gelu() -> (CLIPTextConfig, TensorSource) {
 }
 
 fn load(config: CLIPTextConfig, source: &TensorSource) -> Result<CLIPTextModel<B>, Error> {
-    CLIPTextModel::<B>::from_source(config, source, &LoadOptions::default(), &device())
+    CLIPTextModel::<B>::from_source(&config, source, &LoadOptions::default(), &device())
 }
 
 fn weights_report(err: Error) -> prompt_diffusion_core::WeightsError {
@@ -77,7 +78,7 @@ fn missing_unexpected_and_misshaped_tensors_are_named() {
     // …and missing where it is expected.
     let report = weights_report(
         CLIPTextModelWithProjection::<B>::from_source(
-            config.clone(),
+            &config,
             &source,
             &LoadOptions::default(),
             &device(),
@@ -116,7 +117,7 @@ fn bad_configs_name_the_file_and_field() {
     .unwrap();
     let config_path = tmp.path().join("config.json");
     std::fs::write(&config_path, r#"{"hidden_size": "thirty-two"}"#).unwrap();
-    let err = CLIPTextModel::<B>::from_folder(tmp.path(), &LoadOptions::default(), &device())
+    let err = CLIPTextModel::<B>::from_pretrained(tmp.path(), &LoadOptions::default(), &device())
         .unwrap_err();
     match &err {
         Error::Config {
@@ -136,7 +137,7 @@ fn bad_configs_name_the_file_and_field() {
         original.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5"),
     )
     .unwrap();
-    let err = CLIPTextModel::<B>::from_folder(tmp.path(), &LoadOptions::default(), &device())
+    let err = CLIPTextModel::<B>::from_pretrained(tmp.path(), &LoadOptions::default(), &device())
         .unwrap_err();
     assert!(
         matches!(&err, Error::Config { field, .. } if field == "num_attention_heads"),
@@ -144,7 +145,7 @@ fn bad_configs_name_the_file_and_field() {
     );
     // No config at all.
     std::fs::remove_file(&config_path).unwrap();
-    let err = CLIPTextModel::<B>::from_folder(tmp.path(), &LoadOptions::default(), &device())
+    let err = CLIPTextModel::<B>::from_pretrained(tmp.path(), &LoadOptions::default(), &device())
         .unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
 }
@@ -177,10 +178,18 @@ fn a_full_clip_model_folder_loads_either_tower() {
     tensors.push(("logit_scale".into(), TensorData::new(vec![2.6592f32], [1])));
     write_safetensors(&tmp.path().join("model.safetensors"), &tensors);
 
-    CLIPTextModelWithProjection::<B>::from_folder(tmp.path(), &LoadOptions::default(), &device())
-        .unwrap();
-    CLIPVisionModelWithProjection::<B>::from_folder(tmp.path(), &LoadOptions::default(), &device())
-        .unwrap();
+    CLIPTextModelWithProjection::<B>::from_pretrained(
+        tmp.path(),
+        &LoadOptions::default(),
+        &device(),
+    )
+    .unwrap();
+    CLIPVisionModelWithProjection::<B>::from_pretrained(
+        tmp.path(),
+        &LoadOptions::default(),
+        &device(),
+    )
+    .unwrap();
 }
 
 /// Writes f16/f32 tensors as a safetensors file (minimal writer for the test).

@@ -10,11 +10,15 @@ use prompt_diffusion_clip::{
     CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, ClipTokenizer, weights,
 };
 use prompt_diffusion_core::testing::max_abs_diff;
+use prompt_diffusion_core::weights::Pretrained;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 
 #[test]
 fn with_projection_quick_gelu_legacy_eos() {
-    let model = load_fixture("text_proj", CLIPTextModelWithProjection::<B>::from_folder);
+    let model = load_fixture(
+        "text_proj",
+        CLIPTextModelWithProjection::<B>::from_pretrained,
+    );
     let r = Reference::open(clip_fixture("text_proj_io.safetensors"));
     let out = model.forward_with_hidden_states(r.ids("input_ids"));
     r.check_outputs("", out.last_hidden_state, out.pooled_output);
@@ -35,7 +39,7 @@ fn with_projection_quick_gelu_legacy_eos() {
 fn bare_gelu_model_pools_at_first_eos() {
     // Saved by transformers 5 without the `text_model.` level; eos_token_id 7, inputs shorter
     // than max_position_embeddings.
-    let model = load_fixture("text_gelu", CLIPTextModel::<B>::from_folder);
+    let model = load_fixture("text_gelu", CLIPTextModel::<B>::from_pretrained);
     let r = Reference::open(clip_fixture("text_gelu_io.safetensors"));
     model.text_model.check_input_ids([2, 10]).unwrap();
     assert!(model.text_model.check_input_ids([2, 17]).is_err());
@@ -54,14 +58,14 @@ fn open_clip_single_file_matches_the_folder() {
 
     let source = weights::open_clip_text(&open_clip, config.num_hidden_layers, false).unwrap();
     let options = LoadOptions::default();
-    let model = CLIPTextModel::<B>::from_source(config.clone(), &source, &options, &device());
+    let model = CLIPTextModel::<B>::from_source(&config, &source, &options, &device());
     let out = model.unwrap().forward(r.ids("input_ids"));
     r.check_outputs("openclip ", out.last_hidden_state, out.pooled_output);
 
     // With the projection: text_embeds = pooled @ text_projection ([D, P] in OpenCLIP files).
     let source = weights::open_clip_text(&open_clip, config.num_hidden_layers, true).unwrap();
     let model = CLIPTextModelWithProjection::<B>::from_source(
-        config,
+        &config,
         &source,
         &LoadOptions::default(),
         &device(),
@@ -80,7 +84,7 @@ fn tiny_sd_text_encoder_from_folder_and_single_files() {
     let r = Reference::open(clip_fixture("tiny_sd_text.safetensors"));
     let folder = fixtures().join("tiny-sd/text_encoder");
     let model =
-        CLIPTextModel::<B>::from_folder(&folder, &LoadOptions::default(), &device()).unwrap();
+        CLIPTextModel::<B>::from_pretrained(&folder, &LoadOptions::default(), &device()).unwrap();
 
     // The tokenizer gives the reference's input ids.
     let prompts: Vec<String> = serde_json::from_str(
@@ -102,7 +106,7 @@ fn tiny_sd_text_encoder_from_folder_and_single_files() {
     let config = CLIPTextConfig::from_file(folder.join("config.json")).unwrap();
     let load = |source: &TensorSource| {
         let options = LoadOptions::default();
-        CLIPTextModel::<B>::from_source(config.clone(), source, &options, &device()).unwrap()
+        CLIPTextModel::<B>::from_source(&config, source, &options, &device()).unwrap()
     };
     for file in ["tiny-sd.safetensors", "tiny-sd.ckpt"] {
         let ckpt = TensorSource::open(fixtures().join(file)).unwrap();

@@ -9,12 +9,13 @@ use prompt_diffusion_clip::{
 };
 use prompt_diffusion_core::image::load_rgb;
 use prompt_diffusion_core::testing::max_abs_diff;
+use prompt_diffusion_core::weights::Pretrained;
 
 #[test]
 fn with_projection_outputs_and_hidden_states() {
     let model = load_fixture(
         "vision_proj",
-        CLIPVisionModelWithProjection::<B>::from_folder,
+        CLIPVisionModelWithProjection::<B>::from_pretrained,
     );
     let r = Reference::open(clip_fixture("vision_io.safetensors"));
     let pixels = r.float::<4>("pixel_values");
@@ -32,7 +33,7 @@ fn with_projection_outputs_and_hidden_states() {
     assert_eq!(max_abs_diff(hidden[3].clone(), out.last_hidden_state), 0.0);
 
     // The tower alone, from the same folder (its visual_projection is ignored).
-    let tower = load_fixture("vision_proj", CLIPVisionModel::<B>::from_folder);
+    let tower = load_fixture("vision_proj", CLIPVisionModel::<B>::from_pretrained);
     let plain = tower.forward(pixels);
     assert!(plain.hidden_states.is_none());
     check(
@@ -47,7 +48,7 @@ fn with_projection_outputs_and_hidden_states() {
 fn wrong_pixel_shape_is_reported() {
     let model = load_fixture(
         "vision_proj",
-        CLIPVisionModelWithProjection::<B>::from_folder,
+        CLIPVisionModelWithProjection::<B>::from_pretrained,
     );
     let err = model
         .vision_model

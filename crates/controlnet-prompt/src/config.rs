@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use prompt_diffusion_core::config::{OneOrMany, read_config};
+use prompt_diffusion_core::config::{OneOrMany, read_validated};
 use prompt_diffusion_core::limits::{MAX_LEVELS, MAX_WIDTH, check_count, check_counts};
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_unet::{MidBlockType, UNet2DConditionConfig, UNetTrunkConfig};
@@ -97,10 +97,7 @@ impl ControlNetConfig {
     /// # Errors
     /// [`Error::Io`], [`Error::Config`] (naming the file and field) or [`Error::Unsupported`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let config: Self = read_config(path)?;
-        config.validate().map_err(|e| e.with_config_origin(path))?;
-        Ok(config)
+        read_validated(path, Self::validate)
     }
 
     /// The hint encoder's stage channels.
@@ -268,3 +265,5 @@ mod tests {
         );
     }
 }
+
+prompt_diffusion_core::component_configs!(ControlNetConfig);

@@ -7,20 +7,16 @@
 //! ([`UNetResiduals`], consumed by `UNet2DConditionModel::forward_with_residuals`).
 //! The blocks are the UNet crate's, built by its [`BlockBuilder`].
 
-use std::path::Path;
-
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource, load_module};
+use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
 use prompt_diffusion_unet::embeddings::TimestepEmbedding;
 use prompt_diffusion_unet::unet_2d_blocks::{
     AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn, conv2d_same as conv,
     embed_time, run_down_blocks,
 };
-use prompt_diffusion_unet::{
-    ContextTokens, CrossAttentionContext, UNetResiduals, load_folder, shape_error,
-};
+use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals, shape_error};
 
 use crate::conditioning_embedding::ControlNetConditioningEmbedding;
 use crate::config::{ChannelOrder, ControlNetConfig};
@@ -48,6 +44,34 @@ pub struct ControlNetModel<B: Backend> {
     pub controlnet_mid_block: Conv2d<B>,
     #[module(skip)]
     config: ControlNetConfig,
+}
+
+impl<B: Backend> Pretrained<B> for ControlNetModel<B> {
+    type Config = ControlNetConfig;
+    const CLASS_NAME: &'static str = "ControlNetModel";
+    const SINGLE_FILE_PREFIXES: &'static [&'static str] = &["control_model."];
+
+    /// Loads weights in diffusers or original naming (detected from the keys). Tensors under
+    /// `control_model.` (an original single file such as lllyasviel's `control_sd15_*.pth`) are
+    /// taken with the prefix removed and the rest of such a file is ignored.
+    ///
+    /// # Errors
+    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) naming every missing,
+    /// unexpected or mis-shaped tensor.
+    fn from_source(
+        config: &ControlNetConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let source = diffusers_source(config, source, HintEncoders::Single, "ControlNetModel")?;
+        load_module(
+            Self::new(config, device)?,
+            &source,
+            "ControlNetModel",
+            options,
+        )
+    }
 }
 
 impl<B: Backend> ControlNetModel<B> {
@@ -82,43 +106,6 @@ impl<B: Backend> ControlNetModel<B> {
             controlnet_mid_block: conv(last, last, 1, device),
             config: config.clone(),
         })
-    }
-
-    /// Loads a diffusers `controlnet/` folder (`config.json` and the weights, in the variant of
-    /// `options` when present).
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        load_folder(
-            dir.as_ref(),
-            options,
-            |path| ControlNetConfig::from_file(path),
-            |config, source| Self::from_source(config, source, options, device),
-        )
-    }
-
-    /// Loads weights in diffusers or original naming (detected from the keys). Tensors under
-    /// `control_model.` (an original single file such as lllyasviel's `control_sd15_*.pth`) are
-    /// taken with the prefix removed and the rest of such a file is ignored.
-    ///
-    /// # Errors
-    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) naming every missing,
-    /// unexpected or mis-shaped tensor.
-    pub fn from_source(
-        config: &ControlNetConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let source = diffusers_source(config, source, HintEncoders::Single, "ControlNetModel")?;
-        load_module(
-            Self::new(config, device)?,
-            &source,
-            "ControlNetModel",
-            options,
-        )
     }
 
     /// The configuration.

@@ -11,7 +11,7 @@
 
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
+use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource};
 use prompt_diffusion_unet::{Controlled, UNet2DConditionModel, UNetControl, UNetResiduals};
 
 use crate::config::ControlNetConfig;

@@ -12,18 +12,16 @@
 //! original file; [`PromptDiffusionDenoiser`](crate::PromptDiffusionDenoiser) takes the UNet from
 //! the same file, as Prompt Diffusion's UNet decoder is fine-tuned.
 
-use std::path::Path;
-
 use burn::prelude::*;
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource, load_module};
+use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
 use prompt_diffusion_core::{Error, Result};
-use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals, load_folder};
+use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals};
 
 use crate::conditioning_embedding::ControlNetConditioningEmbedding;
 use crate::config::ControlNetConfig;
 use crate::controlnet::{ControlNetModel, check_hint, diffusers_source};
 use crate::scales::ControlScales;
-use crate::weights::{CONTROL_MODEL_PREFIX, HintEncoders};
+use crate::weights::HintEncoders;
 
 /// Channels of the query image (fixed by the official model and the diffusers port).
 pub const QUERY_CHANNELS: usize = 3;
@@ -39,6 +37,39 @@ pub struct PromptDiffusionControlNet<B: Backend> {
     pub controlnet: ControlNetModel<B>,
     /// The query-image encoder.
     pub controlnet_query_cond_embedding: ControlNetConditioningEmbedding<B>,
+}
+
+impl<B: Backend> Pretrained<B> for PromptDiffusionControlNet<B> {
+    type Config = ControlNetConfig;
+    const CLASS_NAME: &'static str = "PromptDiffusionControlNetModel";
+    const SINGLE_FILE_PREFIXES: &'static [&'static str] = &["control_model."];
+
+    /// Loads weights in diffusers or original naming (detected from the keys). Tensors under
+    /// `control_model.` (the original single file) are taken with the prefix removed; the rest
+    /// of such a file is ignored.
+    ///
+    /// # Errors
+    /// [`Error::Weights`] naming, in diffusers' naming, every missing, unexpected or mis-shaped
+    /// tensor.
+    fn from_source(
+        config: &ControlNetConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let module = "PromptDiffusionControlNetModel";
+        let source = diffusers_source(config, source, HintEncoders::PairAndQuery, module)?;
+        let model = Self::new(config, device)?;
+        // The inner ControlNet's parameters sit under `controlnet.`.
+        let source = source.rename(|key| {
+            Some(if key.starts_with(QUERY_PREFIX) {
+                key.to_string()
+            } else {
+                format!("{INNER_PREFIX}{key}")
+            })
+        })?;
+        load_module(model, &source, module, options).map_err(diffusers_names_in_report)
+    }
 }
 
 impl<B: Backend> PromptDiffusionControlNet<B> {
@@ -58,70 +89,6 @@ impl<B: Backend> PromptDiffusionControlNet<B> {
             ),
             controlnet,
         })
-    }
-
-    /// Loads a diffusers-converted `controlnet/` folder (`config.json` with
-    /// `_class_name: PromptDiffusionControlNetModel` and the weights).
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        load_folder(
-            dir.as_ref(),
-            options,
-            |path| ControlNetConfig::from_file(path),
-            |config, source| Self::from_source(config, source, options, device),
-        )
-    }
-
-    /// Loads weights in diffusers or original naming (detected from the keys). Tensors under
-    /// `control_model.` (the original single file) are taken with the prefix removed; the rest
-    /// of such a file is ignored.
-    ///
-    /// # Errors
-    /// [`Error::Weights`] naming, in diffusers' naming, every missing, unexpected or mis-shaped
-    /// tensor.
-    pub fn from_source(
-        config: &ControlNetConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let module = "PromptDiffusionControlNetModel";
-        let source = diffusers_source(config, source, HintEncoders::PairAndQuery, module)?;
-        let model = Self::new(config, device)?;
-        // The inner ControlNet's parameters sit under `controlnet.`.
-        let source = source.rename(|key| {
-            Some(if key.starts_with(QUERY_PREFIX) {
-                key.to_string()
-            } else {
-                format!("{INNER_PREFIX}{key}")
-            })
-        })?;
-        load_module(model, &source, module, options).map_err(diffusers_names_in_report)
-    }
-
-    /// Loads the ControlNet of an original Prompt Diffusion checkpoint (`control_model.*` of
-    /// `network-step=04999.ckpt` or a safetensors copy). Pair it with the UNet of the same file
-    /// (see [`PromptDiffusionDenoiser::from_single_file`](crate::PromptDiffusionDenoiser::from_single_file)), never with stock SD 1.5's.
-    ///
-    /// # Errors
-    /// [`Error::Format`] when the file has no `control_model.*` tensors, else as
-    /// [`from_source`](Self::from_source).
-    pub fn from_single_file(
-        config: &ControlNetConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        if !source.has_prefix(CONTROL_MODEL_PREFIX) {
-            return Err(Error::format(
-                source.description(),
-                "no `control_model.*` tensors: not an original ControlNet/Prompt Diffusion checkpoint",
-            ));
-        }
-        Self::from_source(config, source, options, device)
     }
 
     /// The configuration.

@@ -2,20 +2,20 @@
 //! query encoder) on the fixtures of `tools/fixtures/gen_controlnet.py`, in both checkpoint
 //! layouts, and the fine-tuned UNet with the residuals.
 
-use crate::common::{B, Io, controlnet_fixture, fixtures};
+use crate::common::{AssertResiduals, B, Io, controlnet_fixture, fixtures};
 use burn::prelude::*;
 use prompt_diffusion_controlnet_prompt::{
     ControlNetConfig, ControlScales, PromptDiffusionControlNet, PromptDiffusionDenoiser,
 };
 use prompt_diffusion_core::Error;
 use prompt_diffusion_core::testing::{assert_close, max_abs_diff};
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
+use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource};
 use prompt_diffusion_unet::UNet2DConditionModel;
 
 const IO: &str = "prompt_diffusion_io.safetensors";
 
 fn folder_model() -> PromptDiffusionControlNet<B> {
-    PromptDiffusionControlNet::from_folder(
+    PromptDiffusionControlNet::from_pretrained(
         controlnet_fixture("prompt-diffusion"),
         &LoadOptions::default(),
         &Default::default(),
@@ -46,7 +46,7 @@ fn residuals(
 
 #[test]
 fn diffusers_layout_matches_the_reference() {
-    let io = Io::open(IO);
+    let io = Io::open(controlnet_fixture(IO));
     let model = folder_model();
     assert_eq!(model.config().conditioning_channels, 6);
     let out = residuals(&model, &io, &ControlScales::Uniform(1.0));
@@ -55,7 +55,7 @@ fn diffusers_layout_matches_the_reference() {
 
 #[test]
 fn guess_mode_matches_diffusers_logspace_scaling() {
-    let io = Io::open(IO);
+    let io = Io::open(controlnet_fixture(IO));
     let model = folder_model();
     let out = residuals(&model, &io, &ControlScales::GuessMode(0.9));
     io.assert_residuals("prompt diffusion guess mode", "guess.", &out, 1e-4);
@@ -74,7 +74,7 @@ fn guess_mode_matches_diffusers_logspace_scaling() {
 
 #[test]
 fn original_single_files_match_the_reference() {
-    let io = Io::open(IO);
+    let io = Io::open(controlnet_fixture(IO));
     let reference = residuals(&folder_model(), &io, &ControlScales::Uniform(1.0));
     // Original files carry no config: the tiny architecture comes from the folder's.
     let config = folder_config();
@@ -104,7 +104,7 @@ fn original_single_files_match_the_reference() {
 
 #[test]
 fn denoiser_uses_the_fine_tuned_unet_of_the_single_file() {
-    let io = Io::open(IO);
+    let io = Io::open(controlnet_fixture(IO));
     let source =
         TensorSource::open(controlnet_fixture("tiny-prompt-diffusion.safetensors")).unwrap();
     let denoiser = PromptDiffusionDenoiser::<B>::from_single_file(
@@ -132,7 +132,7 @@ fn denoiser_uses_the_fine_tuned_unet_of_the_single_file() {
     );
 
     // The same residuals through stock tiny-sd's UNet (decoder not fine-tuned) differ.
-    let stock = UNet2DConditionModel::<B>::from_folder(
+    let stock = UNet2DConditionModel::<B>::from_pretrained(
         fixtures().join("tiny-sd/unet"),
         &LoadOptions::default(),
         &io.device,
@@ -180,21 +180,19 @@ fn single_file_helpers_require_their_prefixes() {
 
 #[test]
 fn bad_hints_are_typed_errors() {
-    let io = Io::open(IO);
+    let io = Io::open(controlnet_fixture(IO));
     let model = folder_model();
     let sample: Tensor<B, 4> = io.t("sample");
     let [batch, _, h, w] = sample.dims();
-    let run = |pair: Tensor<B, 4>, query: Tensor<B, 4>| {
+    let uniform = ControlScales::Uniform(1.0);
+    let fail = |sample, timestep, context, (pair, query): (Tensor<B, 4>, _), scales: &_| {
         model
-            .forward(
-                sample.clone(),
-                io.t("timestep"),
-                io.t("context"),
-                pair,
-                query,
-                &ControlScales::Uniform(1.0),
-            )
+            .forward(sample, timestep, context, pair, query, scales)
             .unwrap_err()
+    };
+    let run = |pair: Tensor<B, 4>, query: Tensor<B, 4>| {
+        let (timestep, context) = (io.t("timestep"), io.t("context"));
+        fail(sample.clone(), timestep, context, (pair, query), &uniform)
     };
     let zeros = |dims: [usize; 4]| Tensor::<B, 4>::zeros(dims, &io.device);
     let pair_ok = zeros([batch, 6, 8 * h, 8 * w]);
@@ -221,58 +219,32 @@ fn bad_hints_are_typed_errors() {
     assert!(matches!(err, Error::Shape { .. }), "{err}");
 
     // Wrong latent channels, context width and timestep count.
-    let err = model
-        .forward(
-            zeros([batch, 3, h, w]),
-            io.t("timestep"),
-            io.t("context"),
-            pair_ok.clone(),
-            query_ok.clone(),
-            &ControlScales::Uniform(1.0),
-        )
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Shape { key, .. } if key == "sample"),
-        "{err}"
-    );
-    let err = model
-        .forward(
+    let hints = || (pair_ok.clone(), query_ok.clone());
+    let (timestep, context) = (|| io.t("timestep"), || io.t("context"));
+    let wrong = [
+        (zeros([batch, 3, h, w]), timestep(), context(), "sample"),
+        (
             sample.clone(),
-            io.t("timestep"),
+            timestep(),
             Tensor::zeros([batch, 77, 5], &io.device),
-            pair_ok.clone(),
-            query_ok.clone(),
-            &ControlScales::Uniform(1.0),
-        )
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Shape { key, .. } if key == "encoder_hidden_states"),
-        "{err}"
-    );
-    let err = model
-        .forward(
+            "encoder_hidden_states",
+        ),
+        (
             sample.clone(),
             Tensor::zeros([3], &io.device),
-            io.t("context"),
-            pair_ok.clone(),
-            query_ok.clone(),
-            &ControlScales::Uniform(1.0),
-        )
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Shape { key, .. } if key == "timestep"),
-        "{err}"
-    );
-    let err = model
-        .forward(
-            sample,
-            io.t("timestep"),
-            io.t("context"),
-            pair_ok,
-            query_ok,
-            &ControlScales::PerResidual(vec![1.0; 3]),
-        )
-        .unwrap_err();
+            context(),
+            "timestep",
+        ),
+    ];
+    for (sample, timestep, context, name) in wrong {
+        let err = fail(sample, timestep, context, hints(), &uniform);
+        assert!(
+            matches!(&err, Error::Shape { key, .. } if key == name),
+            "{err}"
+        );
+    }
+    let scales = ControlScales::PerResidual(vec![1.0; 3]);
+    let err = fail(sample, timestep(), context(), hints(), &scales);
     assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
 }
 
@@ -281,7 +253,9 @@ fn bad_hints_are_typed_errors() {
 /// scale 1 and with diffusers' 13-point guess-mode schedule.
 #[test]
 fn sd15_levels_give_the_thirteen_reference_residuals() {
-    let io = Io::open("prompt_diffusion_sd15_levels_io.safetensors");
+    let io = Io::open(controlnet_fixture(
+        "prompt_diffusion_sd15_levels_io.safetensors",
+    ));
     let options = LoadOptions::default();
     let folder = controlnet_fixture("prompt-diffusion-sd15-levels");
     let config = ControlNetConfig::from_file(folder.join("config.json")).unwrap();
@@ -293,7 +267,7 @@ fn sd15_levels_give_the_thirteen_reference_residuals() {
     let models = [
         (
             "diffusers layout",
-            PromptDiffusionControlNet::<B>::from_folder(&folder, &options, &io.device).unwrap(),
+            PromptDiffusionControlNet::<B>::from_pretrained(&folder, &options, &io.device).unwrap(),
         ),
         (
             "original layout",

@@ -2,14 +2,14 @@
 //! `tools/fixtures/gen_controlnet.py`: diffusers folder and original `control_model.*` file,
 //! conditioning scale, guess mode, BGR hints and global pooling.
 
-use crate::common::{B, Io, controlnet_fixture};
+use crate::common::{AssertResiduals, B, Io, controlnet_fixture};
 use burn::prelude::*;
 use prompt_diffusion_controlnet_prompt::{
     ChannelOrder, ControlNetConfig, ControlNetModel, ControlScales, UNetResiduals,
 };
 use prompt_diffusion_core::Error;
 use prompt_diffusion_core::testing::{assert_close, max_abs_diff};
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
+use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource};
 
 const IO: &str = "standard_io.safetensors";
 
@@ -46,8 +46,8 @@ fn run(model: &ControlNetModel<B>, io: &Io, scales: ControlScales) -> UNetResidu
 
 #[test]
 fn diffusers_folder_matches_the_reference() {
-    let io = Io::open(IO);
-    let model = ControlNetModel::<B>::from_folder(
+    let io = Io::open(controlnet_fixture(IO));
+    let model = ControlNetModel::<B>::from_pretrained(
         controlnet_fixture("standard"),
         &LoadOptions::default(),
         &io.device,
@@ -70,7 +70,7 @@ fn diffusers_folder_matches_the_reference() {
 
 #[test]
 fn original_layout_matches_the_reference() {
-    let io = Io::open(IO);
+    let io = Io::open(controlnet_fixture(IO));
     let config = config();
     let reference = run(&folder_model(&config), &io, ControlScales::Uniform(0.8));
     let model = load(&config, "standard-ldm.safetensors");
@@ -82,7 +82,7 @@ fn original_layout_matches_the_reference() {
 
 #[test]
 fn bgr_hints_are_flipped() {
-    let io = Io::open(IO);
+    let io = Io::open(controlnet_fixture(IO));
     let mut config = config();
     config.controlnet_conditioning_channel_order = ChannelOrder::Bgr;
     let model = folder_model(&config);
@@ -96,7 +96,7 @@ fn bgr_hints_are_flipped() {
 
 #[test]
 fn global_pooling_ignores_guess_mode_and_broadcasts_means() {
-    let io = Io::open(IO);
+    let io = Io::open(controlnet_fixture(IO));
     let mut config = config();
     config.global_pool_conditions = true;
     let model = folder_model(&config);
@@ -120,7 +120,7 @@ fn global_pooling_ignores_guess_mode_and_broadcasts_means() {
 
 #[test]
 fn guess_mode_scales_the_unscaled_residuals() {
-    let io = Io::open(IO);
+    let io = Io::open(controlnet_fixture(IO));
     let model = folder_model(&config());
     let plain = run(&model, &io, ControlScales::Uniform(1.0));
     let guess = run(&model, &io, ControlScales::GuessMode(1.0));
@@ -143,7 +143,7 @@ fn guess_mode_scales_the_unscaled_residuals() {
 
 #[test]
 fn bad_hints_are_typed_errors() {
-    let io = Io::open(IO);
+    let io = Io::open(controlnet_fixture(IO));
     let model = folder_model(&config());
     let sample: Tensor<B, 4> = io.t("sample");
     let [batch, _, h, w] = sample.dims();

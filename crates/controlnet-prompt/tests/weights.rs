@@ -17,7 +17,7 @@ use prompt_diffusion_controlnet_prompt::{
     ControlNetConfig, ControlNetModel, PromptDiffusionControlNet,
 };
 use prompt_diffusion_core::Error;
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
+use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource};
 use prompt_diffusion_unet::weights::rename_ldm;
 
 struct Row {

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use prompt_diffusion_core::config::{OneOrMany, read_config};
+use prompt_diffusion_core::config::{OneOrMany, read_validated};
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_unet::{DownBlockType, UNet2DConditionConfig, UNetTrunkConfig};
 use serde::{Deserialize, Serialize};
@@ -118,10 +118,7 @@ impl SCBNetConfig {
     /// [`Error::Io`] for an unreadable file, [`Error::Config`]/[`Error::Unsupported`] for
     /// invalid or unsupported values (naming the file and field).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let config: Self = read_config(path)?;
-        config.validate().map_err(|e| e.with_config_origin(path))?;
-        Ok(config)
+        read_validated(path, Self::validate)
     }
 
     /// The UNet configuration whose encoder blocks the branch reuses
@@ -212,3 +209,5 @@ mod tests {
         assert!(matches!(config.validate(), Err(Error::Config { .. })));
     }
 }
+
+prompt_diffusion_core::component_configs!(SCBNetConfig);

@@ -9,6 +9,7 @@
 //!
 //! The selector head of the released weights is `pre-trained/plugin_selector/PromptTunner.pt`.
 
+use prompt_diffusion_core::weights::Pretrained;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
@@ -134,7 +135,7 @@ impl<B: Backend> TaskPlugin<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let tpb = weights::load_tpb(&files.tpb, options, device)?;
-        let scb = SCBNet::from_folder(&files.scb, options, device)?;
+        let scb = SCBNet::from_pretrained(&files.scb, options, device)?;
         check_widths(&tpb.config(), scb.config())?;
         Ok(Self { tpb, scb })
     }

@@ -9,18 +9,16 @@
 //! `down_block_additional_residuals` semantics), so they reach the image only through the
 //! last decoder stage.
 
-use std::path::Path;
-
 use burn::nn::Initializer;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource, load_module};
+use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
 use prompt_diffusion_unet::embeddings::TimestepEmbedding;
 use prompt_diffusion_unet::unet_2d_blocks::{
     AttentionSlots, BlockBuilder, DownBlock2D, conv2d_same, embed_time, run_down_blocks,
 };
-use prompt_diffusion_unet::{ContextTokens, UNetResiduals, load_folder, shape_error};
+use prompt_diffusion_unet::{ContextTokens, UNetResiduals, shape_error};
 
 use crate::SCBNetConfig;
 
@@ -37,6 +35,29 @@ pub struct SCBNet<B: Backend> {
     pub controlnet_down_blocks: Vec<Conv2d<B>>,
     #[module(skip)]
     config: SCBNetConfig,
+}
+
+impl<B: Backend> Pretrained<B> for SCBNet<B> {
+    type Config = SCBNetConfig;
+    const CLASS_NAME: &'static str = "SCBNet";
+    const SINGLE_FILE_PREFIXES: &'static [&'static str] = &[];
+
+    /// Loads weights under the official names (a `module.` prefix is removed).
+    ///
+    /// # Errors
+    /// As [`from_folder`](Self::from_folder).
+    fn from_source(
+        config: &SCBNetConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let source = crate::weights::strip_data_parallel(source);
+        // The branch is a UNet encoder: its config is checked against the header first.
+        config.validate()?;
+        prompt_diffusion_unet::weights::check_weights(&config.to_unet_config(), &source, "SCBNet")?;
+        load_module(Self::new(config, device)?, &source, "SCBNet", options)
+    }
 }
 
 impl<B: Backend> SCBNet<B> {
@@ -68,43 +89,6 @@ impl<B: Backend> SCBNet<B> {
             controlnet_down_blocks: config.skip_channels().into_iter().map(zero_conv).collect(),
             config: config.clone(),
         })
-    }
-
-    /// Loads a diffusers folder (`scb/` of a released plugin, `scb_net/` of a training
-    /// checkpoint): `config.json` and `diffusion_pytorch_model.{safetensors,bin}`.
-    ///
-    /// # Errors
-    /// A missing or invalid config or weight file, or weights that do not match the config
-    /// ([`Error::Weights`](prompt_diffusion_core::Error::Weights) names every missing,
-    /// unexpected and mis-shaped tensor).
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        load_folder(
-            dir.as_ref(),
-            options,
-            |path| SCBNetConfig::from_file(path),
-            |config, source| Self::from_source(config, source, options, device),
-        )
-    }
-
-    /// Loads weights under the official names (a `module.` prefix is removed).
-    ///
-    /// # Errors
-    /// As [`from_folder`](Self::from_folder).
-    pub fn from_source(
-        config: &SCBNetConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let source = crate::weights::strip_data_parallel(source);
-        // The branch is a UNet encoder: its config is checked against the header first.
-        config.validate()?;
-        prompt_diffusion_unet::weights::check_weights(&config.to_unet_config(), &source, "SCBNet")?;
-        load_module(Self::new(config, device)?, &source, "SCBNet", options)
     }
 
     /// The configuration.

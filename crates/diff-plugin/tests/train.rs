@@ -1,6 +1,7 @@
 //! Training a tiny Task-Plugin on synthetic pairs on CPU: the validation loss falls, and the
 //! checkpoint written in the official layout loads back to the same plugin.
 
+use prompt_diffusion_core::weights::Pretrained;
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -56,9 +57,10 @@ fn trainer(config: TrainConfig) -> PluginTrainer<AD> {
     let options = LoadOptions::default();
     let clip = fixtures().join("clip-vision");
     let frozen = FrozenModels {
-        unet: UNet2DConditionModel::<AD>::from_folder(sd.join("unet"), &options, &device).unwrap(),
-        vae: AutoencoderKL::<B>::from_folder(sd.join("vae"), &options, &device).unwrap(),
-        image_encoder: CLIPVisionModel::<B>::from_folder(&clip, &options, &device).unwrap(),
+        unet: UNet2DConditionModel::<AD>::from_pretrained(sd.join("unet"), &options, &device)
+            .unwrap(),
+        vae: AutoencoderKL::<B>::from_pretrained(sd.join("vae"), &options, &device).unwrap(),
+        image_encoder: CLIPVisionModel::<B>::from_pretrained(&clip, &options, &device).unwrap(),
         image_size: CLIPVisionConfig::from_file(clip.join("config.json"))
             .unwrap()
             .image_size,

@@ -2,6 +2,7 @@
 //! (`fixtures/diff_plugin/state_dict_keys.txt`), `{"model": …}` and `module.` wrappers, the
 //! tiny released-layout fixture, and the errors for missing or malformed files.
 
+use prompt_diffusion_core::weights::Pretrained;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 

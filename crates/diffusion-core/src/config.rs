@@ -22,6 +22,20 @@ pub fn read_config<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
     parse_config(&text).map_err(|e| e.with_config_origin(path))
 }
 
+/// [`read_config`] followed by `validate`, whose error is given the file as its origin.
+///
+/// # Errors
+/// As [`read_config`], and `validate`'s error.
+pub fn read_validated<T: DeserializeOwned>(
+    path: impl AsRef<Path>,
+    validate: impl FnOnce(&T) -> Result<()>,
+) -> Result<T> {
+    let path = path.as_ref();
+    let config: T = read_config(path)?;
+    validate(&config).map_err(|e| e.with_config_origin(path))?;
+    Ok(config)
+}
+
 /// Parses a JSON config string into `T`, warning about keys `T` does not use.
 pub fn parse_config<T: DeserializeOwned>(text: &str) -> Result<T> {
     let mut unknown = Vec::new();

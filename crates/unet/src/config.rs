@@ -319,3 +319,5 @@ impl UNet2DConditionConfig {
             .check_unsupported("UNet2DConditionModel", &unsupported)
     }
 }
+
+prompt_diffusion_core::component_configs!(UNet2DConditionConfig);

@@ -13,12 +13,12 @@
 //! ```no_run
 //! use burn::tensor::Tensor;
 //! use burn_ndarray::NdArray;
-//! use prompt_diffusion_core::weights::LoadOptions;
+//! use prompt_diffusion_core::weights::{LoadOptions, Pretrained};
 //! use prompt_diffusion_unet::UNet2DConditionModel;
 //!
 //! # fn main() -> prompt_diffusion_core::Result<()> {
 //! let device = Default::default();
-//! let unet = UNet2DConditionModel::<NdArray>::from_folder("stable-diffusion-v1-5/unet", &LoadOptions::default(), &device)?;
+//! let unet = UNet2DConditionModel::<NdArray>::from_pretrained("stable-diffusion-v1-5/unet", &LoadOptions::default(), &device)?;
 //! let noise_pred = unet.forward(
 //!     Tensor::zeros([1, 4, 64, 64], &device),
 //!     Tensor::from_floats([999.0], &device),
@@ -55,4 +55,4 @@ pub use trunk::{
     AdditionEmbedType, ClassEmbedType, DownBlockType, EncoderHidDimType, MidBlockType,
     ResnetTimeScaleShift, UNetTrunkConfig,
 };
-pub use unet_2d_condition::{UNet2DConditionModel, UNetResiduals, load_folder, shape_error};
+pub use unet_2d_condition::{UNet2DConditionModel, UNetResiduals, shape_error};

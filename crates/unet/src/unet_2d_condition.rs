@@ -2,13 +2,9 @@
 //! and with flat data layers Versatile Diffusion's `UNetFlatConditionModel`
 //! (`pipelines/deprecated/versatile_diffusion/modeling_text_unet.py`).
 
-use std::path::Path;
-
 use burn::prelude::*;
 use prompt_diffusion_core::nn::{GroupNorm, GroupNormConfig};
-use prompt_diffusion_core::weights::{
-    LoadOptions, TensorSource, load_module, open_component_weights,
-};
+use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
 use prompt_diffusion_core::{Error, Result};
 
 use crate::UNet2DConditionConfig;
@@ -80,6 +76,28 @@ pub struct UNet2DConditionModel<B: Backend> {
     config: UNet2DConditionConfig,
 }
 
+impl<B: Backend> Pretrained<B> for UNet2DConditionModel<B> {
+    type Config = UNet2DConditionConfig;
+    const CLASS_NAME: &'static str = "UNet2DConditionModel";
+    const SINGLE_FILE_PREFIXES: &'static [&'static str] = &["model.diffusion_model."];
+
+    /// Loads weights in diffusers or original LDM naming (detected from the keys; for a
+    /// single-file checkpoint pass the tensors under `model.diffusion_model.` with the prefix
+    /// stripped).
+    fn from_source(
+        config: &UNet2DConditionConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let source = to_diffusers_names(source, UNetWeightLayout::detect(source), config)?;
+        check_weights(config, &source, "UNet2DConditionModel")?;
+        let model = Self::new(config, device)?;
+        load_module(model, &source, "UNet2DConditionModel", options)
+    }
+}
+
 impl<B: Backend> UNet2DConditionModel<B> {
     /// Creates the model for `config` (weights are filled by loading).
     ///
@@ -124,37 +142,6 @@ impl<B: Backend> UNet2DConditionModel<B> {
             conv_out,
             config: config.clone(),
         })
-    }
-
-    /// Loads a diffusers `unet/` folder (`config.json` and the weights, in the variant of
-    /// `options` when present).
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        load_folder(
-            dir.as_ref(),
-            options,
-            |path| UNet2DConditionConfig::from_file(path),
-            |config, source| Self::from_source(config, source, options, device),
-        )
-    }
-
-    /// Loads weights in diffusers or original LDM naming (detected from the keys; for a
-    /// single-file checkpoint pass the tensors under `model.diffusion_model.` with the prefix
-    /// stripped).
-    pub fn from_source(
-        config: &UNet2DConditionConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        config.validate()?;
-        let source = to_diffusers_names(source, UNetWeightLayout::detect(source), config)?;
-        check_weights(config, &source, "UNet2DConditionModel")?;
-        let model = Self::new(config, device)?;
-        load_module(model, &source, "UNet2DConditionModel", options)
     }
 
     /// The configuration.
@@ -334,23 +321,6 @@ fn check_shape<B: Backend>(
             &residual.dims(),
         ))
     }
-}
-
-/// Loads a diffusers component folder: `read_config` reads its `config.json`, then `load`
-/// builds the model from that config and the folder's weights (in the variant of `options`
-/// when present).
-///
-/// # Errors
-/// Those of `read_config`, of opening the weights and of `load`.
-pub fn load_folder<C, M>(
-    dir: &Path,
-    options: &LoadOptions,
-    read_config: impl FnOnce(&Path) -> Result<C>,
-    load: impl FnOnce(&C, &TensorSource) -> Result<M>,
-) -> Result<M> {
-    let config = read_config(&dir.join("config.json"))?;
-    let source = open_component_weights(dir, options.variant.as_deref())?;
-    load(&config, &source)
 }
 
 /// An [`Error::Shape`] for the input `key`, without origin: `found` where `expected` was

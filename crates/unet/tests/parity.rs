@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use prompt_diffusion_core::Error;
-use prompt_diffusion_core::testing::{TestBackend, TestDevice, assert_close, max_abs_diff};
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
+use prompt_diffusion_core::testing::{Fixture, TestBackend, assert_close, max_abs_diff};
+use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource};
 use prompt_diffusion_unet::{UNet2DConditionConfig, UNet2DConditionModel, UNetResiduals};
 
 type B = TestBackend;
@@ -15,26 +15,13 @@ fn fixtures() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures"))
 }
 
-struct Io {
-    source: TensorSource,
-    device: TestDevice,
-}
-
-impl Io {
-    fn open(name: &str) -> Self {
-        Self {
-            source: TensorSource::open(fixtures().join("unet").join(name)).unwrap(),
-            device: Default::default(),
-        }
-    }
-
-    fn t<const D: usize>(&self, key: &str) -> Tensor<B, D> {
-        self.source.tensor(key, &self.device, None).unwrap()
-    }
+/// A fixture file of `fixtures/unet/`.
+fn unet_fixture(name: &str) -> Fixture {
+    Fixture::open(fixtures().join("unet").join(name))
 }
 
 fn tiny_sd_unet() -> UNet2DConditionModel<B> {
-    UNet2DConditionModel::from_folder(
+    UNet2DConditionModel::from_pretrained(
         fixtures().join("tiny-sd/unet"),
         &LoadOptions::default(),
         &Default::default(),
@@ -44,7 +31,7 @@ fn tiny_sd_unet() -> UNet2DConditionModel<B> {
 
 #[test]
 fn sd1_unet_matches_diffusers() {
-    let io = Io::open("sd1.safetensors");
+    let io = unet_fixture("sd1.safetensors");
     let unet = tiny_sd_unet();
     let out = unet
         .forward(io.t("sample"), io.t("timestep"), io.t("context"))
@@ -54,7 +41,7 @@ fn sd1_unet_matches_diffusers() {
 
 #[test]
 fn sd1_unet_with_residuals_matches_diffusers() {
-    let io = Io::open("sd1.safetensors");
+    let io = unet_fixture("sd1.safetensors");
     let unet = tiny_sd_unet();
     let skips = unet.config().num_skips();
     assert_eq!(skips, 9);
@@ -80,8 +67,8 @@ fn sd1_unet_with_residuals_matches_diffusers() {
 
 #[test]
 fn sd2_unet_matches_diffusers() {
-    let io = Io::open("sd2.safetensors");
-    let unet = UNet2DConditionModel::<B>::from_folder(
+    let io = unet_fixture("sd2.safetensors");
+    let unet = UNet2DConditionModel::<B>::from_pretrained(
         fixtures().join("unet/sd2"),
         &LoadOptions::default(),
         &io.device,
@@ -96,7 +83,7 @@ fn sd2_unet_matches_diffusers() {
 
 #[test]
 fn single_file_checkpoints_give_identical_outputs() {
-    let io = Io::open("sd1.safetensors");
+    let io = unet_fixture("sd1.safetensors");
     let reference = tiny_sd_unet()
         .forward(io.t("sample"), io.t("timestep"), io.t("context"))
         .unwrap();
@@ -195,7 +182,7 @@ fn invalid_configs_name_the_field() {
 
 #[test]
 fn bad_inputs_are_errors_not_panics() {
-    let io = Io::open("sd1.safetensors");
+    let io = unet_fixture("sd1.safetensors");
     let unet = tiny_sd_unet();
     let sample: Tensor<B, 4> = io.t("sample");
     let t: Tensor<B, 1> = io.t("timestep");
@@ -232,7 +219,7 @@ fn bad_inputs_are_errors_not_panics() {
 
 #[test]
 fn one_timestep_broadcasts_over_the_batch() {
-    let io = Io::open("sd1.safetensors");
+    let io = unet_fixture("sd1.safetensors");
     let unet = tiny_sd_unet();
     let sample: Tensor<B, 4> = io.t("sample");
     let ctx: Tensor<B, 3> = io.t("context");

@@ -1,13 +1,9 @@
 //! `AutoencoderKL`, the Stable Diffusion VAE (diffusers `models/autoencoders/autoencoder_kl.py`).
 
-use std::path::Path;
-
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
-use prompt_diffusion_core::weights::{
-    LoadOptions, TensorSource, load_module, open_component_weights,
-};
+use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
 
 use crate::AutoencoderKLConfig;
 use crate::vae::{Decoder, Encoder};
@@ -66,6 +62,31 @@ pub struct AutoencoderKL<B: Backend> {
     config: AutoencoderKLConfig,
 }
 
+impl<B: Backend> Pretrained<B> for AutoencoderKL<B> {
+    type Config = AutoencoderKLConfig;
+    const CLASS_NAME: &'static str = "AutoencoderKL";
+    const SINGLE_FILE_PREFIXES: &'static [&'static str] = &["first_stage_model.", "vae."];
+
+    /// Loads weights in diffusers or original LDM naming (detected from the keys; for a
+    /// single-file checkpoint pass the tensors under `first_stage_model.` with the prefix
+    /// stripped).
+    ///
+    /// # Errors
+    /// An invalid config, or any missing, unexpected or mis-shaped tensor.
+    fn from_source(
+        config: &AutoencoderKLConfig,
+        source: &TensorSource,
+        options: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let layout = VaeWeightLayout::detect(source);
+        let source = to_diffusers_names(source, layout, config.block_out_channels.len())?;
+        check_weights(config, &source)?;
+        load_module(Self::new(config, device), &source, "AutoencoderKL", options)
+    }
+}
+
 impl<B: Backend> AutoencoderKL<B> {
     /// Creates the model for a validated `config`; weights are filled by loading.
     pub fn new(config: &AutoencoderKLConfig, device: &B::Device) -> Self {
@@ -82,41 +103,6 @@ impl<B: Backend> AutoencoderKL<B> {
                 .then(|| Conv2dConfig::new([latent, latent], [1, 1]).init(device)),
             config: config.clone(),
         }
-    }
-
-    /// Loads a diffusers `vae/` folder (`config.json` and the weights, in the variant of
-    /// `options` when present).
-    ///
-    /// # Errors
-    /// A missing/invalid config or weight file, or weights that do not match the config.
-    pub fn from_folder(
-        dir: impl AsRef<Path>,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = AutoencoderKLConfig::from_file(dir.join("config.json"))?;
-        let source = open_component_weights(dir, options.variant.as_deref())?;
-        Self::from_source(&config, &source, options, device)
-    }
-
-    /// Loads weights in diffusers or original LDM naming (detected from the keys; for a
-    /// single-file checkpoint pass the tensors under `first_stage_model.` with the prefix
-    /// stripped).
-    ///
-    /// # Errors
-    /// An invalid config, or any missing, unexpected or mis-shaped tensor.
-    pub fn from_source(
-        config: &AutoencoderKLConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        config.validate()?;
-        let layout = VaeWeightLayout::detect(source);
-        let source = to_diffusers_names(source, layout, config.block_out_channels.len())?;
-        check_weights(config, &source)?;
-        load_module(Self::new(config, device), &source, "AutoencoderKL", options)
     }
 
     /// The configuration.

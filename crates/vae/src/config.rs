@@ -6,7 +6,7 @@ use prompt_diffusion_core::limits::{
     MAX_LAYERS, MAX_LEVELS, MAX_SAMPLE_SIZE, MAX_WIDTH, check_count, check_counts,
 };
 use prompt_diffusion_core::nn::Activation;
-use prompt_diffusion_core::{Error, Result, config::read_config};
+use prompt_diffusion_core::{Error, Result, config::read_validated};
 use serde::{Deserialize, Serialize};
 
 /// Encoder block kinds (`down_block_types`).
@@ -108,10 +108,7 @@ impl AutoencoderKLConfig {
 
     /// Reads a diffusers `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let config: Self = read_config(path)?;
-        config.validate().map_err(|e| e.with_config_origin(path))?;
-        Ok(config)
+        read_validated(path, Self::validate)
     }
 
     /// The spatial downsampling factor between images and latents (8 for SD).
@@ -190,3 +187,5 @@ impl AutoencoderKLConfig {
         Ok(())
     }
 }
+
+prompt_diffusion_core::component_configs!(AutoencoderKLConfig);

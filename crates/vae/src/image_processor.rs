@@ -124,11 +124,11 @@ mod tests {
     use super::*;
     use prompt_diffusion_core::noise::SeededNoise;
     use prompt_diffusion_core::testing::{TestBackend as B, max_abs_diff};
-    use prompt_diffusion_core::weights::LoadOptions;
+    use prompt_diffusion_core::weights::{LoadOptions, Pretrained};
 
     fn vae() -> AutoencoderKL<B> {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny-sd/vae");
-        AutoencoderKL::from_folder(dir, &LoadOptions::default(), &Default::default()).unwrap()
+        AutoencoderKL::from_pretrained(dir, &LoadOptions::default(), &Default::default()).unwrap()
     }
 
     fn image(side: u32) -> RgbImage {

@@ -5,12 +5,12 @@
 //!
 //! ```no_run
 //! use burn_ndarray::NdArray;
-//! use prompt_diffusion_core::weights::LoadOptions;
+//! use prompt_diffusion_core::weights::{LoadOptions, Pretrained};
 //! use prompt_diffusion_vae::AutoencoderKL;
 //!
 //! # fn main() -> prompt_diffusion_core::Result<()> {
 //! let device = Default::default();
-//! let vae = AutoencoderKL::<NdArray>::from_folder("stable-diffusion-v1-5/vae", &LoadOptions::default(), &device)?;
+//! let vae = AutoencoderKL::<NdArray>::from_pretrained("stable-diffusion-v1-5/vae", &LoadOptions::default(), &device)?;
 //! let latents = burn::tensor::Tensor::zeros([1, 4, 64, 64], &device);
 //! let image = vae.decode(vae.unscale_latents(latents.clone())); // [1, 3, 512, 512] in [-1, 1]
 //! let images = vae.decode_to_images(latents)?; // one 512×512 RgbImage
@@ -29,3 +29,4 @@ pub mod weights;
 pub use autoencoder_kl::{AutoencoderKL, DiagonalGaussian};
 pub use config::{AutoencoderKLConfig, DownEncoderBlockType, UpDecoderBlockType};
 pub use image_processor::VaeImageProcessor;
+pub use weights::upcast_options;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use prompt_diffusion_core::Error;
 use prompt_diffusion_core::testing::{TestBackend, assert_close, max_abs_diff};
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
+use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource};
 use prompt_diffusion_vae::{AutoencoderKL, AutoencoderKLConfig};
 
 type B = TestBackend;
@@ -23,7 +23,7 @@ fn t<const D: usize>(io: &TensorSource, key: &str) -> Tensor<B, D> {
 }
 
 fn load(dir: &Path) -> AutoencoderKL<B> {
-    AutoencoderKL::from_folder(dir, &LoadOptions::default(), &Default::default()).unwrap()
+    AutoencoderKL::from_pretrained(dir, &LoadOptions::default(), &Default::default()).unwrap()
 }
 
 fn check(vae: &AutoencoderKL<B>, io: &TensorSource, what: &str) {

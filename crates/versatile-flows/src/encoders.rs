@@ -6,6 +6,7 @@
 //! * image: `visual_projection(post_layernorm(hidden_states)) / ‖token 0‖` — `post_layernorm`
 //!   is applied to all 257 tokens and the class token gets unit norm.
 
+use prompt_diffusion_core::weights::Pretrained;
 use std::path::Path;
 
 use burn::prelude::*;
@@ -50,7 +51,7 @@ impl<B: Backend> ClipTextContextEncoder<B> {
     ) -> Result<Self> {
         Ok(Self {
             tokenizer: ClipTokenizer::from_folder(tokenizer)?,
-            model: CLIPTextModelWithProjection::from_folder(text_encoder, options, device)?,
+            model: CLIPTextModelWithProjection::from_pretrained(text_encoder, options, device)?,
         })
     }
 
@@ -88,7 +89,7 @@ impl<B: Backend> ClipImageContextEncoder<B> {
         device: &B::Device,
     ) -> Result<Self> {
         Ok(Self {
-            model: CLIPVisionModelWithProjection::from_folder(dir, options, device)?,
+            model: CLIPVisionModelWithProjection::from_pretrained(dir, options, device)?,
         })
     }
 

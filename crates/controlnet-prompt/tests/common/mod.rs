@@ -4,10 +4,8 @@
 
 use std::path::PathBuf;
 
-use burn::prelude::*;
 use prompt_diffusion_controlnet_prompt::UNetResiduals;
-use prompt_diffusion_core::testing::{TestBackend, TestDevice, assert_close};
-use prompt_diffusion_core::weights::TensorSource;
+use prompt_diffusion_core::testing::{TestBackend, assert_close};
 
 pub type B = TestBackend;
 
@@ -20,32 +18,16 @@ pub fn controlnet_fixture(name: &str) -> PathBuf {
 }
 
 /// Inputs and reference outputs of one fixture file, read as f32.
-pub struct Io {
-    pub source: TensorSource,
-    pub device: TestDevice,
+pub use prompt_diffusion_core::testing::Fixture as Io;
+
+/// Comparing ControlNet residuals with a fixture's references.
+pub trait AssertResiduals {
+    /// Asserts every residual within `tol` of the reference `{prefix}down.{i}` / `{prefix}mid`.
+    fn assert_residuals(&self, what: &str, prefix: &str, residuals: &UNetResiduals<B>, tol: f32);
 }
 
-impl Io {
-    pub fn open(name: &str) -> Self {
-        Self {
-            source: TensorSource::open(controlnet_fixture(name)).unwrap(),
-            device: Default::default(),
-        }
-    }
-
-    pub fn t<const D: usize>(&self, key: &str) -> Tensor<B, D> {
-        self.source.tensor(key, &self.device, None).unwrap()
-    }
-
-    /// Asserts every residual within `tol` of the reference `{prefix}down.{i}` / `{prefix}mid`,
-    /// returning the worst difference.
-    pub fn assert_residuals(
-        &self,
-        what: &str,
-        prefix: &str,
-        residuals: &UNetResiduals<B>,
-        tol: f32,
-    ) {
+impl AssertResiduals for Io {
+    fn assert_residuals(&self, what: &str, prefix: &str, residuals: &UNetResiduals<B>, tol: f32) {
         let n = self
             .source
             .keys()

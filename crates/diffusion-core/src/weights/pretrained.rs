@@ -20,7 +20,22 @@ pub trait ComponentConfig: Sized {
     ///
     /// # Errors
     /// [`Error::Io`], or [`Error::Config`] naming the file and the field at fault.
-    fn from_file(path: &Path) -> Result<Self>;
+    fn read(path: &Path) -> Result<Self>;
+}
+
+/// Implements [`ComponentConfig`] for config types with an inherent
+/// `from_file(path) -> Result<Self>`.
+#[macro_export]
+macro_rules! component_configs {
+    ($($config:ty),* $(,)?) => {
+        $(
+            impl $crate::weights::ComponentConfig for $config {
+                fn read(path: &std::path::Path) -> $crate::Result<Self> {
+                    <$config>::from_file(path)
+                }
+            }
+        )*
+    };
 }
 
 /// A model component loaded the same way as every other.
@@ -31,9 +46,10 @@ pub trait Pretrained<B: Backend>: Sized {
     /// The diffusers class name (`"UNet2DConditionModel"`), used in messages.
     const CLASS_NAME: &'static str;
 
-    /// The prefix of the component's tensors in an original single-file checkpoint
-    /// (`"model.diffusion_model."` for the SD UNet).
-    const SINGLE_FILE_PREFIX: &'static str;
+    /// The prefixes of the component's tensors in original single-file checkpoints, tried in
+    /// order (`["model.diffusion_model."]` for the SD UNet); empty when the component does not
+    /// come in single files.
+    const SINGLE_FILE_PREFIXES: &'static [&'static str];
 
     /// Builds the component from `config` and tensors in diffusers naming or in the original
     /// naming (the prefix stripped), converted by the crate's `weights.rs`.
@@ -58,33 +74,45 @@ pub trait Pretrained<B: Backend>: Sized {
         device: &B::Device,
     ) -> Result<Self> {
         let dir = dir.as_ref();
-        let config = Self::Config::from_file(&dir.join("config.json"))?;
+        let config = Self::Config::read(&dir.join("config.json"))?;
         let source = open_component_weights(dir, options.variant.as_deref())?;
         Self::from_source(&config, &source, options, device)
     }
 
-    /// Loads the component's part (its [`SINGLE_FILE_PREFIX`](Self::SINGLE_FILE_PREFIX)) of an
-    /// original single-file checkpoint.
+    /// The component's tensors in an original single-file checkpoint: those under the first
+    /// of [`SINGLE_FILE_PREFIXES`](Self::SINGLE_FILE_PREFIXES) the checkpoint has, the prefix
+    /// stripped.
     ///
     /// # Errors
-    /// [`Error::Format`] when the checkpoint holds no tensor under the prefix; as
+    /// [`Error::Format`] when the checkpoint holds no tensor under any of the prefixes.
+    fn single_file_tensors(checkpoint: &TensorSource) -> Result<TensorSource> {
+        let prefixes = Self::SINGLE_FILE_PREFIXES;
+        match prefixes.iter().find(|p| checkpoint.has_prefix(p)) {
+            Some(prefix) => Ok(checkpoint.strip_prefix(prefix)),
+            None => Err(Error::format(
+                checkpoint.description(),
+                format!(
+                    "no {} tensors (`{}*`)",
+                    Self::CLASS_NAME,
+                    prefixes.first().copied().unwrap_or_default()
+                ),
+            )),
+        }
+    }
+
+    /// Loads the component's part of an original single-file checkpoint (see
+    /// [`single_file_tensors`](Self::single_file_tensors)).
+    ///
+    /// # Errors
+    /// As [`single_file_tensors`](Self::single_file_tensors) and
     /// [`from_source`](Self::from_source).
     fn from_single_file(
-        checkpoint: &TensorSource,
         config: &Self::Config,
+        checkpoint: &TensorSource,
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let prefix = Self::SINGLE_FILE_PREFIX;
-        if !checkpoint.has_prefix(prefix) {
-            return Err(Error::format(
-                checkpoint.description(),
-                format!(
-                    "no `{prefix}*` tensors: no {} in this checkpoint",
-                    Self::CLASS_NAME
-                ),
-            ));
-        }
-        Self::from_source(config, &checkpoint.strip_prefix(prefix), options, device)
+        let source = Self::single_file_tensors(checkpoint)?;
+        Self::from_source(config, &source, options, device)
     }
 }
