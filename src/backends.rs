@@ -74,12 +74,6 @@ impl BackendKind {
     }
 }
 
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 impl FromStr for BackendKind {
     type Err = Error;
 
@@ -89,6 +83,12 @@ impl FromStr for BackendKind {
             .find(|k| k.name().eq_ignore_ascii_case(s));
         let message = || format!("`{s}` is not one of ndarray, flex, wgpu, cuda");
         known.ok_or_else(|| Error::invalid_input("backend", message()))
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
