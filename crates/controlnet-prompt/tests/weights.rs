@@ -16,8 +16,8 @@ use prompt_diffusion_controlnet_prompt::weights::{
 use prompt_diffusion_controlnet_prompt::{
     ControlNetConfig, ControlNetModel, PromptDiffusionControlNet,
 };
-use prompt_diffusion_core::Error;
-use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource};
+use prompt_diffusion_core::testing::{folder_source, load_default, weights_error};
+use prompt_diffusion_core::weights::TensorSource;
 use prompt_diffusion_unet::weights::rename_ldm;
 
 struct Row {
@@ -145,22 +145,11 @@ fn full_size_model_has_exactly_the_reference_tensors() {
 }
 
 fn pd_source() -> (ControlNetConfig, TensorSource) {
-    let dir = controlnet_fixture("prompt-diffusion");
-    let config = ControlNetConfig::from_file(dir.join("config.json")).unwrap();
-    let source = TensorSource::open(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
-    (config, source)
+    folder_source(&controlnet_fixture("prompt-diffusion"))
 }
 
 fn load_error(config: &ControlNetConfig, source: &TensorSource) -> String {
-    let err = PromptDiffusionControlNet::<B>::from_source(
-        config,
-        source,
-        &LoadOptions::default(),
-        &Default::default(),
-    )
-    .unwrap_err();
-    assert!(matches!(err, Error::Weights(_)), "{err}");
-    err.to_string()
+    weights_error::<PromptDiffusionControlNet<B>>(config, source)
 }
 
 #[test]
@@ -224,13 +213,7 @@ fn original_layout_errors_use_diffusers_names() {
 #[test]
 fn a_prompt_diffusion_file_is_not_a_standard_controlnet() {
     let (config, source) = pd_source();
-    let err = ControlNetModel::<B>::from_source(
-        &config,
-        &source,
-        &LoadOptions::default(),
-        &Default::default(),
-    )
-    .unwrap_err();
+    let err = load_default::<ControlNetModel<B>>(&config, &source).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("unexpected") && msg.contains("controlnet_query_cond_embedding"),

@@ -87,6 +87,50 @@ impl Fixture {
     }
 }
 
+/// Builds a component from `config` and `source` with the default options on the
+/// [`TestDevice`].
+///
+/// # Errors
+/// As [`Pretrained::from_source`](crate::weights::Pretrained::from_source).
+pub fn load_default<M: crate::weights::Pretrained<TestBackend>>(
+    config: &M::Config,
+    source: &crate::weights::TensorSource,
+) -> crate::Result<M> {
+    let options = crate::weights::LoadOptions::default();
+    M::from_source(config, source, &options, &Default::default())
+}
+
+/// The message of the [`Error::Weights`](crate::Error::Weights) that loading a component from
+/// `config` and `source` ([`load_default`]) gives.
+///
+/// # Panics
+/// When loading succeeds or fails with another error (a test failure).
+pub fn weights_error<M: crate::weights::Pretrained<TestBackend>>(
+    config: &M::Config,
+    source: &crate::weights::TensorSource,
+) -> String {
+    let err = load_default::<M>(config, source)
+        .err()
+        .expect("loading fails");
+    assert!(matches!(err, crate::Error::Weights(_)), "{err}");
+    err.to_string()
+}
+
+/// The config and weights (`diffusion_pytorch_model.safetensors`) of a diffusers component
+/// folder.
+///
+/// # Panics
+/// When either cannot be read (a test failure).
+pub fn folder_source<C: crate::weights::ComponentConfig>(
+    dir: &std::path::Path,
+) -> (C, crate::weights::TensorSource) {
+    let config = C::read(&dir.join("config.json")).expect("a readable config");
+    let source =
+        crate::weights::TensorSource::open(dir.join("diffusion_pytorch_model.safetensors"))
+            .expect("readable weights");
+    (config, source)
+}
+
 /// Rewrites the zip archive `from` (a `torch.save` checkpoint) into `to`, entry by entry:
 /// `edit` receives each entry's name and bytes and returns the new bytes with the compression
 /// to store them with, or `None` to leave the entry out. Tests make damaged checkpoints with it.

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use prompt_diffusion_core::Error;
-use prompt_diffusion_core::testing::{Fixture, TestBackend, assert_close, max_abs_diff};
+use prompt_diffusion_core::testing::{
+    Fixture, TestBackend, assert_close, folder_source, load_default, max_abs_diff, weights_error,
+};
 use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource};
 use prompt_diffusion_unet::{UNet2DConditionConfig, UNet2DConditionModel, UNetResiduals};
 
@@ -93,13 +95,7 @@ fn single_file_checkpoints_give_identical_outputs() {
         let source = TensorSource::open(fixtures().join(file))
             .unwrap()
             .strip_prefix("model.diffusion_model.");
-        let unet = UNet2DConditionModel::<B>::from_source(
-            &config,
-            &source,
-            &LoadOptions::default(),
-            &io.device,
-        )
-        .unwrap();
+        let unet = load_default::<UNet2DConditionModel<B>>(&config, &source).unwrap();
         let out = unet
             .forward(io.t("sample"), io.t("timestep"), io.t("context"))
             .unwrap();
@@ -107,28 +103,17 @@ fn single_file_checkpoints_give_identical_outputs() {
     }
 }
 
-fn folder_source() -> (UNet2DConditionConfig, TensorSource) {
-    let dir = fixtures().join("tiny-sd/unet");
-    let config = UNet2DConditionConfig::from_file(dir.join("config.json")).unwrap();
-    let source = TensorSource::open(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
-    (config, source)
+fn tiny_sd_source() -> (UNet2DConditionConfig, TensorSource) {
+    folder_source(&fixtures().join("tiny-sd/unet"))
 }
 
 fn load_error(config: &UNet2DConditionConfig, source: &TensorSource) -> String {
-    let err = UNet2DConditionModel::<B>::from_source(
-        config,
-        source,
-        &LoadOptions::default(),
-        &Default::default(),
-    )
-    .unwrap_err();
-    assert!(matches!(err, Error::Weights(_)), "{err}");
-    err.to_string()
+    weights_error::<UNet2DConditionModel<B>>(config, source)
 }
 
 #[test]
 fn missing_unexpected_and_misshaped_tensors_are_named() {
-    let (config, source) = folder_source();
+    let (config, source) = tiny_sd_source();
     let key = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight";
 
     let mut missing = source.clone();
@@ -158,7 +143,7 @@ fn missing_unexpected_and_misshaped_tensors_are_named() {
 
 #[test]
 fn invalid_configs_name_the_field() {
-    let (config, _) = folder_source();
+    let (config, _) = tiny_sd_source();
     let mut bad = config.clone();
     bad.attention_head_dim = prompt_diffusion_core::config::OneOrMany::Many(vec![2, 2]);
     let err = UNet2DConditionModel::<B>::new(&bad, &Default::default()).unwrap_err();

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use prompt_diffusion_core::Error;
-use prompt_diffusion_core::testing::{TestBackend, assert_close, max_abs_diff};
+use prompt_diffusion_core::testing::{TestBackend, assert_close, load_default, max_abs_diff};
 use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource};
 use prompt_diffusion_vae::{AutoencoderKL, AutoencoderKLConfig};
 
@@ -87,13 +87,7 @@ fn single_file_checkpoints_give_identical_outputs() {
         let source = TensorSource::open(fixtures().join(file))
             .unwrap()
             .strip_prefix("first_stage_model.");
-        let vae = AutoencoderKL::<B>::from_source(
-            &config,
-            &source,
-            &LoadOptions::default(),
-            &Default::default(),
-        )
-        .unwrap();
+        let vae = load_default::<AutoencoderKL<B>>(&config, &source).unwrap();
         assert_eq!(
             max_abs_diff(vae.decode(t(&io, "latent")), reference.clone()),
             0.0,
@@ -110,13 +104,7 @@ fn mismatched_weights_and_configs_are_named() {
     let source = TensorSource::open(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
     let mut missing = source.clone();
     missing.remove("decoder.mid_block.attentions.0.to_v.bias");
-    let err = AutoencoderKL::<B>::from_source(
-        &config,
-        &missing,
-        &LoadOptions::default(),
-        &Default::default(),
-    )
-    .unwrap_err();
+    let err = load_default::<AutoencoderKL<B>>(&config, &missing).unwrap_err();
     assert!(matches!(err, Error::Weights(_)));
     assert!(
         err.to_string()
@@ -126,13 +114,7 @@ fn mismatched_weights_and_configs_are_named() {
 
     let mut wrong = config.clone();
     wrong.latent_channels = 8;
-    let err = AutoencoderKL::<B>::from_source(
-        &wrong,
-        &source,
-        &LoadOptions::default(),
-        &Default::default(),
-    )
-    .unwrap_err();
+    let err = load_default::<AutoencoderKL<B>>(&wrong, &source).unwrap_err();
     assert!(err.to_string().contains("encoder.conv_out.weight"), "{err}");
 
     let mut bad = config;
