@@ -13,21 +13,18 @@
 //! the same file, as Prompt Diffusion's UNet decoder is fine-tuned.
 
 use burn::prelude::*;
+use prompt_diffusion_core::Result;
 use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
-use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals};
 
 use crate::conditioning_embedding::ControlNetConditioningEmbedding;
 use crate::config::ControlNetConfig;
 use crate::controlnet::{ControlNetModel, check_hint, diffusers_source};
 use crate::scales::ControlScales;
-use crate::weights::HintEncoders;
+use crate::weights::{self, HintEncoders};
 
 /// Channels of the query image (fixed by the official model and the diffusers port).
 pub const QUERY_CHANNELS: usize = 3;
-
-const QUERY_PREFIX: &str = "controlnet_query_cond_embedding.";
-const INNER_PREFIX: &str = "controlnet.";
 
 /// The Prompt Diffusion ControlNet: a ControlNet with an example-pair and a query hint encoder.
 #[derive(Module, Debug)]
@@ -49,7 +46,7 @@ impl<B: Backend> Pretrained<B> for PromptDiffusionControlNet<B> {
     /// of such a file is ignored.
     ///
     /// # Errors
-    /// [`Error::Weights`] naming, in diffusers' naming, every missing, unexpected or mis-shaped
+    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) naming, in diffusers' naming, every missing, unexpected or mis-shaped
     /// tensor.
     fn from_source(
         config: &ControlNetConfig,
@@ -60,15 +57,8 @@ impl<B: Backend> Pretrained<B> for PromptDiffusionControlNet<B> {
         let module = "PromptDiffusionControlNetModel";
         let source = diffusers_source(config, source, HintEncoders::PairAndQuery, module)?;
         let model = Self::new(config, device)?;
-        // The inner ControlNet's parameters sit under `controlnet.`.
-        let source = source.rename(|key| {
-            Some(if key.starts_with(QUERY_PREFIX) {
-                key.to_string()
-            } else {
-                format!("{INNER_PREFIX}{key}")
-            })
-        })?;
-        load_module(model, &source, module, options).map_err(diffusers_names_in_report)
+        let source = weights::to_module_paths(&source)?;
+        load_module(model, &source, module, options).map_err(weights::diffusers_names_in_report)
     }
 }
 
@@ -77,7 +67,7 @@ impl<B: Backend> PromptDiffusionControlNet<B> {
     /// for the released model; the query encoder takes 3 channels and has the same stages).
     ///
     /// # Errors
-    /// [`Error::Config`]/[`Error::Unsupported`] from [`ControlNetConfig::validate`].
+    /// [`Error::Config`](prompt_diffusion_core::Error::Config)/[`Error::Unsupported`](prompt_diffusion_core::Error::Unsupported) from [`ControlNetConfig::validate`].
     pub fn new(config: &ControlNetConfig, device: &B::Device) -> Result<Self> {
         let controlnet = ControlNetModel::new(config, device)?;
         Ok(Self {
@@ -106,7 +96,7 @@ impl<B: Backend> PromptDiffusionControlNet<B> {
     /// for SD) → 12 down residuals (SD) shaped as the UNet's skips, and the mid residual.
     ///
     /// # Errors
-    /// [`Error::Shape`] when an input does not match the model or the others.
+    /// [`Error::Shape`](prompt_diffusion_core::Error::Shape) when an input does not match the model or the others.
     pub fn forward(
         &self,
         sample: Tensor<B, 4>,
@@ -153,25 +143,5 @@ impl<B: Backend> PromptDiffusionControlNet<B> {
             .forward(query.cast(sample.dtype()));
         self.controlnet
             .run(sample, timestep, context, vec![pair, query], scales)
-    }
-}
-
-/// Rewrites a loading report from the module's paths (`controlnet.down_blocks…`) to the
-/// checkpoint's diffusers names (`down_blocks…`).
-fn diffusers_names_in_report(error: Error) -> Error {
-    match error {
-        Error::Weights(mut report) => {
-            let strip = |key: &mut String| {
-                if let Some(rest) = key.strip_prefix(INNER_PREFIX) {
-                    *key = rest.to_string();
-                }
-            };
-            report.missing.iter_mut().for_each(strip);
-            report.unexpected.iter_mut().for_each(strip);
-            report.shapes.iter_mut().for_each(|s| strip(&mut s.key));
-            report.unreadable.iter_mut().for_each(|(k, _)| strip(k));
-            Error::Weights(report)
-        }
-        other => other,
     }
 }

@@ -19,8 +19,8 @@
 //!   (diffusers' `convert_controlnet_checkpoint` and Prompt Diffusion's
 //!   `convert_original_promptdiffusion_to_diffusers.py`).
 
-use prompt_diffusion_core::Result;
 use prompt_diffusion_core::weights::TensorSource;
+use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_unet::weights::{
     Entry, check_weights as check_unet_weights, entry, ldm_table, rename_ldm,
 };
@@ -36,8 +36,8 @@ pub const CONTROL_MODEL_PREFIX: &str = "control_model.";
 /// strict loader.
 ///
 /// # Errors
-/// [`Error::ConfigMismatch`](prompt_diffusion_core::Error::ConfigMismatch) naming the file,
-/// the key, the config field and both values; [`Error::Config`](prompt_diffusion_core::Error::Config)
+/// [`Error::ConfigMismatch`] naming the file,
+/// the key, the config field and both values; [`Error::Config`]
 /// for an invalid config.
 pub fn check_weights(config: &ControlNetConfig, source: &TensorSource, module: &str) -> Result<()> {
     config.validate()?;
@@ -98,7 +98,7 @@ impl HintEncoders {
 /// The original → diffusers prefix table of a ControlNet of `config` with `hints`.
 ///
 /// # Errors
-/// [`Error::Config`](prompt_diffusion_core::Error::Config) for an invalid config.
+/// [`Error::Config`] for an invalid config.
 pub fn original_table(config: &ControlNetConfig, hints: HintEncoders) -> Result<Vec<Entry>> {
     let encoder_modules = ["time_embed.", "input_blocks.", "middle_block."];
     let mut table: Vec<Entry> = ldm_table(&config.to_unet_config())?
@@ -164,6 +164,46 @@ pub fn controlnet_tensors(source: &TensorSource) -> TensorSource {
         source.strip_prefix(CONTROL_MODEL_PREFIX)
     } else {
         source.clone()
+    }
+}
+
+/// The query encoder's prefix in Prompt Diffusion's diffusers names (kept as it is).
+const QUERY_PREFIX: &str = "controlnet_query_cond_embedding.";
+/// Where the inner ControlNet's parameters sit in `PromptDiffusionControlNet`.
+const INNER_PREFIX: &str = "controlnet.";
+
+/// Prompt Diffusion's diffusers names to the module's parameter paths: the inner ControlNet's
+/// tensors move under `controlnet.`, the query encoder's stay.
+///
+/// # Errors
+/// [`Error::Format`] when two names collide.
+pub fn to_module_paths(source: &TensorSource) -> Result<TensorSource> {
+    source.rename(|key| {
+        Some(if key.starts_with(QUERY_PREFIX) {
+            key.to_string()
+        } else {
+            format!("{INNER_PREFIX}{key}")
+        })
+    })
+}
+
+/// Rewrites a loading report from the module's paths (`controlnet.down_blocks…`) back to the
+/// checkpoint's diffusers names (`down_blocks…`), the inverse of [`to_module_paths`].
+pub fn diffusers_names_in_report(error: Error) -> Error {
+    match error {
+        Error::Weights(mut report) => {
+            let strip = |key: &mut String| {
+                if let Some(rest) = key.strip_prefix(INNER_PREFIX) {
+                    *key = rest.to_string();
+                }
+            };
+            report.missing.iter_mut().for_each(strip);
+            report.unexpected.iter_mut().for_each(strip);
+            report.shapes.iter_mut().for_each(|s| strip(&mut s.key));
+            report.unreadable.iter_mut().for_each(|(k, _)| strip(k));
+            Error::Weights(report)
+        }
+        other => other,
     }
 }
 
