@@ -22,7 +22,8 @@ use std::path::Path;
 use burn::prelude::*;
 use image::RgbImage;
 use prompt_diffusion_controlnet_prompt::{
-    ControlNetConfig, ControlScales, InContextHint, PromptDiffusionControlNet, UNET_PREFIX,
+    ControlNetConfig, ControlScales, InContextHint, PromptDiffusionControlNet,
+    PromptDiffusionDenoiser,
 };
 use prompt_diffusion_core::image::{PixelRange, images_to_tensor, resize};
 use prompt_diffusion_core::noise::{NoiseSource, SeededNoise};
@@ -239,12 +240,7 @@ impl<B: Backend> PromptDiffusion<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let checkpoint = TensorSource::open(path)?;
-        if !checkpoint.has_prefix(UNET_PREFIX) {
-            return Err(Error::format(
-                checkpoint.description(),
-                "no `model.diffusion_model.*` tensors: Prompt Diffusion's fine-tuned UNet must come from the same checkpoint as its ControlNet",
-            ));
-        }
+        PromptDiffusionDenoiser::<B>::unet_tensors(&checkpoint)?;
         let config = match &options.config {
             Some(dir) if dir.join("controlnet/config.json").is_file() => {
                 ControlNetConfig::from_file(dir.join("controlnet/config.json"))?

@@ -214,11 +214,10 @@ impl<B: Backend> StableDiffusion<B> {
                 "initial latents apply to text-to-image only",
             ));
         }
-        let width = generation.width.unwrap_or(image.width() as usize / 8 * 8);
-        let height = generation.height.unwrap_or(image.height() as usize / 8 * 8);
+        let (width, height) = img2img_size(image, generation)?;
         let (n, guided) = (generation.num_images, generation.guided());
         self.check_memory(width, height, n, guided, 0)?;
-        let image = self.fit_image(image, generation)?;
+        let image = resize(image, width as u32, height as u32);
         let context = self.encode_prompt(generation)?;
         let mut sampler = self.sampler(generation)?.with_strength(strength)?;
         let init = self.components.vae.sample_images(&[image], noise)?;
@@ -279,20 +278,20 @@ impl<B: Backend> StableDiffusion<B> {
     pub fn decode(&self, latents: Tensor<B, 4>) -> Result<Vec<RgbImage>> {
         self.components.vae.decode_to_images(latents)
     }
+}
 
-    /// The img2img input at the requested size (or its own, floored to a multiple of 8).
-    fn fit_image(&self, image: &RgbImage, generation: &Generation) -> Result<RgbImage> {
-        let (w, h) = (image.width() as usize, image.height() as usize);
-        let width = generation.width.unwrap_or(w / 8 * 8);
-        let height = generation.height.unwrap_or(h / 8 * 8);
-        if width == 0 || height == 0 {
-            return Err(Error::invalid_input(
-                "image",
-                format!("{w}x{h} is smaller than 8 pixels"),
-            ));
-        }
-        Ok(resize(image, width as u32, height as u32))
+/// The size img2img works at: the requested one, or the image's own floored to a multiple of 8.
+fn img2img_size(image: &RgbImage, generation: &Generation) -> Result<(usize, usize)> {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let width = generation.width.unwrap_or(w / 8 * 8);
+    let height = generation.height.unwrap_or(h / 8 * 8);
+    if width == 0 || height == 0 {
+        return Err(Error::invalid_input(
+            "image",
+            format!("{w}x{h} is smaller than 8 pixels"),
+        ));
     }
+    Ok((width, height))
 }
 
 /// The image side a UNet was trained at: its `sample_size` × the VAE's downsampling factor

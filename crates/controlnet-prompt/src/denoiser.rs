@@ -49,19 +49,30 @@ impl<B: Backend> PromptDiffusionDenoiser<B> {
     ) -> Result<Self> {
         let controlnet =
             PromptDiffusionControlNet::from_single_file(config, source, options, device)?;
-        if !source.has_prefix(UNET_PREFIX) {
-            return Err(prompt_diffusion_core::Error::format(
-                source.description(),
-                "no `model.diffusion_model.*` tensors: the Prompt Diffusion UNet must come from the same checkpoint as its ControlNet",
-            ));
-        }
+        let unet_source = Self::unet_tensors(source)?;
         let unet = UNet2DConditionModel::from_source(
             &config.to_unet_config(),
-            &source.strip_prefix(UNET_PREFIX),
+            &unet_source,
             options,
             device,
         )?;
         Ok(Self { controlnet, unet })
+    }
+
+    /// The fine-tuned UNet's tensors of an original Prompt Diffusion checkpoint
+    /// (`model.diffusion_model.*`, the prefix stripped).
+    ///
+    /// # Errors
+    /// [`Error::Format`](prompt_diffusion_core::Error::Format) when the checkpoint has none:
+    /// the UNet must come from the same checkpoint as its ControlNet.
+    pub fn unet_tensors(checkpoint: &TensorSource) -> Result<TensorSource> {
+        if !checkpoint.has_prefix(UNET_PREFIX) {
+            return Err(prompt_diffusion_core::Error::format(
+                checkpoint.description(),
+                "no `model.diffusion_model.*` tensors: Prompt Diffusion's fine-tuned UNet must come from the same checkpoint as its ControlNet",
+            ));
+        }
+        Ok(checkpoint.strip_prefix(UNET_PREFIX))
     }
 
     /// The predicted noise: the ControlNet's residuals (scaled by `scales`) added to the UNet's

@@ -103,7 +103,7 @@ impl<B: Backend, D: Denoiser<B>> Denoiser<B> for Guided<D> {
 }
 
 /// `[2n, …]` → the first and the second `n` rows.
-pub fn split_halves<B: Backend, const D: usize>(x: Tensor<B, D>) -> [Tensor<B, D>; 2] {
+fn split_halves<B: Backend, const D: usize>(x: Tensor<B, D>) -> [Tensor<B, D>; 2] {
     let n = x.dims()[0] / 2;
     let first = x.clone().narrow(0, 0, n);
     let second = x.narrow(0, n, n);
