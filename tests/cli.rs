@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use crate::common::{
-    assert_cli_fails as assert_fails, assert_cli_succeeds as assert_succeeds, copy_dir, fixtures,
-    restore_args, words, write_f32_safetensors,
+    assert_cli_fails as assert_fails, assert_cli_succeeds as assert_succeeds, assert_usage_error,
+    copy_dir, fixtures, restore_args, run_cli, words, write_f32_safetensors,
 };
 
 fn tiny() -> String {
@@ -255,4 +255,54 @@ fn restore_runs_a_task_and_names_bad_input() {
     let empty = empty.path().display().to_string();
     let args = ["--input", &input, "--task", "derain", "--output", &out];
     assert_fails(&restore_args(&tiny, &clip, &empty, &args), &["derain"]);
+}
+
+#[test]
+fn command_line_mistakes_print_clap_in_full_and_help_has_examples() {
+    // A missing argument names every missing argument and shows the usage.
+    let tiny = tiny();
+    let out = run_cli(["txt2img", "--model", tiny.as_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the following required arguments were not provided")
+            && stderr.contains("--prompt <PROMPT>")
+            && stderr.contains("Usage: prompt-diffusion txt2img"),
+        "{stderr}"
+    );
+    assert_usage_error("txt2img without --prompt", &stderr);
+
+    // A misspelt option gets clap's suggestion.
+    let out = run_cli(["txt2img", "--promt", "a fox"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--prompt"), "{stderr}");
+    assert_usage_error("--promt", &stderr);
+
+    // No subcommand prints the help, listing the subcommands.
+    let out = run_cli(Vec::<&str>::new());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for subcommand in ["txt2img", "img2img", "in-context", "controlnet", "restore", "versatile"] {
+        assert!(stderr.contains(subcommand), "`{subcommand}` not in {stderr}");
+    }
+
+    // Every subcommand's help ends with examples of itself.
+    for subcommand in [
+        "txt2img",
+        "img2img",
+        "in-context",
+        "controlnet",
+        "annotate",
+        "restore",
+        "versatile",
+    ] {
+        let help = assert_succeeds([subcommand, "--help"]);
+        let examples = help.split("Examples:").nth(1).unwrap_or_else(|| {
+            panic!("{subcommand} --help has no examples: {help}");
+        });
+        assert!(
+            examples.contains(&format!("prompt-diffusion {subcommand} ")),
+            "{subcommand}: {examples}"
+        );
+    }
 }

@@ -41,21 +41,33 @@ pub fn run_cli<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> Output {
         .expect("the program starts")
 }
 
-/// Asserts that `out` (of the run described by `what`) failed with one line on stderr, an
-/// `error:` line (not a panic) containing every `needle`.
+/// Asserts that `out` (of the run described by `what`) failed without a panic, naming every
+/// `needle`: a command-line mistake with clap's whole message (status 2: the `error:` line, its
+/// context and the usage), any other error as one `error:` line (status 1).
 pub fn assert_one_line_error(what: &str, out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{what} succeeded");
     assert!(!stderr.contains("panicked"), "{what} panicked: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{what}: expected one line, got {stderr:?}");
     assert!(lines[0].starts_with("error:"), "{what}: {stderr}");
-    for needle in needles {
-        assert!(
-            lines[0].contains(needle),
-            "{what}: `{needle}` not in {stderr:?}"
-        );
+    if out.status.code() == Some(2) {
+        assert_usage_error(what, &stderr);
+    } else {
+        assert_eq!(lines.len(), 1, "{what}: expected one line, got {stderr:?}");
     }
+    for needle in needles {
+        assert!(stderr.contains(needle), "{what}: `{needle}` not in {stderr:?}");
+    }
+}
+
+/// Asserts that `stderr` is clap's whole message for a command-line mistake: the error, its
+/// context, and the pointer to `--help`.
+pub fn assert_usage_error(what: &str, stderr: &str) {
+    assert!(stderr.starts_with("error:"), "{what}: {stderr}");
+    assert!(
+        stderr.contains("For more information, try '--help'."),
+        "{what}: no help hint in {stderr:?}"
+    );
 }
 
 /// Writes `values` as one f32 tensor `key` of shape `shape` to the safetensors file `path`.

@@ -4,11 +4,13 @@
 //! prompt-diffusion txt2img --model fixtures/tiny-sd --prompt "a fox" --steps 20 --seed 1
 //! prompt-diffusion img2img --checkpoint v1-5-pruned-emaonly.safetensors --init-image in.png --prompt "…"
 //! ```
-//! Every error is printed as one line and the exit status is non-zero.
+//! Running it without a subcommand prints the help. A command-line mistake prints clap's whole
+//! message (status 2); every other error is printed as one line (status 1).
 
 mod annotate;
 mod args;
 mod controlnet;
+mod help;
 mod in_context;
 mod output;
 mod restore;
@@ -24,7 +26,7 @@ use prompt_diffusion::backends::{BackendTask, run_on, set_kernel_cache_dir};
 
 /// Stable Diffusion 1.5, Prompt Diffusion, Versatile Diffusion and Diff-Plugin on burn.
 #[derive(Debug, Parser)]
-#[command(name = "prompt-diffusion", version, about)]
+#[command(name = "prompt-diffusion", version, about, arg_required_else_help = true)]
 struct Cli {
     /// Folder for the GPU backends' autotune results and compiled kernels (default:
     /// $PROMPT_DIFFUSION_CACHE_DIR, else ~/.cache/prompt-diffusion/cubecl).
@@ -37,19 +39,26 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate images from a prompt.
+    #[command(after_help = help::TXT2IMG)]
     Txt2img(sd::Txt2ImgArgs),
     /// Transform an image according to a prompt.
+    #[command(after_help = help::IMG2IMG)]
     Img2img(sd::Img2ImgArgs),
     /// Prompt Diffusion: apply an example pair's task (source → target) to a query image.
+    #[command(after_help = help::IN_CONTEXT)]
     InContext(in_context::InContextArgs),
     /// Generate images guided by a standard ControlNet and a hint image.
+    #[command(after_help = help::CONTROLNET)]
     Controlnet(controlnet::ControlNetArgs),
     /// Make a hint map (canny edges, soft edges) from an image.
+    #[command(after_help = help::ANNOTATE)]
     Annotate(annotate::AnnotateArgs),
     /// Restore an image with Diff-Plugin Task-Plugins (a task, or an instruction).
+    #[command(after_help = help::RESTORE)]
     Restore(restore::RestoreArgs),
     /// Versatile Diffusion: text-to-image, image-variation, dual-guided, image-to-text,
     /// text-variation.
+    #[command(after_help = help::VERSATILE)]
     Versatile(versatile::VersatileArgs),
 }
 
@@ -130,17 +139,11 @@ fn main() -> ExitCode {
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
         Err(e) => {
-            let text = e.to_string();
-            eprintln!(
-                "{}",
-                text.lines().next().unwrap_or("error: invalid arguments")
-            );
-            return ExitCode::from(2);
+            // clap's whole message: the error, its context (the missing arguments, a suggested
+            // spelling) and the usage line; help and version go to stdout with status 0.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
     match run(cli) {
