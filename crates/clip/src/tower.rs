@@ -122,6 +122,7 @@ pub(crate) fn open_folder<C: TowerConfig>(
     dir: &Path,
     options: &LoadOptions,
 ) -> Result<(C, TensorSource)> {
+    let dir = &prompt_diffusion_core::weights::component_folder(dir, options)?;
     let path = dir.join("config.json");
     let (config, full_clip): (C, bool) = read_tower(&path, C::TOWER)?;
     // Validated here too, so that an error names the config file.

@@ -154,6 +154,20 @@ pub enum Error {
         hint: String,
     },
 
+    /// A model named by a Hugging Face repository id is neither in the cache nor downloadable.
+    #[error("model `{repo}` (revision {revision}): {reason}")]
+    Hub {
+        /// The repository id (`org/name`).
+        repo: String,
+        /// The branch, tag or commit asked for.
+        revision: String,
+        /// What was looked for, where, and why it was not found.
+        reason: String,
+        /// The download client's error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
     /// Another error, with advice on what to do about it.
     #[error("{source}; {hint}")]
     WithHint {

@@ -6,6 +6,7 @@
 //! the path once complete: an existing file stays intact until the new one is whole, a failed
 //! write (disk full, file-size limit) removes the temporary file and leaves the old one as it
 //! was, and a symbolic link at the path is replaced by the new file, never written through.
+//! [`expand_tilde`] turns a leading `~` of a path option into the home folder.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -120,6 +121,27 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |w| w.write_all(bytes).map_err(|e| Error::io(path, e)))
 }
 
+/// `path` with a leading `~` (alone, or followed by a separator) replaced by the home folder, as
+/// a shell does; every other path (including `~user/…`) is returned unchanged, as is `path` when
+/// the home folder is unknown.
+pub fn expand_tilde(path: impl AsRef<Path>) -> PathBuf {
+    expand_tilde_in(path.as_ref(), std::env::home_dir().as_deref())
+}
+
+/// [`expand_tilde`] with the home folder given (`None`: unknown).
+pub fn expand_tilde_in(path: &Path, home: Option<&Path>) -> PathBuf {
+    let mut components = path.components();
+    match (components.next(), home) {
+        (Some(std::path::Component::Normal(first)), Some(home)) if first == "~" => {
+            match components.as_path() {
+                rest if rest.as_os_str().is_empty() => home.to_path_buf(),
+                rest => home.join(rest),
+            }
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +231,24 @@ mod tests {
         assert!(write_bytes_atomic(&path, b"new").is_err());
         assert_eq!(names(dir.path()), ["out.png"]);
         assert_eq!(names(&path), ["inside"]);
+    }
+
+    #[test]
+    fn a_leading_tilde_becomes_the_home_folder() {
+        let home = Some(Path::new("/home/ada"));
+        let expand = |p: &str| expand_tilde_in(Path::new(p), home);
+        assert_eq!(expand("~"), Path::new("/home/ada"));
+        assert_eq!(expand("~/models/sd15"), Path::new("/home/ada/models/sd15"));
+        for unchanged in [
+            "~ada/models",
+            "models/~/sd",
+            "/abs/~",
+            "org/name",
+            "",
+            "./~",
+        ] {
+            assert_eq!(expand(unchanged), Path::new(unchanged), "{unchanged}");
+        }
+        assert_eq!(expand_tilde_in(Path::new("~/x"), None), Path::new("~/x"));
     }
 }

@@ -12,7 +12,9 @@
 //!   guidance over any of them.
 //! * [`nn`] — GroupNorm/LayerNorm with f32 statistics, the attention entry point, activations.
 //! * [`image`], [`noise`], [`progress`] — image ⇄ tensor, reproducible noise, step callbacks.
-//! * [`files`] — output files checked before any work and written atomically.
+//! * [`files`] — output files checked before any work and written atomically, `~` in paths.
+//! * [`hub`] — models named by Hugging Face repository id: the local cache, offline use, and
+//!   downloads with `hf-hub` (the `hub` feature).
 //!
 //! ```no_run
 //! use prompt_diffusion_core::weights::{TensorSource, open_component_weights};
@@ -35,6 +37,7 @@ pub mod dtype;
 mod error;
 pub mod files;
 pub mod finite;
+pub mod hub;
 pub mod image;
 pub mod limits;
 pub mod memory;

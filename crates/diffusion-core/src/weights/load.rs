@@ -14,6 +14,7 @@ use regex::Regex;
 use super::TensorSource;
 use crate::Result;
 use crate::error::{ShapeMismatch, WeightsError};
+use crate::hub::HubOptions;
 
 /// How [`load_module`] treats dtypes and tolerated extra tensors.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +28,12 @@ pub struct LoadOptions {
     /// Weight-file variant to prefer in diffusers folders (e.g. `fp16` for
     /// `diffusion_pytorch_model.fp16.safetensors`).
     pub variant: Option<String>,
+    /// Where a component named by Hugging Face repository id is found and downloaded
+    /// ([`Pretrained::from_pretrained`](super::Pretrained::from_pretrained)).
+    pub hub: HubOptions,
+    /// The folder of the component inside the folder or repository given (diffusers'
+    /// `subfolder=`, e.g. `unet` of a pipeline).
+    pub subfolder: Option<String>,
 }
 
 impl LoadOptions {
@@ -35,6 +42,10 @@ impl LoadOptions {
         with_dtype(dtype: DType) = Some(dtype);
         /// Prefers the given weight-file variant in diffusers folders.
         with_variant(variant: impl Into<String>) = Some(variant.into());
+        /// Finds components named by repository id with these hub options.
+        with_hub(hub: HubOptions);
+        /// Loads the component from a sub-folder of the folder or repository given.
+        with_subfolder(subfolder: impl Into<String>) = Some(subfolder.into());
     }
 
     /// Tolerates unexpected tensors whose name matches `pattern` (a regex).

@@ -14,7 +14,7 @@ mod torch;
 use std::path::{Path, PathBuf};
 
 pub use load::{CastFloats, CheckedData, LoadOptions, SqueezeConv1x1, load_module};
-pub use pretrained::{ComponentConfig, Pretrained};
+pub use pretrained::{ComponentConfig, Pretrained, component_folder};
 pub use source::{DataFn, TensorSource, WeightFormat};
 pub use torch::MAX_PICKLE_BYTES;
 
@@ -40,24 +40,7 @@ pub fn find_component_weights(dir: impl AsRef<Path>, variant: Option<&str>) -> R
             std::io::Error::new(std::io::ErrorKind::NotFound, "component folder not found"),
         ));
     }
-    let mut candidates = Vec::new();
-    if let Some(v) = variant {
-        for stem in WEIGHT_STEMS {
-            candidates.push(format!("{stem}.{v}.safetensors"));
-            candidates.push(format!("{stem}.safetensors.index.{v}.json"));
-        }
-    }
-    for stem in WEIGHT_STEMS {
-        candidates.push(format!("{stem}.safetensors"));
-        candidates.push(format!("{stem}.safetensors.index.json"));
-    }
-    for stem in WEIGHT_STEMS {
-        if let Some(v) = variant {
-            candidates.push(format!("{stem}.{v}.bin"));
-        }
-        candidates.push(format!("{stem}.bin"));
-    }
-    let found = candidates
+    let found = weight_file_names(variant)
         .iter()
         .map(|name| dir.join(name))
         .find(|path| path.is_file())
@@ -77,6 +60,28 @@ pub fn find_component_weights(dir: impl AsRef<Path>, variant: Option<&str>) -> R
         }
     }
     Ok(found)
+}
+
+/// The weight-file names [`find_component_weights`] looks for, in its order.
+pub fn weight_file_names(variant: Option<&str>) -> Vec<String> {
+    let mut candidates = Vec::new();
+    if let Some(v) = variant {
+        for stem in WEIGHT_STEMS {
+            candidates.push(format!("{stem}.{v}.safetensors"));
+            candidates.push(format!("{stem}.safetensors.index.{v}.json"));
+        }
+    }
+    for stem in WEIGHT_STEMS {
+        candidates.push(format!("{stem}.safetensors"));
+        candidates.push(format!("{stem}.safetensors.index.json"));
+    }
+    for stem in WEIGHT_STEMS {
+        if let Some(v) = variant {
+            candidates.push(format!("{stem}.{v}.bin"));
+        }
+        candidates.push(format!("{stem}.bin"));
+    }
+    candidates
 }
 
 /// Opens the weights of a diffusers component folder (see [`find_component_weights`]).

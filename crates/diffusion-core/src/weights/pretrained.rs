@@ -4,10 +4,10 @@
 //! `config.json`, a diffusers class name, weights in diffusers naming (a component folder) and
 //! a key prefix in original single-file checkpoints. It implements [`Pretrained::from_source`]
 //! — build from a config and tensors in any naming its crate's `weights.rs` knows — and gets
-//! [`from_pretrained`](Pretrained::from_pretrained) (a folder) and
-//! [`from_single_file`](Pretrained::from_single_file) (its part of a checkpoint) for free.
+//! [`from_pretrained`](Pretrained::from_pretrained) (a folder, or a Hugging Face repository id)
+//! and [`from_single_file`](Pretrained::from_single_file) (its part of a checkpoint) for free.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
@@ -38,6 +38,22 @@ macro_rules! component_configs {
     };
 }
 
+/// The folder a component loads from: `dir` (with `~` expanded) or, for a Hugging Face
+/// repository id, its snapshot in the cache (downloaded first when needed and allowed by
+/// `options.hub`), then `options.subfolder` inside it.
+///
+/// # Errors
+/// As [`hub::resolve`](crate::hub::resolve).
+pub fn component_folder(dir: &Path, options: &LoadOptions) -> Result<PathBuf> {
+    let subfolder = options.subfolder.as_deref();
+    let wanted = crate::hub::Wanted::Component(subfolder);
+    let root = crate::hub::resolve(dir, &options.hub, wanted, options.variant.as_deref())?;
+    Ok(match subfolder {
+        Some(subfolder) => root.join(subfolder),
+        None => root,
+    })
+}
+
 /// A model component loaded the same way as every other.
 pub trait Pretrained<B: Backend>: Sized {
     /// The component's config.
@@ -64,16 +80,19 @@ pub trait Pretrained<B: Backend>: Sized {
     ) -> Result<Self>;
 
     /// Loads a diffusers component folder: `config.json` and the weights (in the variant of
-    /// `options` when present).
+    /// `options` when present). `dir` may be a Hugging Face repository id (`org/name`), found
+    /// in the cache or downloaded with `options.hub`, and `options.subfolder` names the
+    /// component's folder inside it (see [`component_folder`]).
     ///
     /// # Errors
-    /// A missing or invalid config or weight file, or weights that do not match the config.
+    /// A missing or invalid config or weight file, weights that do not match the config, or
+    /// [`Error::Hub`] for a repository that is neither cached nor downloadable.
     fn from_pretrained(
         dir: impl AsRef<Path>,
         options: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
+        let dir = &component_folder(dir.as_ref(), options)?;
         let config = Self::Config::read(&dir.join("config.json"))?;
         let source = open_component_weights(dir, options.variant.as_deref())?;
         Self::from_source(&config, &source, options, device)
