@@ -5,9 +5,9 @@ use burn::prelude::*;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
 
-use crate::AutoencoderKLConfig;
 use crate::vae::{Decoder, Encoder};
 use crate::weights::{VaeWeightLayout, check_weights, to_diffusers_names};
+use crate::{AutoencoderKLConfig, VaeOptions};
 
 /// The posterior `N(mean, exp(logvar))` an image encodes to (diffusers
 /// `DiagonalGaussianDistribution`).
@@ -60,6 +60,9 @@ pub struct AutoencoderKL<B: Backend> {
     pub post_quant_conv: Option<Conv2d<B>>,
     #[module(skip)]
     config: AutoencoderKLConfig,
+    /// Tiling and slicing (`crate::tiling`).
+    #[module(skip)]
+    pub(crate) options: VaeOptions,
 }
 
 impl<B: Backend> Pretrained<B> for AutoencoderKL<B> {
@@ -102,6 +105,7 @@ impl<B: Backend> AutoencoderKL<B> {
                 .use_post_quant_conv
                 .then(|| Conv2dConfig::new([latent, latent], [1, 1]).init(device)),
             config: config.clone(),
+            options: VaeOptions::default(),
         }
     }
 
@@ -115,24 +119,38 @@ impl<B: Backend> AutoencoderKL<B> {
         self.config.scaling_factor
     }
 
-    /// Encodes images to the posterior.
+    /// Encodes images to the posterior, tiled and sliced as the [`options`](Self::options)
+    /// say (diffusers `encode`).
     ///
     /// # Shapes
-    /// `[batch, in_channels, H, W]` in [-1, 1] → posterior over `[batch, latent_channels, H/8, W/8]`.
+    /// `[batch, in_channels, H, W]` in [-1, 1] → posterior over `[batch, latent_channels, H/8, W/8]`
+    /// (tiled: diffusers' tile grid, which is `H/8 × W/8` when the tile size divides evenly).
     pub fn encode(&self, images: Tensor<B, 4>) -> DiagonalGaussian<B> {
-        let moments = self.encoder.forward(images);
-        let moments = match &self.quant_conv {
-            Some(conv) => conv.forward(moments),
-            None => moments,
-        };
+        let moments = self.sliced(images, |x| self.encode_moments(x));
         DiagonalGaussian::from_moments(moments)
     }
 
-    /// Decodes (unscaled) latents to images in about [-1, 1].
+    /// Decodes (unscaled) latents to images in about [-1, 1], tiled and sliced as the
+    /// [`options`](Self::options) say (diffusers `decode`).
     ///
     /// # Shapes
-    /// `[batch, latent_channels, h, w]` → `[batch, out_channels, 8h, 8w]`.
+    /// `[batch, latent_channels, h, w]` → `[batch, out_channels, 8h, 8w]` (tiled: diffusers'
+    /// tile grid, which is `8h × 8w` when the tile size divides evenly).
     pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.sliced(latents, |z| self.decode_latents(z))
+    }
+
+    /// The moments of images in one piece: the encoder and `quant_conv`.
+    pub(crate) fn encode_tile(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
+        let moments = self.encoder.forward(images);
+        match &self.quant_conv {
+            Some(conv) => conv.forward(moments),
+            None => moments,
+        }
+    }
+
+    /// The images of latents in one piece: `post_quant_conv` and the decoder.
+    pub(crate) fn decode_tile(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(latents),
             None => latents,

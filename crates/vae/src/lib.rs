@@ -23,10 +23,12 @@
 mod autoencoder_kl;
 mod config;
 mod image_processor;
+mod tiling;
 pub mod vae;
 pub mod weights;
 
 pub use autoencoder_kl::{AutoencoderKL, DiagonalGaussian};
 pub use config::{AutoencoderKLConfig, DownEncoderBlockType, UpDecoderBlockType};
 pub use image_processor::VaeImageProcessor;
+pub use tiling::{VaeOptions, VaeTiling};
 pub use weights::upcast_options;

@@ -126,3 +126,129 @@ fn mismatched_weights_and_configs_are_named() {
             .contains("up_block_types")
     );
 }
+
+/// Tiling and slicing against diffusers' `enable_tiling()` / `enable_slicing()`, on the
+/// fixtures of `tools/fixtures/gen_vae_tiling.py`.
+mod tiling {
+    use super::*;
+    use prompt_diffusion_core::testing::folder_source;
+    use prompt_diffusion_vae::{VaeOptions, VaeTiling};
+
+    /// The tiny SD VAE with `sample_size` 32: tiles of 32 pixels / 4 latents.
+    fn tiny32() -> AutoencoderKL<B> {
+        let (mut config, source) =
+            folder_source::<AutoencoderKLConfig>(&fixtures().join("tiny-sd/vae"));
+        config.sample_size = 32;
+        load_default(&config, &source).unwrap()
+    }
+
+    fn check_tiled(vae: &AutoencoderKL<B>, io: &TensorSource, prefix: &str) {
+        let decoded = vae.decode(t(io, &format!("{prefix}.latent")));
+        let expected: Tensor<B, 4> = t(io, &format!("{prefix}.decoded"));
+        assert_close(&format!("{prefix} decode"), decoded, expected, 1e-4);
+        let posterior = vae.encode(t(io, &format!("{prefix}.image")));
+        let (mean, std) = (format!("{prefix}.mean"), format!("{prefix}.std"));
+        assert_close(&mean, posterior.mean.clone(), t(io, &mean), 1e-4);
+        assert_close(&std, posterior.std(), t(io, &std), 1e-4);
+    }
+
+    #[test]
+    fn tiled_decode_and_encode_match_diffusers() {
+        let mut vae = tiny32();
+        vae.enable_tiling().unwrap();
+        check_tiled(&vae, &io("tiling.safetensors"), "tiled");
+    }
+
+    #[test]
+    fn sliced_tiled_batches_match_diffusers() {
+        let mut vae = tiny32();
+        vae.enable_tiling().unwrap();
+        vae.enable_slicing();
+        assert_eq!(
+            vae.options(),
+            VaeOptions::default()
+                .with_tiling(VaeTiling::default())
+                .with_slicing(true)
+        );
+        check_tiled(&vae, &io("tiling.safetensors"), "sliced");
+    }
+
+    #[test]
+    fn uneven_tile_grids_match_diffusers() {
+        let mut vae = load(&fixtures().join("vae/small"));
+        let tiling = VaeTiling::default()
+            .with_tile_sample_size(12)
+            .with_overlap_factor(0.4);
+        vae.enable_tiling_with(tiling).unwrap();
+        let io = io("tiling_small.safetensors");
+        // diffusers' grid: 9×7 latents → 22×18 pixels, 21×17 pixels → 11×9 latents.
+        assert_eq!(vae.decode(t(&io, "tiled.latent")).dims(), [1, 3, 22, 18]);
+        check_tiled(&vae, &io, "tiled");
+    }
+
+    #[test]
+    fn sliced_decode_and_encode_equal_whole_batches() {
+        let io = io("tiling.safetensors");
+        let (latent, image): (Tensor<B, 4>, Tensor<B, 4>) =
+            (t(&io, "sliced.latent"), t(&io, "sliced.image"));
+        for tiling in [false, true] {
+            let mut vae = tiny32();
+            if tiling {
+                vae.enable_tiling().unwrap();
+            }
+            let whole = (vae.decode(latent.clone()), vae.encode(image.clone()).mean);
+            vae.enable_slicing();
+            let sliced = (vae.decode(latent.clone()), vae.encode(image.clone()).mean);
+            assert_close(&format!("decode, tiling {tiling}"), sliced.0, whole.0, 1e-5);
+            assert_close(&format!("encode, tiling {tiling}"), sliced.1, whole.1, 1e-5);
+        }
+    }
+
+    #[test]
+    fn tiling_is_off_at_or_below_the_tile_size() {
+        let plain = tiny32();
+        let mut tiled = tiny32();
+        tiled.enable_tiling().unwrap();
+        let io = io("tiling.safetensors");
+        let latent: Tensor<B, 4> = t(&io, "tiled.latent");
+        let image: Tensor<B, 4> = t(&io, "tiled.image");
+        for [h, w] in [[4, 4], [4, 3], [2, 4]] {
+            let z = latent.clone().slice([0..1, 0..4, 0..h, 0..w]);
+            let diff = max_abs_diff(tiled.decode(z.clone()), plain.decode(z));
+            assert_eq!(diff, 0.0, "decode of a {h}×{w} latent");
+        }
+        for [h, w] in [[32, 32], [32, 16]] {
+            let x = image.clone().slice([0..1, 0..3, 0..h, 0..w]);
+            let diff = max_abs_diff(tiled.encode(x.clone()).mean, plain.encode(x).mean);
+            assert_eq!(diff, 0.0, "encode of a {h}×{w} image");
+        }
+        // One latent row more than a tile is tiled: the tiles' seams differ from one pass.
+        let z = latent.slice([0..1, 0..4, 0..5, 0..4]);
+        assert!(max_abs_diff(tiled.decode(z.clone()), plain.decode(z)) > 1e-3);
+    }
+
+    #[test]
+    fn tiled_images_reach_the_image_boundary() {
+        let mut vae = tiny32();
+        vae.enable_tiling().unwrap();
+        let latents: Tensor<B, 4> = t(&io("tiling.safetensors"), "tiled.latent");
+        let images = vae.decode_to_images(latents.clone()).unwrap();
+        assert_eq!((images[0].width(), images[0].height()), (48, 56));
+        let pixels = vae.decode(vae.unscale_latents(latents));
+        let expected = vae.image_processor().postprocess(pixels).unwrap();
+        assert_eq!(images, expected);
+    }
+
+    #[test]
+    fn unusable_tilings_are_refused_and_change_nothing() {
+        let mut vae = tiny32();
+        let tiling = VaeTiling::default().with_tile_sample_size(4);
+        let err = vae.enable_tiling_with(tiling).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert!(err.to_string().contains("tile_sample_size 4"), "{err}");
+        assert_eq!(vae.options(), VaeOptions::default());
+        vae.enable_tiling().unwrap();
+        vae.disable_tiling();
+        assert_eq!(vae.options(), VaeOptions::default());
+    }
+}
