@@ -12,6 +12,7 @@ mod common;
 mod compose;
 mod diff_plugin;
 mod fuzz_seeded;
+mod hub;
 mod pipeline_parity;
 #[path = "prompt_diffusion.rs"]
 mod prompt_diffusion_pipelines;

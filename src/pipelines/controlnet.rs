@@ -62,8 +62,10 @@ impl<B: Backend> StableDiffusionControlNet<B> {
         Self { sd, controlnet }
     }
 
-    /// Loads a ControlNet: a diffusers folder (`config.json` + weights), or a single weight file
-    /// in diffusers or original naming (e.g. `control_sd15_canny.pth`). `config` (a diffusers
+    /// Loads a ControlNet: a diffusers folder (`config.json` + weights) or a Hugging Face
+    /// repository id of one (`lllyasviel/sd-controlnet-canny`, found in the cache or downloaded
+    /// with `options.hub`), or a single weight file in diffusers or original naming (e.g.
+    /// `control_sd15_canny.pth`). `config` (a diffusers
     /// `config.json`) replaces the folder's config, and describes a single file, which is
     /// otherwise read with SD 1.5's ControlNet config.
     ///
@@ -75,7 +77,9 @@ impl<B: Backend> StableDiffusionControlNet<B> {
         options: &ModelOptions,
         device: &B::Device,
     ) -> Result<ControlNetModel<B>> {
-        let path = path.as_ref();
+        let wanted = prompt_diffusion_core::hub::Wanted::Component(None);
+        let variant = options.variant.as_deref();
+        let path = &prompt_diffusion_core::hub::resolve(path, &options.hub, wanted, variant)?;
         let load = load_options(options);
         let config = match (config, path.is_dir()) {
             (Some(file), _) => ControlNetConfig::from_file(file)?,

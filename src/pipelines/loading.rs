@@ -1,6 +1,7 @@
 //! Finding and loading Stable Diffusion's components: diffusers pipeline folders
-//! (`model_index.json` + component folders) and original single-file checkpoints
-//! (`.safetensors`/`.ckpt` with the LDM prefixes).
+//! (`model_index.json` + component folders, or a Hugging Face repository id found in the cache
+//! or downloaded) and original single-file checkpoints (`.safetensors`/`.ckpt` with the LDM
+//! prefixes).
 
 use prompt_diffusion_core::weights::Pretrained;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use prompt_diffusion_clip::{
     CLIPTextConfig, CLIPTextModel, ClipTokenizer, weights as clip_weights,
 };
 use prompt_diffusion_core::config::OneOrMany;
+use prompt_diffusion_core::hub::{HubOptions, Wanted};
 use prompt_diffusion_core::memory::MemoryLimit;
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
@@ -31,7 +33,13 @@ pub struct ModelOptions {
     /// The memory a generation with the loaded model may use (default: the memory available
     /// when it starts); a generation estimated to need more is refused before it allocates.
     pub memory_limit: MemoryLimit,
+    /// Where a model named by Hugging Face repository id (`org/name`) is found and downloaded:
+    /// revision, token, cache folder, offline mode (unset fields read `HF_*` variables).
+    pub hub: HubOptions,
 }
+
+/// The component folders of a Stable Diffusion pipeline.
+pub(crate) const SD_FOLDERS: [&str; 5] = ["tokenizer", "text_encoder", "unet", "vae", "scheduler"];
 
 impl ModelOptions {
     prompt_diffusion_core::setters! {
@@ -41,13 +49,27 @@ impl ModelOptions {
         with_config(config: impl Into<PathBuf>) = Some(config.into());
         /// Sets the memory limit of generations.
         with_memory_limit(memory_limit: MemoryLimit);
+        /// Finds models named by repository id with these hub options.
+        with_hub(hub: HubOptions);
     }
 
     pub(crate) fn load_options(&self) -> LoadOptions {
         LoadOptions {
             variant: self.variant.clone(),
+            hub: self.hub.clone(),
             ..LoadOptions::default()
         }
+    }
+
+    /// The local folder of a pipeline named by `dir`: `dir` itself (`~` expanded), or for a
+    /// Hugging Face repository id its snapshot in the cache, holding `folders` (downloaded
+    /// first when needed and allowed).
+    ///
+    /// # Errors
+    /// As [`prompt_diffusion_core::hub::resolve`].
+    pub fn resolve_pipeline(&self, dir: &Path, folders: &[&str]) -> Result<PathBuf> {
+        let wanted = Wanted::Pipeline(folders);
+        prompt_diffusion_core::hub::resolve(dir, &self.hub, wanted, self.variant.as_deref())
     }
 }
 
@@ -100,17 +122,19 @@ pub(crate) fn check_model_index(dir: &Path) -> Result<()> {
 
 impl<B: Backend> Components<B> {
     /// Loads a diffusers pipeline folder (`tokenizer/`, `text_encoder/`, `unet/`, `vae/`,
-    /// `scheduler/`).
+    /// `scheduler/`), or a Hugging Face repository id (`stable-diffusion-v1-5/stable-diffusion-v1-5`)
+    /// from the cache, downloaded first when needed (see [`ModelOptions::hub`]).
     ///
     /// # Errors
     /// A missing folder or file, an invalid config, or weights that do not match (each error
-    /// names the file and the tensor or field).
+    /// names the file and the tensor or field); [`Error::Hub`] for a repository that is neither
+    /// cached nor downloadable.
     pub fn from_pretrained(
         dir: impl AsRef<Path>,
         options: &ModelOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
+        let dir = &options.resolve_pipeline(dir.as_ref(), &SD_FOLDERS)?;
         require_dir(dir, "model folder")?;
         check_model_index(dir)?;
         let load = options.load_options();

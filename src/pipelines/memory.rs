@@ -30,7 +30,7 @@ use prompt_diffusion_core::weights::open_component_weights;
 use prompt_diffusion_unet::UNet2DConditionConfig;
 use prompt_diffusion_vae::AutoencoderKLConfig;
 
-use super::loading::{Components, check_model_index, require_dir};
+use super::loading::{Components, SD_FOLDERS, check_model_index, require_dir};
 use super::stable_diffusion::native_size;
 use super::{Generation, ModelOptions};
 
@@ -217,7 +217,8 @@ fn describe(shape: RunShape) -> String {
 }
 
 /// Refuses, before the diffusers folder `dir` is loaded, a `generation` (of an init image of
-/// `init_size` for img2img) that cannot fit in `options`' memory limit.
+/// `init_size` for img2img) that cannot fit in `options`' memory limit. A Hugging Face
+/// repository id is resolved first ([`ModelOptions::resolve_pipeline`]).
 ///
 /// The estimate needs only the UNet and VAE configs and the tensor shapes in the weight
 /// files' headers, so a refusal costs milliseconds instead of a model load; the weights count
@@ -233,6 +234,7 @@ pub fn check_folder<B: Backend>(
     init_size: Option<(usize, usize)>,
     device: &B::Device,
 ) -> Result<()> {
+    let dir = &options.resolve_pipeline(dir, &SD_FOLDERS)?;
     require_dir(dir, "model folder")?;
     check_model_index(dir)?;
     let unet = UNet2DConditionConfig::from_file(dir.join("unet/config.json"))?;

@@ -194,7 +194,8 @@ impl<B: Backend> PromptDiffusion<B> {
 
     /// Loads the diffusers-converted layout: a folder with `controlnet/` and the pipeline
     /// components, either beside it (`zhendongw/prompt-diffusion-diffusers`) or in `base/`
-    /// (`iczaw/prompt-diffusion-diffusers`).
+    /// (`iczaw/prompt-diffusion-diffusers`). A Hugging Face repository id of the first layout
+    /// is found in the cache or downloaded (see [`ModelOptions::hub`]).
     ///
     /// # Errors
     /// A missing folder or file, an invalid config, or weights that do not match.
@@ -203,7 +204,9 @@ impl<B: Backend> PromptDiffusion<B> {
         options: &ModelOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
+        let folders = super::loading::SD_FOLDERS;
+        let folders: Vec<&str> = std::iter::once("controlnet").chain(folders).collect();
+        let dir = &options.resolve_pipeline(dir.as_ref(), &folders)?;
         require_dir(dir, "model folder")?;
         if !dir.join("controlnet").is_dir() {
             return Err(Error::format(

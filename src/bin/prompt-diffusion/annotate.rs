@@ -22,10 +22,10 @@ pub struct AnnotateArgs {
     #[arg(long, value_parser = parse_kind)]
     pub kind: AnnotatorKind,
     /// The input image.
-    #[arg(value_name = "IN")]
+    #[arg(value_name = "IN", value_parser = crate::args::path_arg())]
     pub input: PathBuf,
     /// The output PNG.
-    #[arg(value_name = "OUT")]
+    #[arg(value_name = "OUT", value_parser = crate::args::path_arg())]
     pub output: PathBuf,
     /// canny: gradient magnitude that continues an edge.
     #[arg(long, default_value_t = 100.0)]

@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use clap::Args;
+use clap::builder::TypedValueParser;
 use prompt_diffusion::backends::BackendKind;
+use prompt_diffusion::core::files::expand_tilde;
+use prompt_diffusion::core::hub::HubOptions;
 use prompt_diffusion::core::memory::MemoryLimit;
 use prompt_diffusion::core::{Error, Precision, Result};
 use prompt_diffusion::schedulers::SchedulerKind;
@@ -19,27 +22,44 @@ pub(crate) fn parse<T: FromStr<Err = Error>>(s: &str) -> std::result::Result<T, 
     T::from_str(s).map_err(|e| e.to_string())
 }
 
+/// Parses a path option, expanding a leading `~` (left as it is by the shell when quoted or
+/// after `=`).
+pub(crate) fn path_arg() -> impl TypedValueParser<Value = PathBuf> {
+    clap::builder::PathBufValueParser::new().map(expand_tilde)
+}
+
 /// Where the model comes from and where it runs.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+    /// A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
+    /// scheduler/), or a Hugging Face repository id (org/name) found in the Hugging Face cache
+    /// ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub) or downloaded into it
+    /// ($HF_HUB_OFFLINE=1: the cache only; $HF_ENDPOINT: another hub).
     #[arg(
         long,
-        value_name = "DIR",
+        value_name = "DIR|ORG/NAME",
+        value_parser = path_arg(),
         required_unless_present = "checkpoint",
         conflicts_with = "checkpoint"
     )]
     pub model: Option<PathBuf>,
     /// An original single-file checkpoint (.safetensors or .ckpt).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = path_arg())]
     pub checkpoint: Option<PathBuf>,
     /// With --checkpoint: a diffusers folder whose configs, tokenizer and scheduler describe it
     /// (default: detect SD1/SD2 and use the published configs).
-    #[arg(long, value_name = "DIR", requires = "checkpoint")]
+    #[arg(long, value_name = "DIR", value_parser = path_arg(), requires = "checkpoint")]
     pub config: Option<PathBuf>,
     /// Weight-file variant to prefer in diffusers folders (e.g. fp16).
     #[arg(long)]
     pub variant: Option<String>,
+    /// For a repository id: the branch, tag or commit hash to load (default: main).
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+    /// For a repository id: the access token of a private or gated repository (default:
+    /// $HF_TOKEN, else the token file `hf auth login` writes).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -67,6 +87,18 @@ impl ModelArgs {
             variant: self.variant.clone(),
             config: self.config.clone(),
             memory_limit: self.device.max_memory.unwrap_or_default(),
+            hub: self.hub(),
+        }
+    }
+
+    /// Where models named by repository id are found and downloaded: `--revision`, `--token`,
+    /// the rest from the environment; downloads show progress bars.
+    pub fn hub(&self) -> HubOptions {
+        HubOptions {
+            revision: self.revision.clone(),
+            token: self.token.clone(),
+            progress: true,
+            ..HubOptions::default()
         }
     }
 }
@@ -137,7 +169,7 @@ pub struct GenerationArgs {
     #[command(flatten)]
     pub size: SizeArgs,
     /// A safetensors file whose tensor `latents` [n, 4, height/8, width/8] is the initial noise.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = path_arg())]
     pub latents: Option<PathBuf>,
     /// Number of images (default 1, or the batch of --latents).
     #[arg(long)]
@@ -146,7 +178,7 @@ pub struct GenerationArgs {
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
     /// Output PNG; several images get `_0`, `_1`, … before the extension.
-    #[arg(long, default_value = "output.png")]
+    #[arg(long, default_value = "output.png", value_parser = path_arg())]
     pub output: PathBuf,
 }
 
@@ -210,7 +242,7 @@ pub fn load_timed<M, B: Backend>(
         (Some(dir), _) => from_dir(dir)?,
         (None, Some(file)) => from_file(file)?,
         (None, None) => {
-            let message = "give --model DIR or --checkpoint FILE";
+            let message = "give --model DIR|ORG/NAME or --checkpoint FILE";
             return Err(Error::invalid_input("model", message));
         }
     };

@@ -7,6 +7,7 @@ use clap::Args;
 use image::RgbImage;
 use prompt_diffusion::backends::BackendTask;
 use prompt_diffusion::core::Result;
+use prompt_diffusion::core::hub::RepoId;
 use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::pipelines::ControlNetOptions;
 use prompt_diffusion::{Generation, StableDiffusionControlNet};
@@ -22,17 +23,18 @@ pub struct ControlNetArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub generation: GenerationArgs,
-    /// The ControlNet: a diffusers folder (config.json + weights) or a single weight file
-    /// (diffusers or original names, e.g. control_sd15_canny.pth).
-    #[arg(long, value_name = "DIR|FILE")]
+    /// The ControlNet: a diffusers folder (config.json + weights), a Hugging Face repository id
+    /// of one (found in the cache or downloaded, as --model), or a single weight file (diffusers
+    /// or original names, e.g. control_sd15_canny.pth).
+    #[arg(long, value_name = "DIR|FILE|ORG/NAME", value_parser = crate::args::path_arg())]
     pub controlnet: PathBuf,
     /// A diffusers config.json for the ControlNet (default: the folder's own; SD 1.5's for a
     /// single file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub controlnet_config: Option<PathBuf>,
     /// The hint image (edges, depth, pose, … as the ControlNet expects). The output takes its
     /// size, rounded down to a multiple of 8, unless --width/--height are given.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub hint: PathBuf,
     /// Multiplier of the ControlNet's residuals.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
@@ -54,7 +56,9 @@ impl ControlNetRun {
     /// Reads the hint and checks everything that can be checked without the model.
     pub fn new(args: &ControlNetArgs) -> anyhow::Result<Self> {
         check_conditioning_scale(args.conditioning_scale)?;
-        if !args.controlnet.exists() {
+        let name = args.controlnet.to_str();
+        let repo_id = name.is_some_and(|name| RepoId::parse(name).is_ok());
+        if !args.controlnet.exists() && !repo_id {
             anyhow::bail!("--controlnet {}: not found", args.controlnet.display());
         }
         let generation = args.generation.generation()?;

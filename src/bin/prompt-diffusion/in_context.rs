@@ -39,13 +39,13 @@ pub struct InContextArgs {
     #[command(flatten)]
     pub generation: GenerationArgs,
     /// The example's source image (e.g. a line drawing).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub example_source: PathBuf,
     /// The example's target image (what the source becomes).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub example_target: PathBuf,
     /// The query: a new source image to apply the example's task to.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub query: PathBuf,
     /// Short side of the output; both sides are rounded to multiples of 64 (default: the
     /// model's native size, 512). --width/--height override it.

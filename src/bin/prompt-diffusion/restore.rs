@@ -25,10 +25,10 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The CLIP ViT-L/14 vision folder (`openai/clip-vit-large-patch14`).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path_arg())]
     pub clip_vision: PathBuf,
     /// The released `pre-trained/` folder (`<task>/tpb.pt`, `<task>/scb/`, `plugin_selector/`).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path_arg())]
     pub plugins: PathBuf,
     /// The task: derain, desnow, dehaze, deblur, lowlight, highlight, face, demoire.
     #[arg(long, value_parser = parse_task, conflicts_with = "instruction", required_unless_present = "instruction")]
@@ -37,7 +37,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub instruction: Option<String>,
     /// The degraded image.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub input: PathBuf,
     /// UniPC steps of the first plugin.
     #[arg(long, default_value_t = 20)]
@@ -53,7 +53,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub size: Option<usize>,
     /// Output PNG.
-    #[arg(long, default_value = "restored.png")]
+    #[arg(long, default_value = "restored.png", value_parser = crate::args::path_arg())]
     pub output: PathBuf,
 }
 

@@ -30,7 +30,7 @@ pub struct Img2ImgArgs {
     #[command(flatten)]
     pub generation: GenerationArgs,
     /// The image to transform.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub init_image: PathBuf,
     /// How much of the schedule runs, in [0, 1] (1 ignores the image's content).
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]

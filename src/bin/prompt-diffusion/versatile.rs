@@ -59,20 +59,20 @@ pub enum FlowCommand {
 pub struct VdModelArgs {
     /// A diffusers Versatile Diffusion folder (image_unet/, text_unet/, text_encoder/,
     /// image_encoder/, vae/, tokenizer/, scheduler/), e.g. shi-labs/versatile-diffusion.
-    #[arg(long, value_name = "DIR", conflicts_with = "checkpoint")]
+    #[arg(long, value_name = "DIR", conflicts_with = "checkpoint", value_parser = crate::args::path_arg())]
     pub model: Option<PathBuf>,
     /// The official diffuser checkpoint (vd-four-flow-v1-0.pth), with --checkpoint-vae and --clip.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub checkpoint: Option<PathBuf>,
     /// With --checkpoint: the release's other files.
     #[command(flatten)]
     pub official: OfficialArgs,
     /// Another VAE folder than the model's vae/ (with --checkpoint: only its config.json is
     /// read, describing --checkpoint-vae).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path_arg())]
     pub vae: Option<PathBuf>,
     /// Another CLIP tokenizer folder than the model's tokenizer/ (or --clip).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path_arg())]
     pub tokenizer: Option<PathBuf>,
     /// The text flows' Optimus.
     #[command(flatten)]
@@ -88,19 +88,19 @@ pub struct VdModelArgs {
 #[derive(Debug, Clone, Args)]
 pub struct OfficialArgs {
     /// With --checkpoint: the official VAE (kl-f8.pth).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub checkpoint_vae: Option<PathBuf>,
     /// With --checkpoint: the CLIP ViT-L/14 folder (openai/clip-vit-large-patch14: both towers
     /// and the tokenizer).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path_arg())]
     pub clip: Option<PathBuf>,
     /// With --checkpoint: the CLIP vision tower from another folder than --clip.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path_arg())]
     pub clip_vision: Option<PathBuf>,
     /// With --checkpoint: a diffusers Versatile Diffusion folder whose image_unet/ and text_unet/
     /// configs (and vae/ config, when present) describe the checkpoints (default: the published
     /// sizes).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path_arg())]
     pub config: Option<PathBuf>,
 }
 
@@ -109,14 +109,14 @@ pub struct OfficialArgs {
 pub struct OptimusArgs {
     /// Optimus weights (optimus-vae.pth of the official release): needed by image-to-text and
     /// text-variation.
-    #[arg(id = "optimus_weights", long = "optimus-weights", value_name = "FILE")]
+    #[arg(id = "optimus_weights", long = "optimus-weights", value_name = "FILE", value_parser = crate::args::path_arg())]
     pub weights: Option<PathBuf>,
     /// Optimus vocabulary folder (lib/model_zoo/optimus_models/vocab/ of the official code:
     /// bert-base-cased-vocab.txt, gpt2-vocab.json, gpt2-merges.txt).
-    #[arg(id = "optimus_vocab", long = "optimus-vocab", value_name = "DIR")]
+    #[arg(id = "optimus_vocab", long = "optimus-vocab", value_name = "DIR", value_parser = crate::args::path_arg())]
     pub vocab: Option<PathBuf>,
     /// Optimus sizes as a config.json (default: VD's BERT-base-cased and GPT-2 small).
-    #[arg(id = "optimus_config", long = "optimus-config", value_name = "FILE")]
+    #[arg(id = "optimus_config", long = "optimus-config", value_name = "FILE", value_parser = crate::args::path_arg())]
     pub config: Option<PathBuf>,
 }
 
@@ -165,7 +165,7 @@ pub struct SamplingArgs {
     pub eta: f64,
     /// A safetensors file whose tensor `latents` is the initial noise: [n, 4, height/8, width/8]
     /// for images, [n, 768, 1, 1] for texts.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub latents: Option<PathBuf>,
 }
 
@@ -184,12 +184,12 @@ pub struct PromptArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ImageInputArgs {
     /// The image prompt (this or --image-embeds is required; any size, CLIP resizes it).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub image: Option<PathBuf>,
     /// Precomputed image context instead of --image: a safetensors file whose tensor
     /// `image_embeds` is [257, 768] or [n, 257, 768], normalised as the image encoder's output
     /// (e.g. predicted from brain activity or retrieved from an index).
-    #[arg(long, value_name = "FILE", conflicts_with = "image")]
+    #[arg(long, value_name = "FILE", conflicts_with = "image", value_parser = crate::args::path_arg())]
     pub image_embeds: Option<PathBuf>,
     /// The unconditional image context: gray (diffusers and the 2022 inference code), black (the
     /// 2023 app's image→text) or zeros (the 2023 app's image flows).
@@ -217,7 +217,7 @@ pub struct ImageOutputArgs {
     #[arg(long)]
     pub num_images: Option<usize>,
     /// Output PNG; several images get `_0`, `_1`, … before the extension.
-    #[arg(long, default_value = "output.png")]
+    #[arg(long, default_value = "output.png", value_parser = crate::args::path_arg())]
     pub output: PathBuf,
 }
 
@@ -235,7 +235,7 @@ pub struct TextOutputArgs {
     pub temperature: f64,
     /// Also write the texts to this .txt file (one file per text: `_0`, `_1`, … when several).
     /// They are always printed.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub output: Option<PathBuf>,
 }
 
