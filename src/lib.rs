@@ -18,3 +18,4 @@ pub mod pipelines;
 
 pub use pipelines::{Generation, ModelOptions, StableDiffusion};
 pub use pipelines::{InContextOptions, PromptDiffusion, StableDiffusionControlNet};
+pub mod metadata;

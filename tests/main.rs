@@ -13,6 +13,7 @@ mod compose;
 mod diff_plugin;
 mod fuzz_seeded;
 mod hub;
+mod metadata;
 mod pipeline_parity;
 #[path = "prompt_diffusion.rs"]
 mod prompt_diffusion_pipelines;

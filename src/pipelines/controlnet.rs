@@ -16,7 +16,7 @@ use prompt_diffusion_controlnet_prompt::{
     ControlHint, ControlNetConfig, ControlNetModel, ControlScales,
 };
 use prompt_diffusion_core::image::{MAX_IMAGE_SIDE, PixelRange, images_to_tensor, resize};
-use prompt_diffusion_core::noise::{NoiseSource, SeededNoise};
+use prompt_diffusion_core::noise::NoiseSource;
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource, open_component_weights};
 use prompt_diffusion_core::{Error, Result};
@@ -96,7 +96,8 @@ impl<B: Backend> StableDiffusionControlNet<B> {
 
     /// Generates images from a prompt guided by `hint` (in the ControlNet's convention: edges,
     /// depth, …, RGB). The output has the requested size, or the hint's own size rounded down to
-    /// a multiple of 8; the hint is resized to it.
+    /// a multiple of 8; the hint is resized to it. Image `i` is drawn from
+    /// `generation.seed + i` ([`Generation::noise`]).
     ///
     /// # Errors
     /// Invalid options ([`Error::InvalidInput`]), a hint the ControlNet cannot take
@@ -108,8 +109,8 @@ impl<B: Backend> StableDiffusionControlNet<B> {
         options: &ControlNetOptions,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
-        let mut noise = SeededNoise::new(generation.seed);
-        self.generate_with_noise(hint, generation, options, &mut noise, callback)
+        let noise = &mut *generation.noise();
+        self.generate_with_noise(hint, generation, options, noise, callback)
     }
 
     /// [`generate`](Self::generate) with an explicit noise stream.

@@ -2,6 +2,7 @@
 
 use burn::tensor::TensorData;
 use prompt_diffusion_core::image::MAX_IMAGE_SIDE;
+use prompt_diffusion_core::noise::{NoiseSource, SeededNoise};
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_schedulers::SchedulerKind;
 
@@ -32,7 +33,12 @@ pub struct Generation {
     pub height: Option<usize>,
     /// Images generated (default 1).
     pub num_images: usize,
-    /// Seed of every random draw of the run (default 0).
+    /// Seed of the run (default 0): image `i` of the batch is drawn from `seed + i` alone
+    /// (wrapping) — its initial noise, the noise a stochastic scheduler adds at each step, and
+    /// img2img's VAE sample — so any image of a batch can be made again by itself with
+    /// `num_images` 1 and seed `seed + i` (AUTOMATIC1111's convention; diffusers with one
+    /// generator per image). With [`latents`](Self::latents) given, the step noise of the whole
+    /// batch comes from `seed`, as diffusers with one generator draws it.
     pub seed: u64,
     /// Initial latents (before scaling by the scheduler's initial sigma), `[n, 4, h/8, w/8]`
     /// with `n` = `num_images` or 1; replaces the seeded draw, e.g. to reproduce another
@@ -152,8 +158,85 @@ impl Generation {
         Ok(())
     }
 
+    /// The noise of a run of these options: [`PerImageNoise`] (image `i` from `seed + i`), or,
+    /// with [`latents`](Self::latents) given, one [`SeededNoise`] stream from `seed` for the
+    /// whole batch (diffusers' behaviour).
+    pub fn noise(&self) -> Box<dyn NoiseSource> {
+        match self.latents {
+            Some(_) => Box::new(SeededNoise::new(self.seed)),
+            None => Box::new(PerImageNoise::new(self.seed, self.num_images)),
+        }
+    }
+
     /// The output size, defaulting to `native` pixels.
     pub(crate) fn size(&self, native: usize) -> (usize, usize) {
         (self.width.unwrap_or(native), self.height.unwrap_or(native))
+    }
+}
+
+/// Noise for a batch in which image `i` draws from its own [`SeededNoise`] stream, seeded
+/// `seed + i` (wrapping): a draw of shape `[n, …]` takes image `i`'s slice from stream `i`, so
+/// image `i` of a batch gets exactly the numbers a batch of one seeded `seed + i` gets.
+#[derive(Debug, Clone)]
+pub struct PerImageNoise {
+    streams: Vec<SeededNoise>,
+}
+
+impl PerImageNoise {
+    /// The streams of `images` images (at least one) from `seed`.
+    pub fn new(seed: u64, images: usize) -> Self {
+        let streams = (0..images.max(1) as u64)
+            .map(|i| SeededNoise::new(seed.wrapping_add(i)))
+            .collect();
+        Self { streams }
+    }
+}
+
+impl NoiseSource for PerImageNoise {
+    /// # Errors
+    /// [`Error::InvalidInput`] when a batch of several images draws a shape whose first
+    /// dimension is not the number of images.
+    fn sample(&mut self, shape: &[usize]) -> Result<TensorData> {
+        let n = self.streams.len();
+        if n == 1 {
+            return self.streams[0].sample(shape);
+        }
+        if shape.first() != Some(&n) {
+            return Err(Error::invalid_input(
+                "noise",
+                format!("a draw of shape {shape:?} does not split into the streams of {n} images"),
+            ));
+        }
+        let per_image: usize = shape[1..].iter().product();
+        let mut values = Vec::with_capacity(n * per_image);
+        for stream in &mut self.streams {
+            values.extend((0..per_image).map(|_| stream.next_normal()));
+        }
+        Ok(TensorData::new(values, shape.to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_i_of_a_batch_draws_what_seed_plus_i_draws_alone() {
+        let mut batch = PerImageNoise::new(10, 3);
+        let mut alone = PerImageNoise::new(12, 1);
+        for shape in [[3, 2, 5], [3, 1, 7]] {
+            let all: Vec<f32> = batch.sample(&shape).unwrap().to_vec().unwrap();
+            let one: Vec<f32> = alone
+                .sample(&[1, shape[1], shape[2]])
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            assert_eq!(&all[2 * one.len()..], &one[..]);
+        }
+        // One image is one plain seeded stream, whatever the shape.
+        let one = PerImageNoise::new(5, 1).sample(&[2, 3]).unwrap();
+        assert_eq!(one, SeededNoise::new(5).sample(&[2, 3]).unwrap());
+        let err = batch.sample(&[2, 4]).unwrap_err().to_string();
+        assert!(err.contains("3 images"), "{err}");
     }
 }

@@ -68,7 +68,7 @@ mod stable_diffusion;
 mod versatile_diffusion;
 
 pub use controlnet::{ControlNetOptions, StableDiffusionControlNet};
-pub use generation::{Generation, MAX_GUIDANCE, MAX_IMAGES};
+pub use generation::{Generation, MAX_GUIDANCE, MAX_IMAGES, PerImageNoise};
 pub use loading::{Components, ModelOptions};
 pub use prompt_diffusion::{
     IN_CONTEXT_MAX_SIDE, InContextOptions, NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX,

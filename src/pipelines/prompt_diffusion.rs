@@ -26,7 +26,7 @@ use prompt_diffusion_controlnet_prompt::{
     PromptDiffusionDenoiser,
 };
 use prompt_diffusion_core::image::{PixelRange, images_to_tensor, resize};
-use prompt_diffusion_core::noise::{NoiseSource, SeededNoise};
+use prompt_diffusion_core::noise::NoiseSource;
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::weights::TensorSource;
 use prompt_diffusion_core::{Error, Result};
@@ -68,7 +68,8 @@ pub struct InContextOptions {
     pub height: Option<usize>,
     /// Images generated (default 1).
     pub num_images: usize,
-    /// Seed of every random draw (default 0).
+    /// Seed of the run (default 0): image `i` is drawn from `seed + i`, as in
+    /// [`Generation::seed`].
     pub seed: u64,
     /// Initial latents `[n, 4, h/8, w/8]`, replacing the seeded draw (as in txt2img).
     pub latents: Option<TensorData>,
@@ -260,7 +261,8 @@ impl<B: Backend> PromptDiffusion<B> {
     }
 
     /// Generates images that apply the `example_source` → `example_target` task to `query`,
-    /// described by `prompt`. Images of other sizes than the output are resized to it.
+    /// described by `prompt`. Images of other sizes than the output are resized to it. Image
+    /// `i` is drawn from `options.seed + i` ([`Generation::noise`]).
     ///
     /// # Errors
     /// Invalid options ([`Error::InvalidInput`]), latents of the wrong shape ([`Error::Shape`]),
@@ -274,9 +276,9 @@ impl<B: Backend> PromptDiffusion<B> {
         options: &InContextOptions,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
-        let mut noise = SeededNoise::new(options.seed);
+        let noise = &mut *options.generation(prompt).noise();
         let images = [example_source, example_target, query];
-        self.generate_with_noise(images, prompt, options, &mut noise, callback)
+        self.generate_with_noise(images, prompt, options, noise, callback)
     }
 
     /// [`generate`](Self::generate) with the images as `[example_source, example_target,

@@ -11,7 +11,7 @@ use prompt_diffusion_clip::ClipTokenizer;
 use prompt_diffusion_core::denoiser::{Denoiser, Guided};
 use prompt_diffusion_core::image::resize;
 use prompt_diffusion_core::memory::MemoryLimit;
-use prompt_diffusion_core::noise::{NoiseSource, SeededNoise, noise_tensor};
+use prompt_diffusion_core::noise::{NoiseSource, noise_tensor};
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_schedulers::Sampler;
@@ -118,7 +118,8 @@ impl<B: Backend> StableDiffusion<B> {
         native_size(self.components.unet.config(), self.components.vae.config())
     }
 
-    /// Generates images from a prompt, drawing every random number from `generation.seed`.
+    /// Generates images from a prompt, image `i` drawn from `generation.seed + i`
+    /// ([`Generation::noise`]).
     ///
     /// # Errors
     /// Invalid options ([`Error::InvalidInput`]), or [`Error::Cancelled`] from `callback`.
@@ -127,7 +128,7 @@ impl<B: Backend> StableDiffusion<B> {
         generation: &Generation,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
-        self.text_to_image_with_noise(generation, &mut SeededNoise::new(generation.seed), callback)
+        self.text_to_image_with_noise(generation, &mut *generation.noise(), callback)
     }
 
     /// [`text_to_image`](Self::text_to_image) with an explicit noise stream (e.g. another
@@ -175,7 +176,8 @@ impl<B: Backend> StableDiffusion<B> {
 
     /// Transforms `image` according to the prompt; `strength` ∈ [0, 1] is how much of the
     /// schedule runs (1 = ignore the image's content). The image is resized to the requested
-    /// size, or to its own size rounded down to a multiple of 8.
+    /// size, or to its own size rounded down to a multiple of 8. Output `i` is drawn from
+    /// `generation.seed + i` ([`Generation::noise`]).
     ///
     /// # Errors
     /// Invalid options ([`Error::InvalidInput`]), or [`Error::Cancelled`] from `callback`.
@@ -186,18 +188,14 @@ impl<B: Backend> StableDiffusion<B> {
         strength: f64,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
-        self.image_to_image_with_noise(
-            generation,
-            image,
-            strength,
-            &mut SeededNoise::new(generation.seed),
-            callback,
-        )
+        let noise = &mut *generation.noise();
+        self.image_to_image_with_noise(generation, image, strength, noise, callback)
     }
 
     /// [`image_to_image`](Self::image_to_image) with an explicit noise stream; the draws are,
-    /// in order, the VAE posterior sample, the noise added to the image latents, then the
-    /// scheduler's (as diffusers).
+    /// in order, the VAE posterior sample of each output (`[n, …]`: one encoded copy of the
+    /// image per output, as diffusers with a generator per image), the noise added to the
+    /// image latents, then the scheduler's (as diffusers).
     pub fn image_to_image_with_noise(
         &self,
         generation: &Generation,
@@ -220,8 +218,7 @@ impl<B: Backend> StableDiffusion<B> {
         let image = resize(image, width as u32, height as u32);
         let context = self.encode_prompt(generation)?;
         let mut sampler = self.sampler(generation)?.with_strength(strength)?;
-        let init = self.components.vae.sample_images(&[image], noise)?;
-        let init = Tensor::cat(vec![init; n], 0);
+        let init = self.components.vae.sample_images(&vec![image; n], noise)?;
         let eps = noise_tensor::<B, 4>(noise, init.dims(), &self.device, DType::F32)?;
         let latents = sampler.noised(init, eps);
         let unet = Guided::new(&self.components.unet, generation.guidance());

@@ -17,7 +17,6 @@ use burn::prelude::*;
 use image::RgbImage;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::denoiser::{Denoiser, Guided};
-use prompt_diffusion_core::noise::SeededNoise;
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::weights::LoadOptions;
 use prompt_diffusion_schedulers::{Sampler, SchedulerConfig};
@@ -232,8 +231,8 @@ impl<B: Backend> VersatileDiffusion<B> {
     }
 
     /// The denoised latents of any flow (`[n, 4, h/8, w/8]` for images, `[n, 768, 1, 1]` for
-    /// texts), every random draw from `generation.seed`; `generation.latents` replaces the
-    /// initial noise.
+    /// texts), image `i`'s random draws from `generation.seed + i` ([`Generation::noise`]);
+    /// `generation.latents` replaces the initial noise.
     ///
     /// # Errors
     /// Invalid options, a flow whose layers are not loaded, or [`Error::Cancelled`].
@@ -263,10 +262,10 @@ impl<B: Backend> VersatileDiffusion<B> {
         let mut sampler = Sampler::from_config(&self.scheduler, kind, eta, steps, &self.device)?;
         let (n, width, height) = (generation.num_images, generation.width, generation.height);
         let shape = components.latent_shape(flow.output(), n, width, height)?;
-        let mut noise = SeededNoise::new(generation.seed);
+        let noise = &mut *generation.noise();
         let given = generation.latents.as_ref();
-        let latents = sampler.initial_latents(shape, given, &mut noise, &self.device)?;
+        let latents = sampler.initial_latents(shape, given, noise, &self.device)?;
         let denoiser = Guided::new(denoiser, generation.guidance());
-        sampler.sample(&denoiser, &conditions, latents, &mut noise, callback)
+        sampler.sample(&denoiser, &conditions, latents, noise, callback)
     }
 }
