@@ -30,7 +30,7 @@ use prompt_diffusion::backends::{BackendTask, run_on, set_kernel_cache_dir};
 struct Cli {
     /// Folder for the GPU backends' autotune results and compiled kernels (default:
     /// $PROMPT_DIFFUSION_CACHE_DIR, else ~/.cache/prompt-diffusion/cubecl).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", value_parser = args::path_arg())]
     cache_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
