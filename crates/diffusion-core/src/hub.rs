@@ -485,4 +485,19 @@ mod tests {
         let err = resolve("org/na me", &options, Wanted::Component(None), None).unwrap_err();
         assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
     }
+
+    #[cfg(not(feature = "hub"))]
+    #[test]
+    fn without_the_hub_feature_an_uncached_repository_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = HubOptions::default()
+            .with_cache_dir(dir.path())
+            .with_offline(false);
+        let err = resolve("org/name", &options, Wanted::Pipeline(&[]), None).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, Error::Hub { .. }), "{message}");
+        for needle in ["org/name", "models--org--name/refs/main", "`hub` feature"] {
+            assert!(message.contains(needle), "`{needle}` not in {message}");
+        }
+    }
 }
