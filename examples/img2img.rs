@@ -4,7 +4,7 @@
 //! cargo run --release --example img2img -- fixtures/tiny-sd fixtures/pipeline/init.png "a snowy landscape" out.png
 //! ```
 
-use burn_ndarray::{NdArray, NdArrayDevice};
+use prompt_diffusion::backends::{Flex, FlexDevice};
 use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
@@ -21,11 +21,11 @@ fn main() -> anyhow::Result<()> {
     let [model, input, prompt, output] =
         std::array::from_fn(|i| given.get(i).map_or(defaults[i], String::as_str).to_string());
 
-    let device = NdArrayDevice::Cpu;
+    let device = FlexDevice;
     // A single-file checkpoint loads the same way:
     // StableDiffusion::from_single_file("v1-5-pruned-emaonly.safetensors", &ModelOptions::default(), &device)
     let sd =
-        StableDiffusion::<NdArray>::from_pretrained(&model, &ModelOptions::default(), &device)?;
+        StableDiffusion::<Flex>::from_pretrained(&model, &ModelOptions::default(), &device)?;
     let init = load_rgb(&input)?;
 
     let generation = Generation::new(prompt).with_steps(30).with_seed(7);

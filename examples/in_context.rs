@@ -13,18 +13,18 @@
 use prompt_diffusion::core::weights::Pretrained;
 use std::ops::ControlFlow;
 
-use burn_ndarray::{NdArray, NdArrayDevice};
+use prompt_diffusion::backends::{Flex, FlexDevice};
 use prompt_diffusion::annotators::AnnotatorKind;
 use prompt_diffusion::controlnet::PromptDiffusionControlNet;
 use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::core::progress::StepInfo;
 use prompt_diffusion::{InContextOptions, ModelOptions, PromptDiffusion, StableDiffusion};
 
-type B = NdArray;
+type B = Flex;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let device = NdArrayDevice::Cpu;
+    let device = FlexDevice;
     let [checkpoint, example, query, prompt, output] = match &args[..] {
         [] => [
             "",

@@ -13,7 +13,7 @@
 
 use std::ops::ControlFlow;
 
-use burn_ndarray::{NdArray, NdArrayDevice};
+use prompt_diffusion::backends::{Flex, FlexDevice};
 use prompt_diffusion::core::image::{load_rgb, save_rgb};
 use prompt_diffusion::core::progress::StepInfo;
 use prompt_diffusion::diff_plugin::Task;
@@ -29,8 +29,8 @@ fn main() -> anyhow::Result<()> {
         );
     };
 
-    let device = NdArrayDevice::Cpu;
-    let sd = StableDiffusion::<NdArray>::from_pretrained(base, &ModelOptions::default(), &device)?;
+    let device = FlexDevice;
+    let sd = StableDiffusion::<Flex>::from_pretrained(base, &ModelOptions::default(), &device)?;
     let pipe = DiffPlugin::new(sd, clip, plugins)?;
 
     // A task name runs that plugin (infer.py); anything else is an instruction (demo.py).

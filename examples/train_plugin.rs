@@ -4,10 +4,10 @@
 //! The pairs folder holds `degraded/<name>` and `clean/<name>`.
 //!
 //! ```text
-//! cargo run --release --example train_plugin -- <sd-1.4-folder> <clip-vit-large-patch14> \
+//! cargo run --release --features train --example train_plugin -- <sd-1.4-folder> <clip-vit-large-patch14> \
 //!     <pairs-folder> <output-folder> [steps] [learning rate]
 //! # The tiny random test model (a few seconds per step on a laptop):
-//! cargo run --release --example train_plugin -- fixtures/tiny-sd \
+//! cargo run --release --features train --example train_plugin -- fixtures/tiny-sd \
 //!     fixtures/diff_plugin/clip-vision my-pairs out 50 1e-3
 //! ```
 
@@ -15,7 +15,7 @@ use prompt_diffusion::core::weights::Pretrained;
 use std::ops::ControlFlow;
 
 use burn::module::AutodiffModule;
-use burn_ndarray::{NdArray, NdArrayDevice};
+use prompt_diffusion::backends::{Flex, FlexDevice};
 use prompt_diffusion::clip::{CLIPVisionConfig, CLIPVisionModel};
 use prompt_diffusion::core::weights::LoadOptions;
 use prompt_diffusion::diff_plugin::train::{
@@ -24,7 +24,7 @@ use prompt_diffusion::diff_plugin::train::{
 use prompt_diffusion::diff_plugin::{SCBNetConfig, TPBConfig, TaskPlugin};
 use prompt_diffusion::{ModelOptions, StableDiffusion};
 
-type B = Autodiff<NdArray>;
+type B = Autodiff<Flex>;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     let steps: usize = rest.first().map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let learning_rate: f64 = rest.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1e-5);
 
-    let device = NdArrayDevice::Cpu;
+    let device = FlexDevice;
     // The base model on the autodiff backend: the UNet passes gradients to the plugin; the VAE
     // and CLIP run without them.
     let sd = StableDiffusion::<B>::from_pretrained(base, &ModelOptions::default(), &device)?;
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let frozen = FrozenModels {
         unet: components.unet,
         vae: components.vae.valid(),
-        image_encoder: CLIPVisionModel::<NdArray>::from_pretrained(
+        image_encoder: CLIPVisionModel::<Flex>::from_pretrained(
             clip,
             &LoadOptions::default(),
             &device,

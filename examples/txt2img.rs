@@ -7,7 +7,7 @@
 
 use std::ops::ControlFlow;
 
-use burn_ndarray::{NdArray, NdArrayDevice};
+use prompt_diffusion::backends::{Flex, FlexDevice};
 use prompt_diffusion::core::progress::StepInfo;
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
@@ -20,9 +20,9 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "a watercolor painting of a fox".into());
     let output = args.next().unwrap_or_else(|| "txt2img.png".into());
 
-    let device = NdArrayDevice::Cpu;
+    let device = FlexDevice;
     let sd =
-        StableDiffusion::<NdArray>::from_pretrained(&model, &ModelOptions::default(), &device)?;
+        StableDiffusion::<Flex>::from_pretrained(&model, &ModelOptions::default(), &device)?;
 
     let generation = Generation::new(prompt)
         .with_negative_prompt("blurry, low quality")

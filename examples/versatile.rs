@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use burn_ndarray::{NdArray, NdArrayDevice};
+use prompt_diffusion::backends::{Flex, FlexDevice};
 use prompt_diffusion::Generation;
 use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::pipelines::{
@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         tokenizer: tiny.then(|| fixtures.join("tiny-sd/tokenizer")),
         ..VersatileModelOptions::default()
     };
-    let vd = VersatileDiffusion::<NdArray>::from_pretrained(&model, &options, &NdArrayDevice::Cpu)?;
+    let vd = VersatileDiffusion::<Flex>::from_pretrained(&model, &options, &FlexDevice)?;
     let diffuser = &vd.components.diffuser;
     let held = diffuser.parameters();
 

@@ -11,6 +11,9 @@
 //! | `wgpu` | `wgpu` | GPU through Vulkan/Metal/DX12 (or lavapipe on a CPU) | f32, f16 where the adapter has it |
 //! | `cuda` | `cuda` | NVIDIA GPU | f32, f16, bf16 |
 //!
+//! The backend types are re-exported here ([`Flex`], [`NdArray`], `Wgpu`, `Cuda` and their
+//! devices), so an application depends on this crate alone.
+//!
 //! The precision is set as the device's default float type before anything is created, so
 //! models load (and are cast) straight into it. On the GPU backends [`run_on`] first points
 //! cubecl's autotune and compiled-kernel caches at a persistent folder ([`kernel_cache_dir`];
@@ -24,6 +27,15 @@ use burn::tensor::backend::Backend;
 use prompt_diffusion_core::{Error, Precision, Result};
 
 pub mod cache;
+
+#[cfg(feature = "ndarray")]
+pub use burn_flex::{Flex, FlexDevice};
+#[cfg(feature = "ndarray")]
+pub use burn_ndarray::{NdArray, NdArrayDevice};
+#[cfg(feature = "cuda")]
+pub use burn_cuda::{Cuda, CudaDevice};
+#[cfg(feature = "wgpu")]
+pub use burn_wgpu::{Wgpu, WgpuDevice};
 
 pub use cache::{
     CACHE_DIR_ENV, DeviceMemory, device_memory, kernel_cache_dir, set_kernel_cache_dir,

@@ -4,8 +4,10 @@
 //!   the sampler, initial latents, decoding) the other pipelines build on.
 //! * [`StableDiffusionControlNet`] — text→image guided by a standard ControlNet and a hint.
 //! * [`PromptDiffusion`] — in-context generation from an example pair and a query image.
-//! * [`VersatileDiffusion`] — Versatile Diffusion's five flows (text/image ⇄ image/text).
-//! * [`diff_plugin`] — image restoration with Diff-Plugin Task-Plugins.
+//! * `VersatileDiffusion` — Versatile Diffusion's five flows (text/image ⇄ image/text); cargo
+//!   feature `versatile`.
+//! * `diff_plugin` — image restoration with Diff-Plugin Task-Plugins; cargo feature
+//!   `diff-plugin`.
 //! * [`memory`] — the memory estimate a generation is checked against before it allocates.
 //!
 //! Every pipeline samples through the one loop, [`Sampler`](prompt_diffusion_schedulers::Sampler),
@@ -59,12 +61,14 @@
 //! ```
 
 mod controlnet;
+#[cfg(feature = "diff-plugin")]
 pub mod diff_plugin;
 mod generation;
 mod loading;
 pub mod memory;
 mod prompt_diffusion;
 mod stable_diffusion;
+#[cfg(feature = "versatile")]
 mod versatile_diffusion;
 
 pub use controlnet::{ControlNetOptions, StableDiffusionControlNet};
@@ -75,6 +79,7 @@ pub use prompt_diffusion::{
     PromptDiffusion, in_context_size,
 };
 pub use stable_diffusion::StableDiffusion;
+#[cfg(feature = "versatile")]
 pub use versatile_diffusion::{
     ImagePrompt, VersatileDiffusion, VersatileModelOptions, VersatileOptions,
 };

@@ -11,8 +11,8 @@
 //!   checkpoint; [`Task`] — the eight tasks, their official order and start latents.
 //! * [`PluginSelector`], [`select`] — the Plugin-Selector that picks plugins from an
 //!   instruction.
-//! * [`train`] — training a plugin on (degraded, clean) pairs ([`train::PluginTrainer`]);
-//!   [`checkpoint`] writes the official checkpoint layout (`scb_net/`, `tpb_net.pt`).
+//! * `train` (cargo feature `train`) — training a plugin on (degraded, clean) pairs
+//!   (`train::PluginTrainer`); [`checkpoint`] writes the official checkpoint layout (`scb_net/`, `tpb_net.pt`).
 //! * [`weights`] — the official file layouts and key tables.
 //!
 //! The restore pipeline (CLIP, VAE, UNet, UniPC) lives in the `prompt-diffusion` facade.
@@ -49,6 +49,7 @@ mod selector;
 mod task;
 pub mod torch_save;
 mod tpb;
+#[cfg(feature = "train")]
 pub mod train;
 pub mod weights;
 

@@ -33,7 +33,7 @@ use crate::TaskPlugin;
 use crate::checkpoint::save_checkpoint;
 
 /// burn's autodiff backend decorator: train on `Autodiff<NdArray>`, `Autodiff<Cuda>`, ….
-pub use burn::backend::Autodiff;
+pub use burn_autodiff::Autodiff;
 
 /// Training settings, with `train.py`'s defaults.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use crate::common::{B, fixtures};
-use burn::backend::Autodiff;
+use prompt_diffusion_diff_plugin::train::Autodiff;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use image::RgbImage;

@@ -32,12 +32,14 @@ Examples:
   prompt-diffusion annotate --kind softedge photo.png soft.png";
 
 /// `restore --help`.
+#[cfg(feature = "diff-plugin")]
 pub const RESTORE: &str = "\
 Examples:
   prompt-diffusion restore --model /models/sd14 --clip-vision /models/clip-vit-large-patch14 --plugins Diff-Plugin/pre-trained --task derain --input rainy.png --output clean.png
   prompt-diffusion restore --model /models/sd14 --clip-vision /models/clip-vit-large-patch14 --plugins Diff-Plugin/pre-trained --instruction \"remove the snow and the haze\" --input photo.png";
 
 /// `versatile --help`.
+#[cfg(feature = "versatile")]
 pub const VERSATILE: &str = "\
 Examples:
   prompt-diffusion versatile text-to-image --model /models/versatile-diffusion --prompt \"a red car\" --seed 1

@@ -12,9 +12,12 @@ mod args;
 mod controlnet;
 mod help;
 mod in_context;
+mod metadata;
 mod output;
+#[cfg(feature = "diff-plugin")]
 mod restore;
 mod sd;
+#[cfg(feature = "versatile")]
 mod versatile;
 
 use std::io::IsTerminal;
@@ -54,12 +57,16 @@ enum Command {
     #[command(after_help = help::ANNOTATE)]
     Annotate(annotate::AnnotateArgs),
     /// Restore an image with Diff-Plugin Task-Plugins (a task, or an instruction).
+    #[cfg(feature = "diff-plugin")]
     #[command(after_help = help::RESTORE)]
     Restore(restore::RestoreArgs),
     /// Versatile Diffusion: text-to-image, image-variation, dual-guided, image-to-text,
     /// text-variation.
+    #[cfg(feature = "versatile")]
     #[command(after_help = help::VERSATILE)]
     Versatile(versatile::VersatileArgs),
+    /// Print the generation parameters a PNG records (AUTOMATIC1111's text, or --json).
+    Info(metadata::InfoArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -76,8 +83,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run_task(args.model.device, controlnet::ControlNetRun::new(&args)?)
         }
         Command::Annotate(args) => annotate::run(&args),
+        #[cfg(feature = "diff-plugin")]
         Command::Restore(args) => run_task(args.model.device, restore::RestoreRun::new(args)?),
+        #[cfg(feature = "versatile")]
         Command::Versatile(args) => versatile::run(args),
+        Command::Info(args) => metadata::info(&args),
     }
 }
 
