@@ -24,8 +24,7 @@ fn main() -> anyhow::Result<()> {
     let device = FlexDevice;
     // A single-file checkpoint loads the same way:
     // StableDiffusion::from_single_file("v1-5-pruned-emaonly.safetensors", &ModelOptions::default(), &device)
-    let sd =
-        StableDiffusion::<Flex>::from_pretrained(&model, &ModelOptions::default(), &device)?;
+    let sd = StableDiffusion::<Flex>::from_pretrained(&model, &ModelOptions::default(), &device)?;
     let init = load_rgb(&input)?;
 
     let generation = Generation::new(prompt).with_steps(30).with_seed(7);

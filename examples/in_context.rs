@@ -13,8 +13,8 @@
 use prompt_diffusion::core::weights::Pretrained;
 use std::ops::ControlFlow;
 
-use prompt_diffusion::backends::{Flex, FlexDevice};
 use prompt_diffusion::annotators::AnnotatorKind;
+use prompt_diffusion::backends::{Flex, FlexDevice};
 use prompt_diffusion::controlnet::PromptDiffusionControlNet;
 use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::core::progress::StepInfo;

@@ -21,8 +21,7 @@ fn main() -> anyhow::Result<()> {
     let output = args.next().unwrap_or_else(|| "txt2img.png".into());
 
     let device = FlexDevice;
-    let sd =
-        StableDiffusion::<Flex>::from_pretrained(&model, &ModelOptions::default(), &device)?;
+    let sd = StableDiffusion::<Flex>::from_pretrained(&model, &ModelOptions::default(), &device)?;
 
     let generation = Generation::new(prompt)
         .with_negative_prompt("blurry, low quality")

@@ -10,8 +10,8 @@
 
 use std::path::PathBuf;
 
-use prompt_diffusion::backends::{Flex, FlexDevice};
 use prompt_diffusion::Generation;
+use prompt_diffusion::backends::{Flex, FlexDevice};
 use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::pipelines::{
     ImagePrompt, VersatileDiffusion, VersatileModelOptions, VersatileOptions,

@@ -28,12 +28,12 @@ use prompt_diffusion_core::{Error, Precision, Result};
 
 pub mod cache;
 
+#[cfg(feature = "cuda")]
+pub use burn_cuda::{Cuda, CudaDevice};
 #[cfg(feature = "ndarray")]
 pub use burn_flex::{Flex, FlexDevice};
 #[cfg(feature = "ndarray")]
 pub use burn_ndarray::{NdArray, NdArrayDevice};
-#[cfg(feature = "cuda")]
-pub use burn_cuda::{Cuda, CudaDevice};
 #[cfg(feature = "wgpu")]
 pub use burn_wgpu::{Wgpu, WgpuDevice};
 

@@ -282,8 +282,18 @@ fn command_line_mistakes_print_clap_in_full_and_help_has_examples() {
     let out = run_cli(Vec::<&str>::new());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    for subcommand in ["txt2img", "img2img", "in-context", "controlnet", "restore", "versatile"] {
-        assert!(stderr.contains(subcommand), "`{subcommand}` not in {stderr}");
+    for subcommand in [
+        "txt2img",
+        "img2img",
+        "in-context",
+        "controlnet",
+        "restore",
+        "versatile",
+    ] {
+        assert!(
+            stderr.contains(subcommand),
+            "`{subcommand}` not in {stderr}"
+        );
     }
 
     // Every subcommand's help ends with examples of itself.

@@ -6,13 +6,13 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use crate::common::{B, fixtures};
-use prompt_diffusion_diff_plugin::train::Autodiff;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use image::RgbImage;
 use prompt_diffusion_clip::{CLIPVisionConfig, CLIPVisionModel};
 use prompt_diffusion_core::testing::max_abs_diff;
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
+use prompt_diffusion_diff_plugin::train::Autodiff;
 use prompt_diffusion_diff_plugin::train::{FrozenModels, PairFolder, PluginTrainer, TrainConfig};
 use prompt_diffusion_diff_plugin::{SCBNetConfig, TPBConfig, TaskPlugin};
 use prompt_diffusion_schedulers::SchedulerConfig;

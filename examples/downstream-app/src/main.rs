@@ -7,7 +7,9 @@ use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let model = std::env::args().nth(1).ok_or("usage: downstream-app MODEL_DIR")?;
+    let model = std::env::args()
+        .nth(1)
+        .ok_or("usage: downstream-app MODEL_DIR")?;
     let device = FlexDevice;
     let sd = StableDiffusion::<Flex>::from_pretrained(&model, &ModelOptions::default(), &device)?;
     let generation = Generation::new("a red circle on a blue background")
