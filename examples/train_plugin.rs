@@ -64,11 +64,9 @@ fn main() -> anyhow::Result<()> {
         out_dim: scb.context_width(),
     };
     let plugin = TaskPlugin::<B>::new(&tpb, &scb, &device)?;
-    let config = TrainConfig {
-        learning_rate,
-        resolution,
-        ..TrainConfig::default()
-    };
+    let config = TrainConfig::default()
+        .with_learning_rate(learning_rate)
+        .with_resolution(resolution);
     let mut trainer = PluginTrainer::new(frozen, plugin, config)?;
 
     let data = PairFolder::open(pairs)?;

@@ -66,6 +66,7 @@ impl FromStr for AnnotatorKind {
 
 /// Options of [`canny`]; the defaults are ControlNet's (thresholds 100 and 200, no blur).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct CannyOptions {
     /// Gradient magnitude (L1, on 0–255 pixel values) that continues an edge.
     pub low: f32,
@@ -85,8 +86,20 @@ impl Default for CannyOptions {
     }
 }
 
+impl CannyOptions {
+    prompt_diffusion_core::setters! {
+        /// Sets the magnitude that continues an edge.
+        with_low(low: f32);
+        /// Sets the magnitude that starts an edge.
+        with_high(high: f32);
+        /// Sets the blur before the gradient.
+        with_sigma(sigma: f32);
+    }
+}
+
 /// Options of [`soft_edge`].
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct SoftEdgeOptions {
     /// Standard deviation of the blur before the gradient, in pixels (default 1.5).
     pub sigma: f32,
@@ -105,6 +118,17 @@ impl Default for SoftEdgeOptions {
             gamma: 0.7,
             floor: 0.1,
         }
+    }
+}
+
+impl SoftEdgeOptions {
+    prompt_diffusion_core::setters! {
+        /// Sets the blur before the gradient.
+        with_sigma(sigma: f32);
+        /// Sets the exponent of the normalised magnitude.
+        with_gamma(gamma: f32);
+        /// Sets the magnitude below which pixels are black.
+        with_floor(floor: f32);
     }
 }
 

@@ -37,6 +37,7 @@ pub use burn_autodiff::Autodiff;
 
 /// Training settings, with `train.py`'s defaults.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct TrainConfig {
     /// Constant learning rate (default 1e-5; `--scale_lr` multiplies it by the total batch).
     pub learning_rate: f64,
@@ -71,6 +72,29 @@ impl Default for TrainConfig {
             batch_size: 1,
             seed: 0,
         }
+    }
+}
+
+impl TrainConfig {
+    prompt_diffusion_core::setters! {
+        /// Sets the learning rate.
+        with_learning_rate(learning_rate: f64);
+        /// Sets AdamW's β₁.
+        with_adam_beta1(adam_beta1: f32);
+        /// Sets AdamW's β₂.
+        with_adam_beta2(adam_beta2: f32);
+        /// Sets AdamW's weight decay.
+        with_adam_weight_decay(adam_weight_decay: f32);
+        /// Sets AdamW's ε.
+        with_adam_epsilon(adam_epsilon: f32);
+        /// Sets the gradient-norm bound.
+        with_max_grad_norm(max_grad_norm: f64);
+        /// Sets the training resolution.
+        with_resolution(resolution: usize);
+        /// Sets the pairs per step.
+        with_batch_size(batch_size: usize);
+        /// Sets the seed.
+        with_seed(seed: u64);
     }
 }
 

@@ -89,13 +89,11 @@ fn loss_falls_and_checkpoints_reload() {
     write_pairs(&data_dir, 2);
     let data = PairFolder::open(&data_dir).unwrap();
     assert_eq!(data.pairs.len(), 2);
-    let config = TrainConfig {
-        learning_rate: 4e-3,
-        resolution: SIZE as usize,
-        batch_size: 2,
-        seed: 3,
-        ..TrainConfig::default()
-    };
+    let config = TrainConfig::default()
+        .with_learning_rate(4e-3)
+        .with_resolution(SIZE as usize)
+        .with_batch_size(2)
+        .with_seed(3);
     let mut trainer = trainer(config);
     let device = Default::default();
     let (degraded, clean) = data.batch::<B>(&[0, 1], SIZE as usize, &device).unwrap();

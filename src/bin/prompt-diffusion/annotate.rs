@@ -56,19 +56,15 @@ pub fn run(args: &AnnotateArgs) -> anyhow::Result<()> {
     let map = match args.kind {
         AnnotatorKind::Canny => {
             let defaults = CannyOptions::default();
-            let options = CannyOptions {
-                low: args.low,
-                high: args.high,
-                sigma: args.sigma.unwrap_or(defaults.sigma),
-            };
+            let options = defaults
+                .with_low(args.low)
+                .with_high(args.high)
+                .with_sigma(args.sigma.unwrap_or(defaults.sigma));
             canny(&image, &options)
         }
         AnnotatorKind::SoftEdge => {
             let defaults = SoftEdgeOptions::default();
-            let options = SoftEdgeOptions {
-                sigma: args.sigma.unwrap_or(defaults.sigma),
-                ..defaults
-            };
+            let options = defaults.with_sigma(args.sigma.unwrap_or(defaults.sigma));
             soft_edge(&image, &options)
         }
     };
