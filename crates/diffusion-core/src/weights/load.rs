@@ -69,7 +69,7 @@ impl LoadOptions {
 /// are then stored channels-last ([`channels_last_conv_weights`](crate::nn::channels_last_conv_weights)).
 ///
 /// # Errors
-/// [`Error::Weights`] listing every missing parameter, unexpected tensor (not matched by
+/// [`Error::Weights`](crate::Error::Weights) listing every missing parameter, unexpected tensor (not matched by
 /// `options.ignore_unexpected`), shape mismatch and unreadable tensor.
 pub fn load_module<B: Backend, M: Module<B>>(
     mut module: M,
