@@ -48,7 +48,8 @@ pub struct AutoencoderKLConfig {
     pub latent_channels: usize,
     /// GroupNorm groups (default 32).
     pub norm_num_groups: usize,
-    /// Image size the model was trained at (default 32; informative).
+    /// Image size the model was trained at (default 32); the tile side of
+    /// [`VaeTiling`](crate::VaeTiling) unless one is given.
     pub sample_size: usize,
     /// Latents are multiplied by this after encoding (default 0.18215).
     pub scaling_factor: f64,

@@ -18,6 +18,25 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Large images and batches in bounded memory, as diffusers' `enable_tiling()` and
+//! `enable_slicing()` (see [`VaeOptions`]; a 2048×2048 decode then needs the memory of a
+//! 512×512 one):
+//!
+//! ```no_run
+//! # use burn_ndarray::NdArray;
+//! # use prompt_diffusion_core::weights::{LoadOptions, Pretrained};
+//! # use prompt_diffusion_vae::AutoencoderKL;
+//! # fn main() -> prompt_diffusion_core::Result<()> {
+//! # let device = Default::default();
+//! let mut vae = AutoencoderKL::<NdArray>::from_pretrained("stable-diffusion-v1-5/vae", &LoadOptions::default(), &device)?;
+//! vae.enable_tiling()?; // 512-px tiles (the config's sample_size), overlap 0.25
+//! vae.enable_slicing(); // one image of a batch at a time
+//! let images = vae.decode_to_images(burn::tensor::Tensor::zeros([2, 4, 256, 256], &device))?;
+//! # let _ = images;
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 mod autoencoder_kl;

@@ -9,9 +9,9 @@
 //! the (already blended) tile above it and the one to its left over `overlap_factor · tile`
 //! output elements, then cropped to `tile − blend` and the crops are concatenated. The result
 //! is diffusers' to within float rounding, including its sizes: when the tile grid does not
-//! divide evenly (a tile size that is not a multiple of `4 · 2^(levels − 1)`), diffusers' output
-//! is not 8× (or ⅛ of) its input, and neither is this one. Inputs at or below the tile size are
-//! processed in one piece, exactly as without tiling.
+//! divide evenly (with the default overlap, a latent tile that is not a multiple of 4),
+//! diffusers' output is not 8× (or ⅛ of) its input, and neither is this one. Inputs at or below
+//! the tile size are processed in one piece, exactly as without tiling.
 //!
 //! **Slicing.** A batch of more than one image or latent runs one element at a time.
 //!
@@ -23,15 +23,20 @@
 //!
 //! A tiled decode holds the decoder's activations of one tile (see
 //! [`VaeOptions::decoder_pass`]), the blended tiles of the previous and the current tile row,
-//! the cropped output rows and the latents. For Stable Diffusion 1.5's VAE in f32 (512-px
-//! tiles, 64-latent tiles, 128 output channels at full resolution), a 2048×2048 decode (a
-//! 4×256×256 latent, 6×6 tiles) holds at peak about 0.6 GiB of tile activations (the last
-//! upsampler: 2 × 256 channels × 512² × 4 bytes, plus a 64 MiB `4096²` attention score matrix
-//! in the mid block where the backend materialises it), 2 rows × 6 tiles × 3 MiB of blended
-//! tiles, 2 × 48 MiB for the output rows and the concatenated image and 1 MiB of latents:
-//! about 0.8 GiB plus the backend's convolution workspace for one tile, the same as a 512×512
-//! decode, whatever the image size. Untiled, the same decode needs 16× the activations
-//! (≈ 8 GiB) and a `65536²` attention score matrix (16 GiB).
+//! the cropped output rows and the latents. With Stable Diffusion 1.5's VAE in f32 (512-px
+//! tiles of 64 latents), a 2048×2048 decode (a 4×256×256 latent, 6×6 tiles) holds at peak:
+//!
+//! * one tile's activations: about 0.95 GiB on burn-flex (the last up blocks' 256- and
+//!   128-channel 512² feature maps and a convolution's copy of its input; measured with
+//!   `examples/decode_memory.rs`);
+//! * two rows of blended tiles, 2 × 6 × 3 MiB, and the output rows, up to 48 MiB, then 2 ×
+//!   48 MiB while they are joined into the image (after the last tile);
+//! * the latents, 1 MiB, and the decoder's weights, 189 MiB.
+//!
+//! That is about 1.2 GiB in all: the memory of a single 512×512 decode plus less than 100 MiB,
+//! whatever the image size (measured peak resident memory: 1127 MiB for a 512² decode, 1195 MiB
+//! for a tiled 1024² one). Untiled, the same decode needs 16 times the activations (about
+//! 15 GiB), and a 65536² attention score matrix (16 GiB) on backends that materialise it.
 
 use burn::prelude::*;
 use prompt_diffusion_core::limits::MAX_SAMPLE_SIZE;
