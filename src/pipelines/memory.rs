@@ -10,7 +10,9 @@
 //! * the UNet's feature maps at the latent resolution (the first level's skips and working
 //!   tensors);
 //! * the VAE decoder's feature maps at full resolution and its single-head mid-block attention
-//!   (`images × tokens² × 4` bytes, materialised everywhere but on burn-flex);
+//!   (`images × tokens² × 4` bytes, materialised everywhere but on burn-flex), for the largest
+//!   decoder call: one tile with VAE tiling, one image with slicing
+//!   (`vae::VaeOptions::decoder_pass`);
 //! * the latents and the scheduler's copies of them.
 //!
 //! The batch is `num_images`, doubled by classifier-free guidance. [`check_folder`] makes the
@@ -28,7 +30,7 @@ use prompt_diffusion_core::memory::{MemoryEstimate, MemoryLimit, tensor_bytes};
 use prompt_diffusion_core::nn::fused_attention_available;
 use prompt_diffusion_core::weights::open_component_weights;
 use prompt_diffusion_unet::UNet2DConditionConfig;
-use prompt_diffusion_vae::AutoencoderKLConfig;
+use prompt_diffusion_vae::{AutoencoderKLConfig, VaeOptions};
 
 use super::loading::{Components, SD_FOLDERS, check_model_index, require_dir};
 use super::stable_diffusion::native_size;
@@ -70,6 +72,8 @@ struct ModelProfile<'a> {
     unet_scores: bool,
     /// The VAE's single-head attention scores are materialised (everywhere but flex).
     vae_scores: bool,
+    /// The VAE's tiling and slicing.
+    vae_options: VaeOptions,
 }
 
 impl<'a> ModelProfile<'a> {
@@ -92,6 +96,7 @@ impl<'a> ModelProfile<'a> {
             vae_dtype,
             unet_scores: !fused_attention_available::<B>() && !flex,
             vae_scores: !flex,
+            vae_options: VaeOptions::default(),
         }
     }
 }
@@ -110,13 +115,16 @@ pub fn estimate<B: Backend>(
         .saturating_add(weight_bytes(&components.text_encoder, model_dtype))
         .saturating_add(weight_bytes(&components.vae, vae_dtype))
         .saturating_add(extra_weights);
-    let profile = ModelProfile::on::<B>(
-        components.unet.config(),
-        components.vae.config(),
-        weights,
-        vae_dtype,
-        device,
-    );
+    let profile = ModelProfile {
+        vae_options: components.vae.options(),
+        ..ModelProfile::on::<B>(
+            components.unet.config(),
+            components.vae.config(),
+            weights,
+            vae_dtype,
+            device,
+        )
+    };
     estimate_profile(&profile, shape)
 }
 
@@ -166,18 +174,19 @@ fn estimate_profile(model: &ModelProfile<'_>, shape: RunShape) -> MemoryEstimate
         .copied()
         .unwrap_or(0);
     let vae_act = element_bytes(model.vae_dtype);
+    let [images, height, width] =
+        model
+            .vae_options
+            .decoder_pass(vae, shape.images, shape.height, shape.width);
     estimate.add(
         "VAE decoder feature maps",
-        tensor_bytes(
-            &[shape.images, widest, shape.height, shape.width, 4],
-            vae_act,
-        ),
+        tensor_bytes(&[images, widest, height, width, 4], vae_act),
     );
     if vae.mid_block_add_attention && model.vae_scores {
-        let tokens = h.saturating_mul(w);
+        let tokens = (height / factor).saturating_mul(width / factor);
         estimate.add(
             "VAE attention scores",
-            tensor_bytes(&[shape.images, tokens, tokens], 4),
+            tensor_bytes(&[images, tokens, tokens], 4),
         );
     }
     let latent = vae.latent_channels;
@@ -273,4 +282,49 @@ pub fn check_folder<B: Backend>(
     };
     let profile = ModelProfile::on::<B>(&unet, &vae, weights, vae_dtype, device);
     estimate_profile(&profile, shape).check(&describe(shape), options.memory_limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prompt_diffusion_vae::VaeTiling;
+
+    #[test]
+    fn vae_tiling_bounds_the_decode_estimate() {
+        let (unet, vae) = (
+            UNet2DConditionConfig::sd_v1_5(),
+            AutoencoderKLConfig::sd_v1_5(),
+        );
+        let estimate = |vae_options| {
+            let profile = ModelProfile {
+                unet: &unet,
+                vae: &vae,
+                weights: 0,
+                model_dtype: DType::F32,
+                vae_dtype: DType::F32,
+                unet_scores: false,
+                vae_scores: true,
+                vae_options,
+            };
+            let shape = RunShape {
+                width: 2048,
+                height: 2048,
+                images: 2,
+                guided: true,
+            };
+            let parts = estimate_profile(&profile, shape).parts;
+            let part = |what: &str| parts.iter().find(|(w, _)| w == what).map(|p| p.1);
+            (
+                part("VAE decoder feature maps").unwrap(),
+                part("VAE attention scores").unwrap(),
+            )
+        };
+        let plain = estimate(VaeOptions::default());
+        let tiled = estimate(VaeOptions::default().with_tiling(VaeTiling::default()));
+        let sliced = estimate(VaeOptions::default().with_slicing(true));
+        // 2048² in 512² tiles: 1/16 of the feature maps, 4096² instead of 65536² scores.
+        assert_eq!(tiled.0 * 16, plain.0);
+        assert_eq!(tiled.1, 2 * 4096 * 4096 * 4);
+        assert_eq!((sliced.0 * 2, sliced.1 * 2), plain);
+    }
 }
