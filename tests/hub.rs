@@ -191,6 +191,15 @@ fn a_repository_downloads_from_the_hub_then_loads_offline() {
         count,
         "the cached model was fetched again"
     );
+
+    // A deleted blob is fetched again, its dangling link replaced.
+    let vae = snapshot.join("vae/diffusion_pytorch_model.safetensors");
+    std::fs::remove_file(std::fs::canonicalize(&vae).unwrap()).unwrap();
+    assert_eq!(generate(REPO, &online).unwrap(), expected);
+    let again = &hub.requests()[count..];
+    let probe = "GET /tiny/sd/resolve/main/vae/diffusion_pytorch_model.safetensors bytes=0-0";
+    assert!(again.iter().any(|r| r == probe), "{again:#?}");
+    assert!(!again.iter().any(|r| r.contains("unet/")), "{again:#?}");
 }
 
 #[test]

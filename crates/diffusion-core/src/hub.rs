@@ -50,8 +50,8 @@ pub const DEFAULT_REVISION: &str = "main";
 
 /// Where and how repositories named by id are found and downloaded (diffusers' `revision=`,
 /// `token=`, `cache_dir=`, `local_files_only=`). Fields left `None` come from the environment
-/// when a name is resolved ([`HubOptions::settings`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// when a name is resolved ([`HubOptions::settings`]). `Debug` does not show the token.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct HubOptions {
     /// Branch, tag or commit hash (default [`DEFAULT_REVISION`]).
     pub revision: Option<String>,
@@ -170,6 +170,36 @@ pub struct HubSettings {
     pub offline_from_env: bool,
     /// Whether downloads show progress bars.
     pub progress: bool,
+}
+
+impl std::fmt::Debug for HubOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubOptions")
+            .field("revision", &self.revision)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("endpoint", &self.endpoint)
+            .field("cache_dir", &self.cache_dir)
+            .field("offline", &self.offline)
+            .field("progress", &self.progress)
+            .finish()
+    }
+}
+
+impl HubSettings {
+    /// [`Error::Hub`] for `repo` at this revision.
+    pub(crate) fn error(
+        &self,
+        repo: &RepoId,
+        reason: String,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Hub {
+            repo: repo.to_string(),
+            revision: self.revision.clone(),
+            reason,
+            source,
+        }
+    }
 }
 
 impl std::fmt::Debug for HubSettings {
@@ -318,31 +348,25 @@ pub fn resolve_repo(
             cache::ref_description(repo, &settings.revision)
         ),
     };
-    let error = |reason: String| Error::Hub {
-        repo: repo.to_string(),
-        revision: settings.revision.clone(),
-        reason,
-        source: None,
-    };
     if settings.offline {
         let why = if settings.offline_from_env {
             "HF_HUB_OFFLINE is set"
         } else {
             "offline mode is on"
         };
-        return Err(error(format!("{missing}; {why}")));
+        return Err(settings.error(repo, format!("{missing}; {why}"), None));
     }
     #[cfg(feature = "hub")]
     {
-        let _ = error;
         download::fetch(repo, settings, wanted, variant)
     }
     #[cfg(not(feature = "hub"))]
     {
         let _ = variant;
-        Err(error(format!(
+        let reason = format!(
             "{missing}, and this build cannot download it (built without the `hub` feature)"
-        )))
+        );
+        Err(settings.error(repo, reason, None))
     }
 }
 
@@ -415,6 +439,7 @@ mod tests {
         }
         assert!(settings(&[("TRANSFORMERS_OFFLINE", "1")], &HubOptions::default()).offline);
         assert!(!format!("{s:?}").contains("hf_explicit"));
+        assert!(!format!("{options:?}").contains("hf_explicit"));
     }
 
     #[test]

@@ -31,7 +31,7 @@ impl Download<'_> {
         reason: String,
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Error {
-        hub_error(self.repo, self.settings, reason, source)
+        self.settings.error(self.repo, reason, source)
     }
 
     /// The file at `path` in the snapshot, downloaded first when it is not there.
@@ -39,6 +39,10 @@ impl Download<'_> {
         let local = self.snapshot.join(path);
         if local.is_file() {
             return Ok(local);
+        }
+        // A link whose blob was deleted is replaced, not kept (hf-hub keeps any existing path).
+        if std::fs::symlink_metadata(&local).is_ok() {
+            std::fs::remove_file(&local).map_err(|e| Error::io(&local, e))?;
         }
         tracing::info!("downloading {path} of {}", self.repo);
         let fetched = self.api.download(path).map_err(|e| {
@@ -82,21 +86,6 @@ impl Download<'_> {
     }
 }
 
-/// [`Error::Hub`] for `repo` at the settings' revision.
-fn hub_error(
-    repo: &RepoId,
-    settings: &HubSettings,
-    reason: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-) -> Error {
-    Error::Hub {
-        repo: repo.to_string(),
-        revision: settings.revision.clone(),
-        reason,
-        source,
-    }
-}
-
 /// Lists `repo` at the settings' revision and downloads what `wanted` needs that the cache
 /// lacks; returns the snapshot folder.
 pub(super) fn fetch(
@@ -114,7 +103,7 @@ pub(super) fn fetch(
         .build()
         .map_err(|e| {
             let reason = "cannot set up the download client".to_string();
-            hub_error(repo, settings, reason, Some(Box::new(e)))
+            settings.error(repo, reason, Some(Box::new(e)))
         })?;
     let hf_repo = Repo::with_revision(repo.to_string(), RepoType::Model, settings.revision.clone());
     let api = api.repo(hf_repo.clone());
@@ -166,7 +155,7 @@ fn list(api: &ApiRepo, repo: &RepoId, settings: &HubSettings) -> Result<RepoInfo
         settings.revision.replace('/', "%2F")
     );
     let error = |reason: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
-        hub_error(repo, settings, reason, source)
+        settings.error(repo, reason, source)
     };
     let response = api
         .info_request()
