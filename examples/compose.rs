@@ -72,12 +72,10 @@ impl Models {
             plugins: "fixtures/diff_plugin/pre-trained".into(),
             prompt_diffusion: "fixtures/controlnet/prompt-diffusion".into(),
             versatile: "fixtures/versatile/vd".into(),
-            versatile_options: VersatileModelOptions {
-                flows: vec![Flow::ImageVariation],
-                vae: Some("fixtures/tiny-sd/vae".into()),
-                tokenizer: Some("fixtures/tiny-sd/tokenizer".into()),
-                ..VersatileModelOptions::default()
-            },
+            versatile_options: VersatileModelOptions::default()
+                .with_flows([Flow::ImageVariation])
+                .with_vae("fixtures/tiny-sd/vae")
+                .with_tokenizer("fixtures/tiny-sd/tokenizer"),
             // tiny-sd's VAE is the tiny VD's; their CLIP vision towers differ.
             share_vae: true,
             share_clip: false,
@@ -253,10 +251,7 @@ pub fn run_chain<B: Backend>(
         Some(kind) => kind.annotate(&restored),
         None => restored.clone(),
     };
-    let options = InContextOptions {
-        seed: chain.seed,
-        ..chain.in_context.clone()
-    };
+    let options = chain.in_context.clone().with_seed(chain.seed);
     let (source, target) = &chain.example;
     let pd = &systems.prompt_diffusion;
     let mut images = pd.generate(source, target, &query, &chain.prompt, &options, callback)?;
@@ -368,10 +363,7 @@ fn main() -> anyhow::Result<()> {
             plugins: path("plugins"),
             prompt_diffusion: path("prompt-diffusion"),
             versatile: path("versatile"),
-            versatile_options: VersatileModelOptions {
-                flows: vec![Flow::ImageVariation],
-                ..Default::default()
-            },
+            versatile_options: VersatileModelOptions::default().with_flows([Flow::ImageVariation]),
             share_vae: share,
             share_clip: share,
         }

@@ -39,10 +39,7 @@ fn main() -> anyhow::Result<()> {
 
     // The official notebook's settings: DDIM, 100 steps, guidance 9, its prompt suffix and
     // negative prompt, hints in [-1, 1], the query's short side at 512.
-    let mut options = InContextOptions {
-        seed: 1,
-        ..InContextOptions::notebook()
-    };
+    let mut options = InContextOptions::notebook().with_seed(1);
     let pd = if checkpoint.is_empty() {
         // The tiny model: tiny-sd with the tiny Prompt Diffusion ControlNet, 64-pixel images.
         options.steps = 10;

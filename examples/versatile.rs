@@ -43,23 +43,21 @@ fn main() -> anyhow::Result<()> {
             .map(|(w, v)| OptimusFiles::new(w, v));
         (PathBuf::from(&args[0]), PathBuf::from(&args[1]), optimus)
     };
-    let options = VersatileModelOptions {
-        optimus,
+    let mut options = VersatileModelOptions::default();
+    options.optimus = optimus;
+    if tiny {
         // The tiny model borrows tiny-sd's VAE and tokenizer.
-        vae: tiny.then(|| fixtures.join("tiny-sd/vae")),
-        tokenizer: tiny.then(|| fixtures.join("tiny-sd/tokenizer")),
-        ..VersatileModelOptions::default()
-    };
+        options = options
+            .with_vae(fixtures.join("tiny-sd/vae"))
+            .with_tokenizer(fixtures.join("tiny-sd/tokenizer"));
+    }
     let vd = VersatileDiffusion::<Flex>::from_pretrained(&model, &options, &FlexDevice)?;
     let diffuser = &vd.components.diffuser;
     let held = diffuser.parameters();
 
     let image = ImagePrompt::Image(image::open(&image)?.to_rgb8());
     let generation = Generation::new("a red car in the sun").with_steps(if tiny { 4 } else { 50 });
-    let mut options = VersatileOptions {
-        mix: 0.75,
-        ..VersatileOptions::default()
-    };
+    let mut options = VersatileOptions::default().with_mix(0.75);
     let images = vd.text_to_image(&generation, &mut NoProgress)?;
     images[0].save("versatile-text-to-image.png")?;
     let images = vd.image_variation(&image, &generation, &options, &mut NoProgress)?;

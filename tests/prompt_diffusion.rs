@@ -39,13 +39,11 @@ fn images() -> [RgbImage; 3] {
 
 /// The reference's settings: the notebook's prompts, 8 steps, guidance 9, short side 64.
 fn options(io: &TensorSource, scheduler: SchedulerKind) -> InContextOptions {
-    InContextOptions {
-        steps: 8,
-        scheduler: Some(scheduler),
-        resolution: Some(64),
-        latents: Some(io.data("latents").unwrap()),
-        ..InContextOptions::notebook()
-    }
+    InContextOptions::notebook()
+        .with_steps(8)
+        .with_scheduler(scheduler)
+        .with_resolution(64)
+        .with_latents(io.data("latents").unwrap())
 }
 
 const PROMPT: &str = "a turtle stands on the beach";
@@ -90,19 +88,14 @@ fn in_context_matches_the_reference_from_the_diffusers_layout() {
             &expected(&io, &format!("diffusers.{name}.image")),
         );
     }
-    let zero_one = InContextOptions {
-        hint_range: PixelRange::ZeroToOne,
-        ..options(&io, SchedulerKind::Ddim)
-    };
+    let zero_one = options(&io, SchedulerKind::Ddim).with_hint_range(PixelRange::ZeroToOne);
     assert_images_close(
         "hints in [0, 1]",
         &run(&pd, &zero_one),
         &expected(&io, "diffusers.zero_one.image"),
     );
-    let guess = InContextOptions {
-        control_scales: ControlScales::LdmGuessMode(0.9),
-        ..options(&io, SchedulerKind::Ddim)
-    };
+    let guess =
+        options(&io, SchedulerKind::Ddim).with_control_scales(ControlScales::LdmGuessMode(0.9));
     assert_images_close(
         "original guess mode",
         &run(&pd, &guess),
@@ -174,17 +167,15 @@ fn standard_controlnet_pipeline_matches_diffusers() {
     for (name, options) in [
         (
             "ddim",
-            ControlNetOptions {
-                conditioning_scale: 0.8,
-                guess_mode: false,
-            },
+            ControlNetOptions::default()
+                .with_conditioning_scale(0.8)
+                .with_guess_mode(false),
         ),
         (
             "guess",
-            ControlNetOptions {
-                conditioning_scale: 1.0,
-                guess_mode: true,
-            },
+            ControlNetOptions::default()
+                .with_conditioning_scale(1.0)
+                .with_guess_mode(true),
         ),
     ] {
         let images = pipe
@@ -218,11 +209,9 @@ fn tiny_pd() -> PromptDiffusion<B> {
 fn images_of_other_sizes_are_resized_to_the_query_at_the_resolution() {
     let pd = tiny_pd();
     let [source, target, query] = images();
-    let quick = InContextOptions {
-        steps: 2,
-        resolution: Some(64),
-        ..InContextOptions::default()
-    };
+    let quick = InContextOptions::default()
+        .with_steps(2)
+        .with_resolution(64);
     // Example images of other sizes (and aspect ratios) than the query: all become 128×64.
     let small_query = resize(&query, 96, 48);
     let out = pd
@@ -239,23 +228,18 @@ fn images_of_other_sizes_are_resized_to_the_query_at_the_resolution() {
     assert_eq!(out[0].dimensions(), (128, 64));
     // A portrait query at the default resolution (tiny-sd's native 128), two images.
     let portrait = resize(&query, 40, 64);
-    let batch = InContextOptions {
-        resolution: None,
-        num_images: 2,
-        ..quick.clone()
-    };
+    let mut batch = quick.clone().with_num_images(2);
+    batch.resolution = None;
     let out = pd
         .generate(&source, &target, &portrait, PROMPT, &batch, &mut NoProgress)
         .unwrap();
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].dimensions(), (128, 192));
     // An explicit size wins over the resolution.
-    let sized = InContextOptions {
-        width: Some(64),
-        height: Some(64),
-        guidance_scale: 1.0,
-        ..quick
-    };
+    let sized = quick
+        .with_width(64)
+        .with_height(64)
+        .with_guidance_scale(1.0);
     let out = pd
         .generate(&source, &target, &query, PROMPT, &sized, &mut NoProgress)
         .unwrap();
@@ -266,32 +250,17 @@ fn images_of_other_sizes_are_resized_to_the_query_at_the_resolution() {
 fn invalid_requests_and_wrong_files_are_typed_errors() {
     let pd = tiny_pd();
     let [source, target, query] = images();
-    let base = InContextOptions {
-        steps: 2,
-        resolution: Some(64),
-        ..InContextOptions::default()
-    };
+    let base = InContextOptions::default()
+        .with_steps(2)
+        .with_resolution(64);
     let cases = [
-        InContextOptions {
-            resolution: Some(16),
-            ..base.clone()
-        },
-        InContextOptions {
-            steps: 0,
-            ..base.clone()
-        },
-        InContextOptions {
-            width: Some(100),
-            ..base.clone()
-        },
-        InContextOptions {
-            latents: Some(burn::tensor::TensorData::new(vec![0f32; 4], [1, 4, 1, 1])),
-            ..base.clone()
-        },
-        InContextOptions {
-            control_scales: ControlScales::PerResidual(vec![1.0; 3]),
-            ..base.clone()
-        },
+        base.clone().with_resolution(16),
+        base.clone().with_steps(0),
+        base.clone().with_width(100),
+        base.clone()
+            .with_latents(burn::tensor::TensorData::new(vec![0f32; 4], [1, 4, 1, 1])),
+        base.clone()
+            .with_control_scales(ControlScales::PerResidual(vec![1.0; 3])),
     ];
     for options in cases {
         let err = pd

@@ -23,12 +23,10 @@ fn model() -> VersatileDiffusion<B> {
     let vd = fixtures().join("versatile");
     let optimus = OptimusFiles::new(vd.join("optimus/optimus-vae.pth"), vd.join("optimus/vocab"))
         .with_config(OptimusConfig::from_file(vd.join("optimus/config.json")).unwrap());
-    let options = VersatileModelOptions {
-        optimus: Some(optimus),
-        vae: Some(fixtures().join("tiny-sd/vae")),
-        tokenizer: Some(fixtures().join("tiny-sd/tokenizer")),
-        ..VersatileModelOptions::default()
-    };
+    let options = VersatileModelOptions::default()
+        .with_optimus(optimus)
+        .with_vae(fixtures().join("tiny-sd/vae"))
+        .with_tokenizer(fixtures().join("tiny-sd/tokenizer"));
     VersatileDiffusion::from_pretrained(vd.join("vd"), &options, &NdArrayDevice::Cpu).unwrap()
 }
 
@@ -56,10 +54,7 @@ fn input() -> ImagePrompt {
 fn image_flows_match_diffusers() {
     let vd = model();
     let io = reference();
-    let options = VersatileOptions {
-        mix: 0.75,
-        ..VersatileOptions::default()
-    };
+    let options = VersatileOptions::default().with_mix(0.75);
     let images = vd
         .text_to_image(&generation(&io, "text_to_image", 2), &mut NoProgress)
         .unwrap();
@@ -106,10 +101,7 @@ fn image_flows_match_diffusers() {
         &expected(&io, "image_variation.image"),
     );
     // The official app's zero unconditional context gives another image.
-    let zeros = VersatileOptions {
-        uncond_image: UncondImage::Zeros,
-        ..options
-    };
+    let zeros = options.with_uncond_image(UncondImage::Zeros);
     let other = vd
         .image_variation(&input(), &g, &zeros, &mut NoProgress)
         .unwrap();
@@ -120,10 +112,7 @@ fn image_flows_match_diffusers() {
 fn text_flows_match_the_reference_loop_and_greedy_decoding() {
     let vd = model();
     let io = reference();
-    let greedy = VersatileOptions {
-        decoding: TextDecoding::Greedy,
-        ..VersatileOptions::default()
-    };
+    let greedy = VersatileOptions::default().with_decoding(TextDecoding::Greedy);
     for (name, flow) in [
         ("image_to_text", Flow::ImageToText),
         ("text_variation", Flow::TextVariation),
@@ -178,18 +167,13 @@ fn text_flows_match_the_reference_loop_and_greedy_decoding() {
 fn bad_options_are_errors() {
     let vd = model();
     let g = Generation::new("x").with_steps(1);
-    let bad_mix = VersatileOptions {
-        mix: 1.5,
-        ..VersatileOptions::default()
-    };
+    let bad_mix = VersatileOptions::default().with_mix(1.5);
     assert!(
         vd.dual_guided(&input(), &g, &bad_mix, &mut NoProgress)
             .is_err()
     );
-    let cold = VersatileOptions {
-        decoding: TextDecoding::Sample { temperature: -1.0 },
-        ..VersatileOptions::default()
-    };
+    let cold =
+        VersatileOptions::default().with_decoding(TextDecoding::Sample { temperature: -1.0 });
     assert!(vd.text_variation(&g, &cold, &mut NoProgress).is_err());
     let tokens = ImagePrompt::Tokens(burn::tensor::TensorData::new(vec![0f32; 10 * 16], [10, 16]));
     assert!(
@@ -220,26 +204,18 @@ fn half_precision_runs_every_flow() {
             let optimus =
                 OptimusFiles::new(vd.join("optimus/optimus-vae.pth"), vd.join("optimus/vocab"))
                     .with_config(OptimusConfig::from_file(vd.join("optimus/config.json"))?);
-            let options = VersatileModelOptions {
-                optimus: Some(optimus),
-                vae: Some(fixtures().join("tiny-sd/vae")),
-                tokenizer: Some(fixtures().join("tiny-sd/tokenizer")),
-                ..VersatileModelOptions::default()
-            };
+            let options = VersatileModelOptions::default()
+                .with_optimus(optimus)
+                .with_vae(fixtures().join("tiny-sd/vae"))
+                .with_tokenizer(fixtures().join("tiny-sd/tokenizer"));
             let model =
                 VersatileDiffusion::<Bk>::from_pretrained(vd.join("vd"), &options, &device)?;
             let io = reference();
-            let greedy = VersatileOptions {
-                decoding: TextDecoding::Greedy,
-                ..VersatileOptions::default()
-            };
+            let greedy = VersatileOptions::default().with_decoding(TextDecoding::Greedy);
             let images = model.dual_guided(
                 &input(),
                 &generation(&io, "dual_guided", 1),
-                &VersatileOptions {
-                    mix: 0.75,
-                    ..greedy.clone()
-                },
+                &greedy.clone().with_mix(0.75),
                 &mut NoProgress,
             )?;
             let texts = model.image_to_text(

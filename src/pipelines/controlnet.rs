@@ -47,6 +47,15 @@ impl Default for ControlNetOptions {
     }
 }
 
+impl ControlNetOptions {
+    prompt_diffusion_core::setters! {
+        /// Sets the multiplier of every residual.
+        with_conditioning_scale(conditioning_scale: f32);
+        /// Turns guess mode on or off.
+        with_guess_mode(guess_mode: bool);
+    }
+}
+
 /// A Stable Diffusion model with a standard (single-hint) ControlNet.
 #[derive(Debug)]
 pub struct StableDiffusionControlNet<B: Backend> {

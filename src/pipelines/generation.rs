@@ -90,6 +90,14 @@ impl Generation {
         with_seed(seed: u64);
         /// Gives the initial latents.
         with_latents(latents: TensorData) = Some(latents);
+        /// Sets the prompt.
+        with_prompt(prompt: impl Into<String>) = prompt.into();
+        /// Sets the output width in pixels.
+        with_width(width: usize) = Some(width);
+        /// Sets the output height in pixels.
+        with_height(height: usize) = Some(height);
+        /// Sets DDIM's η.
+        with_eta(eta: f64);
     }
 
     /// Sets the output size in pixels.

@@ -119,6 +119,37 @@ impl InContextOptions {
         }
     }
 
+    prompt_diffusion_core::setters! {
+        /// Sets the negative prompt.
+        with_negative_prompt(negative_prompt: impl Into<String>) = Some(negative_prompt.into());
+        /// Sets the text appended to the prompt.
+        with_prompt_suffix(prompt_suffix: impl Into<String>) = Some(prompt_suffix.into());
+        /// Sets the number of steps.
+        with_steps(steps: usize);
+        /// Sets the guidance scale.
+        with_guidance_scale(guidance_scale: f64);
+        /// Chooses the scheduler.
+        with_scheduler(scheduler: SchedulerKind) = Some(scheduler);
+        /// Sets the short side of the output.
+        with_resolution(resolution: usize) = Some(resolution);
+        /// Sets the output width.
+        with_width(width: usize) = Some(width);
+        /// Sets the output height.
+        with_height(height: usize) = Some(height);
+        /// Sets the number of images.
+        with_num_images(num_images: usize);
+        /// Sets the seed.
+        with_seed(seed: u64);
+        /// Gives the initial latents.
+        with_latents(latents: TensorData) = Some(latents);
+        /// Sets DDIM's η.
+        with_eta(eta: f64);
+        /// Sets the value range of the hints.
+        with_hint_range(hint_range: PixelRange);
+        /// Sets the scales of the ControlNet residuals.
+        with_control_scales(control_scales: ControlScales);
+    }
+
     /// The txt2img options of the run for `prompt` (suffix appended, DDIM by default).
     pub fn generation(&self, prompt: &str) -> Generation {
         Generation {

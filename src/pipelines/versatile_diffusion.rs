@@ -17,6 +17,7 @@ use burn::prelude::*;
 use image::RgbImage;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::denoiser::{Denoiser, Guided};
+use prompt_diffusion_core::hub::{HubOptions, Wanted};
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::weights::LoadOptions;
 use prompt_diffusion_schedulers::{Sampler, SchedulerConfig};
@@ -54,6 +55,17 @@ impl Default for VersatileOptions {
     }
 }
 
+impl VersatileOptions {
+    prompt_diffusion_core::setters! {
+        /// Sets the text's weight in dual guidance.
+        with_mix(mix: f64);
+        /// Sets the unconditional image context.
+        with_uncond_image(uncond_image: UncondImage);
+        /// Sets how Optimus picks tokens.
+        with_decoding(decoding: TextDecoding);
+    }
+}
+
 /// How a Versatile Diffusion model is loaded.
 #[derive(Debug, Clone)]
 pub struct VersatileModelOptions {
@@ -68,6 +80,9 @@ pub struct VersatileModelOptions {
     pub vae: Option<PathBuf>,
     /// Another tokenizer folder than the model's `tokenizer/`.
     pub tokenizer: Option<PathBuf>,
+    /// Where a model named by Hugging Face repository id (`shi-labs/versatile-diffusion`) is
+    /// found and downloaded (as [`ModelOptions::hub`](super::ModelOptions::hub)).
+    pub hub: HubOptions,
 }
 
 impl Default for VersatileModelOptions {
@@ -78,7 +93,25 @@ impl Default for VersatileModelOptions {
             optimus: None,
             vae: None,
             tokenizer: None,
+            hub: HubOptions::default(),
         }
+    }
+}
+
+impl VersatileModelOptions {
+    prompt_diffusion_core::setters! {
+        /// Prefers a weight-file variant.
+        with_variant(variant: impl Into<String>) = Some(variant.into());
+        /// Sets the flows to load layers for.
+        with_flows(flows: impl Into<Vec<Flow>>) = flows.into();
+        /// Gives the Optimus files.
+        with_optimus(optimus: OptimusFiles) = Some(optimus);
+        /// Uses another VAE folder.
+        with_vae(vae: impl Into<PathBuf>) = Some(vae.into());
+        /// Uses another tokenizer folder.
+        with_tokenizer(tokenizer: impl Into<PathBuf>) = Some(tokenizer.into());
+        /// Finds models named by repository id with these hub options.
+        with_hub(hub: HubOptions);
     }
 }
 
@@ -94,7 +127,8 @@ pub struct VersatileDiffusion<B: Backend> {
 
 impl<B: Backend> VersatileDiffusion<B> {
     /// Loads a diffusers folder (`image_unet/`, `text_unet/`, `text_encoder/`, `image_encoder/`,
-    /// `vae/`, `tokenizer/`, `scheduler/`), the parts `options.flows` need.
+    /// `vae/`, `tokenizer/`, `scheduler/`), the parts `options.flows` need, or a Hugging Face
+    /// repository id of one (found in the cache or downloaded with `options.hub`).
     ///
     /// # Errors
     /// A missing folder or file, an invalid config, or weights that do not match.
@@ -103,7 +137,26 @@ impl<B: Backend> VersatileDiffusion<B> {
         options: &VersatileModelOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
+        let mut wanted = vec![
+            "image_unet",
+            "text_unet",
+            "text_encoder",
+            "image_encoder",
+            "scheduler",
+        ];
+        if options.vae.is_none() {
+            wanted.push("vae");
+        }
+        if options.tokenizer.is_none() {
+            wanted.push("tokenizer");
+        }
+        let resolved = prompt_diffusion_core::hub::resolve(
+            dir.as_ref(),
+            &options.hub,
+            Wanted::Pipeline(&wanted),
+            options.variant.as_deref(),
+        )?;
+        let dir = resolved.as_path();
         super::loading::check_model_index(dir)?;
         let mut folders = VersatileFolders::new(dir);
         if let Some(vae) = &options.vae {
