@@ -211,8 +211,8 @@ impl GenerationParameters {
     /// The text in A1111's format: the prompt (with a `<lora:name:scale>` tag appended for
     /// each LoRA it does not mention), the `Negative prompt:` line when there is one, then the
     /// `Key: value` line (`Steps`, `Sampler`, `CFG scale`, `Seed`, `Size`, `Model hash`,
-    /// `Model`, `Denoising strength`, `Lora hashes`, then [`extra`](Self::extra); an extra
-    /// `Schedule type` follows `Sampler`, as A1111 writes it), values
+    /// `Model`, `Denoising strength`, `Lora hashes`, then [`extra`](Self::extra); as A1111
+    /// writes them, an extra `Schedule type` follows `Sampler` and `Version` comes last), values
     /// holding `,`, `:` or a line break JSON-quoted.
     pub fn to_a1111_string(&self) -> String {
         let mut prompt = self.prompt.clone();
@@ -257,8 +257,14 @@ impl GenerationParameters {
             "Lora hashes",
             (!hashes.is_empty()).then(|| hashes.join(", ")),
         );
-        let extra = self.extra.iter().filter(|(k, _)| k != SCHEDULE_TYPE);
-        pairs.extend(extra.cloned());
+        let extra = self
+            .extra
+            .iter()
+            .filter(|(k, _)| k != SCHEDULE_TYPE && k != "Version");
+        for (key, value) in extra {
+            push(key, Some(value.clone()));
+        }
+        push("Version", self.extra("Version").map(str::to_string));
         let line: Vec<String> = pairs
             .iter()
             .map(|(k, v)| match k == v {
@@ -273,6 +279,38 @@ impl GenerationParameters {
         format!("{prompt}{negative}\n{}", line.join(", "))
             .trim()
             .to_string()
+    }
+
+    /// The parameters as a JSON object: `prompt`, `negative_prompt`, `steps`, `sampler`,
+    /// `cfg_scale`, `seed`, `width`, `height`, `model_hash`, `model`, `denoising_strength`
+    /// (`null` when absent), `loras` (`[{name, scale, hash}]`) and `extra` (`{key: value}`).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::{Value, json};
+        let loras: Vec<Value> = self
+            .loras
+            .iter()
+            .map(|l| json!({ "name": l.name, "scale": l.scale, "hash": l.hash }))
+            .collect();
+        let extra: serde_json::Map<String, Value> = self
+            .extra
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        json!({
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "steps": self.steps,
+            "sampler": self.sampler,
+            "cfg_scale": self.cfg_scale,
+            "seed": self.seed,
+            "width": self.size.map(|s| s.0),
+            "height": self.size.map(|s| s.1),
+            "model_hash": self.model_hash,
+            "model": self.model,
+            "denoising_strength": self.denoising_strength,
+            "loras": loras,
+            "extra": extra,
+        })
     }
 
     /// Parses text in A1111's format, as `parse_generation_parameters` does: the last line is
@@ -380,12 +418,14 @@ fn quote(value: &str) -> String {
 
 /// A1111's `unquote`: a JSON string's content, or the text itself.
 fn unquote(value: &str) -> String {
-    if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
-        if let Ok(text) = serde_json::from_str::<String>(value) {
-            return text;
-        }
+    let quoted = value.len() >= 2 && value.starts_with('"') && value.ends_with('"');
+    match quoted
+        .then(|| serde_json::from_str::<String>(value).ok())
+        .flatten()
+    {
+        Some(text) => text,
+        None => value.to_string(),
     }
-    value.to_string()
 }
 
 /// The name A1111 writes in `Lora hashes` (without `:` and `,`).

@@ -366,7 +366,8 @@ fn official_checkpoints_give_the_folder_images() {
         &model_args(),
         &[&extra[..], &["--output", b.as_str()]].concat(),
     );
-    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // The same pixels (the recorded model differs).
+    assert_eq!(rgb(&a), rgb(&b));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! per-image seeds that let image `i` of a batch be made again alone with seed `seed + i`.
 
 use std::io::BufWriter;
+use std::path::Path;
 
 use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
@@ -17,7 +18,7 @@ use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{Generation, InContextOptions, ModelOptions, PromptDiffusion};
 use prompt_diffusion::{StableDiffusion, StableDiffusionControlNet};
 
-use crate::common::{copy_dir, fixtures};
+use crate::common::{assert_cli_fails, assert_cli_succeeds, copy_dir, fixture, fixtures};
 
 type B = NdArray<f32>;
 const DEVICE: NdArrayDevice = NdArrayDevice::Cpu;
@@ -169,11 +170,11 @@ fn image_i_of_a_batch_is_seed_plus_i_alone_for_every_scheduler() {
             .with_steps(3)
             .with_size(64, 64)
             .with_scheduler(kind);
-        let base = match kind {
+        let mut base = base;
+        if kind == SchedulerKind::Ddim {
             // DDIM's stochastic steps too.
-            SchedulerKind::Ddim => Generation { eta: 0.7, ..base },
-            _ => base,
-        };
+            base.eta = 0.7;
+        }
         let batch = base.clone().with_num_images(3).with_seed(10);
         let batch = sd.text_to_image(&batch, &mut NoProgress).unwrap();
         let alone = base.with_num_images(1).with_seed(12);
@@ -226,13 +227,9 @@ fn image_i_of_a_batch_is_seed_plus_i_alone_in_img2img_and_controlled_pipelines()
     let image = |name: &str| load_rgb(fixtures().join("prompt_diffusion").join(name)).unwrap();
     let [source, target, query] = ["source.png", "target.png", "query.png"].map(image);
     let run = |num_images, seed| {
-        let options = InContextOptions {
-            steps: 3,
-            resolution: Some(64),
-            num_images,
-            seed,
-            ..InContextOptions::default()
-        };
+        let mut options = InContextOptions::default();
+        (options.steps, options.resolution) = (3, Some(64));
+        (options.num_images, options.seed) = (num_images, seed);
         pd.generate(
             &source,
             &target,
@@ -244,4 +241,273 @@ fn image_i_of_a_batch_is_seed_plus_i_alone_in_img2img_and_controlled_pipelines()
         .unwrap()
     };
     assert!(run(3, 20)[1] == run(1, 21)[0], "in-context");
+}
+
+/// `prompt-diffusion` arguments, owned.
+fn args(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+fn recorded(path: &Path) -> GenerationParameters {
+    read_parameters(path)
+        .unwrap()
+        .expect("the PNG records its parameters")
+}
+
+#[test]
+fn the_program_records_parameters_and_remakes_image_i_from_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let text = |name: &str| path(name).display().to_string();
+    let tiny = fixture("tiny-sd");
+    let (prompt, negative) = ("a fox, in snow: \"deep\"", "blurry, dark");
+    let base = args(&[
+        "txt2img",
+        "--model",
+        &tiny,
+        "--prompt",
+        prompt,
+        "--negative-prompt",
+        negative,
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--scheduler",
+        "euler-ancestral",
+    ]);
+    let run = |extra: &[&str]| assert_cli_succeeds([&base[..], &args(extra)].concat());
+    run(&[
+        "--num-images",
+        "3",
+        "--seed",
+        "10",
+        "--output",
+        &text("batch.png"),
+    ]);
+
+    let unet = fixtures().join("tiny-sd/unet/diffusion_pytorch_model.safetensors");
+    for i in 0..3 {
+        let p = recorded(&path(&format!("batch_{i}.png")));
+        assert_eq!(
+            (p.prompt.as_str(), p.negative_prompt.as_str()),
+            (prompt, negative)
+        );
+        assert_eq!(
+            (p.steps, p.cfg_scale, p.seed),
+            (Some(2), Some(7.5), Some(10 + i))
+        );
+        assert_eq!(
+            (p.sampler.as_deref(), p.size),
+            (Some("Euler a"), Some((64, 64)))
+        );
+        assert_eq!(p.model.as_deref(), Some("tiny-sd"));
+        assert_eq!(p.model_hash, Some(short_hash(&unet).unwrap()));
+        assert!(p.extra("Version").unwrap().starts_with("prompt-diffusion "));
+    }
+
+    // `info` prints the stored text; `--json` the parsed fields.
+    let image = text("batch_2.png");
+    let info = assert_cli_succeeds(["info", image.as_str()]);
+    assert_eq!(
+        info,
+        format!("{}\n", recorded(&path("batch_2.png")).to_a1111_string())
+    );
+    let json = assert_cli_succeeds(["info", "--json", image.as_str()]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (json["seed"].as_u64(), json["prompt"].as_str()),
+        (Some(12), Some(prompt))
+    );
+
+    // `--from` makes image 2 again by itself: the same pixels and parameters.
+    let again = text("again.png");
+    assert_cli_succeeds([
+        "txt2img", "--model", &tiny, "--from", &image, "--output", &again,
+    ]);
+    let pixels = |name: &str| load_rgb(path(name)).unwrap();
+    assert!(
+        pixels("again.png") == pixels("batch_2.png"),
+        "--from made another image"
+    );
+    assert_eq!(recorded(&path("again.png")), recorded(&path("batch_2.png")));
+    // Options given with --from win.
+    let other = text("other.png");
+    let words = [
+        "txt2img", "--model", &tiny, "--from", &image, "--steps", "1", "--output", &other,
+    ];
+    assert_cli_succeeds(words);
+    let p = recorded(&path("other.png"));
+    assert_eq!(
+        (p.steps, p.seed, p.prompt.as_str()),
+        (Some(1), Some(12), prompt)
+    );
+
+    // --no-metadata: no chunk, the same image (seed 12 alone is image 2 of the batch).
+    run(&[
+        "--seed",
+        "12",
+        "--no-metadata",
+        "--output",
+        &text("bare.png"),
+    ]);
+    assert_eq!(read_parameters(path("bare.png")).unwrap(), None);
+    assert!(pixels("bare.png") == pixels("batch_2.png"));
+
+    // `info` and `--from` on a PNG without parameters, or no PNG at all: one line naming it.
+    let bare = text("bare.png");
+    assert_cli_fails(
+        &["info", bare.as_str()],
+        &["bare.png", "no generation parameters"],
+    );
+    let from_bare = [
+        "txt2img", "--model", &tiny, "--from", &bare, "--output", &other,
+    ];
+    assert_cli_fails(&from_bare, &["bare.png", "no generation parameters"]);
+    std::fs::write(path("notes.png"), "hello").unwrap();
+    assert_cli_fails(&["info", text("notes.png").as_str()], &["notes.png", "PNG"]);
+}
+
+#[test]
+fn img2img_records_its_strength_and_remakes_image_i() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (tiny, init) = (fixture("tiny-sd"), fixture("pipeline/init.png"));
+    let base = [
+        "img2img",
+        "--model",
+        &tiny,
+        "--init-image",
+        &init,
+        "--prompt",
+        "snow",
+        "--steps",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "64",
+    ];
+    let batch = [
+        &base[..],
+        &["--strength", "0.6", "--seed", "3", "--num-images", "2"],
+    ]
+    .concat();
+    let out = path("out.png");
+    assert_cli_succeeds([&batch[..], &["--output", &out]].concat());
+    let image = path("out_1.png");
+    let p = recorded(Path::new(&image));
+    assert_eq!((p.seed, p.denoising_strength), (Some(4), Some(0.6)));
+    let again = path("again.png");
+    let words = [
+        "img2img",
+        "--model",
+        &tiny,
+        "--init-image",
+        &init,
+        "--from",
+        &image,
+    ];
+    assert_cli_succeeds([&words[..], &["--output", &again]].concat());
+    assert!(
+        load_rgb(&again).unwrap() == load_rgb(&image).unwrap(),
+        "--from made another image"
+    );
+}
+
+#[test]
+fn every_generating_subcommand_records_its_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let (tiny, query) = (fixture("tiny-sd"), fixture("prompt_diffusion/query.png"));
+    let controlnet = fixture("prompt_diffusion/controlnet-standard");
+    let small = [
+        "--steps", "1", "--seed", "7", "--width", "64", "--height", "64",
+    ];
+    let words = [
+        "controlnet",
+        "--model",
+        &tiny,
+        "--prompt",
+        "a house",
+        "--controlnet",
+        &controlnet,
+    ];
+    let cn = out("cn.png");
+    assert_cli_succeeds([&words[..], &small, &["--hint", &query, "--output", &cn]].concat());
+    let p = recorded(Path::new(&cn));
+    assert_eq!(p.seed, Some(7));
+    let unit = "Module: none, Model: controlnet-standard, Weight: 1, Control Mode: Balanced";
+    assert_eq!(p.extra("ControlNet 0"), Some(unit));
+
+    let model = dir.path().join("pd");
+    copy_dir(&fixtures().join("tiny-sd"), &model);
+    copy_dir(
+        &fixtures().join("controlnet/prompt-diffusion"),
+        &model.join("controlnet"),
+    );
+    let (source, target) = (
+        fixture("prompt_diffusion/source.png"),
+        fixture("prompt_diffusion/target.png"),
+    );
+    let images = crate::common::in_context_images(&source, &target, &query);
+    let model = model.display().to_string();
+    let pd = out("pd.png");
+    let words = [
+        "in-context",
+        "--model",
+        &model,
+        "--prompt",
+        "a turtle",
+        "--output",
+        &pd,
+    ];
+    assert_cli_succeeds([&words[..], &small, &images, &["--notebook-prompts"]].concat());
+    let p = recorded(Path::new(&pd));
+    assert!(
+        p.prompt.starts_with("a turtle, best quality"),
+        "{}",
+        p.prompt
+    );
+    assert_eq!(
+        (p.sampler.as_deref(), p.extra("Query")),
+        (Some("DDIM"), Some("query.png"))
+    );
+    assert_eq!(p.extra("Example target"), Some("target.png"));
+
+    let vd = out("vd.png");
+    let flow = crate::common::versatile_args("text-to-image");
+    let extra = [
+        "--prompt",
+        "a red car",
+        "--steps",
+        "1",
+        "--seed",
+        "5",
+        "--output",
+        &vd,
+    ];
+    assert_cli_succeeds([&flow[..], &args(&extra)].concat());
+    let p = recorded(Path::new(&vd));
+    assert_eq!((p.seed, p.extra("Flow")), (Some(5), Some("text-to-image")));
+    assert_eq!(p.model.as_deref(), Some("vd"));
+
+    let plugin = fixtures().join("diff_plugin");
+    let [clip, plugins, input] =
+        ["clip-vision", "pre-trained", "input.png"].map(|p| plugin.join(p).display().to_string());
+    let restored = out("restored.png");
+    let extra = [
+        "--input", &input, "--task", "derain", "--steps", "1", "--size", "64",
+    ];
+    let extra = [&extra[..], &["--output", &restored]].concat();
+    assert_cli_succeeds(crate::common::restore_args(&tiny, &clip, &plugins, &extra));
+    let p = recorded(Path::new(&restored));
+    assert_eq!(
+        (p.sampler.as_deref(), p.cfg_scale, p.seed),
+        (Some("UniPC"), None, Some(42))
+    );
+    assert_eq!(p.extra("Diff-Plugin tasks"), Some("derain"));
+    assert_eq!(p.extra("Input"), Some("input.png"));
 }

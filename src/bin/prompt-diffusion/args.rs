@@ -12,9 +12,11 @@ use prompt_diffusion::core::files::expand_tilde;
 use prompt_diffusion::core::hub::HubOptions;
 use prompt_diffusion::core::memory::MemoryLimit;
 use prompt_diffusion::core::{Error, Precision, Result};
+use prompt_diffusion::metadata::GenerationParameters;
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{Generation, ModelOptions};
 
+use crate::metadata::{MetadataArgs, apply_from, read_from};
 use crate::output::{check_output, read_latents, report_loaded};
 
 /// Parses a value with the library's `FromStr`, for clap.
@@ -94,24 +96,22 @@ impl ModelArgs {
     /// Where models named by repository id are found and downloaded: `--revision`, `--token`,
     /// the rest from the environment; downloads show progress bars.
     pub fn hub(&self) -> HubOptions {
-        HubOptions {
-            revision: self.revision.clone(),
-            token: self.token.clone(),
-            progress: true,
-            ..HubOptions::default()
-        }
+        let mut hub = HubOptions::default().with_progress(true);
+        hub.revision.clone_from(&self.revision);
+        hub.token.clone_from(&self.token);
+        hub
     }
 }
 
 /// The denoising loop's settings, shared by every generating subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct DenoiseArgs {
-    /// Denoising steps.
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    /// Classifier-free guidance scale (≤ 1 turns guidance off).
-    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
-    pub guidance: f64,
+    /// Denoising steps (default 50).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (default 7.5; ≤ 1 turns guidance off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub guidance: Option<f64>,
     /// Scheduler: ddim, ddpm, pndm, euler, euler-ancestral, dpm++2m, dpm++2m-karras, unipc, lms
     /// (default: the model's own).
     #[arg(long, value_parser = parse::<SchedulerKind>)]
@@ -125,13 +125,17 @@ impl DenoiseArgs {
     /// The library's defaults with these steps, guidance scale, scheduler and `eta` (the seed is
     /// resolved last, by [`resolve_seed`], once everything else was checked).
     pub fn generation(&self, eta: f64) -> Generation {
-        Generation {
-            steps: self.steps,
-            guidance_scale: self.guidance,
-            scheduler: self.scheduler,
-            eta,
-            ..Generation::default()
-        }
+        let mut generation = Generation::default();
+        generation.eta = eta;
+        self.apply_to(&mut generation);
+        generation
+    }
+
+    /// Sets in `generation` the steps, guidance scale and scheduler given on the command line.
+    pub fn apply_to(&self, generation: &mut Generation) {
+        generation.steps = self.steps.unwrap_or(generation.steps);
+        generation.guidance_scale = self.guidance.unwrap_or(generation.guidance_scale);
+        generation.scheduler = self.scheduler.or(generation.scheduler);
     }
 }
 
@@ -156,9 +160,9 @@ impl SizeArgs {
 /// What to generate.
 #[derive(Debug, Clone, Args)]
 pub struct GenerationArgs {
-    /// The prompt.
-    #[arg(long)]
-    pub prompt: String,
+    /// The prompt (required unless --from gives it).
+    #[arg(long, required_unless_present = "from")]
+    pub prompt: Option<String>,
     /// What to steer away from.
     #[arg(long)]
     pub negative_prompt: Option<String>,
@@ -174,25 +178,44 @@ pub struct GenerationArgs {
     /// Number of images (default 1, or the batch of --latents).
     #[arg(long)]
     pub num_images: Option<usize>,
-    /// DDIM's eta (0 = deterministic).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub eta: f64,
+    /// DDIM's eta (default 0: deterministic).
+    #[arg(long, allow_negative_numbers = true)]
+    pub eta: Option<f64>,
+    /// Make an image again: the prompts, steps, scheduler, guidance, seed, size (and eta)
+    /// recorded in this PNG's parameters; options given here win. The model is the one given
+    /// by --model or --checkpoint.
+    #[arg(long, value_name = "IMAGE.png", value_parser = path_arg())]
+    pub from: Option<PathBuf>,
     /// Output PNG; several images get `_0`, `_1`, … before the extension.
     #[arg(long, default_value = "output.png", value_parser = path_arg())]
     pub output: PathBuf,
+    /// Whether the PNGs record their parameters.
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
 }
 
 impl GenerationArgs {
-    /// The validated library options, after checking that the output files can be written;
-    /// without `--seed` (or with -1) a seed is drawn from the clock and printed so the run can
-    /// be repeated.
+    /// The validated library options — the defaults, then what `--from` recorded, then the
+    /// options given — after checking that the output files can be written; without `--seed`
+    /// (or with -1) and `--from` a seed is drawn from the clock and printed so the run can be
+    /// repeated.
     pub fn generation(&self) -> anyhow::Result<Generation> {
-        let mut generation = Generation {
-            prompt: self.prompt.clone(),
-            negative_prompt: self.negative_prompt.clone(),
-            ..self.denoise.generation(self.eta)
-        };
-        let size = Some(self.size.get());
+        let mut generation = Generation::default();
+        let from = self.recorded_parameters()?;
+        if let (Some(image), Some(parameters)) = (&self.from, &from) {
+            let keep_scheduler = self.denoise.scheduler.is_some();
+            apply_from(image, parameters, &mut generation, keep_scheduler)?;
+        }
+        if let Some(prompt) = &self.prompt {
+            generation.prompt = prompt.clone();
+        }
+        if let Some(negative) = &self.negative_prompt {
+            generation.negative_prompt = Some(negative.clone());
+        }
+        self.denoise.apply_to(&mut generation);
+        generation.eta = self.eta.unwrap_or(generation.eta);
+        let [width, height] = self.size.get();
+        let size = Some([width.or(generation.width), height.or(generation.height)]);
         read_latents_into(
             &mut generation,
             self.latents.as_deref(),
@@ -201,8 +224,16 @@ impl GenerationArgs {
         )?;
         generation.validate()?;
         check_output(&self.output, "png", generation.num_images)?;
-        generation.seed = resolve_seed(self.denoise.seed);
+        generation.seed = match (self.denoise.seed, from.and_then(|p| p.seed)) {
+            (None, Some(seed)) => seed,
+            (seed, _) => resolve_seed(seed),
+        };
         Ok(generation)
+    }
+
+    /// The parameters recorded in the `--from` image.
+    pub fn recorded_parameters(&self) -> anyhow::Result<Option<GenerationParameters>> {
+        self.from.as_deref().map(read_from).transpose()
     }
 }
 

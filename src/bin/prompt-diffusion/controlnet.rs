@@ -9,10 +9,12 @@ use prompt_diffusion::backends::BackendTask;
 use prompt_diffusion::core::Result;
 use prompt_diffusion::core::hub::RepoId;
 use prompt_diffusion::core::image::load_rgb;
+use prompt_diffusion::metadata::model_name;
 use prompt_diffusion::pipelines::ControlNetOptions;
 use prompt_diffusion::{Generation, StableDiffusionControlNet};
 
 use crate::args::{GenerationArgs, ModelArgs, check_conditioning_scale};
+use crate::metadata::{Record, image_size};
 use crate::output::{Progress, save_images};
 use crate::sd::load_model;
 
@@ -76,6 +78,7 @@ impl BackendTask for ControlNetRun {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
         let args = &self.args;
+        let stamp = args.model.stamp(args.generation.metadata);
         let sd = load_model::<B>(&args.model, &device)?;
         let controlnet = StableDiffusionControlNet::load_controlnet(
             &args.controlnet,
@@ -84,13 +87,26 @@ impl BackendTask for ControlNetRun {
             &device,
         )?;
         let pipe = StableDiffusionControlNet::new(sd, controlnet);
-        let options = ControlNetOptions {
-            conditioning_scale: args.conditioning_scale,
-            guess_mode: args.guess_mode,
-        };
+        let mut options = ControlNetOptions::default();
+        options.conditioning_scale = args.conditioning_scale;
+        options.guess_mode = args.guess_mode;
         let mut progress = Progress::new("denoising");
         let images = pipe.generate(&self.hint, &self.generation, &options, &mut progress)?;
         progress.finish();
-        Ok(save_images(&images, &args.generation.output))
+        // The sd-webui-controlnet extension's record of a unit.
+        let mode = match args.guess_mode {
+            true => "ControlNet is more important",
+            false => "Balanced",
+        };
+        let unit = format!(
+            "Module: none, Model: {}, Weight: {}, Control Mode: {mode}",
+            model_name(&args.controlnet),
+            args.conditioning_scale
+        );
+        let (g, size) = (&self.generation, image_size(&images));
+        let scheduler = (g.scheduler, &pipe.sd.components.scheduler);
+        let options = args.generation.record_options(vec![("ControlNet 0", unit)]);
+        let record = Record::new(&options, stamp, g, scheduler, size);
+        Ok(save_images(&images, &args.generation.output, &record))
     }
 }

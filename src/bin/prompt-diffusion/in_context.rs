@@ -13,6 +13,7 @@ use prompt_diffusion::pipelines::{NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFF
 use prompt_diffusion::{InContextOptions, PromptDiffusion};
 
 use crate::args::{GenerationArgs, ModelArgs, check_conditioning_scale};
+use crate::metadata::{Record, RecordOptions, file_name, image_size};
 use crate::output::{Progress, save_images};
 
 /// The value range hints are given to the ControlNet in.
@@ -74,6 +75,8 @@ pub struct InContextRun {
     prompt: String,
     options: InContextOptions,
     output: PathBuf,
+    /// What the PNGs record.
+    record: RecordOptions,
 }
 
 impl InContextRun {
@@ -86,28 +89,21 @@ impl InContextRun {
             load_rgb(&args.example_target)?,
             load_rgb(&args.query)?,
         ];
-        let mut options = InContextOptions {
-            negative_prompt: g.negative_prompt,
-            steps: g.steps,
-            guidance_scale: g.guidance_scale,
-            scheduler: g.scheduler,
-            resolution: args.resolution,
-            width: g.width,
-            height: g.height,
-            num_images: g.num_images,
-            seed: g.seed,
-            latents: g.latents,
-            eta: g.eta,
-            hint_range: match args.hint_range {
-                HintRange::Training => PixelRange::MinusOneToOne,
-                HintRange::Diffusers => PixelRange::ZeroToOne,
-            },
-            control_scales: if args.guess_mode {
-                ControlScales::LdmGuessMode(args.conditioning_scale)
-            } else {
-                ControlScales::Uniform(args.conditioning_scale)
-            },
-            prompt_suffix: None,
+        let mut options = InContextOptions::default();
+        options.negative_prompt = g.negative_prompt;
+        (options.steps, options.guidance_scale) = (g.steps, g.guidance_scale);
+        (options.scheduler, options.resolution) = (g.scheduler, args.resolution);
+        (options.width, options.height) = (g.width, g.height);
+        (options.num_images, options.seed) = (g.num_images, g.seed);
+        (options.latents, options.eta) = (g.latents, g.eta);
+        options.hint_range = match args.hint_range {
+            HintRange::Training => PixelRange::MinusOneToOne,
+            HintRange::Diffusers => PixelRange::ZeroToOne,
+        };
+        options.control_scales = if args.guess_mode {
+            ControlScales::LdmGuessMode(args.conditioning_scale)
+        } else {
+            ControlScales::Uniform(args.conditioning_scale)
         };
         if args.notebook_prompts {
             options.prompt_suffix = Some(NOTEBOOK_PROMPT_SUFFIX.into());
@@ -118,12 +114,25 @@ impl InContextRun {
         if args.resolution == Some(0) {
             anyhow::bail!("--resolution must be positive");
         }
+        let hint_range = match args.hint_range {
+            HintRange::Training => "training",
+            HintRange::Diffusers => "diffusers",
+        };
+        let extra = vec![
+            ("Example source", file_name(&args.example_source)),
+            ("Example target", file_name(&args.example_target)),
+            ("Query", file_name(&args.query)),
+            ("Hint range", hint_range.to_string()),
+            ("Conditioning scale", args.conditioning_scale.to_string()),
+            ("Guess mode", args.guess_mode.to_string()),
+        ];
         Ok(Self {
             model: args.model.clone(),
             images,
             prompt: g.prompt,
             options,
             output: args.generation.output.clone(),
+            record: args.generation.record_options(extra),
         })
     }
 }
@@ -132,6 +141,7 @@ impl BackendTask for InContextRun {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
+        let stamp = self.model.stamp(self.record.metadata);
         let (dir, file) = (
             PromptDiffusion::<B>::from_pretrained,
             PromptDiffusion::<B>::from_single_file,
@@ -150,6 +160,10 @@ impl BackendTask for InContextRun {
             &mut progress,
         )?;
         progress.finish();
-        Ok(save_images(&images, &self.output))
+        // The prompts as encoded (with the notebook's suffix when it was asked for).
+        let g = self.options.generation(&self.prompt);
+        let scheduler = (g.scheduler, &pd.sd.components.scheduler);
+        let record = Record::new(&self.record, stamp, &g, scheduler, image_size(&images));
+        Ok(save_images(&images, &self.output, &record))
     }
 }

@@ -13,9 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use prompt_diffusion::backends::{BackendKind, kernel_cache_dir, warm_up_message};
 use prompt_diffusion::core::Precision;
 use prompt_diffusion::core::files::{check_output_path, write_bytes_atomic};
-use prompt_diffusion::core::image::save_rgb;
 use prompt_diffusion::core::progress::{StepCallback, StepInfo};
 use prompt_diffusion::core::weights::TensorSource;
+use prompt_diffusion::metadata::save_png_with_parameters;
+
+use crate::metadata::Record;
 
 /// The tensor `key` of a safetensors file.
 pub fn read_tensor(path: &Path, key: &str) -> anyhow::Result<TensorData> {
@@ -68,10 +70,14 @@ pub fn check_output(output: &Path, ext: &str, count: usize) -> anyhow::Result<()
     Ok(())
 }
 
-/// Saves images as PNG, each written whole or not at all, printing each path.
-pub fn save_images(images: &[RgbImage], output: &Path) -> anyhow::Result<()> {
-    for (image, path) in images.iter().zip(output_paths(output, images.len())) {
-        save_rgb(image, &path).with_context(|| format!("cannot write {}", path.display()))?;
+/// Saves images as PNG, each written whole or not at all with its parameters from `record`
+/// (image `i` its own seed), printing each path.
+pub fn save_images(images: &[RgbImage], output: &Path, record: &Record) -> anyhow::Result<()> {
+    let count = images.len();
+    for (i, (image, path)) in images.iter().zip(output_paths(output, count)).enumerate() {
+        let parameters = record.image(i, count);
+        save_png_with_parameters(image, &path, parameters.as_ref())
+            .with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(())

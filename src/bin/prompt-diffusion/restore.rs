@@ -4,13 +4,16 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use clap::Args;
+use prompt_diffusion::Generation;
 use prompt_diffusion::backends::BackendTask;
 use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::core::{Error, Result};
 use prompt_diffusion::diff_plugin::Task;
 use prompt_diffusion::pipelines::diff_plugin::{DiffPlugin, Restore, WorkingSize};
+use prompt_diffusion::schedulers::{SchedulerConfig, SchedulerKind};
 
 use crate::args::{ModelArgs, SeedArg, parse_seed, resolve_seed};
+use crate::metadata::{MetadataArgs, ModelStamp, Record, file_name, image_size};
 use crate::output::{Progress, check_output, save_images};
 use crate::sd::load_model;
 
@@ -52,6 +55,9 @@ pub struct RestoreArgs {
     /// exactly 512 for an instruction, as the official scripts do).
     #[arg(long)]
     pub size: Option<usize>,
+    /// Whether the PNG records its parameters.
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
     /// Output PNG.
     #[arg(long, default_value = "restored.png", value_parser = crate::args::path_arg())]
     pub output: PathBuf,
@@ -101,6 +107,7 @@ impl BackendTask for RestoreRun {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
+        let stamp = self.args.model.stamp(self.args.metadata);
         let sd = load_model::<B>(&self.args.model, &device)?;
         let plugin = DiffPlugin::new(sd, &self.args.clip_vision, &self.args.plugins)?;
         let mut progress = Progress::new("restoring");
@@ -115,9 +122,35 @@ impl BackendTask for RestoreRun {
                 names.join(", ")
             }
         );
-        Ok(save_images(
-            std::slice::from_ref(&restored.image),
-            &self.args.output,
-        ))
+        let images = std::slice::from_ref(&restored.image);
+        let record = self.record(stamp, &names, image_size(images));
+        Ok(save_images(images, &self.args.output, &record))
+    }
+}
+
+impl RestoreRun {
+    /// The record of a restoration: the instruction as the prompt, UniPC's steps, the seed, the
+    /// size, the model, and the plugins that ran.
+    fn record(&self, stamp: ModelStamp, tasks: &[&str], size: (usize, usize)) -> Record {
+        let request = &self.request;
+        let generation = Generation::new(self.args.instruction.clone().unwrap_or_default())
+            .with_steps(request.steps)
+            .with_guidance_scale(1.0)
+            .with_seed(request.seed);
+        let tasks = if tasks.is_empty() {
+            "none".to_string()
+        } else {
+            tasks.join(", ")
+        };
+        let options = self.args.metadata.with([
+            ("Diff-Plugin tasks", tasks),
+            ("Chain steps", request.chain_steps.to_string()),
+            ("Input", file_name(&self.args.input)),
+        ]);
+        let scheduler = (Some(SchedulerKind::UniPc), &SchedulerConfig::sd_v1_5());
+        let mut record = Record::new(&options, stamp, &generation, scheduler, size);
+        // No classifier-free guidance runs.
+        record.edit(|p| p.cfg_scale = None);
+        record
     }
 }

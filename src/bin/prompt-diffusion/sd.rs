@@ -11,6 +11,7 @@ use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::pipelines::memory;
 
 use crate::args::{GenerationArgs, ModelArgs};
+use crate::metadata::{Record, RecordOptions, image_size};
 use crate::output::{Progress, save_images};
 
 /// Arguments of `txt2img`.
@@ -32,9 +33,10 @@ pub struct Img2ImgArgs {
     /// The image to transform.
     #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub init_image: PathBuf,
-    /// How much of the schedule runs, in [0, 1] (1 ignores the image's content).
-    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
-    pub strength: f64,
+    /// How much of the schedule runs, in [0, 1] (default 0.8, or the `Denoising strength` of
+    /// --from; 1 ignores the image's content).
+    #[arg(long, allow_negative_numbers = true)]
+    pub strength: Option<f64>,
 }
 
 /// Loads a Stable Diffusion model from `--model` or `--checkpoint`, printing the time taken.
@@ -52,6 +54,8 @@ pub struct SdRun {
     pub generation: prompt_diffusion::Generation,
     pub output: PathBuf,
     pub init: Option<(image::RgbImage, f64)>,
+    /// What the PNGs record.
+    pub record: RecordOptions,
 }
 
 impl SdRun {
@@ -63,13 +67,18 @@ impl SdRun {
             generation,
             output: args.generation.output.clone(),
             init: None,
+            record: args.generation.record_options(Vec::new()),
         })
     }
 
     /// Checks everything that can be checked without the model.
     pub fn img2img(args: &Img2ImgArgs) -> anyhow::Result<Self> {
-        if !(0.0..=1.0).contains(&args.strength) {
-            anyhow::bail!("--strength {:?} is outside [0, 1]", args.strength);
+        let from = args.generation.recorded_parameters()?;
+        let strength = (args.strength)
+            .or(from.and_then(|p| p.denoising_strength))
+            .unwrap_or(0.8);
+        if !(0.0..=1.0).contains(&strength) {
+            anyhow::bail!("--strength {strength:?} is outside [0, 1]");
         }
         if args.generation.latents.is_some() {
             anyhow::bail!("--latents applies to txt2img only");
@@ -80,7 +89,8 @@ impl SdRun {
             model: args.model.clone(),
             generation,
             output: args.generation.output.clone(),
-            init: Some((image, args.strength)),
+            init: Some((image, strength)),
+            record: args.generation.record_options(Vec::new()),
         })
     }
 }
@@ -89,6 +99,7 @@ impl BackendTask for SdRun {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
+        let stamp = self.model.stamp(self.record.metadata);
         if let Some(dir) = &self.model.model {
             let init = self
                 .init
@@ -105,6 +116,12 @@ impl BackendTask for SdRun {
             }
         };
         progress.finish();
-        Ok(save_images(&images, &self.output))
+        let (g, size) = (&self.generation, image_size(&images));
+        let scheduler = (g.scheduler, &sd.components.scheduler);
+        let mut record = Record::new(&self.record, stamp, g, scheduler, size);
+        if let Some((_, strength)) = &self.init {
+            record.edit(|p| p.denoising_strength = Some(*strength));
+        }
+        Ok(save_images(&images, &self.output, &record))
     }
 }

@@ -22,6 +22,7 @@ use prompt_diffusion::versatile::{
 };
 
 use crate::args::{DenoiseArgs, DeviceArgs, SizeArgs, load_timed, read_latents_into, resolve_seed};
+use crate::metadata::{MetadataArgs, Record, image_size};
 use crate::output::{Progress, check_output, read_tensor, save_images, save_texts};
 
 /// Arguments of `versatile`: the flow, then its options.
@@ -219,6 +220,9 @@ pub struct ImageOutputArgs {
     /// Output PNG; several images get `_0`, `_1`, … before the extension.
     #[arg(long, default_value = "output.png", value_parser = crate::args::path_arg())]
     pub output: PathBuf,
+    /// Whether the PNGs record their parameters.
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
 }
 
 /// Where generated texts go.
@@ -355,7 +359,7 @@ pub enum OutputArgs<'a> {
 
 /// Where the results go.
 enum Output {
-    Images(PathBuf),
+    Images(PathBuf, MetadataArgs),
     Texts(Option<PathBuf>),
 }
 
@@ -424,7 +428,7 @@ impl VersatileRun {
             OutputArgs::Images(out) => {
                 let size = Some(out.size.get());
                 read_latents_into(&mut generation, latents, out.num_images, size)?;
-                Output::Images(out.output.clone())
+                Output::Images(out.output.clone(), out.metadata)
             }
             OutputArgs::Texts(out) => {
                 read_latents_into(&mut generation, latents, out.num_texts, None)?;
@@ -440,7 +444,7 @@ impl VersatileRun {
         };
         generation.validate()?;
         match &output {
-            Output::Images(path) => check_output(path, "png", generation.num_images)?,
+            Output::Images(path, _) => check_output(path, "png", generation.num_images)?,
             Output::Texts(Some(path)) => check_output(path, "txt", generation.num_images)?,
             Output::Texts(None) => {}
         }
@@ -559,10 +563,15 @@ impl BackendTask for VersatileRun {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
         let vd = load_model::<B>(&self.model, self.flow, &device)?;
+        let metadata = match self.output {
+            Output::Images(_, metadata) => metadata,
+            Output::Texts(_) => MetadataArgs { no_metadata: true },
+        };
+        let stamp = self.model.stamp(metadata);
         let mut progress = Progress::new("denoising");
         let (g, options) = (&self.generation, &self.options);
         match &self.output {
-            Output::Images(path) => {
+            Output::Images(path, _) => {
                 let images = match self.flow {
                     Flow::TextToImage => vd.text_to_image(g, &mut progress)?,
                     Flow::ImageVariation => {
@@ -571,7 +580,11 @@ impl BackendTask for VersatileRun {
                     _ => vd.dual_guided(self.image()?, g, options, &mut progress)?,
                 };
                 progress.finish();
-                Ok(save_images(&images, path))
+                let mix = (self.flow == Flow::DualGuided).then(|| ("Mix", options.mix.to_string()));
+                let extra = [("Flow", self.flow.to_string())].into_iter().chain(mix);
+                let (scheduler, size) = ((g.scheduler, &vd.scheduler), image_size(&images));
+                let record = Record::new(&metadata.with(extra), stamp, g, scheduler, size);
+                Ok(save_images(&images, path, &record))
             }
             Output::Texts(path) => {
                 let texts = match self.flow {
