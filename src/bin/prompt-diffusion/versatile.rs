@@ -562,13 +562,13 @@ impl BackendTask for VersatileRun {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output> {
-        let vd = load_model::<B>(&self.model, self.flow, &device)?;
         let metadata = match self.output {
             Output::Images(_, metadata) => metadata,
             Output::Texts(_) => MetadataArgs { no_metadata: true },
         };
         let stamp = self.model.stamp(metadata);
         let mut progress = Progress::new("denoising");
+        let vd = load_model::<B>(&self.model, self.flow, &device)?;
         let (g, options) = (&self.generation, &self.options);
         match &self.output {
             Output::Images(path, _) => {
