@@ -173,8 +173,7 @@ impl<B: Backend> StableDiffusionControlNet<B> {
 
 /// The weight-loading options of `options`.
 pub(crate) fn load_options(options: &ModelOptions) -> LoadOptions {
-    LoadOptions {
-        variant: options.variant.clone(),
-        ..LoadOptions::default()
-    }
+    let mut load = LoadOptions::default();
+    load.variant.clone_from(&options.variant);
+    load
 }

@@ -54,11 +54,9 @@ impl ModelOptions {
     }
 
     pub(crate) fn load_options(&self) -> LoadOptions {
-        LoadOptions {
-            variant: self.variant.clone(),
-            hub: self.hub.clone(),
-            ..LoadOptions::default()
-        }
+        let mut load = LoadOptions::default().with_hub(self.hub.clone());
+        load.variant.clone_from(&self.variant);
+        load
     }
 
     /// The local folder of a pipeline named by `dir`: `dir` itself (`~` expanded), or for a

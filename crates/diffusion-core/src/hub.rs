@@ -52,6 +52,7 @@ pub const DEFAULT_REVISION: &str = "main";
 /// `token=`, `cache_dir=`, `local_files_only=`). Fields left `None` come from the environment
 /// when a name is resolved ([`HubOptions::settings`]). `Debug` does not show the token.
 #[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HubOptions {
     /// Branch, tag or commit hash (default [`DEFAULT_REVISION`]).
     pub revision: Option<String>,

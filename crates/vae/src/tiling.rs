@@ -47,6 +47,7 @@ use crate::{AutoencoderKL, AutoencoderKLConfig};
 /// Tiled encoding and decoding settings (diffusers' `tile_sample_min_size` and
 /// `tile_overlap_factor`).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct VaeTiling {
     /// Tile side in pixels; `None` (the default) takes the config's `sample_size`, as diffusers
     /// does. The latent tile is this divided by the VAE's downsampling factor.
@@ -114,6 +115,7 @@ impl VaeTiling {
 
 /// How an [`AutoencoderKL`] runs: tiled or not, sliced or not (both off by default).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
 pub struct VaeOptions {
     /// Tiled encoding and decoding of inputs larger than a tile (`enable_tiling`).
     pub tiling: Option<VaeTiling>,

@@ -18,6 +18,7 @@ use crate::hub::HubOptions;
 
 /// How [`load_module`] treats dtypes and tolerated extra tensors.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct LoadOptions {
     /// Float dtype every parameter is cast to; `None` means the device's default float dtype.
     pub dtype: Option<DType>,
