@@ -76,6 +76,7 @@ impl WorkingSize {
 
 /// Options of a restoration, with the official defaults.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Restore {
     /// A task or an instruction.
     pub target: RestoreTarget,
