@@ -567,8 +567,8 @@ impl BackendTask for VersatileRun {
             Output::Texts(_) => MetadataArgs { no_metadata: true },
         };
         let stamp = self.model.stamp(metadata);
-        let mut progress = Progress::new("denoising");
         let vd = load_model::<B>(&self.model, self.flow, &device)?;
+        let mut progress = Progress::new("denoising");
         let (g, options) = (&self.generation, &self.options);
         match &self.output {
             Output::Images(path, _) => {
