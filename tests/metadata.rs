@@ -170,11 +170,12 @@ fn image_i_of_a_batch_is_seed_plus_i_alone_for_every_scheduler() {
             .with_steps(3)
             .with_size(64, 64)
             .with_scheduler(kind);
-        let mut base = base;
-        if kind == SchedulerKind::Ddim {
-            // DDIM's stochastic steps too.
-            base.eta = 0.7;
-        }
+        // DDIM's stochastic steps too.
+        let base = base.with_eta(if kind == SchedulerKind::Ddim {
+            0.7
+        } else {
+            0.0
+        });
         let batch = base.clone().with_num_images(3).with_seed(10);
         let batch = sd.text_to_image(&batch, &mut NoProgress).unwrap();
         let alone = base.with_num_images(1).with_seed(12);
@@ -227,9 +228,11 @@ fn image_i_of_a_batch_is_seed_plus_i_alone_in_img2img_and_controlled_pipelines()
     let image = |name: &str| load_rgb(fixtures().join("prompt_diffusion").join(name)).unwrap();
     let [source, target, query] = ["source.png", "target.png", "query.png"].map(image);
     let run = |num_images, seed| {
-        let mut options = InContextOptions::default();
-        (options.steps, options.resolution) = (3, Some(64));
-        (options.num_images, options.seed) = (num_images, seed);
+        let options = InContextOptions::default()
+            .with_steps(3)
+            .with_resolution(64)
+            .with_num_images(num_images)
+            .with_seed(seed);
         pd.generate(
             &source,
             &target,

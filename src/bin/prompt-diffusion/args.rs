@@ -125,8 +125,7 @@ impl DenoiseArgs {
     /// The library's defaults with these steps, guidance scale, scheduler and `eta` (the seed is
     /// resolved last, by [`resolve_seed`], once everything else was checked).
     pub fn generation(&self, eta: f64) -> Generation {
-        let mut generation = Generation::default();
-        generation.eta = eta;
+        let mut generation = Generation::default().with_eta(eta);
         self.apply_to(&mut generation);
         generation
     }

@@ -87,9 +87,9 @@ impl BackendTask for ControlNetRun {
             &device,
         )?;
         let pipe = StableDiffusionControlNet::new(sd, controlnet);
-        let mut options = ControlNetOptions::default();
-        options.conditioning_scale = args.conditioning_scale;
-        options.guess_mode = args.guess_mode;
+        let options = ControlNetOptions::default()
+            .with_conditioning_scale(args.conditioning_scale)
+            .with_guess_mode(args.guess_mode);
         let mut progress = Progress::new("denoising");
         let images = pipe.generate(&self.hint, &self.generation, &options, &mut progress)?;
         progress.finish();

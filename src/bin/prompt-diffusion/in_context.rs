@@ -89,21 +89,28 @@ impl InContextRun {
             load_rgb(&args.example_target)?,
             load_rgb(&args.query)?,
         ];
-        let mut options = InContextOptions::default();
-        options.negative_prompt = g.negative_prompt;
-        (options.steps, options.guidance_scale) = (g.steps, g.guidance_scale);
-        (options.scheduler, options.resolution) = (g.scheduler, args.resolution);
-        (options.width, options.height) = (g.width, g.height);
-        (options.num_images, options.seed) = (g.num_images, g.seed);
-        (options.latents, options.eta) = (g.latents, g.eta);
-        options.hint_range = match args.hint_range {
-            HintRange::Training => PixelRange::MinusOneToOne,
-            HintRange::Diffusers => PixelRange::ZeroToOne,
-        };
-        options.control_scales = if args.guess_mode {
-            ControlScales::LdmGuessMode(args.conditioning_scale)
-        } else {
-            ControlScales::Uniform(args.conditioning_scale)
+        let mut options = InContextOptions {
+            negative_prompt: g.negative_prompt,
+            steps: g.steps,
+            guidance_scale: g.guidance_scale,
+            scheduler: g.scheduler,
+            resolution: args.resolution,
+            width: g.width,
+            height: g.height,
+            num_images: g.num_images,
+            seed: g.seed,
+            latents: g.latents,
+            eta: g.eta,
+            hint_range: match args.hint_range {
+                HintRange::Training => PixelRange::MinusOneToOne,
+                HintRange::Diffusers => PixelRange::ZeroToOne,
+            },
+            control_scales: if args.guess_mode {
+                ControlScales::LdmGuessMode(args.conditioning_scale)
+            } else {
+                ControlScales::Uniform(args.conditioning_scale)
+            },
+            prompt_suffix: None,
         };
         if args.notebook_prompts {
             options.prompt_suffix = Some(NOTEBOOK_PROMPT_SUFFIX.into());
