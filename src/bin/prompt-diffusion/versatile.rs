@@ -508,6 +508,7 @@ impl VdModelArgs {
             optimus: self.optimus.files(flow)?,
             vae: self.vae.clone(),
             tokenizer: self.tokenizer.clone(),
+            ..VersatileModelOptions::default()
         })
     }
 
