@@ -192,12 +192,10 @@ fn library_model() -> VersatileDiffusion<NdArray<f32>> {
     let vd = PathBuf::from(fixture("versatile"));
     let optimus = OptimusFiles::new(vd.join("optimus/optimus-vae.pth"), vd.join("optimus/vocab"))
         .with_config(OptimusConfig::from_file(vd.join("optimus/config.json")).unwrap());
-    let options = VersatileModelOptions {
-        optimus: Some(optimus),
-        vae: Some(fixture("tiny-sd/vae").into()),
-        tokenizer: Some(fixture("tiny-sd/tokenizer").into()),
-        ..VersatileModelOptions::default()
-    };
+    let options = VersatileModelOptions::default()
+        .with_optimus(optimus)
+        .with_vae(fixture("tiny-sd/vae"))
+        .with_tokenizer(fixture("tiny-sd/tokenizer"));
     VersatileDiffusion::from_pretrained(vd.join("vd"), &options, &NdArrayDevice::Cpu).unwrap()
 }
 
@@ -223,10 +221,7 @@ fn images_and_texts_equal_the_library_and_the_reference() {
         .with_steps(2)
         .with_seed(3)
         .with_size(64, 40);
-    let options = VersatileOptions {
-        mix: 0.3,
-        ..VersatileOptions::default()
-    };
+    let options = VersatileOptions::default().with_mix(0.3);
     let image = ImagePrompt::Image(rgb(&input));
     let expected = vd
         .dual_guided(&image, &g, &options, &mut NoProgress)

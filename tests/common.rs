@@ -56,7 +56,10 @@ pub fn assert_one_line_error(what: &str, out: &Output, needles: &[&str]) {
         assert_eq!(lines.len(), 1, "{what}: expected one line, got {stderr:?}");
     }
     for needle in needles {
-        assert!(stderr.contains(needle), "{what}: `{needle}` not in {stderr:?}");
+        assert!(
+            stderr.contains(needle),
+            "{what}: `{needle}` not in {stderr:?}"
+        );
     }
 }
 

@@ -28,6 +28,7 @@ use super::stable_diffusion::StableDiffusion;
 
 /// How the ControlNet's residuals enter (diffusers' defaults).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct ControlNetOptions {
     /// Multiplier of every residual (`controlnet_conditioning_scale`, default 1).
     pub conditioning_scale: f32,

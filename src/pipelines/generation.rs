@@ -16,6 +16,7 @@ pub const MAX_GUIDANCE: f64 = 1000.0;
 /// Options of a text-conditioned generation (txt2img, img2img and the pipelines built on
 /// them), with diffusers' defaults.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Generation {
     /// The prompt.
     pub prompt: String,

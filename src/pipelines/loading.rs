@@ -22,6 +22,7 @@ use prompt_diffusion_vae::{AutoencoderKL, AutoencoderKLConfig, upcast_options};
 
 /// How weights are read.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ModelOptions {
     /// Weight-file variant to prefer in diffusers folders (e.g. `fp16`).
     pub variant: Option<String>,

@@ -48,6 +48,7 @@ pub const NOTEBOOK_NEGATIVE_PROMPT: &str = "longbody, lowres, bad anatomy, bad h
 /// suffix or negative prompt and hints in [-1, 1]; [`notebook`](Self::notebook) is the
 /// official notebook's settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct InContextOptions {
     /// What to steer away from; `None` means the empty prompt.
     pub negative_prompt: Option<String>,

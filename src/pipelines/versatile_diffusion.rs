@@ -35,6 +35,7 @@ const SCHEDULER: &str = r#"{"_class_name": "DDIMScheduler", "beta_start": 0.0008
 
 /// The flows' options beyond [`Generation`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct VersatileOptions {
     /// Dual guidance: the text's weight, the image's is `1 − mix` (diffusers'
     /// `text_to_image_strength`; default 0.5).
@@ -68,6 +69,7 @@ impl VersatileOptions {
 
 /// How a Versatile Diffusion model is loaded.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct VersatileModelOptions {
     /// Weight-file variant to prefer in diffusers folders (e.g. `fp16`).
     pub variant: Option<String>,

@@ -85,12 +85,12 @@ pub struct DeviceArgs {
 impl ModelArgs {
     /// The loading options.
     pub fn options(&self) -> ModelOptions {
-        ModelOptions {
-            variant: self.variant.clone(),
-            config: self.config.clone(),
-            memory_limit: self.device.max_memory.unwrap_or_default(),
-            hub: self.hub(),
-        }
+        let mut options = ModelOptions::default()
+            .with_memory_limit(self.device.max_memory.unwrap_or_default())
+            .with_hub(self.hub());
+        options.variant.clone_from(&self.variant);
+        options.config.clone_from(&self.config);
+        options
     }
 
     /// Where models named by repository id are found and downloaded: `--revision`, `--token`,

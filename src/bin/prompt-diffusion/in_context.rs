@@ -89,29 +89,27 @@ impl InContextRun {
             load_rgb(&args.example_target)?,
             load_rgb(&args.query)?,
         ];
-        let mut options = InContextOptions {
-            negative_prompt: g.negative_prompt,
-            steps: g.steps,
-            guidance_scale: g.guidance_scale,
-            scheduler: g.scheduler,
-            resolution: args.resolution,
-            width: g.width,
-            height: g.height,
-            num_images: g.num_images,
-            seed: g.seed,
-            latents: g.latents,
-            eta: g.eta,
-            hint_range: match args.hint_range {
+        let mut options = InContextOptions::default()
+            .with_steps(g.steps)
+            .with_guidance_scale(g.guidance_scale)
+            .with_num_images(g.num_images)
+            .with_seed(g.seed)
+            .with_eta(g.eta)
+            .with_hint_range(match args.hint_range {
                 HintRange::Training => PixelRange::MinusOneToOne,
                 HintRange::Diffusers => PixelRange::ZeroToOne,
-            },
-            control_scales: if args.guess_mode {
+            })
+            .with_control_scales(if args.guess_mode {
                 ControlScales::LdmGuessMode(args.conditioning_scale)
             } else {
                 ControlScales::Uniform(args.conditioning_scale)
-            },
-            prompt_suffix: None,
-        };
+            });
+        options.negative_prompt = g.negative_prompt;
+        options.scheduler = g.scheduler;
+        options.resolution = args.resolution;
+        options.width = g.width;
+        options.height = g.height;
+        options.latents = g.latents;
         if args.notebook_prompts {
             options.prompt_suffix = Some(NOTEBOOK_PROMPT_SUFFIX.into());
             options

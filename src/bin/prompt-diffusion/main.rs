@@ -29,7 +29,12 @@ use prompt_diffusion::backends::{BackendTask, run_on, set_kernel_cache_dir};
 
 /// Stable Diffusion 1.5, Prompt Diffusion, Versatile Diffusion and Diff-Plugin on burn.
 #[derive(Debug, Parser)]
-#[command(name = "prompt-diffusion", version, about, arg_required_else_help = true)]
+#[command(
+    name = "prompt-diffusion",
+    version,
+    about,
+    arg_required_else_help = true
+)]
 struct Cli {
     /// Folder for the GPU backends' autotune results and compiled kernels (default:
     /// $PROMPT_DIFFUSION_CACHE_DIR, else ~/.cache/prompt-diffusion/cubecl).

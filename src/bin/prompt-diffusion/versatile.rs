@@ -398,10 +398,7 @@ impl VersatileRun {
             bail!("--mix {mix} is outside [0, 1]");
         }
         let mut generation = sampling.denoise.generation(sampling.eta);
-        let mut options = VersatileOptions {
-            mix,
-            ..VersatileOptions::default()
-        };
+        let mut options = VersatileOptions::default().with_mix(mix);
         if let Some(prompt) = condition.prompt() {
             let text = prompt.prompt.as_ref();
             generation.prompt = text
@@ -502,14 +499,12 @@ impl VdModelArgs {
 
     /// The loading options of `flow` (only its layers; Optimus for text outputs).
     fn options(&self, flow: Flow) -> Result<VersatileModelOptions> {
-        Ok(VersatileModelOptions {
-            variant: self.variant.clone(),
-            flows: vec![flow],
-            optimus: self.optimus.files(flow)?,
-            vae: self.vae.clone(),
-            tokenizer: self.tokenizer.clone(),
-            ..VersatileModelOptions::default()
-        })
+        let mut options = VersatileModelOptions::default().with_flows([flow]);
+        options.variant.clone_from(&self.variant);
+        options.optimus = self.optimus.files(flow)?;
+        options.vae.clone_from(&self.vae);
+        options.tokenizer.clone_from(&self.tokenizer);
+        Ok(options)
     }
 
     /// The official files: `checkpoint`, --checkpoint-vae, --clip and the overrides.
