@@ -124,6 +124,7 @@ pub struct DenoiseArgs {
 impl DenoiseArgs {
     /// The library's defaults with these steps, guidance scale, scheduler and `eta` (the seed is
     /// resolved last, by [`resolve_seed`], once everything else was checked).
+    #[cfg_attr(not(feature = "versatile"), allow(dead_code))]
     pub fn generation(&self, eta: f64) -> Generation {
         let mut generation = Generation::default().with_eta(eta);
         self.apply_to(&mut generation);

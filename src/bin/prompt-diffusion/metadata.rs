@@ -26,6 +26,10 @@ pub struct MetadataArgs {
 
 impl MetadataArgs {
     /// The record options of a run with these and the `extra` keys (no `--latents` file).
+    #[cfg_attr(
+        not(any(feature = "versatile", feature = "diff-plugin")),
+        allow(dead_code)
+    )]
     pub fn with(self, extra: impl IntoIterator<Item = (&'static str, String)>) -> RecordOptions {
         RecordOptions {
             metadata: self,

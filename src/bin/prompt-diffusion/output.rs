@@ -84,6 +84,7 @@ pub fn save_images(images: &[RgbImage], output: &Path, record: &Record) -> anyho
 }
 
 /// Prints the texts, one a line, and writes each to its own file of `output` when given.
+#[cfg_attr(not(feature = "versatile"), allow(dead_code))]
 pub fn save_texts(texts: &[String], output: Option<&PathBuf>) -> anyhow::Result<()> {
     for text in texts {
         println!("{}", text.replace('\n', " "));
