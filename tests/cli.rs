@@ -306,6 +306,7 @@ fn command_line_mistakes_print_clap_in_full_and_help_has_examples() {
         "annotate",
         "restore",
         "versatile",
+        "info",
     ] {
         let help = assert_succeeds([subcommand, "--help"]);
         let examples = help.split("Examples:").nth(1).unwrap_or_else(|| {

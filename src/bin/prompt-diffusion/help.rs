@@ -45,3 +45,10 @@ Examples:
   prompt-diffusion versatile text-to-image --model /models/versatile-diffusion --prompt \"a red car\" --seed 1
   prompt-diffusion versatile dual-guided --model /models/versatile-diffusion --prompt \"a red car\" --image car.png --mix 0.7 --output dual.png
   prompt-diffusion versatile image-to-text --model /models/versatile-diffusion --image car.png --optimus-weights optimus-vae.pth --optimus-vocab optimus_models/vocab";
+
+/// `info --help`.
+pub const INFO: &str = "\
+Examples:
+  prompt-diffusion info fox.png
+  prompt-diffusion info fox.png --json
+  prompt-diffusion txt2img --model fixtures/tiny-sd --from fox.png --output again.png   # make it again";

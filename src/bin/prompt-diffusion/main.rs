@@ -71,6 +71,7 @@ enum Command {
     #[command(after_help = help::VERSATILE)]
     Versatile(versatile::VersatileArgs),
     /// Print the generation parameters a PNG records (AUTOMATIC1111's text, or --json).
+    #[command(after_help = help::INFO)]
     Info(metadata::InfoArgs),
 }
 
