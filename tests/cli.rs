@@ -318,3 +318,57 @@ fn command_line_mistakes_print_clap_in_full_and_help_has_examples() {
         );
     }
 }
+
+#[test]
+fn vae_tiling_and_slicing_reach_the_vae_and_match_the_library() {
+    use prompt_diffusion::backends::{Flex, FlexDevice};
+    use prompt_diffusion::core::progress::NoProgress;
+    use prompt_diffusion::vae::{VaeOptions, VaeTiling};
+    use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
+
+    // tiny-sd draws 128-px images; 64-px tiles make the decode run in overlapping tiles.
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--steps", "2", "--seed", "5", "--num-images", "2"];
+    let switches = ["--vae-tiling", "--vae-tile-size", "64", "--vae-slicing"];
+    let out = fox(
+        dir.path(),
+        "tiled.png",
+        &[&extra[..], &switches[..]].concat(),
+    );
+
+    let vae = VaeOptions::default()
+        .with_tiling(VaeTiling::default().with_tile_sample_size(64))
+        .with_slicing(true);
+    let options = ModelOptions::default().with_vae(vae);
+    let sd = StableDiffusion::<Flex>::from_pretrained(tiny(), &options, &FlexDevice).unwrap();
+    assert_eq!(sd.components.vae.options(), vae);
+    let generation = Generation::new("a fox")
+        .with_steps(2)
+        .with_seed(5)
+        .with_num_images(2);
+    let images = sd.text_to_image(&generation, &mut NoProgress).unwrap();
+    for (i, expected) in images.iter().enumerate() {
+        let path = out.replace("tiled.png", &format!("tiled_{i}.png"));
+        let written = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(
+            written.as_raw(),
+            expected.as_raw(),
+            "image {i}: CLI ≠ library"
+        );
+    }
+
+    // A tile smaller than the VAE's downsampling is refused before the model runs.
+    assert_fails(
+        &[
+            "txt2img",
+            "--model",
+            tiny().as_str(),
+            "--prompt",
+            "a fox",
+            "--vae-tiling",
+            "--vae-tile-size",
+            "2",
+        ],
+        &["2", "downsampling factor"],
+    );
+}

@@ -18,7 +18,7 @@ use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_schedulers::SchedulerConfig;
 use prompt_diffusion_unet::{UNet2DConditionConfig, UNet2DConditionModel};
-use prompt_diffusion_vae::{AutoencoderKL, AutoencoderKLConfig, upcast_options};
+use prompt_diffusion_vae::{AutoencoderKL, AutoencoderKLConfig, VaeOptions, upcast_options};
 
 /// How weights are read.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +37,9 @@ pub struct ModelOptions {
     /// Where a model named by Hugging Face repository id (`org/name`) is found and downloaded:
     /// revision, token, cache folder, offline mode (unset fields read `HF_*` variables).
     pub hub: HubOptions,
+    /// How the VAE runs: tiled (bounded memory for large images) and/or sliced (one image of a
+    /// batch at a time), as diffusers' `enable_vae_tiling`/`enable_vae_slicing` (default: off).
+    pub vae: VaeOptions,
 }
 
 /// The component folders of a Stable Diffusion pipeline.
@@ -52,6 +55,8 @@ impl ModelOptions {
         with_memory_limit(memory_limit: MemoryLimit);
         /// Finds models named by repository id with these hub options.
         with_hub(hub: HubOptions);
+        /// Sets how the VAE runs (tiling, slicing).
+        with_vae(vae: VaeOptions);
     }
 
     pub(crate) fn load_options(&self) -> LoadOptions {
@@ -85,6 +90,15 @@ pub struct Components<B: Backend> {
     pub vae: AutoencoderKL<B>,
     /// The scheduler configuration the model was published with.
     pub scheduler: SchedulerConfig,
+}
+
+/// `vae` set to run with `options`.
+fn with_vae_options<B: Backend>(
+    mut vae: AutoencoderKL<B>,
+    options: VaeOptions,
+) -> Result<AutoencoderKL<B>> {
+    vae.set_options(options)?;
+    Ok(vae)
 }
 
 /// Checks that `dir` is a folder, with an error naming it.
@@ -143,7 +157,10 @@ impl<B: Backend> Components<B> {
             tokenizer: ClipTokenizer::from_folder(dir.join("tokenizer"))?,
             text_encoder: CLIPTextModel::from_pretrained(dir.join("text_encoder"), &load, device)?,
             unet: UNet2DConditionModel::from_pretrained(dir.join("unet"), &load, device)?,
-            vae: AutoencoderKL::from_pretrained(dir.join("vae"), &vae_load, device)?,
+            vae: with_vae_options(
+                AutoencoderKL::from_pretrained(dir.join("vae"), &vae_load, device)?,
+                options.vae,
+            )?,
             scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
         })
     }
@@ -231,7 +248,10 @@ impl<B: Backend> Components<B> {
             tokenizer,
             text_encoder: CLIPTextModel::from_source(&text_config, &text_source, &load, device)?,
             unet: UNet2DConditionModel::from_source(&unet_config, &unet_source, &load, device)?,
-            vae: AutoencoderKL::from_source(&vae_config, &vae_source, &vae_load, device)?,
+            vae: with_vae_options(
+                AutoencoderKL::from_source(&vae_config, &vae_source, &vae_load, device)?,
+                options.vae,
+            )?,
             scheduler,
         })
     }

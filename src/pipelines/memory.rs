@@ -280,7 +280,9 @@ pub fn check_folder<B: Backend>(
         images: generation.num_images,
         guided: generation.guided(),
     };
-    let profile = ModelProfile::on::<B>(&unet, &vae, weights, vae_dtype, device);
+    options.vae.validate(&vae)?;
+    let mut profile = ModelProfile::on::<B>(&unet, &vae, weights, vae_dtype, device);
+    profile.vae_options = options.vae;
     estimate_profile(&profile, shape).check(&describe(shape), options.memory_limit)
 }
 

@@ -14,6 +14,7 @@ use prompt_diffusion::core::memory::MemoryLimit;
 use prompt_diffusion::core::{Error, Precision, Result};
 use prompt_diffusion::metadata::GenerationParameters;
 use prompt_diffusion::schedulers::SchedulerKind;
+use prompt_diffusion::vae::{VaeOptions, VaeTiling};
 use prompt_diffusion::{Generation, ModelOptions};
 
 use crate::metadata::{MetadataArgs, apply_from, read_from};
@@ -62,6 +63,16 @@ pub struct ModelArgs {
     /// $HF_TOKEN, else the token file `hf auth login` writes).
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Run the VAE in overlapping tiles, so large images decode in bounded memory (diffusers'
+    /// enable_vae_tiling).
+    #[arg(long)]
+    pub vae_tiling: bool,
+    /// With --vae-tiling: the tile side in pixels (default: the VAE's sample_size, 512 for SD1.5).
+    #[arg(long, value_name = "PIXELS", requires = "vae_tiling")]
+    pub vae_tile_size: Option<usize>,
+    /// Run the VAE on one image of a batch at a time (diffusers' enable_vae_slicing).
+    #[arg(long)]
+    pub vae_slicing: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -90,7 +101,20 @@ impl ModelArgs {
             .with_hub(self.hub());
         options.variant.clone_from(&self.variant);
         options.config.clone_from(&self.config);
-        options
+        options.with_vae(self.vae_options())
+    }
+
+    /// `--vae-tiling`, `--vae-tile-size` and `--vae-slicing`.
+    pub fn vae_options(&self) -> VaeOptions {
+        let vae = VaeOptions::default().with_slicing(self.vae_slicing);
+        if !self.vae_tiling {
+            return vae;
+        }
+        let tiling = match self.vae_tile_size {
+            Some(size) => VaeTiling::default().with_tile_sample_size(size),
+            None => VaeTiling::default(),
+        };
+        vae.with_tiling(tiling)
     }
 
     /// Where models named by repository id are found and downloaded: `--revision`, `--token`,
