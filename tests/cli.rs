@@ -321,14 +321,24 @@ fn command_line_mistakes_print_clap_in_full_and_help_has_examples() {
 
 #[test]
 fn vae_tiling_and_slicing_reach_the_vae_and_match_the_library() {
-    use prompt_diffusion::backends::{Flex, FlexDevice};
+    use prompt_diffusion::backends::{NdArray, NdArrayDevice};
     use prompt_diffusion::core::progress::NoProgress;
     use prompt_diffusion::vae::{VaeOptions, VaeTiling};
     use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
     // tiny-sd draws 128-px images; 64-px tiles make the decode run in overlapping tiles.
     let dir = tempfile::tempdir().unwrap();
-    let extra = ["--steps", "2", "--seed", "5", "--num-images", "2"];
+    // ndarray: flex's device settings belong to the half-precision tests of this process.
+    let extra = [
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+        "--num-images",
+        "2",
+        "--backend",
+        "ndarray",
+    ];
     let switches = ["--vae-tiling", "--vae-tile-size", "64", "--vae-slicing"];
     let out = fox(
         dir.path(),
@@ -340,7 +350,8 @@ fn vae_tiling_and_slicing_reach_the_vae_and_match_the_library() {
         .with_tiling(VaeTiling::default().with_tile_sample_size(64))
         .with_slicing(true);
     let options = ModelOptions::default().with_vae(vae);
-    let sd = StableDiffusion::<Flex>::from_pretrained(tiny(), &options, &FlexDevice).unwrap();
+    let device = NdArrayDevice::Cpu;
+    let sd = StableDiffusion::<NdArray>::from_pretrained(tiny(), &options, &device).unwrap();
     assert_eq!(sd.components.vae.options(), vae);
     let generation = Generation::new("a fox")
         .with_steps(2)
