@@ -193,8 +193,8 @@ impl<B: Backend> StableDiffusion<B> {
     }
 
     /// [`image_to_image`](Self::image_to_image) with an explicit noise stream; the draws are,
-    /// in order, the VAE posterior sample of each output (`[n, …]`: one encoded copy of the
-    /// image per output, as diffusers with a generator per image), the noise added to the
+    /// in order, the VAE posterior sample of each output (`[n, …]`: the image encoded once,
+    /// one sample per output, as diffusers with a generator per image), the noise added to the
     /// image latents, then the scheduler's (as diffusers).
     pub fn image_to_image_with_noise(
         &self,
@@ -218,7 +218,7 @@ impl<B: Backend> StableDiffusion<B> {
         let image = resize(image, width as u32, height as u32);
         let context = self.encode_prompt(generation)?;
         let mut sampler = self.sampler(generation)?.with_strength(strength)?;
-        let init = self.components.vae.sample_images(&vec![image; n], noise)?;
+        let init = self.components.vae.sample_image_copies(&image, n, noise)?;
         let eps = noise_tensor::<B, 4>(noise, init.dims(), &self.device, DType::F32)?;
         let latents = sampler.noised(init, eps);
         let unet = Guided::new(&self.components.unet, generation.guidance());

@@ -84,13 +84,37 @@ impl<B: Backend> AutoencoderKL<B> {
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor<B, 4>> {
         let posterior = self.posterior(images)?;
-        let weight = self.encoder.conv_in.weight.val();
-        let eps = noise_tensor::<B, 4>(
-            noise,
-            posterior.mean.dims(),
-            &weight.device(),
-            weight.dtype(),
-        )?;
+        self.sample_posterior(posterior, noise)
+    }
+
+    /// `copies` scaled samples of the posterior of one image, the image encoded once: the
+    /// result equals [`sample_images`](Self::sample_images) of `copies` copies of `image` (one
+    /// draw of shape `[copies, …]` from `noise`), without running the encoder `copies` times.
+    ///
+    /// # Errors
+    /// As [`sample_images`](Self::sample_images).
+    pub fn sample_image_copies(
+        &self,
+        image: &RgbImage,
+        copies: usize,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor<B, 4>> {
+        let posterior = self.posterior(std::slice::from_ref(image))?;
+        let posterior = DiagonalGaussian {
+            mean: posterior.mean.repeat_dim(0, copies),
+            logvar: posterior.logvar.repeat_dim(0, copies),
+        };
+        self.sample_posterior(posterior, noise)
+    }
+
+    /// `scale_latents(mean + std · ε)`, ε drawn from `noise` in the posterior's dtype, in f32.
+    fn sample_posterior(
+        &self,
+        posterior: DiagonalGaussian<B>,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor<B, 4>> {
+        let mean = &posterior.mean;
+        let eps = noise_tensor::<B, 4>(noise, mean.dims(), &mean.device(), mean.dtype())?;
         Ok(self.scale_latents(posterior.sample(eps)).cast(DType::F32))
     }
 
@@ -161,6 +185,18 @@ mod tests {
         .unwrap();
         let expected = vae.scale_latents(posterior.sample(eps));
         assert_eq!(max_abs_diff(sample.clone(), expected), 0.0);
+
+        // One image's copies: the encoder runs once, the draws are those of the copies' batch.
+        let copies = vae
+            .sample_image_copies(&images[0], 2, &mut SeededNoise::new(7))
+            .unwrap();
+        let batch = vae
+            .sample_images(
+                &[images[0].clone(), images[0].clone()],
+                &mut SeededNoise::new(7),
+            )
+            .unwrap();
+        assert_eq!(max_abs_diff(copies, batch), 0.0);
 
         let decoded = vae.decode_to_images(sample.clone()).unwrap();
         let pixels = vae.decode(vae.unscale_latents(sample));
