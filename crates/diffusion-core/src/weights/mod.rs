@@ -20,6 +20,19 @@ pub use torch::MAX_PICKLE_BYTES;
 
 use crate::{Error, Result};
 
+/// The string values of a PyTorch checkpoint's top-level dictionary, by key (such as the
+/// `name` of an AUTOMATIC1111 textual-inversion embedding); other values are skipped. The
+/// pickle is read without running code, and the file is checked as [`TensorSource::from_pickle`]
+/// checks it.
+///
+/// # Errors
+/// [`Error::Io`] or [`Error::Format`] naming the file.
+pub fn checkpoint_strings(
+    path: impl AsRef<Path>,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    torch::read_strings(path.as_ref())
+}
+
 /// The weight-file stems diffusers and transformers use, in the order they are looked for.
 pub const WEIGHT_STEMS: [&str; 3] = ["diffusion_pytorch_model", "model", "pytorch_model"];
 

@@ -48,27 +48,48 @@ struct Storage {
     name: String,
 }
 
-/// Reads the tensors of a PyTorch checkpoint, checking every byte count up front.
-///
-/// Nested dictionaries are flattened with `.` (`{"state_dict": {"a": t}}` → `state_dict.a`);
-/// values that are not tensors are ignored.
-pub(crate) fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> {
+/// The string values of a PyTorch checkpoint's top-level dictionary by key (such as the `name`
+/// of an AUTOMATIC1111 embedding); other values are skipped. The file is checked as
+/// [`read_checkpoint`] checks it.
+pub(crate) fn read_strings(path: &Path) -> Result<BTreeMap<String, String>> {
+    let (pickle, top, _, _) = parse(path)?;
+    let mut strings = BTreeMap::new();
+    if let Value::Dict(items) = pickle.get(top) {
+        for &(k, v) in items {
+            if let (Some(k), Some(v)) = (pickle.str(k), pickle.str(v)) {
+                strings.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    Ok(strings)
+}
+
+/// Parses a checkpoint in either layout.
+fn parse(path: &Path) -> Result<Parsed> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut head = [0u8; 4];
     let n = read_up_to(&mut file, &mut head).map_err(|e| Error::io(path, e))?;
     file.seek(SeekFrom::Start(0))
         .map_err(|e| Error::io(path, e))?;
-    let (pickle, tensors, storages) = if head[..n] == *b"PK\x03\x04" {
-        read_zip(path, file, file_len)?
+    if head[..n] == *b"PK\x03\x04" {
+        read_zip(path, file, file_len)
     } else if n >= 1 && head[0] == 0x80 {
-        read_legacy(path, file, file_len)?
+        read_legacy(path, file, file_len)
     } else {
-        return Err(Error::format(
+        Err(Error::format(
             path,
             "not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)",
-        ));
-    };
+        ))
+    }
+}
+
+/// Reads the tensors of a PyTorch checkpoint, checking every byte count up front.
+///
+/// Nested dictionaries are flattened with `.` (`{"state_dict": {"a": t}}` → `state_dict.a`);
+/// values that are not tensors are ignored.
+pub(crate) fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> {
+    let (pickle, _, tensors, storages) = parse(path)?;
     let path = Rc::new(path.to_path_buf());
     let mut out = BTreeMap::new();
     for (key, view) in tensors {
@@ -91,6 +112,7 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 type Parsed = (
     Pickle,
+    Id,
     BTreeMap<String, TensorView>,
     HashMap<String, Storage>,
 );
@@ -248,7 +270,7 @@ fn read_zip(path: &Path, file: File, file_len: u64) -> Result<Parsed> {
         };
         storages.insert(key, storage);
     }
-    Ok((pickle, tensors, storages))
+    Ok((pickle, top, tensors, storages))
 }
 
 /// Counts the bytes consumed from a reader, to locate the legacy layout's storages.
@@ -388,7 +410,7 @@ fn read_legacy(path: &Path, file: File, file_len: u64) -> Result<Parsed> {
         ));
     }
     let tensors = tensors_of(&pickle, top);
-    Ok((pickle, tensors, storages))
+    Ok((pickle, top, tensors, storages))
 }
 
 /// Every persistent storage descriptor `('storage', type, key, location, numel, …)`, checked
