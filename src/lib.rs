@@ -24,5 +24,5 @@ pub mod fuzzing;
 pub mod metadata;
 pub mod pipelines;
 
-pub use pipelines::{Generation, ModelOptions, StableDiffusion};
+pub use pipelines::{Generation, Inpaint, ModelOptions, StableDiffusion};
 pub use pipelines::{InContextOptions, PromptDiffusion, StableDiffusionControlNet};

@@ -13,6 +13,7 @@ mod compose;
 mod diff_plugin;
 mod fuzz_seeded;
 mod hub;
+mod inpaint;
 mod metadata;
 mod pipeline_parity;
 #[path = "prompt_diffusion.rs"]

@@ -23,6 +23,7 @@ use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_unet::{Controlled, ControlledConditioning};
 
 use super::generation::Generation;
+use super::inpaint::Inpaint;
 use super::loading::ModelOptions;
 use super::stable_diffusion::StableDiffusion;
 
@@ -134,8 +135,74 @@ impl<B: Backend> StableDiffusionControlNet<B> {
     ) -> Result<Vec<RgbImage>> {
         generation.validate()?;
         let (w, h) = (hint.width() as usize, hint.height() as usize);
-        let width = generation.width.unwrap_or(w / 8 * 8);
-        let height = generation.height.unwrap_or(h / 8 * 8);
+        let size = (
+            generation.width.unwrap_or(w / 8 * 8),
+            generation.height.unwrap_or(h / 8 * 8),
+        );
+        let hint = self.control_hint(hint, size, generation, options)?;
+        let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
+        let conditioning = |context| ControlledConditioning { context, hint };
+        self.sd
+            .text_to_image_with(generation, size, &denoiser, conditioning, noise, callback)
+    }
+
+    /// Regenerates the masked region of an image guided by `hint` (diffusers
+    /// `StableDiffusionControlNetInpaintPipeline`, with an ordinary or an inpainting UNet: see
+    /// [`StableDiffusion::inpaint`]). The output has the requested size or the image's own
+    /// (rounded down to a multiple of 8); the hint and the mask are resized to it. Image `i`
+    /// is drawn from `generation.seed + i`.
+    ///
+    /// # Errors
+    /// As [`generate`](Self::generate) and [`StableDiffusion::inpaint`].
+    pub fn inpaint(
+        &self,
+        hint: &RgbImage,
+        inpaint: &Inpaint<'_>,
+        generation: &Generation,
+        options: &ControlNetOptions,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
+        let noise = &mut *generation.noise();
+        self.inpaint_with_noise(hint, inpaint, generation, options, noise, callback)
+    }
+
+    /// [`inpaint`](Self::inpaint) with an explicit noise stream (the draws of
+    /// [`StableDiffusion::inpaint_with_noise`]).
+    pub fn inpaint_with_noise(
+        &self,
+        hint: &RgbImage,
+        inpaint: &Inpaint<'_>,
+        generation: &Generation,
+        options: &ControlNetOptions,
+        noise: &mut dyn NoiseSource,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
+        generation.validate()?;
+        let size = inpaint.size(generation)?;
+        let hint = self.control_hint(hint, size, generation, options)?;
+        let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
+        let conditioning = |context| ControlledConditioning { context, hint };
+        self.sd.inpaint_with(
+            generation,
+            inpaint,
+            size,
+            denoiser,
+            conditioning,
+            noise,
+            callback,
+        )
+    }
+
+    /// The ControlNet's input: `hint` resized to `width`×`height` in [0, 1], batched for the
+    /// run, with the residual scales of `options`.
+    fn control_hint(
+        &self,
+        hint: &RgbImage,
+        (width, height): (usize, usize),
+        generation: &Generation,
+        options: &ControlNetOptions,
+    ) -> Result<ControlHint<B>> {
+        let (w, h) = (hint.width(), hint.height());
         if width == 0 || height == 0 || width.max(height) > MAX_IMAGE_SIDE as usize {
             return Err(Error::invalid_input(
                 "hint",
@@ -159,16 +226,11 @@ impl<B: Backend> StableDiffusionControlNet<B> {
         } else {
             n
         };
-        let hint = ControlHint {
+        Ok(ControlHint {
             image: Tensor::cat(vec![hint; copies], 0),
             scales,
             conditional_half_only,
-        };
-        let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
-        let conditioning = |context| ControlledConditioning { context, hint };
-        let size = (width, height);
-        self.sd
-            .text_to_image_with(generation, size, &denoiser, conditioning, noise, callback)
+        })
     }
 }
 

@@ -64,6 +64,7 @@ mod controlnet;
 #[cfg(feature = "diff-plugin")]
 pub mod diff_plugin;
 mod generation;
+mod inpaint;
 mod loading;
 pub mod memory;
 mod prompt_diffusion;
@@ -73,6 +74,7 @@ mod versatile_diffusion;
 
 pub use controlnet::{ControlNetOptions, StableDiffusionControlNet};
 pub use generation::{Generation, MAX_GUIDANCE, MAX_IMAGES, PerImageNoise};
+pub use inpaint::{Inpaint, mask_from_rgb};
 pub use loading::{Components, ModelOptions};
 pub use prompt_diffusion::{
     IN_CONTEXT_MAX_SIDE, InContextOptions, NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX,

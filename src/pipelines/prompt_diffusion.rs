@@ -35,6 +35,7 @@ use prompt_diffusion_unet::{Controlled, ControlledConditioning};
 
 use super::controlnet::load_options;
 use super::generation::Generation;
+use super::inpaint::Inpaint;
 use super::loading::{Components, ModelOptions, require_dir};
 use super::stable_diffusion::StableDiffusion;
 
@@ -168,6 +169,7 @@ impl InContextOptions {
             seed: self.seed,
             latents: self.latents.clone(),
             eta: self.eta,
+            ..Generation::default()
         }
     }
 }
@@ -317,7 +319,7 @@ impl<B: Backend> PromptDiffusion<B> {
     /// query]` and an explicit noise stream.
     pub fn generate_with_noise(
         &self,
-        [source, target, query]: [&RgbImage; 3],
+        images: [&RgbImage; 3],
         prompt: &str,
         options: &InContextOptions,
         noise: &mut dyn NoiseSource,
@@ -325,6 +327,68 @@ impl<B: Backend> PromptDiffusion<B> {
     ) -> Result<Vec<RgbImage>> {
         let generation = options.generation(prompt);
         generation.validate()?;
+        let (size, hint) = self.hint(images, &generation, options)?;
+        let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
+        let conditioning = |context| ControlledConditioning { context, hint };
+        self.sd
+            .text_to_image_with(&generation, size, &denoiser, conditioning, noise, callback)
+    }
+
+    /// In-context generation restricted to the masked region of an image: the example pair
+    /// and the query steer the run as in [`generate`](Self::generate), and only the white part
+    /// of `inpaint.mask` is regenerated (the blending of diffusers' ControlNet inpainting with an
+    /// ordinary UNet: see [`StableDiffusion::inpaint`]). The image and the mask are resized to
+    /// the output size (the query's). Images are `[example_source, example_target, query]`.
+    ///
+    /// # Errors
+    /// As [`generate`](Self::generate) and [`StableDiffusion::inpaint`].
+    pub fn inpaint(
+        &self,
+        images: [&RgbImage; 3],
+        inpaint: &Inpaint<'_>,
+        prompt: &str,
+        options: &InContextOptions,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
+        let noise = &mut *options.generation(prompt).noise();
+        self.inpaint_with_noise(images, inpaint, prompt, options, noise, callback)
+    }
+
+    /// [`inpaint`](Self::inpaint) with an explicit noise stream (the draws of
+    /// [`StableDiffusion::inpaint_with_noise`]).
+    pub fn inpaint_with_noise(
+        &self,
+        images: [&RgbImage; 3],
+        inpaint: &Inpaint<'_>,
+        prompt: &str,
+        options: &InContextOptions,
+        noise: &mut dyn NoiseSource,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
+        let generation = options.generation(prompt);
+        generation.validate()?;
+        let (size, hint) = self.hint(images, &generation, options)?;
+        let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
+        let conditioning = |context| ControlledConditioning { context, hint };
+        self.sd.inpaint_with(
+            &generation,
+            inpaint,
+            size,
+            denoiser,
+            conditioning,
+            noise,
+            callback,
+        )
+    }
+
+    /// The output size (the query's, fitted to the resolution, unless the generation asks for
+    /// one) and the ControlNet's inputs at that size, batched for the run.
+    fn hint(
+        &self,
+        [source, target, query]: [&RgbImage; 3],
+        generation: &Generation,
+        options: &InContextOptions,
+    ) -> Result<((usize, usize), InContextHint<B>)> {
         let resolution = options.resolution.unwrap_or(self.sd.native_size());
         let (w, h) = in_context_size(query.width(), query.height(), resolution)?;
         let size = (
@@ -349,10 +413,7 @@ impl<B: Backend> PromptDiffusion<B> {
             query: hint(query)?,
             scales: options.control_scales.clone(),
         };
-        let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
-        let conditioning = |context| ControlledConditioning { context, hint };
-        self.sd
-            .text_to_image_with(&generation, size, &denoiser, conditioning, noise, callback)
+        Ok((size, hint))
     }
 }
 

@@ -71,7 +71,7 @@ pub use options::{
     TimestepSpacing, TimestepType, VarianceType,
 };
 pub use pndm::PndmScheduler;
-pub use sampler::Sampler;
+pub use sampler::{MaskBlend, Sampler};
 pub use unipc_multistep::UniPcMultistepScheduler;
 
 /// A diffusion scheduler: the timestep schedule and the update rule of a denoising loop.

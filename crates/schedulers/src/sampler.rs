@@ -24,6 +24,22 @@ pub struct Sampler<B: Backend> {
     scheduler: Box<dyn Scheduler<B>>,
     steps: usize,
     start: usize,
+    blend: Option<MaskBlend<B>>,
+}
+
+/// Inpainting with a model that knows nothing of masks (diffusers' 4-channel UNet path): after
+/// every step the latents outside the mask are replaced by the image's latents noised to the
+/// next timestep (`scheduler.add_noise(image, noise, t[i+1])`; the clean image latents after the
+/// last step), so only the masked region is generated.
+#[derive(Debug, Clone)]
+pub struct MaskBlend<B: Backend> {
+    /// The image's latents, `[n, c, h, w]` (f32).
+    pub image_latents: Tensor<B, 4>,
+    /// Where to generate, `[n, 1, h, w]`: 1 inside the region to repaint, 0 where the image is
+    /// kept.
+    pub mask: Tensor<B, 4>,
+    /// The noise the image latents are noised with (the initial noise of the run), `[n, c, h, w]`.
+    pub noise: Tensor<B, 4>,
 }
 
 impl<B: Backend> std::fmt::Debug for Sampler<B> {
@@ -46,6 +62,7 @@ impl<B: Backend> Sampler<B> {
             scheduler,
             steps,
             start: 0,
+            blend: None,
         })
     }
 
@@ -86,6 +103,29 @@ impl<B: Backend> Sampler<B> {
             return Err(Error::invalid_input("strength", "leaves no denoising step"));
         }
         self.scheduler.set_begin_index(self.start);
+        Ok(self)
+    }
+
+    /// Inpaints by blending: see [`MaskBlend`].
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the mask or the noise does not fit the image latents.
+    pub fn with_mask_blend(mut self, blend: MaskBlend<B>) -> Result<Self> {
+        let [n, c, h, w] = blend.image_latents.dims();
+        for (key, tensor, expected) in [
+            ("mask", &blend.mask, [n, 1, h, w]),
+            ("noise", &blend.noise, [n, c, h, w]),
+        ] {
+            if tensor.dims() != expected {
+                return Err(Error::Shape {
+                    origin: None,
+                    key: key.into(),
+                    expected: format!("{expected:?} (the image latents' batch and size)"),
+                    found: tensor.dims().to_vec(),
+                });
+            }
+        }
+        self.blend = Some(blend);
         Ok(self)
     }
 
@@ -181,6 +221,9 @@ impl<B: Backend> Sampler<B> {
             let input = self.scheduler.scale_model_input(latents.clone(), t);
             let prediction = denoiser.predict(input, t, conditioning)?.cast(DType::F32);
             latents = self.scheduler.step(prediction, t, latents, noise)?;
+            if let Some(blend) = &self.blend {
+                latents = self.blended(blend, latents, timesteps.get(i + 1).copied());
+            }
             check_finite(&latents, Stage::AfterStep(i + 1), denoiser.dtype())?;
             let info = StepInfo {
                 step: i + 1,
@@ -193,5 +236,22 @@ impl<B: Backend> Sampler<B> {
             }
         }
         Ok(latents)
+    }
+
+    /// `(1 − mask) · image + mask · latents`, the image noised to `next` (clean after the last
+    /// step).
+    fn blended(
+        &self,
+        blend: &MaskBlend<B>,
+        latents: Tensor<B, 4>,
+        next: Option<f64>,
+    ) -> Tensor<B, 4> {
+        let image = blend.image_latents.clone();
+        let image = match next {
+            Some(t) => self.scheduler.add_noise(image, blend.noise.clone(), t),
+            None => image,
+        };
+        let mask = blend.mask.clone();
+        image * (mask.ones_like() - mask.clone()) + latents * mask
     }
 }

@@ -36,6 +36,8 @@ mod context;
 pub mod data_layers;
 mod denoiser;
 pub mod embeddings;
+mod inpainting;
+pub mod lora;
 pub mod resnet_flat;
 pub mod transformer_2d;
 pub mod trunk;
@@ -49,6 +51,7 @@ pub use config::{
 pub use context::{ContextTokens, CrossAttentionContext};
 pub use data_layers::{DataDownsample, DataLayerKind, DataProjection, DataResnet, DataUpsample};
 pub use denoiser::{Controlled, ControlledConditioning, UNetControl};
+pub use inpainting::{Inpainting, InpaintingConditioning};
 pub use resnet_flat::{FLAT_SECOND_DIM, LinearMultiDim, ResnetBlockFlat};
 pub use transformer_2d::{Transformer2DConfig, Transformer2DModel};
 pub use trunk::{

@@ -100,6 +100,34 @@ impl<B: Backend> AutoencoderKL<B> {
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor<B, 4>> {
         let posterior = self.posterior(std::slice::from_ref(image))?;
+        self.sample_posterior_copies(posterior, copies, noise)
+    }
+
+    /// [`sample_image_copies`](Self::sample_image_copies) of pixels already in [-1, 1] (e.g.
+    /// inpainting's masked image, whose masked pixels are 0).
+    ///
+    /// # Shapes
+    /// `[1, 3, H, W]` (any float dtype) → `[copies, latent_channels, H/8, W/8]`, f32.
+    ///
+    /// # Errors
+    /// A replayed `noise` that does not fit.
+    pub fn sample_pixel_copies(
+        &self,
+        pixels: Tensor<B, 4>,
+        copies: usize,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor<B, 4>> {
+        let posterior = self.encode(pixels.cast(self.encoder.conv_in.weight.val().dtype()));
+        self.sample_posterior_copies(posterior, copies, noise)
+    }
+
+    /// `copies` samples of a one-image posterior (one draw of shape `[copies, …]`).
+    fn sample_posterior_copies(
+        &self,
+        posterior: DiagonalGaussian<B>,
+        copies: usize,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor<B, 4>> {
         let posterior = DiagonalGaussian {
             mean: posterior.mean.repeat_dim(0, copies),
             logvar: posterior.logvar.repeat_dim(0, copies),

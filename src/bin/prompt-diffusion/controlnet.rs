@@ -11,12 +11,12 @@ use prompt_diffusion::core::hub::RepoId;
 use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::metadata::model_name;
 use prompt_diffusion::pipelines::ControlNetOptions;
-use prompt_diffusion::{Generation, StableDiffusionControlNet};
+use prompt_diffusion::{Generation, Inpaint, StableDiffusionControlNet};
 
 use crate::args::{GenerationArgs, ModelArgs, check_conditioning_scale};
 use crate::metadata::{Record, image_size};
 use crate::output::{Progress, save_images};
-use crate::sd::load_model;
+use crate::sd::{Init, MaskArgs, load_model};
 
 /// Arguments of `controlnet`.
 #[derive(Debug, Clone, Args)]
@@ -45,6 +45,8 @@ pub struct ControlNetArgs {
     /// from 0.1 (first skip) to 1 (mid block).
     #[arg(long)]
     pub guess_mode: bool,
+    #[command(flatten)]
+    pub inpaint: MaskArgs,
 }
 
 /// A ControlNet run, ready to be dispatched to a backend.
@@ -52,6 +54,7 @@ pub struct ControlNetRun {
     args: ControlNetArgs,
     hint: RgbImage,
     generation: Generation,
+    inpaint: Option<Init>,
 }
 
 impl ControlNetRun {
@@ -65,10 +68,12 @@ impl ControlNetRun {
         }
         let generation = args.generation.generation()?;
         let hint = load_rgb(&args.hint)?;
+        let inpaint = args.inpaint.load(&args.generation)?;
         Ok(Self {
             args: args.clone(),
             hint,
             generation,
+            inpaint,
         })
     }
 }
@@ -91,7 +96,14 @@ impl BackendTask for ControlNetRun {
             .with_conditioning_scale(args.conditioning_scale)
             .with_guess_mode(args.guess_mode);
         let mut progress = Progress::new("denoising");
-        let images = pipe.generate(&self.hint, &self.generation, &options, &mut progress)?;
+        let (hint, g) = (&self.hint, &self.generation);
+        let images = match &self.inpaint {
+            Some(Init::Inpaint(image, mask, strength)) => {
+                let inpaint = Inpaint::new(image, mask).with_strength(*strength);
+                pipe.inpaint(hint, &inpaint, g, &options, &mut progress)?
+            }
+            _ => pipe.generate(hint, g, &options, &mut progress)?,
+        };
         progress.finish();
         // The sd-webui-controlnet extension's record of a unit.
         let mode = match args.guess_mode {
@@ -106,7 +118,10 @@ impl BackendTask for ControlNetRun {
         let (g, size) = (&self.generation, image_size(&images));
         let scheduler = (g.scheduler, &pipe.sd.components.scheduler);
         let options = args.generation.record_options(vec![("ControlNet 0", unit)]);
-        let record = Record::new(&options, stamp, g, scheduler, size);
+        let mut record = Record::new(&options, stamp, g, scheduler, size);
+        if let Some(init) = &self.inpaint {
+            record.edit(|p| p.denoising_strength = Some(init.strength()));
+        }
         Ok(save_images(&images, &args.generation.output, &record))
     }
 }

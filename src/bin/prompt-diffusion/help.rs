@@ -13,6 +13,12 @@ Examples:
   prompt-diffusion img2img --model fixtures/tiny-sd --init-image photo.png --strength 0.6 --prompt \"a watercolor painting\"
   prompt-diffusion img2img --checkpoint v1-5-pruned-emaonly.ckpt --init-image sketch.png --prompt \"a castle\" --output castle.png";
 
+/// `inpaint --help`.
+pub const INPAINT: &str = "\
+Examples:
+  prompt-diffusion inpaint --model stable-diffusion-v1-5/stable-diffusion-inpainting --init-image photo.png --mask mask.png --prompt \"a red door\"
+  prompt-diffusion inpaint --model fixtures/tiny-sd --init-image photo.png --mask mask.png --strength 0.75 --prompt \"a cat\" --output cat.png";
+
 /// `in-context --help`.
 pub const IN_CONTEXT: &str = "\
 Examples:

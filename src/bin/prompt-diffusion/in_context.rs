@@ -10,11 +10,12 @@ use prompt_diffusion::controlnet::ControlScales;
 use prompt_diffusion::core::Result;
 use prompt_diffusion::core::image::{PixelRange, load_rgb};
 use prompt_diffusion::pipelines::{NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX};
-use prompt_diffusion::{InContextOptions, PromptDiffusion};
+use prompt_diffusion::{InContextOptions, Inpaint, PromptDiffusion};
 
 use crate::args::{GenerationArgs, ModelArgs, check_conditioning_scale};
 use crate::metadata::{Record, RecordOptions, file_name, image_size};
 use crate::output::{Progress, save_images};
+use crate::sd::{Init, MaskArgs};
 
 /// The value range hints are given to the ControlNet in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +67,8 @@ pub struct InContextArgs {
     /// The original guess mode: residuals scaled by 0.825^(12−i) · scale.
     #[arg(long)]
     pub guess_mode: bool,
+    #[command(flatten)]
+    pub inpaint: MaskArgs,
 }
 
 /// An in-context run, ready to be dispatched to a backend.
@@ -77,6 +80,7 @@ pub struct InContextRun {
     output: PathBuf,
     /// What the PNGs record.
     record: RecordOptions,
+    inpaint: Option<Init>,
 }
 
 impl InContextRun {
@@ -131,7 +135,9 @@ impl InContextRun {
             ("Conditioning scale", args.conditioning_scale.to_string()),
             ("Guess mode", args.guess_mode.to_string()),
         ];
+        let inpaint = args.inpaint.load(&args.generation)?;
         Ok(Self {
+            inpaint,
             model: args.model.clone(),
             images,
             prompt: g.prompt,
@@ -156,19 +162,23 @@ impl BackendTask for InContextRun {
             .load::<_, B>("Prompt Diffusion", &device, dir, file)?;
         let mut progress = Progress::new("denoising");
         let [source, target, query] = &self.images;
-        let images = pd.generate(
-            source,
-            target,
-            query,
-            &self.prompt,
-            &self.options,
-            &mut progress,
-        )?;
+        let (prompt, options) = (&self.prompt, &self.options);
+        let images = match &self.inpaint {
+            Some(Init::Inpaint(image, mask, strength)) => {
+                let inpaint = Inpaint::new(image, mask).with_strength(*strength);
+                let images = [source, target, query];
+                pd.inpaint(images, &inpaint, prompt, options, &mut progress)?
+            }
+            _ => pd.generate(source, target, query, prompt, options, &mut progress)?,
+        };
         progress.finish();
         // The prompts as encoded (with the notebook's suffix when it was asked for).
         let g = self.options.generation(&self.prompt);
         let scheduler = (g.scheduler, &pd.sd.components.scheduler);
-        let record = Record::new(&self.record, stamp, &g, scheduler, image_size(&images));
+        let mut record = Record::new(&self.record, stamp, &g, scheduler, image_size(&images));
+        if let Some(init) = &self.inpaint {
+            record.edit(|p| p.denoising_strength = Some(init.strength()));
+        }
         Ok(save_images(&images, &self.output, &record))
     }
 }

@@ -52,6 +52,9 @@ enum Command {
     /// Transform an image according to a prompt.
     #[command(after_help = help::IMG2IMG)]
     Img2img(sd::Img2ImgArgs),
+    /// Regenerate the masked region of an image according to a prompt.
+    #[command(after_help = help::INPAINT)]
+    Inpaint(sd::InpaintArgs),
     /// Prompt Diffusion: apply an example pair's task (source → target) to a query image.
     #[command(after_help = help::IN_CONTEXT)]
     InContext(in_context::InContextArgs),
@@ -82,6 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Txt2img(args) => run_task(args.model.device, sd::SdRun::txt2img(&args)?),
         Command::Img2img(args) => run_task(args.model.device, sd::SdRun::img2img(&args)?),
+        Command::Inpaint(args) => run_task(args.model.device, sd::SdRun::inpaint(&args)?),
         Command::InContext(args) => {
             run_task(args.model.device, in_context::InContextRun::new(&args)?)
         }
