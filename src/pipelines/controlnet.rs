@@ -133,17 +133,7 @@ impl<B: Backend> StableDiffusionControlNet<B> {
         noise: &mut dyn NoiseSource,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
-        generation.validate()?;
-        let (w, h) = (hint.width() as usize, hint.height() as usize);
-        let size = (
-            generation.width.unwrap_or(w / 8 * 8),
-            generation.height.unwrap_or(h / 8 * 8),
-        );
-        let hint = self.control_hint(hint, size, generation, options)?;
-        let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
-        let conditioning = |context| ControlledConditioning { context, hint };
-        self.sd
-            .text_to_image_with(generation, size, &denoiser, conditioning, noise, callback)
+        self.run(hint, None, generation, options, noise, callback)
     }
 
     /// Regenerates the masked region of an image guided by `hint` (diffusers
@@ -163,7 +153,7 @@ impl<B: Backend> StableDiffusionControlNet<B> {
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
         let noise = &mut *generation.noise();
-        self.inpaint_with_noise(hint, inpaint, generation, options, noise, callback)
+        self.run(hint, Some(inpaint), generation, options, noise, callback)
     }
 
     /// [`inpaint`](Self::inpaint) with an explicit noise stream (the draws of
@@ -177,20 +167,42 @@ impl<B: Backend> StableDiffusionControlNet<B> {
         noise: &mut dyn NoiseSource,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
+        self.run(hint, Some(inpaint), generation, options, noise, callback)
+    }
+
+    /// The run of [`generate`](Self::generate) and [`inpaint`](Self::inpaint): the output
+    /// size is the requested one, else the inpainted image's or the hint's (rounded down to a
+    /// multiple of 8).
+    fn run(
+        &self,
+        hint: &RgbImage,
+        inpaint: Option<&Inpaint<'_>>,
+        generation: &Generation,
+        options: &ControlNetOptions,
+        noise: &mut dyn NoiseSource,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
         generation.validate()?;
-        let size = inpaint.size(generation)?;
+        let (key, (w, h)) = match inpaint {
+            Some(inpaint) => ("image", inpaint.image.dimensions()),
+            None => ("hint", hint.dimensions()),
+        };
+        let size = (
+            generation.width.unwrap_or(w as usize / 8 * 8),
+            generation.height.unwrap_or(h as usize / 8 * 8),
+        );
+        if size.0 == 0 || size.1 == 0 || size.0.max(size.1) > MAX_IMAGE_SIDE as usize {
+            return Err(Error::invalid_input(
+                key,
+                format!("{w}x{h} is not between 8x8 and {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels"),
+            ));
+        }
         let hint = self.control_hint(hint, size, generation, options)?;
         let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
         let conditioning = |context| ControlledConditioning { context, hint };
-        self.sd.inpaint_with(
-            generation,
-            inpaint,
-            size,
-            denoiser,
-            conditioning,
-            noise,
-            callback,
-        )
+        let g = generation;
+        self.sd
+            .generate_with(g, inpaint, size, denoiser, conditioning, noise, callback)
     }
 
     /// The ControlNet's input: `hint` resized to `width`×`height` in [0, 1], batched for the
@@ -202,13 +214,6 @@ impl<B: Backend> StableDiffusionControlNet<B> {
         generation: &Generation,
         options: &ControlNetOptions,
     ) -> Result<ControlHint<B>> {
-        let (w, h) = (hint.width(), hint.height());
-        if width == 0 || height == 0 || width.max(height) > MAX_IMAGE_SIDE as usize {
-            return Err(Error::invalid_input(
-                "hint",
-                format!("{w}x{h} is not between 8x8 and {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels"),
-            ));
-        }
         let hint = resize(hint, width as u32, height as u32);
         let hint = images_to_tensor::<B>(&[hint], PixelRange::ZeroToOne, self.sd.device())?;
         let guided = generation.guided();

@@ -245,6 +245,40 @@ impl<B: Backend> StableDiffusion<B> {
         self.decode(latents)
     }
 
+    /// Text→image ([`text_to_image_with`](Self::text_to_image_with)) or, with `inpaint`,
+    /// inpainting ([`inpaint_with`](Self::inpaint_with)) with one denoiser: the run of the
+    /// ControlNet pipelines.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn generate_with<D>(
+        &self,
+        generation: &Generation,
+        inpaint: Option<&Inpaint<'_>>,
+        size: (usize, usize),
+        denoiser: D,
+        conditioning: impl FnOnce(Tensor<B, 3>) -> D::Conditioning,
+        noise: &mut dyn NoiseSource,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>>
+    where
+        D: Denoiser<B>,
+        Inpainting<D>: Denoiser<B, Conditioning = InpaintingConditioning<B, D::Conditioning>>,
+    {
+        match inpaint {
+            None => {
+                self.text_to_image_with(generation, size, &denoiser, conditioning, noise, callback)
+            }
+            Some(inpaint) => self.inpaint_with(
+                generation,
+                inpaint,
+                size,
+                denoiser,
+                conditioning,
+                noise,
+                callback,
+            ),
+        }
+    }
+
     /// Whether the UNet is an inpainting one (`in_channels` = 2·latent + 1) rather than an
     /// ordinary one (`in_channels` = latent).
     ///

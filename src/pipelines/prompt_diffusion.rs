@@ -325,13 +325,7 @@ impl<B: Backend> PromptDiffusion<B> {
         noise: &mut dyn NoiseSource,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
-        let generation = options.generation(prompt);
-        generation.validate()?;
-        let (size, hint) = self.hint(images, &generation, options)?;
-        let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
-        let conditioning = |context| ControlledConditioning { context, hint };
-        self.sd
-            .text_to_image_with(&generation, size, &denoiser, conditioning, noise, callback)
+        self.run(images, None, prompt, options, noise, callback)
     }
 
     /// In-context generation restricted to the masked region of an image: the example pair
@@ -351,7 +345,7 @@ impl<B: Backend> PromptDiffusion<B> {
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
         let noise = &mut *options.generation(prompt).noise();
-        self.inpaint_with_noise(images, inpaint, prompt, options, noise, callback)
+        self.run(images, Some(inpaint), prompt, options, noise, callback)
     }
 
     /// [`inpaint`](Self::inpaint) with an explicit noise stream (the draws of
@@ -365,20 +359,27 @@ impl<B: Backend> PromptDiffusion<B> {
         noise: &mut dyn NoiseSource,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
+        self.run(images, Some(inpaint), prompt, options, noise, callback)
+    }
+
+    /// The run of [`generate`](Self::generate) and [`inpaint`](Self::inpaint).
+    fn run(
+        &self,
+        images: [&RgbImage; 3],
+        inpaint: Option<&Inpaint<'_>>,
+        prompt: &str,
+        options: &InContextOptions,
+        noise: &mut dyn NoiseSource,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
         let generation = options.generation(prompt);
         generation.validate()?;
         let (size, hint) = self.hint(images, &generation, options)?;
         let denoiser = Controlled::new(&self.sd.components.unet, &self.controlnet);
         let conditioning = |context| ControlledConditioning { context, hint };
-        self.sd.inpaint_with(
-            &generation,
-            inpaint,
-            size,
-            denoiser,
-            conditioning,
-            noise,
-            callback,
-        )
+        let g = &generation;
+        self.sd
+            .generate_with(g, inpaint, size, denoiser, conditioning, noise, callback)
     }
 
     /// The output size (the query's, fitted to the resolution, unless the generation asks for
