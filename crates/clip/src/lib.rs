@@ -9,6 +9,10 @@
 //! * [`CLIPVisionModelWithProjection`] + [`CLIPImageProcessor`] (the model's
 //!   [`image_processor`](CLIPVisionModelWithProjection::image_processor)) — image embeddings
 //!   (Versatile Diffusion, Diff-Plugin).
+//! * [`prompt_weighting`] — AUTOMATIC1111's emphasis syntax (`(word:1.3)`, `[word]`, `BREAK`)
+//!   and prompts longer than 77 tokens, encoded in chunks.
+//! * [`textual_inversion`] — learned token embeddings (diffusers and AUTOMATIC1111 files) added
+//!   to the tokenizer and the text encoder.
 //! * [`weights`] — the key tables of single-file checkpoints (SD1, SD2 OpenCLIP) and of full
 //!   `CLIPModel` files.
 //!
@@ -39,7 +43,9 @@
 pub mod config;
 pub mod encoder;
 pub mod preprocess;
+pub mod prompt_weighting;
 pub mod text_model;
+pub mod textual_inversion;
 pub mod tokenizer;
 mod tower;
 pub mod vision_model;
@@ -47,10 +53,12 @@ pub mod weights;
 
 pub use config::{CLIPTextConfig, CLIPVisionConfig};
 pub use preprocess::{CLIP_MEAN, CLIP_STD, CLIPImageProcessor, clip_image_preprocess};
+pub use prompt_weighting::{PromptPart, WeightedChunk, parse_prompt_attention};
 pub use text_model::{
     CLIPTextModel, CLIPTextModelWithProjection, CLIPTextOutput, CLIPTextProjectionOutput,
     CLIPTextTransformer,
 };
+pub use textual_inversion::TextualInversion;
 pub use tokenizer::ClipTokenizer;
 pub use vision_model::{
     CLIPVisionModel, CLIPVisionModelWithProjection, CLIPVisionOutput, CLIPVisionProjectionOutput,

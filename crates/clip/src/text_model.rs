@@ -48,6 +48,53 @@ impl<B: Backend> CLIPTextEmbeddings<B> {
             .unsqueeze::<3>();
         self.token_embedding.forward(input_ids) + positions
     }
+
+    /// The number of token embeddings (`vocab_size`, plus any appended).
+    pub fn num_tokens(&self) -> usize {
+        self.token_embedding.weight.dims()[0]
+    }
+
+    /// The embedding width `D`.
+    pub fn hidden_size(&self) -> usize {
+        self.token_embedding.weight.dims()[1]
+    }
+
+    /// Gives the tokens `first_id..first_id + n` the embeddings `rows` (`[n, D]`), as
+    /// transformers' `resize_token_embeddings(first_id + n)` followed by writing those rows:
+    /// the table keeps its first `first_id` rows (rows it did not have are zero) and ends with
+    /// `rows`, cast to the table's dtype. Textual inversion uses this.
+    ///
+    /// # Errors
+    /// [`Error::Shape`](prompt_diffusion_core::Error::Shape) when `rows` is not `[n ≥ 1, D]`.
+    pub fn append_token_embeddings(&mut self, first_id: usize, rows: Tensor<B, 2>) -> Result<()> {
+        let [n, width] = rows.dims();
+        let d = self.hidden_size();
+        if n == 0 || width != d {
+            return Err(prompt_diffusion_core::Error::Shape {
+                origin: None,
+                key: "token embeddings".into(),
+                expected: format!("[n ≥ 1, {d}]"),
+                found: vec![n, width],
+            });
+        }
+        let old = self.num_tokens();
+        self.token_embedding.weight = self.token_embedding.weight.clone().map(|table| {
+            let rows = rows.cast(table.dtype());
+            let device = table.device();
+            let kept = old.min(first_id);
+            let mut parts = Vec::new();
+            if kept > 0 {
+                parts.push(table.narrow(0, 0, kept));
+            }
+            if first_id > old {
+                let gap = Tensor::<B, 2>::zeros([first_id - old, d], (&device, rows.dtype()));
+                parts.push(gap);
+            }
+            parts.push(rows);
+            Tensor::cat(parts, 0)
+        });
+        Ok(())
+    }
 }
 
 /// The text transformer (transformers 5's `CLIPTextModel` body, the `text_model` of the
@@ -202,6 +249,14 @@ impl<B: Backend> CLIPTextModel<B> {
     /// See [`CLIPTextTransformer::forward_with_hidden_states`].
     pub fn forward_with_hidden_states(&self, input_ids: Tensor<B, 2, Int>) -> CLIPTextOutput<B> {
         self.text_model.forward_with_hidden_states(input_ids)
+    }
+
+    /// See [`CLIPTextEmbeddings::append_token_embeddings`].
+    ///
+    /// # Errors
+    /// As [`CLIPTextEmbeddings::append_token_embeddings`].
+    pub fn append_token_embeddings(&mut self, first_id: usize, rows: Tensor<B, 2>) -> Result<()> {
+        (self.text_model.embeddings).append_token_embeddings(first_id, rows)
     }
 }
 

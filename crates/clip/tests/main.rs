@@ -2,6 +2,8 @@
 
 mod common;
 mod loading_errors;
+mod prompt_weighting;
 mod text_model;
+mod textual_inversion;
 mod tokenizer;
 mod vision_model;

@@ -26,11 +26,7 @@ use tokenizers::normalizers::{Lowercase, NFC, Replace, Sequence as NormalizerSeq
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::processors::roberta::RobertaProcessing;
-use tokenizers::{
-    PaddingDirection, PaddingParams, PaddingStrategy, SplitDelimiterBehavior, Tokenizer,
-    TruncationDirection, TruncationParams, TruncationStrategy,
-};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 mod embedded;
 mod files;
@@ -155,27 +151,6 @@ impl ClipTokenizer {
             })
         };
         let (bos_id, eos_id, pad_id) = (id(bos)?, id(eos)?, id(pad)?);
-        tokenizer.with_post_processor(Some(
-            RobertaProcessing::new((eos.into(), eos_id), (bos.into(), bos_id))
-                .trim_offsets(false)
-                .add_prefix_space(false),
-        ));
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| err("truncation", &e))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::Fixed(max_length),
-            direction: PaddingDirection::Right,
-            pad_to_multiple_of: None,
-            pad_id,
-            pad_type_id: 0,
-            pad_token: pad.into(),
-        }));
         Ok(Self {
             tokenizer,
             bos_id,
@@ -193,14 +168,14 @@ impl ClipTokenizer {
     /// # Errors
     /// [`Error::Tokenizer`] when the tokenizer fails on the input.
     pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .tokenizer
-            .encode(prompt, true)
-            .map_err(|e| tokenizer_error(&self.source, format!("cannot encode prompt: {e}")))?;
-        if !encoding.get_overflowing().is_empty() {
+        let encoding = self.encoding(prompt)?;
+        let ids = encoding.get_ids();
+        let room = self.max_length - 2;
+        if ids.len() > room {
             let kept = encoding
                 .get_offsets()
                 .iter()
+                .take(room)
                 .map(|o| o.1)
                 .max()
                 .unwrap_or(0);
@@ -210,7 +185,34 @@ impl ClipTokenizer {
                 dropped_excerpt(prompt, kept)
             );
         }
-        Ok(encoding.get_ids().to_vec())
+        Ok(self.frame(&ids[..ids.len().min(room)]))
+    }
+
+    /// Token ids of `text` alone: no start or end token, no truncation, no padding
+    /// (transformers' `tokenizer(text, add_special_tokens=False, truncation=False)`).
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] when the tokenizer fails on the input.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.encoding(text)?.get_ids().to_vec())
+    }
+
+    /// `<|startoftext|>`, `tokens`, `<|endoftext|>`, then the pad token up to
+    /// [`max_length`](Self::max_length) (`tokens` must leave room for the two).
+    pub(crate) fn frame(&self, tokens: &[u32]) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(self.max_length.max(tokens.len() + 2));
+        ids.push(self.bos_id);
+        ids.extend_from_slice(tokens);
+        ids.push(self.eos_id);
+        ids.resize(self.max_length.max(ids.len()), self.pad_id);
+        ids
+    }
+
+    /// The tokenizer's encoding of `text` without special tokens.
+    fn encoding(&self, text: &str) -> Result<tokenizers::Encoding> {
+        self.tokenizer
+            .encode(text, false)
+            .map_err(|e| tokenizer_error(&self.source, format!("cannot encode prompt: {e}")))
     }
 
     /// [`encode`](Self::encode) for several prompts; every row has `max_length` ids.
@@ -270,6 +272,77 @@ impl ClipTokenizer {
     /// Id of a token of the vocabulary (e.g. `"a</w>"`), if present.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.tokenizer.token_to_id(token)
+    }
+
+    /// The number of tokens, added tokens included (transformers' `len(tokenizer)`).
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Adds tokens to the vocabulary, as transformers' `tokenizer.add_tokens(tokens)` does (not
+    /// special, matched in the prompt after normalisation, so case-insensitively), and returns
+    /// their ids: the ids after the vocabulary, in order. Textual inversion uses this.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming a token that is empty, given twice or already in the
+    /// vocabulary (nothing is added then).
+    pub fn add_tokens(&mut self, tokens: &[&str]) -> Result<Vec<u32>> {
+        for (i, token) in tokens.iter().enumerate() {
+            let reason = if token.trim().is_empty() {
+                "is empty"
+            } else if self.token_to_id(token).is_some() {
+                "is already in the tokenizer's vocabulary; choose another token"
+            } else if tokens[..i].contains(token) {
+                "is given twice"
+            } else {
+                continue;
+            };
+            return Err(Error::invalid_input("token", format!("`{token}` {reason}")));
+        }
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .map(|t| AddedToken::from(t.to_string(), false))
+            .collect();
+        self.tokenizer.add_tokens(&added);
+        tokens
+            .iter()
+            .map(|t| {
+                self.token_to_id(t).ok_or_else(|| {
+                    tokenizer_error(&self.source, format!("token `{t}` could not be added"))
+                })
+            })
+            .collect()
+    }
+
+    /// Expands the multi-vector textual-inversion tokens of `prompt`: an added token `<t>` for
+    /// which `<t>_1` is also an added token becomes `<t> <t>_1 … <t>_{n-1}` (diffusers'
+    /// `maybe_convert_prompt`: the tokens found by tokenising the prompt are replaced
+    /// wherever their text occurs). Prompts without such tokens are returned unchanged.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] when the tokenizer fails on the input.
+    pub fn expand_multi_vector_tokens(&self, prompt: &str) -> Result<String> {
+        let added = self.tokenizer.get_added_vocabulary();
+        let mut prompt = prompt.to_string();
+        if !added.get_vocab().keys().any(|t| t.ends_with("_1")) {
+            return Ok(prompt);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for id in self.tokenize(&prompt)? {
+            let Some(token) = added.simple_id_to_token(id).filter(|_| seen.insert(id)) else {
+                continue;
+            };
+            let mut replacement = token.clone();
+            let mut i = 1;
+            while added.get_vocab().contains_key(&format!("{token}_{i}")) {
+                replacement.push_str(&format!(" {token}_{i}"));
+                i += 1;
+            }
+            if i > 1 {
+                prompt = prompt.replace(&token, &replacement);
+            }
+        }
+        Ok(prompt)
     }
 }
 
