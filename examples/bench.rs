@@ -9,7 +9,8 @@
 //! ```
 //! Arguments (positional, all optional): backend (ndarray), precision (f32), model size (tiny),
 //! latent side (16 tiny, 64 sd15), pipeline steps (25; 0 skips the pipeline), and a
-//! comma-separated subset of `clip,unet,controlnet,decode,encode,pipeline` (all). `BENCH_RUNS`
+//! comma-separated subset of `clip,unet,controlnet,decode,encode,attention,pipeline` (all;
+//! `attention` is the UNet's largest self-attention, `[2, 8, 4096, 40]` at `sd15`). `BENCH_RUNS`
 //! sets the timed runs per component (default 10 tiny, 3 sd15; medians after one warm-up run).
 //!
 //! Prints the backend, the dtype, ms per CLIP text encoding (2 × 77 tokens), UNet CFG step
@@ -26,7 +27,7 @@ use common::{ControlNetStep, Size, StepInputs, context_width, median_ms, randn};
 use prompt_diffusion::Generation;
 use prompt_diffusion::backends::{BackendTask, device_memory, run_on};
 use prompt_diffusion::clip::CLIPTextModel;
-use prompt_diffusion::core::nn::channels_last_conv_weights;
+use prompt_diffusion::core::nn::{AttentionOptions, attention, channels_last_conv_weights};
 use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::unet::UNet2DConditionModel;
 use prompt_diffusion::vae::AutoencoderKL;
@@ -147,6 +148,21 @@ impl BackendTask for Bench {
                     ms,
                 );
             }
+        }
+
+        if self.wants("attention") {
+            // The 64² level's self-attention of SD1.5 (`tiny`: 256 tokens).
+            let shapes = common::attention_shapes(self.size);
+            let shape = &shapes[0];
+            let [b, h, n, d] = [shape.batch, shape.heads, shape.seq_q, shape.dim];
+            let qkv = || randn::<B, 4>([b, h, n, d], &device);
+            let (q, k, v) = (qkv(), qkv(), qkv());
+            let ms = median_ms(runs.max(10), || {
+                attention(q.clone(), k.clone(), v.clone(), AttentionOptions::default());
+                sync();
+            });
+            peak.sample::<B>(&device);
+            report("attention_ms", &format!("attention [{b},{h},{n},{d}]"), ms);
         }
 
         if self.steps > 0 && self.wants("pipeline") {
