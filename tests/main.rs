@@ -19,4 +19,5 @@ mod pipeline_parity;
 #[path = "prompt_diffusion.rs"]
 mod prompt_diffusion_pipelines;
 mod robustness;
+mod text_conditioning;
 mod versatile_pipelines;

@@ -47,6 +47,12 @@ pub struct Generation {
     pub latents: Option<TensorData>,
     /// DDIM's η (default 0).
     pub eta: f64,
+    /// Whether the prompts use AUTOMATIC1111's emphasis syntax and may be longer than CLIP's
+    /// 77 tokens (default: off, diffusers' plain tokenisation, truncated at 77 tokens). On,
+    /// `(word:1.3)`, `(word)` (× 1.1), `[word]` (÷ 1.1) and `BREAK` weigh the text, and long
+    /// prompts are encoded in chunks of 75 tokens; the negative prompt is padded to the same
+    /// number of chunks. See [`prompt_weighting`](prompt_diffusion_clip::prompt_weighting).
+    pub prompt_weighting: bool,
 }
 
 impl Default for Generation {
@@ -63,6 +69,7 @@ impl Default for Generation {
             seed: 0,
             latents: None,
             eta: 0.0,
+            prompt_weighting: false,
         }
     }
 }
@@ -99,6 +106,8 @@ impl Generation {
         with_height(height: usize) = Some(height);
         /// Sets DDIM's η.
         with_eta(eta: f64);
+        /// Turns AUTOMATIC1111's prompt weighting and long prompts on or off.
+        with_prompt_weighting(prompt_weighting: bool);
     }
 
     /// Sets the output size in pixels.

@@ -40,6 +40,10 @@ pub struct ModelOptions {
     /// How the VAE runs: tiled (bounded memory for large images) and/or sliced (one image of a
     /// batch at a time), as diffusers' `enable_vae_tiling`/`enable_vae_slicing` (default: off).
     pub vae: VaeOptions,
+    /// Textual-inversion embedding files loaded into the tokenizer and the text encoder once
+    /// the components are loaded, in order (default: none; see
+    /// [`Components::load_textual_inversion`]).
+    pub textual_inversions: Vec<super::EmbeddingSpec>,
 }
 
 /// The component folders of a Stable Diffusion pipeline.
@@ -57,6 +61,19 @@ impl ModelOptions {
         with_hub(hub: HubOptions);
         /// Sets how the VAE runs (tiling, slicing).
         with_vae(vae: VaeOptions);
+    }
+
+    /// Adds a textual-inversion embedding file, used in prompts by `token` (`None`: the
+    /// token the file implies; see [`textual_inversions`](Self::textual_inversions)).
+    #[must_use]
+    pub fn with_textual_inversion(
+        mut self,
+        path: impl Into<PathBuf>,
+        token: Option<String>,
+    ) -> Self {
+        self.textual_inversions
+            .push(super::EmbeddingSpec::new(path, token));
+        self
     }
 
     pub(crate) fn load_options(&self) -> LoadOptions {
@@ -153,7 +170,7 @@ impl<B: Backend> Components<B> {
         let load = options.load_options();
         let vae_config = AutoencoderKLConfig::from_file(dir.join("vae/config.json"))?;
         let vae_load = upcast_options::<B>(&vae_config, &load, device);
-        Ok(Self {
+        let mut components = Self {
             tokenizer: ClipTokenizer::from_folder(dir.join("tokenizer"))?,
             text_encoder: CLIPTextModel::from_pretrained(dir.join("text_encoder"), &load, device)?,
             unet: UNet2DConditionModel::from_pretrained(dir.join("unet"), &load, device)?,
@@ -162,7 +179,9 @@ impl<B: Backend> Components<B> {
                 options.vae,
             )?,
             scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
-        })
+        };
+        components.load_textual_inversions(&options.textual_inversions)?;
+        Ok(components)
     }
 
     /// Loads an original single-file checkpoint (`model.diffusion_model.*`,
@@ -195,7 +214,7 @@ impl<B: Backend> Components<B> {
         options: &ModelOptions,
         device: &B::Device,
     ) -> Result<Self> {
-        match Self::checkpoint_components(checkpoint, options, device) {
+        let mut components = match Self::checkpoint_components(checkpoint, options, device) {
             Err(e @ (Error::Weights(_) | Error::ConfigMismatch(_) | Error::Shape { .. }))
                 if options.config.is_none() =>
             {
@@ -205,7 +224,9 @@ impl<B: Backend> Components<B> {
                 ))
             }
             other => other,
-        }
+        }?;
+        components.load_textual_inversions(&options.textual_inversions)?;
+        Ok(components)
     }
 
     /// [`from_checkpoint`](Self::from_checkpoint) without the advice.

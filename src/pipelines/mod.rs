@@ -67,8 +67,10 @@ mod generation;
 mod inpaint;
 mod loading;
 pub mod memory;
+mod prompt;
 mod prompt_diffusion;
 mod stable_diffusion;
+mod textual_inversion;
 #[cfg(feature = "versatile")]
 mod versatile_diffusion;
 
@@ -81,6 +83,7 @@ pub use prompt_diffusion::{
     PromptDiffusion, in_context_size,
 };
 pub use stable_diffusion::StableDiffusion;
+pub use textual_inversion::EmbeddingSpec;
 #[cfg(feature = "versatile")]
 pub use versatile_diffusion::{
     ImagePrompt, VersatileDiffusion, VersatileModelOptions, VersatileOptions,

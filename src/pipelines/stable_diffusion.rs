@@ -227,24 +227,33 @@ impl<B: Backend> StableDiffusion<B> {
     }
 
     /// The text context for the UNet: `[uncond × n; cond × n]` when guidance is on, else
-    /// `cond × n` (`n` = number of images).
+    /// `cond × n` (`n` = number of images). With [`Generation::prompt_weighting`] the prompts
+    /// are weighted and chunked ([`encode_text_weighted`](Self::encode_text_weighted)) and the
+    /// negative prompt is padded to the prompt's number of chunks; textual-inversion tokens are
+    /// expanded either way.
     ///
     /// # Shapes
-    /// → `[(2·)n, 77, cross_attention_dim]`.
+    /// → `[(2·)n, 77, cross_attention_dim]`, or `[(2·)n, 77·k, cross_attention_dim]` for
+    /// weighted prompts of `k` chunks.
     pub fn encode_prompt(&self, generation: &Generation) -> Result<Tensor<B, 3>> {
         let n = generation.num_images;
-        let cond = self.encode_text(&generation.prompt)?;
+        let negative = generation.negative_prompt.as_deref().unwrap_or("");
+        let negative = generation.guided().then_some(negative);
+        let weighted = generation.prompt_weighting;
+        let (cond, uncond) = self.prompt_contexts(&generation.prompt, negative, weighted)?;
         let cond = Tensor::cat(vec![cond; n], 0);
-        if !generation.guided() {
-            return Ok(cond);
-        }
-        let uncond = self.encode_text(generation.negative_prompt.as_deref().unwrap_or(""))?;
-        Ok(Tensor::cat(vec![Tensor::cat(vec![uncond; n], 0), cond], 0))
+        Ok(match uncond {
+            Some(uncond) => Tensor::cat(vec![Tensor::cat(vec![uncond; n], 0), cond], 0),
+            None => cond,
+        })
     }
 
-    /// The CLIP last hidden state of one prompt, `[1, 77, D]`.
+    /// The CLIP last hidden state of one prompt, `[1, 77, D]` (diffusers' tokenisation:
+    /// truncated at 77 tokens, no weighting; multi-vector textual-inversion tokens expanded).
     pub fn encode_text(&self, prompt: &str) -> Result<Tensor<B, 3>> {
-        let ids = self.components.tokenizer.encode_batch(&[prompt])?;
+        let tokenizer = &self.components.tokenizer;
+        let prompt = tokenizer.expand_multi_vector_tokens(prompt)?;
+        let ids = tokenizer.encode_batch(&[&prompt])?;
         let ids = ClipTokenizer::ids_tensor::<B>(&ids, &self.device)?;
         Ok(self.components.text_encoder.forward(ids).last_hidden_state)
     }

@@ -13,6 +13,7 @@ use prompt_diffusion::core::hub::HubOptions;
 use prompt_diffusion::core::memory::MemoryLimit;
 use prompt_diffusion::core::{Error, Precision, Result};
 use prompt_diffusion::metadata::GenerationParameters;
+use prompt_diffusion::pipelines::EmbeddingSpec;
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::vae::{VaeOptions, VaeTiling};
 use prompt_diffusion::{Generation, ModelOptions};
@@ -23,6 +24,12 @@ use crate::output::{check_output, read_latents, report_loaded};
 /// Parses a value with the library's `FromStr`, for clap.
 pub(crate) fn parse<T: FromStr<Err = Error>>(s: &str) -> std::result::Result<T, String> {
     T::from_str(s).map_err(|e| e.to_string())
+}
+
+/// Parses `--embedding FILE[:TOKEN]`, expanding a leading `~` in the file name.
+fn embedding_arg(s: &str) -> std::result::Result<EmbeddingSpec, String> {
+    let spec = EmbeddingSpec::parse(s).map_err(|e| e.to_string())?;
+    Ok(EmbeddingSpec::new(expand_tilde(spec.path), spec.token))
 }
 
 /// Parses a path option, expanding a leading `~` (left as it is by the shell when quoted or
@@ -73,6 +80,11 @@ pub struct ModelArgs {
     /// Run the VAE on one image of a batch at a time (diffusers' enable_vae_slicing).
     #[arg(long)]
     pub vae_slicing: bool,
+    /// A textual-inversion embedding (diffusers learned_embeds.bin/.safetensors, AUTOMATIC1111
+    /// .pt/.safetensors) used in prompts by TOKEN (default: the token the file names, else its
+    /// file stem); repeat for several, e.g. --embedding cat-toy.bin:<cat-toy>.
+    #[arg(long, value_name = "FILE[:TOKEN]", value_parser = embedding_arg)]
+    pub embedding: Vec<EmbeddingSpec>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -101,6 +113,7 @@ impl ModelArgs {
             .with_hub(self.hub());
         options.variant.clone_from(&self.variant);
         options.config.clone_from(&self.config);
+        options.textual_inversions.clone_from(&self.embedding);
         options.with_vae(self.vae_options())
     }
 
@@ -202,6 +215,11 @@ pub struct GenerationArgs {
     /// Number of images (default 1, or the batch of --latents).
     #[arg(long)]
     pub num_images: Option<usize>,
+    /// Read the prompts as plain text, truncated at 77 tokens (diffusers), instead of
+    /// AUTOMATIC1111's syntax: (word:1.3), (word) ×1.1, [word] ÷1.1, \( \) literal brackets,
+    /// BREAK, and prompts longer than 77 tokens in chunks (the default; not for in-context).
+    #[arg(long)]
+    pub no_prompt_weighting: bool,
     /// DDIM's eta (default 0: deterministic).
     #[arg(long, allow_negative_numbers = true)]
     pub eta: Option<f64>,
@@ -238,6 +256,7 @@ impl GenerationArgs {
         }
         self.denoise.apply_to(&mut generation);
         generation.eta = self.eta.unwrap_or(generation.eta);
+        generation.prompt_weighting = !self.no_prompt_weighting;
         let [width, height] = self.size.get();
         let size = Some([width.or(generation.width), height.or(generation.height)]);
         read_latents_into(
