@@ -23,6 +23,7 @@ pub mod backends;
 pub mod fuzzing;
 pub mod metadata;
 pub mod pipelines;
+pub mod scenes;
 
 pub use pipelines::{Generation, Inpaint, ModelOptions, StableDiffusion};
 pub use pipelines::{InContextOptions, PromptDiffusion, StableDiffusionControlNet};

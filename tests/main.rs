@@ -19,5 +19,6 @@ mod pipeline_parity;
 #[path = "prompt_diffusion.rs"]
 mod prompt_diffusion_pipelines;
 mod robustness;
+mod scenes;
 mod text_conditioning;
 mod versatile_pipelines;
