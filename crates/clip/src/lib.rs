@@ -42,6 +42,7 @@
 
 pub mod config;
 pub mod encoder;
+pub mod lora;
 pub mod preprocess;
 pub mod prompt_weighting;
 pub mod text_model;

@@ -7,6 +7,8 @@
 //!   cast to the chosen float type.
 //! * [`config`] — reading reference `config.json` files into typed configs; [`limits`] — the
 //!   bounds every config is checked against, and its agreement with the weight file's header.
+//! * [`lora`] — LoRA files (PEFT, kohya-ss and older diffusers layouts) and merging their
+//!   low-rank updates into a module's weights, removably.
 //! * [`memory`], [`finite`] — refusing runs that cannot fit in memory, and failing on NaN/Inf.
 //! * [`denoiser`] — the noise-predictor trait every model implements, and classifier-free
 //!   guidance over any of them.
@@ -40,6 +42,7 @@ pub mod finite;
 pub mod hub;
 pub mod image;
 pub mod limits;
+pub mod lora;
 pub mod memory;
 pub mod nn;
 pub mod noise;
