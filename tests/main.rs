@@ -14,6 +14,7 @@ mod diff_plugin;
 mod fuzz_seeded;
 mod hub;
 mod inpaint;
+mod lora;
 mod metadata;
 mod pipeline_parity;
 #[path = "prompt_diffusion.rs"]

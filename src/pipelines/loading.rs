@@ -40,6 +40,10 @@ pub struct ModelOptions {
     /// How the VAE runs: tiled (bounded memory for large images) and/or sliced (one image of a
     /// batch at a time), as diffusers' `enable_vae_tiling`/`enable_vae_slicing` (default: off).
     pub vae: VaeOptions,
+    /// LoRA files merged into the UNet and the text encoder for good once the components are
+    /// loaded, in order (default: none; [`StableDiffusion::load_lora`](super::StableDiffusion::load_lora)
+    /// loads removable ones).
+    pub loras: Vec<super::LoraSpec>,
     /// Textual-inversion embedding files loaded into the tokenizer and the text encoder once
     /// the components are loaded, in order (default: none; see
     /// [`Components::load_textual_inversion`]).
@@ -61,6 +65,13 @@ impl ModelOptions {
         with_hub(hub: HubOptions);
         /// Sets how the VAE runs (tiling, slicing).
         with_vae(vae: VaeOptions);
+    }
+
+    /// Adds a LoRA file, merged at `scale` (see [`loras`](Self::loras)).
+    #[must_use]
+    pub fn with_lora(mut self, path: impl Into<PathBuf>, scale: f32) -> Self {
+        self.loras.push(super::LoraSpec::new(path, scale));
+        self
     }
 
     /// Adds a textual-inversion embedding file, used in prompts by `token` (`None`: the
@@ -180,6 +191,7 @@ impl<B: Backend> Components<B> {
             )?,
             scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
         };
+        super::lora::fuse_loras(&mut components, &options.loras)?;
         components.load_textual_inversions(&options.textual_inversions)?;
         Ok(components)
     }
@@ -225,6 +237,7 @@ impl<B: Backend> Components<B> {
             }
             other => other,
         }?;
+        super::lora::fuse_loras(&mut components, &options.loras)?;
         components.load_textual_inversions(&options.textual_inversions)?;
         Ok(components)
     }

@@ -66,6 +66,7 @@ pub mod diff_plugin;
 mod generation;
 mod inpaint;
 mod loading;
+mod lora;
 pub mod memory;
 mod prompt;
 mod prompt_diffusion;
@@ -78,6 +79,7 @@ pub use controlnet::{ControlNetOptions, StableDiffusionControlNet};
 pub use generation::{Generation, MAX_GUIDANCE, MAX_IMAGES, PerImageNoise};
 pub use inpaint::{Inpaint, mask_from_rgb};
 pub use loading::{Components, ModelOptions};
+pub use lora::{LoraInfo, LoraSpec, Loras};
 pub use prompt_diffusion::{
     IN_CONTEXT_MAX_SIDE, InContextOptions, NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX,
     PromptDiffusion, in_context_size,

@@ -29,6 +29,8 @@ pub struct StableDiffusion<B: Backend> {
     pub components: Components<B>,
     device: B::Device,
     memory_limit: MemoryLimit,
+    /// The LoRAs merged into the components (see `load_lora`).
+    pub(super) loras: super::lora::Loras<B>,
 }
 
 impl<B: Backend> StableDiffusion<B> {
@@ -66,6 +68,7 @@ impl<B: Backend> StableDiffusion<B> {
             components,
             device: device.clone(),
             memory_limit: MemoryLimit::default(),
+            loras: Default::default(),
         }
     }
 

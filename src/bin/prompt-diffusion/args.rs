@@ -13,7 +13,7 @@ use prompt_diffusion::core::hub::HubOptions;
 use prompt_diffusion::core::memory::MemoryLimit;
 use prompt_diffusion::core::{Error, Precision, Result};
 use prompt_diffusion::metadata::GenerationParameters;
-use prompt_diffusion::pipelines::EmbeddingSpec;
+use prompt_diffusion::pipelines::{EmbeddingSpec, LoraSpec};
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::vae::{VaeOptions, VaeTiling};
 use prompt_diffusion::{Generation, ModelOptions};
@@ -24,6 +24,12 @@ use crate::output::{check_output, read_latents, report_loaded};
 /// Parses a value with the library's `FromStr`, for clap.
 pub(crate) fn parse<T: FromStr<Err = Error>>(s: &str) -> std::result::Result<T, String> {
     T::from_str(s).map_err(|e| e.to_string())
+}
+
+/// Parses `--lora FILE[:SCALE]`, expanding a leading `~` in the file name.
+fn lora_arg(s: &str) -> std::result::Result<LoraSpec, String> {
+    let spec = LoraSpec::parse(s).map_err(|e| e.to_string())?;
+    Ok(LoraSpec::new(expand_tilde(spec.path), spec.scale))
 }
 
 /// Parses `--embedding FILE[:TOKEN]`, expanding a leading `~` in the file name.
@@ -80,6 +86,10 @@ pub struct ModelArgs {
     /// Run the VAE on one image of a batch at a time (diffusers' enable_vae_slicing).
     #[arg(long)]
     pub vae_slicing: bool,
+    /// A LoRA file (PEFT/diffusers or kohya-ss layout) merged into the UNet and the text
+    /// encoder at SCALE (default 1); repeat for several, e.g. --lora ink.safetensors:0.8.
+    #[arg(long, value_name = "FILE[:SCALE]", value_parser = lora_arg)]
+    pub lora: Vec<LoraSpec>,
     /// A textual-inversion embedding (diffusers learned_embeds.bin/.safetensors, AUTOMATIC1111
     /// .pt/.safetensors) used in prompts by TOKEN (default: the token the file names, else its
     /// file stem); repeat for several, e.g. --embedding cat-toy.bin:<cat-toy>.
@@ -113,6 +123,7 @@ impl ModelArgs {
             .with_hub(self.hub());
         options.variant.clone_from(&self.variant);
         options.config.clone_from(&self.config);
+        options.loras.clone_from(&self.lora);
         options.textual_inversions.clone_from(&self.embedding);
         options.with_vae(self.vae_options())
     }
