@@ -80,6 +80,7 @@ pub use generation::{Generation, MAX_GUIDANCE, MAX_IMAGES, PerImageNoise};
 pub use inpaint::{Inpaint, mask_from_rgb};
 pub use loading::{Components, ModelOptions};
 pub use lora::{LoraInfo, LoraSpec, Loras};
+pub use prompt::MAX_PROMPT_CHUNKS;
 pub use prompt_diffusion::{
     IN_CONTEXT_MAX_SIDE, InContextOptions, NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX,
     PromptDiffusion, in_context_size,

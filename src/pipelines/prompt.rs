@@ -8,6 +8,11 @@ use prompt_diffusion_core::Result;
 
 use super::stable_diffusion::StableDiffusion;
 
+/// The most chunks a weighted prompt is encoded in (16 × 75 = 1 200 tokens); the rest is dropped
+/// with a warning, so a hostile prompt cannot make the context (and every cross-attention) grow
+/// without bound.
+pub const MAX_PROMPT_CHUNKS: usize = 16;
+
 impl<B: Backend> StableDiffusion<B> {
     /// The weighted CLIP context of one prompt (AUTOMATIC1111's emphasis syntax, long prompts
     /// in chunks; see [`prompt_weighting`](prompt_diffusion_clip::prompt_weighting)).
@@ -18,8 +23,21 @@ impl<B: Backend> StableDiffusion<B> {
     /// # Errors
     /// [`Error::Tokenizer`](prompt_diffusion_core::Error::Tokenizer) when the tokenizer fails.
     pub fn encode_text_weighted(&self, prompt: &str) -> Result<Tensor<B, 3>> {
-        let chunks = self.components.tokenizer.encode_weighted(prompt)?;
+        let chunks = self.weighted_chunks(prompt)?;
         self.encode_chunks(&chunks)
+    }
+
+    /// The weighted chunks of `prompt`, at most [`MAX_PROMPT_CHUNKS`] of them.
+    fn weighted_chunks(&self, prompt: &str) -> Result<Vec<WeightedChunk>> {
+        let mut chunks = self.components.tokenizer.encode_weighted(prompt)?;
+        if chunks.len() > MAX_PROMPT_CHUNKS {
+            tracing::warn!(
+                "prompt truncated to {MAX_PROMPT_CHUNKS} chunks of 75 tokens ({} given)",
+                chunks.len()
+            );
+            chunks.truncate(MAX_PROMPT_CHUNKS);
+        }
+        Ok(chunks)
     }
 
     /// The contexts of `prompt` and, when given, `negative`: weighted (padded to the same
@@ -38,13 +56,12 @@ impl<B: Backend> StableDiffusion<B> {
             let negative = negative.map(|n| self.encode_text(n)).transpose()?;
             return Ok((self.encode_text(prompt)?, negative));
         }
-        let tokenizer = &self.components.tokenizer;
-        let mut cond = tokenizer.encode_weighted(prompt)?;
+        let mut cond = self.weighted_chunks(prompt)?;
         let Some(negative) = negative else {
             return Ok((self.encode_chunks(&cond)?, None));
         };
-        let mut uncond = tokenizer.encode_weighted(negative)?;
-        let empty = tokenizer.encode_weighted("")?;
+        let mut uncond = self.weighted_chunks(negative)?;
+        let empty = self.components.tokenizer.encode_weighted("")?;
         pad_chunks(&mut cond, uncond.len(), &empty[0]);
         pad_chunks(&mut uncond, cond.len(), &empty[0]);
         Ok((
