@@ -24,6 +24,8 @@ pub mod fuzzing;
 pub mod metadata;
 pub mod pipelines;
 pub mod scenes;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use pipelines::{Generation, Inpaint, ModelOptions, StableDiffusion};
 pub use pipelines::{InContextOptions, PromptDiffusion, StableDiffusionControlNet};

@@ -22,4 +22,5 @@ mod prompt_diffusion_pipelines;
 mod robustness;
 mod scenes;
 mod text_conditioning;
+mod train;
 mod versatile_pipelines;

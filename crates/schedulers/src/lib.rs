@@ -72,6 +72,7 @@ pub use options::{
 };
 pub use pndm::PndmScheduler;
 pub use sampler::{MaskBlend, Sampler};
+pub use schedule::NoiseSchedule;
 pub use unipc_multistep::UniPcMultistepScheduler;
 
 /// A diffusion scheduler: the timestep schedule and the update rule of a denoising loop.

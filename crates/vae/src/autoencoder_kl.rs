@@ -119,6 +119,12 @@ impl<B: Backend> AutoencoderKL<B> {
         self.config.scaling_factor
     }
 
+    /// Sets the latent scaling factor (in the config too, so a saved model keeps it); training
+    /// fits it as `1 / std` of the latents of the data.
+    pub fn set_scaling_factor(&mut self, scaling_factor: f64) {
+        self.config.scaling_factor = scaling_factor;
+    }
+
     /// Encodes images to the posterior, tiled and sliced as the [`options`](Self::options)
     /// say (diffusers `encode`).
     ///

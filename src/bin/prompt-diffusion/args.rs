@@ -50,12 +50,13 @@ pub struct ModelArgs {
     /// A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
     /// scheduler/), or a Hugging Face repository id (org/name) found in the Hugging Face cache
     /// ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub) or downloaded into it
-    /// ($HF_HUB_OFFLINE=1: the cache only; $HF_ENDPOINT: another hub).
+    /// ($HF_HUB_OFFLINE=1: the cache only; $HF_ENDPOINT: another hub). txt2img, img2img and
+    /// inpaint without --model or --checkpoint use the scenes model shipped in models/scenes
+    /// (or the folder $PROMPT_DIFFUSION_DEFAULT_MODEL names).
     #[arg(
         long,
         value_name = "DIR|ORG/NAME",
         value_parser = path_arg(),
-        required_unless_present = "checkpoint",
         conflicts_with = "checkpoint"
     )]
     pub model: Option<PathBuf>,

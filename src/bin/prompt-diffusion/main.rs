@@ -10,6 +10,7 @@
 mod annotate;
 mod args;
 mod controlnet;
+mod default_model;
 mod help;
 mod in_context;
 mod metadata;

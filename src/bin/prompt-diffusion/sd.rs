@@ -153,7 +153,7 @@ impl SdRun {
     pub fn txt2img(args: &Txt2ImgArgs) -> anyhow::Result<Self> {
         let generation = args.generation.generation()?;
         Ok(Self {
-            model: args.model.clone(),
+            model: args.model.or_default_model()?,
             generation,
             output: args.generation.output.clone(),
             init: None,
@@ -184,7 +184,7 @@ impl SdRun {
 
     fn with_init(model: &ModelArgs, args: &GenerationArgs, init: Init) -> anyhow::Result<Self> {
         Ok(Self {
-            model: model.clone(),
+            model: model.or_default_model()?,
             generation: args.generation()?,
             output: args.output.clone(),
             init: Some(init),

@@ -8,6 +8,7 @@
 mod load;
 mod pickle;
 mod pretrained;
+mod save;
 mod source;
 mod torch;
 
@@ -15,6 +16,9 @@ use std::path::{Path, PathBuf};
 
 pub use load::{CastFloats, CheckedData, LoadOptions, SqueezeConv1x1, load_module};
 pub use pretrained::{ComponentConfig, Pretrained, component_folder};
+pub use save::{
+    NamedTensor, save_config_json, save_safetensors, state_dict, unsqueeze_conv_projections,
+};
 pub use source::{DataFn, TensorSource, WeightFormat};
 pub use torch::MAX_PICKLE_BYTES;
 

@@ -1,0 +1,200 @@
+//! The size of the scenes model and the training settings.
+
+use burn::prelude::*;
+use image::RgbImage;
+
+use crate::clip::CLIPTextConfig;
+use crate::core::Result;
+use crate::core::config::OneOrMany;
+use crate::core::image::{PixelRange, images_to_tensor};
+use crate::core::nn::Activation;
+use crate::scenes::{SceneGenerator, Split};
+use crate::schedulers::SchedulerConfig;
+use crate::unet::{DownBlockType, UNet2DConditionConfig, UNetTrunkConfig};
+use crate::vae::{AutoencoderKLConfig, DownEncoderBlockType, UpDecoderBlockType};
+
+/// The components of a Stable Diffusion model, as their `config.json` files describe them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScenesModelConfig {
+    /// The CLIP text encoder (the real CLIP vocabulary, a narrow and shallow transformer).
+    pub text_encoder: CLIPTextConfig,
+    /// The denoising UNet.
+    pub unet: UNet2DConditionConfig,
+    /// The VAE.
+    pub vae: AutoencoderKLConfig,
+    /// The noise schedule of training and the scheduler the pipeline samples with.
+    pub scheduler: SchedulerConfig,
+}
+
+impl ScenesModelConfig {
+    /// The model of the 64 × 64 scenes, sized to train on two CPU cores: a convolutional VAE
+    /// with 8× downsampling (8 × 8 × 4 latents, 16 to 64 channels, no attention), a two-level
+    /// UNet (64 and 128 channels, cross-attention at 8² and 4²) and a three-layer CLIP text
+    /// encoder 64 wide over CLIP's 49 408 tokens; SD1.5's noise schedule.
+    pub fn scenes() -> Self {
+        let text_encoder = CLIPTextConfig {
+            hidden_size: 64,
+            intermediate_size: 256,
+            projection_dim: 64,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            max_position_embeddings: 77,
+            hidden_act: Activation::QuickGelu,
+            pad_token_id: Some(49407),
+            ..CLIPTextConfig::default()
+        };
+        let unet = UNet2DConditionConfig {
+            sample_size: Some(OneOrMany::One(8)),
+            ..UNet2DConditionConfig::from_trunk(UNetTrunkConfig {
+                in_channels: 4,
+                block_out_channels: vec![64, 128],
+                down_block_types: vec![DownBlockType::CrossAttnDownBlock2D; 2],
+                layers_per_block: OneOrMany::One(1),
+                norm_num_groups: Some(16),
+                cross_attention_dim: OneOrMany::One(64),
+                attention_head_dim: OneOrMany::One(4),
+                use_linear_projection: true,
+                ..UNetTrunkConfig::default()
+            })
+        };
+        let vae = AutoencoderKLConfig {
+            down_block_types: vec![DownEncoderBlockType::DownEncoderBlock2D; 4],
+            up_block_types: vec![UpDecoderBlockType::UpDecoderBlock2D; 4],
+            block_out_channels: vec![16, 32, 64, 64],
+            layers_per_block: 1,
+            norm_num_groups: 8,
+            sample_size: 64,
+            mid_block_add_attention: false,
+            ..AutoencoderKLConfig::default()
+        };
+        Self {
+            text_encoder,
+            unet,
+            vae,
+            scheduler: SchedulerConfig::sd_v1_5(),
+        }
+    }
+
+    /// The side of the pictures the model draws (the UNet's sample size times the VAE's
+    /// downsampling factor).
+    pub fn image_size(&self) -> usize {
+        let latent = match &self.unet.sample_size {
+            Some(OneOrMany::One(n)) => *n,
+            Some(OneOrMany::Many(v)) => v.first().copied().unwrap_or(16),
+            None => 16,
+        };
+        latent * self.vae.downsampling_factor()
+    }
+}
+
+/// The settings of one training stage.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct TrainConfig {
+    /// Peak learning rate, reached after `warmup_steps` of linear warm-up.
+    pub learning_rate: f64,
+    /// Steps of linear learning-rate warm-up from 0.
+    pub warmup_steps: usize,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f32,
+    /// Global gradient-norm bound (PyTorch's `clip_grad_norm_`).
+    pub max_grad_norm: f64,
+    /// Scenes per step.
+    pub batch_size: usize,
+    /// Seed of the data, the noise and the timesteps (each step derives its own).
+    pub seed: u64,
+    /// Probability of training on the empty caption (classifier-free guidance).
+    pub caption_dropout: f64,
+    /// Upper bound of the EMA decay (diffusers' `EMAModel` warm-up `(1 + n) / (10 + n)` below it).
+    pub ema_decay: f64,
+    /// Weight of the KL term of the VAE loss.
+    pub kl_weight: f64,
+    /// Side of the random square crops the VAE trains on (0: whole pictures); a convolutional
+    /// VAE trained on crops runs on whole pictures.
+    pub crop: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            learning_rate: 1e-3,
+            warmup_steps: 200,
+            weight_decay: 1e-2,
+            max_grad_norm: 1.0,
+            batch_size: 32,
+            seed: 0,
+            caption_dropout: 0.1,
+            ema_decay: 0.999,
+            kl_weight: 1e-6,
+            crop: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    prompt_diffusion_core::setters! {
+        /// Sets the peak learning rate.
+        with_learning_rate(learning_rate: f64);
+        /// Sets the warm-up steps.
+        with_warmup_steps(warmup_steps: usize);
+        /// Sets the weight decay.
+        with_weight_decay(weight_decay: f32);
+        /// Sets the gradient-norm bound.
+        with_max_grad_norm(max_grad_norm: f64);
+        /// Sets the scenes per step.
+        with_batch_size(batch_size: usize);
+        /// Sets the seed.
+        with_seed(seed: u64);
+        /// Sets the caption dropout.
+        with_caption_dropout(caption_dropout: f64);
+        /// Sets the EMA decay bound.
+        with_ema_decay(ema_decay: f64);
+        /// Sets the KL weight.
+        with_kl_weight(kl_weight: f64);
+        /// Sets the VAE's crop side.
+        with_crop(crop: usize);
+    }
+
+    /// The learning rate at `step` (0-based): linear warm-up, then constant.
+    pub fn learning_rate_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            self.learning_rate * (step + 1) as f64 / self.warmup_steps as f64
+        } else {
+            self.learning_rate
+        }
+    }
+}
+
+/// The seed of step `step` of a run seeded with `seed` (SplitMix64's finaliser of both), from
+/// which the step draws its scenes, noise and timesteps.
+pub fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `n` training scenes drawn from `seed`, rendered at `side`² in [-1, 1], with their captions.
+///
+/// # Shapes
+/// → `[n, 3, side, side]`.
+///
+/// # Errors
+/// An invalid side (see [`Scene::render`](crate::scenes::Scene::render)).
+pub fn scene_batch<B: Backend>(
+    seed: u64,
+    n: usize,
+    side: usize,
+    device: &B::Device,
+) -> Result<(Tensor<B, 4>, Vec<String>)> {
+    let mut generator = SceneGenerator::with_split(seed, Split::Train);
+    let mut pictures: Vec<RgbImage> = Vec::with_capacity(n);
+    let mut captions = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (scene, caption) = generator.next_captioned();
+        pictures.push(scene.render(side as u32)?);
+        captions.push(caption);
+    }
+    let images = images_to_tensor(&pictures, PixelRange::MinusOneToOne, device)?;
+    Ok((images, captions))
+}
