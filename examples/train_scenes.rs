@@ -16,7 +16,9 @@
 //! Each stage resumes from its latest checkpoint and stops at `--steps` steps in all (a later
 //! call with more steps goes on), so the run can be split over several sessions with the same
 //! result. Options: `--batch N`, `--lr X`, `--warmup N`, `--seed N` (a fresh run only),
-//! `--crop N` (VAE crop side, default 32),
+//! `--crop N` (VAE crop side, default 32), `--workers N` (threads per
+//! batch), `--latent-channels N`, `--vae-channels A,B,C`, `--unet-channels A,B` (sizes other
+//! than the committed model's),
 //! `--every N` (checkpoint interval, default 250), `--keep N` (checkpoints kept, default 2),
 //! `--minutes M` (stop after a checkpoint once M minutes have passed). The recipe and the
 //! figures are in docs/training.md.
@@ -33,7 +35,7 @@ use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::scenes::{Accuracy, SceneGenerator, Split, check};
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::train::{
-    Autodiff, Checkpoint, ScenesModelConfig, TextToImageTrainer, TrainConfig, VaeTrainer,
+    Autodiff, ScenesModelConfig, TextToImageTrainer, TrainConfig, TrainingStage, VaeTrainer,
     export_pipeline, fit_scaling_factor, latest_checkpoint,
 };
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
@@ -98,17 +100,18 @@ fn train_config(
         .with_learning_rate(get(options, "lr", defaults.learning_rate)?)
         .with_warmup_steps(get(options, "warmup", defaults.warmup_steps)?)
         .with_seed(get(options, "seed", defaults.seed)?)
-        .with_crop(get(options, "crop", defaults.crop)?))
+        .with_crop(get(options, "crop", defaults.crop)?)
+        .with_workers(get(options, "workers", defaults.workers)?))
 }
 
-/// Runs `step` until `--steps` in all or `--minutes`, with checkpoints every `--every` steps.
+/// Steps `trainer` until `--steps` in all or `--minutes`, with checkpoints in `root` every
+/// `--every` steps.
 fn run_loop(
     options: &HashMap<String, String>,
-    start: usize,
-    mut step: impl FnMut() -> anyhow::Result<f32>,
-    mut save: impl FnMut() -> anyhow::Result<Checkpoint>,
+    trainer: &mut impl TrainingStage,
     root: &Path,
 ) -> anyhow::Result<()> {
+    let start = trainer.steps();
     let total: usize = get(options, "steps", 1000)?;
     let every: usize = get(options, "every", 250)?;
     let keep: usize = get(options, "keep", 2)?;
@@ -116,7 +119,7 @@ fn run_loop(
     let began = Instant::now();
     let mut window = (Instant::now(), 0usize, 0.0f64);
     for done in start + 1..=total {
-        let loss = step()?;
+        let loss = trainer.step()?;
         window.1 += 1;
         window.2 += f64::from(loss);
         if done % 50 == 0 || done == total {
@@ -130,7 +133,7 @@ fn run_loop(
         }
         let out_of_time = began.elapsed().as_secs_f64() > minutes * 60.0;
         if done % every == 0 || done == total || out_of_time {
-            let checkpoint = save()?;
+            let checkpoint = trainer.save(root)?;
             println!("saved {}", checkpoint.dir().display());
             prune(root, keep)?;
             if out_of_time {
@@ -180,19 +183,27 @@ fn train_vae(
                 .with_learning_rate(1e-3)
                 .with_warmup_steps(100)
                 .with_crop(32);
-            let config = ScenesModelConfig::scenes().vae;
+            let mut config = ScenesModelConfig::scenes().vae;
+            config.latent_channels = get(options, "latent-channels", config.latent_channels)?;
+            if let Some(channels) = options.get("vae-channels") {
+                config.block_out_channels = channels
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+                let levels = config.block_out_channels.len();
+                config.down_block_types.truncate(levels);
+                config.up_block_types.truncate(levels);
+                config
+                    .down_block_types
+                    .resize(levels, config.down_block_types[0]);
+                config
+                    .up_block_types
+                    .resize(levels, config.up_block_types[0]);
+            }
             VaeTrainer::<B>::new(&config, train_config(options, defaults)?, device)
         }
     };
-    let start = trainer.steps();
-    let trainer = std::cell::RefCell::new(&mut trainer);
-    run_loop(
-        options,
-        start,
-        || Ok(trainer.borrow_mut().step()?),
-        || Ok(trainer.borrow().save(&root)?),
-        &root,
-    )
+    run_loop(options, &mut trainer, &root)
 }
 
 fn train_text_to_image(
@@ -222,23 +233,19 @@ fn train_text_to_image(
                 .with_batch_size(32)
                 .with_learning_rate(5e-4)
                 .with_warmup_steps(500);
-            TextToImageTrainer::<B>::new(
-                ScenesModelConfig::scenes(),
-                vae,
-                train_config(options, defaults)?,
-                device,
-            )?
+            let mut config = ScenesModelConfig::scenes();
+            if let Some(channels) = options.get("unet-channels") {
+                let channels: Vec<usize> = channels
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+                let latent = vae.config().sample_size / vae.config().downsampling_factor();
+                config.unet = ScenesModelConfig::unet(&channels, latent);
+            }
+            TextToImageTrainer::<B>::new(config, vae, train_config(options, defaults)?, device)?
         }
     };
-    let start = trainer.steps();
-    let trainer = std::cell::RefCell::new(&mut trainer);
-    run_loop(
-        options,
-        start,
-        || Ok(trainer.borrow_mut().step()?),
-        || Ok(trainer.borrow().save(&root)?),
-        &root,
-    )
+    run_loop(options, &mut trainer, &root)
 }
 
 fn export(
@@ -320,19 +327,7 @@ fn evaluate(options: &HashMap<String, String>, device: &FlexDevice) -> anyhow::R
     println!("{}", Accuracy::MARKDOWN_HEADER);
     println!("| {} {accuracy}", dir.display());
     if let Some(path) = options.get("grid") {
-        let (columns, gap) = (4u32, 2u32);
-        let rows = (pictures.len() as u32).div_ceil(columns);
-        let mut grid = RgbImage::from_pixel(
-            columns * (side + gap) + gap,
-            rows * (side + gap) + gap,
-            Rgb([255; 3]),
-        );
-        for (i, picture) in pictures.iter().enumerate() {
-            let (x, y) = (i as u32 % columns, i as u32 / columns);
-            grid.copy_from(picture, gap + x * (side + gap), gap + y * (side + gap))?;
-        }
-        grid.save(path)?;
-        println!("wrote {path}");
+        save_grid(&pictures, 4, path)?;
     }
     Ok(())
 }
@@ -355,6 +350,7 @@ fn reconstruct(
         .collect();
     let mut accuracy = Accuracy::default();
     let mut squared = 0.0;
+    let mut pairs = Vec::new();
     for chunk in scenes.chunks(25) {
         let pictures = chunk
             .iter()
@@ -364,8 +360,12 @@ fn reconstruct(
         let y = vae.decode(vae.encode(x.clone()).mean);
         squared += (y.clone() - x).square().sum().into_scalar().elem::<f64>();
         let out = tensor_to_images(y, PixelRange::MinusOneToOne)?;
-        for (picture, scene) in out.iter().zip(chunk) {
+        for ((picture, scene), original) in out.iter().zip(chunk).zip(pictures) {
             accuracy.add(&check(picture, scene));
+            if pairs.len() < 16 {
+                pairs.push(original);
+                pairs.push(picture.clone());
+            }
         }
     }
     let mse = squared / (count * 3 * 64 * 64) as f64;
@@ -376,5 +376,26 @@ fn reconstruct(
     );
     println!("{}", Accuracy::MARKDOWN_HEADER);
     println!("| reconstructions {accuracy}");
+    if let Some(path) = options.get("grid") {
+        save_grid(&pairs, 8, path)?;
+    }
+    Ok(())
+}
+
+/// Writes 64 × 64 `pictures` as a grid of `columns` on white.
+fn save_grid(pictures: &[RgbImage], columns: u32, path: &str) -> anyhow::Result<()> {
+    let (side, gap) = (64u32, 2u32);
+    let rows = (pictures.len() as u32).div_ceil(columns);
+    let mut grid = RgbImage::from_pixel(
+        columns * (side + gap) + gap,
+        rows * (side + gap) + gap,
+        Rgb([255; 3]),
+    );
+    for (i, picture) in pictures.iter().enumerate() {
+        let (x, y) = (i as u32 % columns, i as u32 / columns);
+        grid.copy_from(picture, gap + x * (side + gap), gap + y * (side + gap))?;
+    }
+    grid.save(path)?;
+    println!("wrote {path}");
     Ok(())
 }

@@ -21,12 +21,13 @@ mod diffusion;
 mod ema;
 mod export;
 mod model;
+mod parallel;
 mod vae;
 
 pub use burn_autodiff::Autodiff;
-pub use checkpoint::{Checkpoint, TrainState, latest_checkpoint};
+pub use checkpoint::{Checkpoint, TrainState, TrainingStage, latest_checkpoint};
 pub use diffusion::{TextToImageModel, TextToImageTrainer};
 pub use ema::Ema;
 pub use export::{export_pipeline, export_vae, fit_scaling_factor};
-pub use model::{ScenesModelConfig, TrainConfig, scene_batch, step_seed};
+pub use model::{ScenesModelConfig, TrainConfig, materialize, scene_batch, step_seed};
 pub use vae::VaeTrainer;

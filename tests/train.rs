@@ -10,7 +10,8 @@ use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::core::weights::TensorSource;
 use prompt_diffusion::train::{
     Autodiff, Checkpoint, Ema, ScenesModelConfig, TextToImageModel, TextToImageTrainer,
-    TrainConfig, VaeTrainer, export_pipeline, fit_scaling_factor, latest_checkpoint, step_seed,
+    TrainConfig, TrainingStage, VaeTrainer, export_pipeline, fit_scaling_factor, latest_checkpoint,
+    step_seed,
 };
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
@@ -34,7 +35,7 @@ fn tiny() -> ScenesModelConfig {
     unet.norm_num_groups = Some(8);
     unet.cross_attention_dim = prompt_diffusion::core::config::OneOrMany::One(16);
     unet.attention_head_dim = prompt_diffusion::core::config::OneOrMany::One(2);
-    config.vae.block_out_channels = vec![8, 8, 8, 8];
+    config.vae.block_out_channels = vec![8, 8, 8];
     config.vae.norm_num_groups = 4;
     config
 }
@@ -115,6 +116,42 @@ fn a_resumed_run_continues_exactly() {
     assert_eq!(straight, resumed.step().unwrap());
 }
 
+/// `checkpoint` with its state's `workers` set to `n`.
+fn with_workers(checkpoint: &Checkpoint, n: usize) -> &Checkpoint {
+    let mut state = checkpoint.state().unwrap();
+    state.train.workers = n;
+    checkpoint.save_state(&state).unwrap();
+    checkpoint
+}
+
+fn close(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 1e-4 * a.abs().max(1e-3)
+}
+
+#[test]
+fn a_batch_split_over_threads_trains_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let vae = trained_vae(1).into_vae();
+    let mut one = TextToImageTrainer::<B>::new(tiny(), vae, train_settings(), &DEVICE).unwrap();
+    let saved = one.save(dir.path()).unwrap();
+    let mut two = TextToImageTrainer::<B>::resume(with_workers(&saved, 2), &DEVICE).unwrap();
+    for _ in 0..3 {
+        let (a, b) = (one.step().unwrap(), two.step().unwrap());
+        assert!(close(a, b), "{a} vs {b}");
+    }
+    let a = value(one.validation_loss(VALIDATION).unwrap());
+    let b = value(two.validation_loss(VALIDATION).unwrap());
+    assert!(close(a, b), "{a} vs {b}");
+
+    let mut one = trained_vae(0);
+    let saved = one.save(&dir.path().join("vae")).unwrap();
+    let mut three = VaeTrainer::<B>::resume(with_workers(&saved, 3), &DEVICE).unwrap();
+    for _ in 0..3 {
+        let (a, b) = (one.step().unwrap(), three.step().unwrap());
+        assert!(close(a, b), "{a} vs {b}");
+    }
+}
+
 #[test]
 fn checkpoints_of_the_wrong_stage_or_incomplete_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,7 +207,7 @@ fn the_exported_folder_loads_with_the_trained_weights() {
     assert_eq!(scaling, (scaling * 1e5).round() / 1e5);
     assert_eq!(sd.native_size(), 64);
     // The same weights: the UNet's output on one input is identical.
-    let sample = Tensor::<Flex, 4>::ones([1, 4, 8, 8], &DEVICE) * 0.3;
+    let sample = Tensor::<Flex, 4>::ones([1, 4, 16, 16], &DEVICE) * 0.3;
     let t = Tensor::<Flex, 1>::from_floats([500.0], &DEVICE);
     let ids = sd.components.tokenizer.encode("a red circle").unwrap();
     let ids = prompt_diffusion::clip::ClipTokenizer::ids_tensor::<Flex>(&[ids], &DEVICE).unwrap();

@@ -27,6 +27,25 @@ pub struct TrainState {
     pub train: TrainConfig,
 }
 
+/// A resumable training stage ([`VaeTrainer`](super::VaeTrainer),
+/// [`TextToImageTrainer`](super::TextToImageTrainer)): what a training loop drives.
+pub trait TrainingStage {
+    /// One optimisation step, returning the loss before the update.
+    ///
+    /// # Errors
+    /// A failed step (rendering, tokenisation, shapes).
+    fn step(&mut self) -> Result<f32>;
+
+    /// Steps taken.
+    fn steps(&self) -> usize;
+
+    /// Writes `dir/checkpoint-<steps>/`.
+    ///
+    /// # Errors
+    /// Unwritable files.
+    fn save(&self, dir: &Path) -> Result<Checkpoint>;
+}
+
 /// A checkpoint folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {

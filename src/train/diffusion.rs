@@ -2,16 +2,17 @@
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, GradientsParams, Optimizer};
+use burn::optim::{AdamW, Optimizer};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use super::checkpoint::{Checkpoint, TrainState};
+use super::checkpoint::{Checkpoint, TrainState, TrainingStage};
 use super::ema::Ema;
-use super::model::{ScenesModelConfig, TrainConfig, scene_batch, step_seed};
+use super::model::{ScenesModelConfig, TrainConfig, materialize, scene_batch, step_seed};
+use super::parallel::{split, summed_gradients};
 use super::vae::adamw;
 use crate::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
 use crate::core::noise::{SeededNoise, noise_tensor};
@@ -39,10 +40,10 @@ impl<B: Backend> TextToImageModel<B> {
     /// # Errors
     /// An invalid UNet config.
     pub fn new(config: &ScenesModelConfig, device: &B::Device) -> Result<Self> {
-        Ok(Self {
+        Ok(materialize(Self {
             text_encoder: CLIPTextModel::init(&config.text_encoder, device),
             unet: UNet2DConditionModel::new(&config.unet, device)?,
-        })
+        }))
     }
 
     /// ε̂ for `noisy` latents at `timesteps`, conditioned on token ids.
@@ -83,7 +84,8 @@ pub struct TextToImageTrainer<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> TextToImageTrainer<B> {
     /// A trainer of fresh models of `config` against the trained `vae` (whose config, with
-    /// its fitted scaling factor, replaces `config.vae`).
+    /// its fitted scaling factor, replaces `config.vae`; the UNet takes and gives its number
+    /// of latent channels).
     ///
     /// # Errors
     /// An invalid config.
@@ -94,6 +96,8 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
         device: &B::Device,
     ) -> Result<Self> {
         config.vae = vae.config().clone();
+        let latent = config.vae.latent_channels;
+        (config.unet.trunk.in_channels, config.unet.out_channels) = (latent, latent);
         let model = TextToImageModel::new(&config, device)?;
         let ema = Ema::new(model.valid(), train.ema_decay);
         Self::from_parts(config, model, ema, vae, adamw(&train), train, 0, device)
@@ -179,35 +183,20 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
         &self.config
     }
 
-    /// Steps taken.
-    pub fn steps(&self) -> usize {
-        self.steps
-    }
-
-    /// One step on the batch of step [`steps`](Self::steps), returning the loss before the
-    /// update.
-    ///
-    /// # Errors
-    /// A failed rendering or tokenisation.
-    pub fn step(&mut self) -> Result<f32> {
-        let seed = step_seed(self.train.seed, self.steps);
-        let loss = self.validation_loss(seed)?;
-        let value = loss.clone().into_scalar().elem::<f32>();
-        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
-        clip_grad_norm(&self.model, &mut grads, self.train.max_grad_norm);
-        let lr = self.train.learning_rate_at(self.steps);
-        self.model = self.optimizer.step(lr, self.model.clone(), grads);
-        self.ema.update(&self.model);
-        self.steps += 1;
-        Ok(value)
-    }
-
     /// The loss on the batch, captions, noise and timesteps drawn from `seed`, without an
     /// update: with a fixed seed, a validation loss to compare across steps.
     ///
     /// # Errors
     /// As [`step`](Self::step).
     pub fn validation_loss(&self, seed: u64) -> Result<Tensor<B, 1>> {
+        let batch = self.batch(seed)?;
+        batch
+            .part(0..self.train.batch_size)
+            .loss(&self.model, &self.vae)
+    }
+
+    /// The inputs and targets of the batch drawn from `seed`.
+    fn batch(&self, seed: u64) -> Result<Batch<B>> {
         let device = self.device.clone();
         let batch = self.train.batch_size;
         let side = self.config.vae.sample_size;
@@ -220,28 +209,58 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
             }
         }
         let prompts: Vec<&str> = captions.iter().map(String::as_str).collect();
-        let ids = ClipTokenizer::ids_tensor::<B>(&self.tokenizer.encode_batch(&prompts)?, &device)?;
+        let ids = self.tokenizer.encode_batch(&prompts)?;
 
         let mut noise = SeededNoise::new(seed ^ 0x6e6f);
-        let posterior = self.vae.encode(images);
-        let shape = posterior.mean.dims();
+        let factor = self.config.vae.downsampling_factor();
+        let latent = self.config.vae.latent_channels;
+        let shape = [batch, latent, side / factor, side / factor];
         let draw = noise_tensor::<B::InnerBackend, 4>(&mut noise, shape, &device, DType::F32)?;
-        let z0 = self.vae.scale_latents(posterior.sample(draw));
         let eps = noise_tensor::<B::InnerBackend, 4>(&mut noise, shape, &device, DType::F32)?;
         let n = self.alphas_cumprod.len() as u64;
         let t: Vec<usize> = (0..batch).map(|_| (rng.next_u64() % n) as usize).collect();
-        let coefficient = |f: fn(f32) -> f32| {
-            let values: Vec<f32> = t.iter().map(|&i| f(self.alphas_cumprod[i])).collect();
-            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [batch]), &device)
-                .reshape([batch, 1, 1, 1])
-        };
-        let noisy = z0 * coefficient(f32::sqrt) + eps.clone() * coefficient(|a| (1.0 - a).sqrt());
-        let timesteps: Vec<f32> = t.iter().map(|&i| i as f32).collect();
-        let timesteps = Tensor::<B, 1>::from_data(TensorData::new(timesteps, [batch]), &device);
-        let prediction = self
-            .model
-            .forward(Tensor::from_inner(noisy), timesteps, ids)?;
-        Ok((prediction - Tensor::from_inner(eps)).square().mean())
+        let coefficients =
+            |f: fn(f32) -> f32| t.iter().map(|&i| f(self.alphas_cumprod[i])).collect();
+        Ok(Batch {
+            images,
+            draw,
+            eps,
+            signal: coefficients(f32::sqrt),
+            noise: coefficients(|a| (1.0 - a).sqrt()),
+            timesteps: t.iter().map(|&i| i as f32).collect(),
+            ids,
+            device,
+        })
+    }
+}
+
+impl<B: AutodiffBackend> TrainingStage for TextToImageTrainer<B> {
+    /// One step on the batch of step [`steps`](Self::steps), returning the loss before the
+    /// update. With `workers` > 1 the batch is split over that many threads.
+    ///
+    /// # Errors
+    /// A failed rendering or tokenisation.
+    fn step(&mut self) -> Result<f32> {
+        let seed = step_seed(self.train.seed, self.steps);
+        let batch = self.batch(seed)?;
+        let parts = split(self.train.batch_size, self.train.workers)
+            .into_iter()
+            .map(|range| batch.part(range))
+            .collect();
+        let vae = &self.vae;
+        let (value, mut grads) = summed_gradients(&self.model, parts, &self.device, |m, part| {
+            part.loss(m, vae)
+        })?;
+        clip_grad_norm(&self.model, &mut grads, self.train.max_grad_norm);
+        let lr = self.train.learning_rate_at(self.steps);
+        self.model = self.optimizer.step(lr, self.model.clone(), grads);
+        self.ema.update(&self.model);
+        self.steps += 1;
+        Ok(value)
+    }
+
+    fn steps(&self) -> usize {
+        self.steps
     }
 
     /// Writes `dir/checkpoint-<steps>/`: the model, its average, the VAE, every config, the
@@ -249,7 +268,7 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
     ///
     /// # Errors
     /// Unwritable files.
-    pub fn save(&self, dir: &std::path::Path) -> Result<Checkpoint> {
+    fn save(&self, dir: &std::path::Path) -> Result<Checkpoint> {
         let checkpoint = Checkpoint::create(dir, self.steps)?;
         checkpoint.save_config("text_encoder", &self.config.text_encoder)?;
         checkpoint.save_config("unet", &self.config.unet)?;
@@ -265,6 +284,77 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
             train: self.train.clone(),
         })?;
         Ok(checkpoint)
+    }
+}
+
+/// A batch's scenes, noise, timesteps and token ids, to be split into parts (each part
+/// encodes its own scenes, so the VAE runs on the parts' threads too).
+struct Batch<B: AutodiffBackend> {
+    images: Tensor<B::InnerBackend, 4>,
+    draw: Tensor<B::InnerBackend, 4>,
+    eps: Tensor<B::InnerBackend, 4>,
+    signal: Vec<f32>,
+    noise: Vec<f32>,
+    timesteps: Vec<f32>,
+    ids: Vec<Vec<u32>>,
+    device: B::Device,
+}
+
+/// The part `range` of a [`Batch`], with its share of the batch.
+struct Part<B: AutodiffBackend> {
+    batch: Batch<B>,
+    share: f64,
+}
+
+impl<B: AutodiffBackend> Batch<B> {
+    fn part(&self, range: std::ops::Range<usize>) -> Part<B> {
+        let total = self.timesteps.len();
+        let (start, len) = (range.start, range.len());
+        Part {
+            batch: Batch {
+                images: self.images.clone().narrow(0, start, len),
+                draw: self.draw.clone().narrow(0, start, len),
+                eps: self.eps.clone().narrow(0, start, len),
+                signal: self.signal[range.clone()].to_vec(),
+                noise: self.noise[range.clone()].to_vec(),
+                timesteps: self.timesteps[range.clone()].to_vec(),
+                ids: self.ids[range].to_vec(),
+                device: self.device.clone(),
+            },
+            share: len as f64 / total as f64,
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Part<B> {
+    /// `share · mean((ε̂(√ᾱ z₀ + √(1 − ᾱ) ε) − ε)²)` over the part, `z₀` the scaled posterior
+    /// sample of its scenes.
+    fn loss(
+        self,
+        model: &TextToImageModel<B>,
+        vae: &AutoencoderKL<B::InnerBackend>,
+    ) -> Result<Tensor<B, 1>> {
+        let Batch {
+            images,
+            draw,
+            eps,
+            signal,
+            noise,
+            timesteps,
+            ids,
+            device,
+        } = self.batch;
+        let n = timesteps.len();
+        let column = |values: Vec<f32>| {
+            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [n]), &device)
+                .reshape([n, 1, 1, 1])
+        };
+        let z0 = vae.scale_latents(vae.encode(images).sample(draw));
+        let noisy = z0 * column(signal) + eps.clone() * column(noise);
+        let timesteps = Tensor::<B, 1>::from_data(TensorData::new(timesteps, [n]), &device);
+        let ids = ClipTokenizer::ids_tensor::<B>(&ids, &device)?;
+        let prediction = model.forward(Tensor::from_inner(noisy), timesteps, ids)?;
+        Ok((prediction - Tensor::from_inner(eps)).square().mean() * self.share)
     }
 }
 

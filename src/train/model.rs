@@ -1,5 +1,6 @@
 //! The size of the scenes model and the training settings.
 
+use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use image::RgbImage;
 
@@ -28,9 +29,9 @@ pub struct ScenesModelConfig {
 
 impl ScenesModelConfig {
     /// The model of the 64 × 64 scenes, sized to train on two CPU cores: a convolutional VAE
-    /// with 8× downsampling (8 × 8 × 4 latents, 16 to 64 channels, no attention), a two-level
-    /// UNet (64 and 128 channels, cross-attention at 8² and 4²) and a three-layer CLIP text
-    /// encoder 64 wide over CLIP's 49 408 tokens; SD1.5's noise schedule.
+    /// with 4× downsampling (16 × 16 × 4 latents; 16, 32 and 64 channels, no attention), a
+    /// two-level UNet (32 and 64 channels, cross-attention at 16² and 8²) and a three-layer
+    /// CLIP text encoder 64 wide over CLIP's 49 408 tokens; SD1.5's noise schedule.
     pub fn scenes() -> Self {
         let text_encoder = CLIPTextConfig {
             hidden_size: 64,
@@ -43,24 +44,11 @@ impl ScenesModelConfig {
             pad_token_id: Some(49407),
             ..CLIPTextConfig::default()
         };
-        let unet = UNet2DConditionConfig {
-            sample_size: Some(OneOrMany::One(8)),
-            ..UNet2DConditionConfig::from_trunk(UNetTrunkConfig {
-                in_channels: 4,
-                block_out_channels: vec![64, 128],
-                down_block_types: vec![DownBlockType::CrossAttnDownBlock2D; 2],
-                layers_per_block: OneOrMany::One(1),
-                norm_num_groups: Some(16),
-                cross_attention_dim: OneOrMany::One(64),
-                attention_head_dim: OneOrMany::One(4),
-                use_linear_projection: true,
-                ..UNetTrunkConfig::default()
-            })
-        };
+        let unet = Self::unet(&[32, 64], 16);
         let vae = AutoencoderKLConfig {
-            down_block_types: vec![DownEncoderBlockType::DownEncoderBlock2D; 4],
-            up_block_types: vec![UpDecoderBlockType::UpDecoderBlock2D; 4],
-            block_out_channels: vec![16, 32, 64, 64],
+            down_block_types: vec![DownEncoderBlockType::DownEncoderBlock2D; 3],
+            up_block_types: vec![UpDecoderBlockType::UpDecoderBlock2D; 3],
+            block_out_channels: vec![16, 32, 64],
             layers_per_block: 1,
             norm_num_groups: 8,
             sample_size: 64,
@@ -72,6 +60,40 @@ impl ScenesModelConfig {
             unet,
             vae,
             scheduler: SchedulerConfig::sd_v1_5(),
+        }
+    }
+
+    /// A UNet of the scenes model's kind with `channels` per level (cross-attention at every
+    /// level but a third or later one, one resnet per level, GroupNorm of 8 or 16 groups,
+    /// 64-wide context, 4 heads) on `sample_size`² latents.
+    pub fn unet(channels: &[usize], sample_size: usize) -> UNet2DConditionConfig {
+        let down_block_types = (0..channels.len())
+            .map(|i| {
+                if i >= 2 && i + 1 == channels.len() {
+                    DownBlockType::DownBlock2D
+                } else {
+                    DownBlockType::CrossAttnDownBlock2D
+                }
+            })
+            .collect();
+        let groups = if channels.iter().all(|c| c % 16 == 0) {
+            16
+        } else {
+            8
+        };
+        UNet2DConditionConfig {
+            sample_size: Some(OneOrMany::One(sample_size)),
+            ..UNet2DConditionConfig::from_trunk(UNetTrunkConfig {
+                in_channels: 4,
+                block_out_channels: channels.to_vec(),
+                down_block_types,
+                layers_per_block: OneOrMany::One(1),
+                norm_num_groups: Some(groups),
+                cross_attention_dim: OneOrMany::One(64),
+                attention_head_dim: OneOrMany::One(4),
+                use_linear_projection: true,
+                ..UNetTrunkConfig::default()
+            })
         }
     }
 
@@ -89,6 +111,7 @@ impl ScenesModelConfig {
 
 /// The settings of one training stage.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct TrainConfig {
     /// Peak learning rate, reached after `warmup_steps` of linear warm-up.
@@ -112,6 +135,9 @@ pub struct TrainConfig {
     /// Side of the random square crops the VAE trains on (0: whole pictures); a convolutional
     /// VAE trained on crops runs on whole pictures.
     pub crop: usize,
+    /// Threads a batch is split over (data parallelism on one device; the gradients are
+    /// summed, so the result depends on this number only by float rounding).
+    pub workers: usize,
 }
 
 impl Default for TrainConfig {
@@ -127,6 +153,7 @@ impl Default for TrainConfig {
             ema_decay: 0.999,
             kl_weight: 1e-6,
             crop: 0,
+            workers: 1,
         }
     }
 }
@@ -153,6 +180,8 @@ impl TrainConfig {
         with_kl_weight(kl_weight: f64);
         /// Sets the VAE's crop side.
         with_crop(crop: usize);
+        /// Sets the threads a batch is split over.
+        with_workers(workers: usize);
     }
 
     /// The learning rate at `step` (0-based): linear warm-up, then constant.
@@ -163,6 +192,21 @@ impl TrainConfig {
             self.learning_rate
         }
     }
+}
+
+/// Initialises every parameter of `module` in place. burn creates parameters lazily and a
+/// clone of an uninitialised parameter initialises on its own, with other random values: a
+/// fresh model is materialised before it is cloned (for its moving average, a checkpoint or a
+/// thread), so every copy holds the same weights.
+pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
 }
 
 /// The seed of step `step` of a run seeded with `seed` (SplitMix64's finaliser of both), from

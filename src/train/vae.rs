@@ -2,17 +2,35 @@
 
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamW, AdamWConfig, Optimizer};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 
-use super::checkpoint::{Checkpoint, TrainState};
-use super::model::{TrainConfig, scene_batch, step_seed};
+use super::checkpoint::{Checkpoint, TrainState, TrainingStage};
+use super::model::{TrainConfig, materialize, scene_batch, step_seed};
+use super::parallel::{split, summed_gradients};
 use crate::core::Result;
 use crate::core::noise::{SeededNoise, noise_tensor};
 use crate::diff_plugin::train::clip_grad_norm;
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
+
+/// `mean((decode(μ + σ·draw) − x)²) + kl_weight · ½ mean(μ² + σ² − 1 − log σ²)`.
+fn loss<B: Backend>(
+    vae: &AutoencoderKL<B>,
+    images: Tensor<B, 4>,
+    draw: Tensor<B, 4>,
+    kl_weight: f64,
+) -> Tensor<B, 1> {
+    let posterior = vae.encode(images.clone());
+    let z = posterior.mean.clone() + posterior.std() * draw;
+    let reconstruction = vae.decode(z);
+    let mse = (reconstruction - images).square().mean();
+    let kl = (posterior.mean.square() + posterior.logvar.clone().exp() - posterior.logvar - 1.0)
+        .mean()
+        * 0.5;
+    mse + kl * kl_weight
+}
 
 /// The stage name in a checkpoint's state.
 const STAGE: &str = "vae";
@@ -34,7 +52,7 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
     /// A trainer of a fresh VAE of `config`.
     pub fn new(config: &AutoencoderKLConfig, train: TrainConfig, device: &B::Device) -> Self {
         Self::from_parts(
-            AutoencoderKL::new(config, device),
+            materialize(AutoencoderKL::new(config, device)),
             adamw(&train),
             train,
             0,
@@ -88,34 +106,18 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
         &self.vae
     }
 
-    /// Steps taken.
-    pub fn steps(&self) -> usize {
-        self.steps
-    }
-
-    /// One step on the batch of step [`steps`](Self::steps), returning the loss before the
-    /// update.
-    ///
-    /// # Errors
-    /// A failed scene rendering.
-    pub fn step(&mut self) -> Result<f32> {
-        let seed = step_seed(self.config.seed, self.steps);
-        let loss = self.validation_loss(seed)?;
-        let value = loss.clone().into_scalar().elem::<f32>();
-        let mut grads = GradientsParams::from_grads(loss.backward(), &self.vae);
-        clip_grad_norm(&self.vae, &mut grads, self.config.max_grad_norm);
-        let lr = self.config.learning_rate_at(self.steps);
-        self.vae = self.optimizer.step(lr, self.vae.clone(), grads);
-        self.steps += 1;
-        Ok(value)
-    }
-
     /// The loss on the batch (scenes, crop and noise) drawn from `seed`, without an update:
     /// with a fixed seed, a validation loss to compare across steps.
     ///
     /// # Errors
     /// A failed rendering.
     pub fn validation_loss(&self, seed: u64) -> Result<Tensor<B, 1>> {
+        let (images, draw) = self.batch(seed)?;
+        Ok(loss(&self.vae, images, draw, self.config.kl_weight))
+    }
+
+    /// The (cropped) scenes and the posterior noise of the batch drawn from `seed`.
+    fn batch(&self, seed: u64) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
         let side = self.vae.config().sample_size;
         let (mut images, _) = scene_batch::<B>(seed, self.config.batch_size, side, &self.device)?;
         let crop = self.config.crop;
@@ -126,33 +128,63 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
             let x = ((seed >> 32) % cells as u64) as usize * 8;
             images = images.narrow(2, y, crop).narrow(3, x, crop);
         }
-        self.loss(images, &mut SeededNoise::new(seed ^ 0x7a65))
+        let [n, _, h, w] = images.dims();
+        let factor = self.vae.config().downsampling_factor();
+        let shape = [n, self.vae.config().latent_channels, h / factor, w / factor];
+        let mut noise = SeededNoise::new(seed ^ 0x7a65);
+        let draw = noise_tensor::<B, 4>(&mut noise, shape, &self.device, DType::F32)?;
+        Ok((images, draw))
     }
 
-    /// The loss on `images` with the posterior noise drawn from `noise`.
+    /// The trained VAE, without autodiff.
+    pub fn into_vae(self) -> AutoencoderKL<B::InnerBackend> {
+        self.vae.valid()
+    }
+}
+
+impl<B: AutodiffBackend> TrainingStage for VaeTrainer<B> {
+    /// One step on the batch of step [`steps`](Self::steps), returning the loss before the
+    /// update. With `workers` > 1 the batch is split over that many threads.
     ///
     /// # Errors
-    /// A failed noise draw.
-    pub fn loss(&self, images: Tensor<B, 4>, noise: &mut SeededNoise) -> Result<Tensor<B, 1>> {
-        let device = images.device();
-        let posterior = self.vae.encode(images.clone());
-        let shape = posterior.mean.dims();
-        let draw = noise_tensor::<B, 4>(noise, shape, &device, DType::F32)?;
-        let z = posterior.mean.clone() + posterior.std() * draw;
-        let reconstruction = self.vae.decode(z);
-        let mse = (reconstruction - images).square().mean();
-        let kl =
-            (posterior.mean.square() + posterior.logvar.clone().exp() - posterior.logvar - 1.0)
-                .mean()
-                * 0.5;
-        Ok(mse + kl * self.config.kl_weight)
+    /// A failed scene rendering.
+    fn step(&mut self) -> Result<f32> {
+        let seed = step_seed(self.config.seed, self.steps);
+        let (images, draw) = self.batch(seed)?;
+        let n = self.config.batch_size;
+        let parts = split(n, self.config.workers)
+            .into_iter()
+            .map(|r| {
+                let share = r.len() as f64 / n as f64;
+                let (start, len) = (r.start, r.len());
+                (
+                    images.clone().narrow(0, start, len),
+                    draw.clone().narrow(0, start, len),
+                    share,
+                )
+            })
+            .collect();
+        let kl_weight = self.config.kl_weight;
+        let (value, mut grads) =
+            summed_gradients(&self.vae, parts, &self.device, |vae, (x, draw, share)| {
+                Ok(loss(vae, x, draw, kl_weight) * share)
+            })?;
+        clip_grad_norm(&self.vae, &mut grads, self.config.max_grad_norm);
+        let lr = self.config.learning_rate_at(self.steps);
+        self.vae = self.optimizer.step(lr, self.vae.clone(), grads);
+        self.steps += 1;
+        Ok(value)
+    }
+
+    fn steps(&self) -> usize {
+        self.steps
     }
 
     /// Writes `dir/checkpoint-<steps>/` (the VAE, its config, the optimiser and the state).
     ///
     /// # Errors
     /// Unwritable files.
-    pub fn save(&self, dir: &std::path::Path) -> Result<Checkpoint> {
+    fn save(&self, dir: &std::path::Path) -> Result<Checkpoint> {
         let checkpoint = Checkpoint::create(dir, self.steps)?;
         checkpoint.save_config("vae", self.vae.config())?;
         checkpoint.save_module(&self.vae, "vae")?;
@@ -163,11 +195,6 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
             train: self.config.clone(),
         })?;
         Ok(checkpoint)
-    }
-
-    /// The trained VAE, without autodiff.
-    pub fn into_vae(self) -> AutoencoderKL<B::InnerBackend> {
-        self.vae.valid()
     }
 }
 

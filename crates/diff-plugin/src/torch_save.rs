@@ -12,16 +12,7 @@ use std::path::Path;
 
 use prompt_diffusion_core::{Error, Result};
 
-/// One named float32 tensor of a state dict.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NamedTensor {
-    /// The key (PyTorch naming).
-    pub key: String,
-    /// The shape (`[]` for a 0-d tensor).
-    pub shape: Vec<usize>,
-    /// Row-major values.
-    pub values: Vec<f32>,
-}
+pub use prompt_diffusion_core::weights::NamedTensor;
 
 /// Writes `{top_level_key: OrderedDict(tensors)}` as PyTorch's `torch.save` does.
 ///
