@@ -267,7 +267,9 @@ fn export(
     let model = match weights {
         "ema" => trainer.ema().module.clone(),
         "raw" => trainer.model().valid(),
-        other => anyhow::bail!("--weights {other}: ema or raw"),
+        // The random-weight baseline: the same architecture and VAE, untrained.
+        "init" => prompt_diffusion::train::TextToImageModel::new(trainer.config(), device)?,
+        other => anyhow::bail!("--weights {other}: ema, raw or init"),
     };
     let dtype = match options.get("dtype").map_or("f16", String::as_str) {
         "f32" => DType::F32,

@@ -166,7 +166,12 @@ fn invalid_requests_are_typed_errors() {
         base.clone().with_size(100, 128),
         base.clone().with_steps(0),
         base.clone().with_num_images(0),
+        // Latents of the wrong channel count, or of another size than the one asked for (without
+        // a size, the latents' size times the VAE's downsampling is the output size).
         base.clone()
+            .with_latents(burn::tensor::TensorData::new(vec![0f32; 3], [1, 3, 1, 1])),
+        base.clone()
+            .with_size(64, 64)
             .with_latents(burn::tensor::TensorData::new(vec![0f32; 4], [1, 4, 1, 1])),
         // The documented bounds, checked before any work.
         base.clone().with_size(8200, 64),

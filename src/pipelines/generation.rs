@@ -186,9 +186,18 @@ impl Generation {
         }
     }
 
-    /// The output size, defaulting to `native` pixels.
-    pub(crate) fn size(&self, native: usize) -> (usize, usize) {
-        (self.width.unwrap_or(native), self.height.unwrap_or(native))
+    /// The output size: the width and height given, else the initial latents' size times the
+    /// VAE's downsampling `factor`, else `native` pixels.
+    pub(crate) fn size(&self, native: usize, factor: usize) -> (usize, usize) {
+        let from_latents = |axis: usize| {
+            (self.latents.as_ref())
+                .and_then(|l| l.shape.get(axis))
+                .map(|&n| n * factor)
+        };
+        (
+            self.width.or(from_latents(3)).unwrap_or(native),
+            self.height.or(from_latents(2)).unwrap_or(native),
+        )
     }
 }
 

@@ -268,7 +268,7 @@ pub fn check_folder<B: Backend>(
         weights = weights.saturating_add(numel.saturating_mul(element_bytes(dtype) as u64));
     }
     let (width, height) = match init_size {
-        None => generation.size(native_size(&unet, &vae)),
+        None => generation.size(native_size(&unet, &vae), vae.downsampling_factor()),
         Some((w, h)) => (
             generation.width.unwrap_or(w / 8 * 8),
             generation.height.unwrap_or(h / 8 * 8),

@@ -143,7 +143,8 @@ impl<B: Backend> StableDiffusion<B> {
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
         generation.validate()?;
-        let size = generation.size(self.native_size());
+        let factor = self.components.vae.config().downsampling_factor();
+        let size = generation.size(self.native_size(), factor);
         let unet = &self.components.unet;
         self.text_to_image_with(generation, size, unet, |context| context, noise, callback)
     }

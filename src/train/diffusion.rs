@@ -1,8 +1,8 @@
 //! Stage 2: the text encoder and the UNet learn Stable Diffusion's objective on scene latents.
 
 use burn::module::{AutodiffModule, Module};
+use burn::optim::AdamW;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, Optimizer};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
@@ -12,12 +12,11 @@ use rand_core::{RngCore, SeedableRng};
 use super::checkpoint::{Checkpoint, TrainState, TrainingStage};
 use super::ema::Ema;
 use super::model::{ScenesModelConfig, TrainConfig, materialize, scene_batch, step_seed};
+use super::optim::{adamw, update};
 use super::parallel::{split, summed_gradients};
-use super::vae::adamw;
 use crate::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
 use crate::core::noise::{SeededNoise, noise_tensor};
 use crate::core::{Error, Result};
-use crate::diff_plugin::train::clip_grad_norm;
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
 use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -100,7 +99,7 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
         (config.unet.trunk.in_channels, config.unet.out_channels) = (latent, latent);
         let model = TextToImageModel::new(&config, device)?;
         let ema = Ema::new(model.valid(), train.ema_decay);
-        Self::from_parts(config, model, ema, vae, adamw(&train), train, 0, device)
+        Self::from_parts(config, model, ema, vae, adamw(&train), train, device)
     }
 
     fn from_parts(
@@ -110,9 +109,10 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
         vae: AutoencoderKL<B::InnerBackend>,
         optimizer: OptimizerAdaptor<AdamW, TextToImageModel<B>, B>,
         train: TrainConfig,
-        steps: usize,
         device: &B::Device,
     ) -> Result<Self> {
+        // The average is updated once per step.
+        let steps = ema.updates;
         let alphas_cumprod = NoiseSchedule::new(&config.scheduler, false, false)?.alphas_cumprod;
         Ok(Self {
             model,
@@ -151,16 +151,7 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
         let vae = AutoencoderKL::new(&config.vae, device);
         let vae = checkpoint.load_module(vae, "vae", device)?;
         let optimizer = checkpoint.load_optimizer(adamw(&state.train), device)?;
-        Self::from_parts(
-            config,
-            model,
-            ema,
-            vae,
-            optimizer,
-            state.train,
-            state.step,
-            device,
-        )
+        Self::from_parts(config, model, ema, vae, optimizer, state.train, device)
     }
 
     /// The model being trained.
@@ -248,12 +239,16 @@ impl<B: AutodiffBackend> TrainingStage for TextToImageTrainer<B> {
             .map(|range| batch.part(range))
             .collect();
         let vae = &self.vae;
-        let (value, mut grads) = summed_gradients(&self.model, parts, &self.device, |m, part| {
+        let (value, grads) = summed_gradients(&self.model, parts, &self.device, |m, part| {
             part.loss(m, vae)
         })?;
-        clip_grad_norm(&self.model, &mut grads, self.train.max_grad_norm);
-        let lr = self.train.learning_rate_at(self.steps);
-        self.model = self.optimizer.step(lr, self.model.clone(), grads);
+        self.model = update(
+            &self.model,
+            &mut self.optimizer,
+            grads,
+            &self.train,
+            self.steps,
+        );
         self.ema.update(&self.model);
         self.steps += 1;
         Ok(value)

@@ -96,7 +96,7 @@ pub fn export_pipeline<B: Backend>(
     save_config_json(
         &dir.join("scheduler/scheduler_config.json"),
         &config.scheduler,
-        &[version.clone()],
+        std::slice::from_ref(&version),
     )?;
 
     let tokenizer = dir.join("tokenizer");

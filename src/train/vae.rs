@@ -1,18 +1,18 @@
 //! Stage 1: the VAE learns to reconstruct scenes.
 
 use burn::module::AutodiffModule;
+use burn::optim::AdamW;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, Optimizer};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::checkpoint::{Checkpoint, TrainState, TrainingStage};
 use super::model::{TrainConfig, materialize, scene_batch, step_seed};
+use super::optim::{adamw, update};
 use super::parallel::{split, summed_gradients};
 use crate::core::Result;
 use crate::core::noise::{SeededNoise, noise_tensor};
-use crate::diff_plugin::train::clip_grad_norm;
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
 
 /// `mean((decode(μ + σ·draw) − x)²) + kl_weight · ½ mean(μ² + σ² − 1 − log σ²)`.
@@ -165,13 +165,17 @@ impl<B: AutodiffBackend> TrainingStage for VaeTrainer<B> {
             })
             .collect();
         let kl_weight = self.config.kl_weight;
-        let (value, mut grads) =
+        let (value, grads) =
             summed_gradients(&self.vae, parts, &self.device, |vae, (x, draw, share)| {
                 Ok(loss(vae, x, draw, kl_weight) * share)
             })?;
-        clip_grad_norm(&self.vae, &mut grads, self.config.max_grad_norm);
-        let lr = self.config.learning_rate_at(self.steps);
-        self.vae = self.optimizer.step(lr, self.vae.clone(), grads);
+        self.vae = update(
+            &self.vae,
+            &mut self.optimizer,
+            grads,
+            &self.config,
+            self.steps,
+        );
         self.steps += 1;
         Ok(value)
     }
@@ -196,12 +200,4 @@ impl<B: AutodiffBackend> TrainingStage for VaeTrainer<B> {
         })?;
         Ok(checkpoint)
     }
-}
-
-pub(super) fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(
-    config: &TrainConfig,
-) -> OptimizerAdaptor<AdamW, M, B> {
-    AdamWConfig::new()
-        .with_weight_decay(config.weight_decay)
-        .init()
 }

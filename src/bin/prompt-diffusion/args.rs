@@ -294,7 +294,7 @@ impl GenerationArgs {
 
 /// Reads `--latents` (when given) into `generation`, with the image count `count` (default: the
 /// latents' batch, else 1) and, for images, the `[width, height]` of `size` (default: the
-/// latents' size).
+/// latents' size times the model's VAE downsampling, which the pipeline applies).
 pub(crate) fn read_latents_into(
     generation: &mut Generation,
     latents: Option<&Path>,
@@ -305,8 +305,7 @@ pub(crate) fn read_latents_into(
     let shape = latents.as_ref().map(|l| l.shape.as_slice());
     generation.num_images = count.or(shape.map(|s| s[0])).unwrap_or(1);
     if let Some([width, height]) = size {
-        generation.width = width.or(shape.map(|s| s[3] * 8));
-        generation.height = height.or(shape.map(|s| s[2] * 8));
+        (generation.width, generation.height) = (width, height);
     }
     generation.latents = latents;
     Ok(())

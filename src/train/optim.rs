@@ -1,0 +1,31 @@
+//! The optimiser both stages use.
+
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+
+use super::model::TrainConfig;
+use crate::diff_plugin::train::clip_grad_norm;
+
+/// AdamW (β 0.9/0.999, ε 1e-5 as burn's default) with the configured weight decay.
+pub(super) fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(
+    config: &TrainConfig,
+) -> OptimizerAdaptor<AdamW, M, B> {
+    AdamWConfig::new()
+        .with_weight_decay(config.weight_decay)
+        .init()
+}
+
+/// `model` after one optimiser step on `grads`, their global norm clipped to
+/// `max_grad_norm`, at the learning rate of step `step`.
+pub(super) fn update<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    optimizer: &mut OptimizerAdaptor<AdamW, M, B>,
+    mut grads: GradientsParams,
+    config: &TrainConfig,
+    step: usize,
+) -> M {
+    clip_grad_norm(model, &mut grads, config.max_grad_norm);
+    optimizer.step(config.learning_rate_at(step), model.clone(), grads)
+}
