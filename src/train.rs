@@ -21,6 +21,7 @@ mod diffusion;
 mod ema;
 mod export;
 mod model;
+mod optim;
 mod parallel;
 mod vae;
 
