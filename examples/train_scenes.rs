@@ -36,7 +36,7 @@ use prompt_diffusion::scenes::{Accuracy, SceneGenerator, Split, check};
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::train::{
     Autodiff, ScenesModelConfig, TextToImageTrainer, TrainConfig, TrainingStage, VaeTrainer,
-    export_pipeline, fit_scaling_factor, latest_checkpoint,
+    checkpoints, export_pipeline, fit_scaling_factor, latest_checkpoint,
 };
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
@@ -146,22 +146,10 @@ fn run_loop(
 
 /// Removes all but the `keep` latest checkpoints of `root`.
 fn prune(root: &Path, keep: usize) -> anyhow::Result<()> {
-    let mut steps: Vec<(usize, PathBuf)> = std::fs::read_dir(root)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| {
-            let step = p
-                .file_name()?
-                .to_str()?
-                .strip_prefix("checkpoint-")?
-                .parse()
-                .ok()?;
-            Some((step, p))
-        })
-        .collect();
-    steps.sort();
-    let excess = steps.len().saturating_sub(keep.max(1));
-    for (_, path) in steps.into_iter().take(excess) {
-        std::fs::remove_dir_all(path)?;
+    let all = checkpoints(root)?;
+    let excess = all.len().saturating_sub(keep.max(1));
+    for (_, checkpoint) in all.into_iter().take(excess) {
+        std::fs::remove_dir_all(checkpoint.dir())?;
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ mod parallel;
 mod vae;
 
 pub use burn_autodiff::Autodiff;
-pub use checkpoint::{Checkpoint, TrainState, TrainingStage, latest_checkpoint};
+pub use checkpoint::{Checkpoint, TrainState, TrainingStage, checkpoints, latest_checkpoint};
 pub use diffusion::{TextToImageModel, TextToImageTrainer};
 pub use ema::Ema;
 pub use export::{export_pipeline, export_vae, fit_scaling_factor};

@@ -10,8 +10,8 @@ use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::core::weights::TensorSource;
 use prompt_diffusion::train::{
     Autodiff, Checkpoint, Ema, ScenesModelConfig, TextToImageModel, TextToImageTrainer,
-    TrainConfig, TrainingStage, VaeTrainer, export_pipeline, fit_scaling_factor, latest_checkpoint,
-    step_seed,
+    TrainConfig, TrainingStage, VaeTrainer, checkpoints, export_pipeline, fit_scaling_factor,
+    latest_checkpoint, step_seed,
 };
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
@@ -96,10 +96,14 @@ fn a_resumed_run_continues_exactly() {
     trainer.step().unwrap();
     trainer.save(dir.path()).unwrap();
     let straight: Vec<f32> = (0..2).map(|_| trainer.step().unwrap()).collect();
+    trainer.save(dir.path()).unwrap();
 
-    let checkpoint = latest_checkpoint(dir.path()).unwrap().unwrap();
+    let all = checkpoints(dir.path()).unwrap();
+    let steps: Vec<usize> = all.iter().map(|(step, _)| *step).collect();
+    assert_eq!(steps, [2, 4]);
+    let checkpoint = &all[0].1;
     assert_eq!(checkpoint.state().unwrap().step, 2);
-    let mut resumed = TextToImageTrainer::<B>::resume(&checkpoint, &DEVICE).unwrap();
+    let mut resumed = TextToImageTrainer::<B>::resume(checkpoint, &DEVICE).unwrap();
     let again: Vec<f32> = (0..2).map(|_| resumed.step().unwrap()).collect();
     assert_eq!(straight, again);
     let a = value(trainer.validation_loss(VALIDATION).unwrap());

@@ -186,20 +186,40 @@ impl Checkpoint {
     pub fn state(&self) -> Result<TrainState> {
         self.config("state")
     }
+
+    /// Reads `state.json` and checks that the checkpoint belongs to `stage`.
+    ///
+    /// # Errors
+    /// As [`state`](Self::state); [`Error::InvalidInput`] naming the folder when the checkpoint
+    /// was written by another stage.
+    pub fn state_for(&self, stage: &str) -> Result<TrainState> {
+        let state = self.state()?;
+        if state.stage != stage {
+            return Err(Error::invalid_input(
+                "checkpoint",
+                format!(
+                    "{} is a `{}` checkpoint, `{stage}` expected",
+                    self.dir.display(),
+                    state.stage
+                ),
+            ));
+        }
+        Ok(state)
+    }
 }
 
-/// The complete checkpoint of `root` with the most steps (`checkpoint-<step>/` with a
-/// `state.json`), if any.
+/// The complete checkpoints of `root` (`checkpoint-<step>/` folders with a `state.json`) with
+/// their steps, in increasing order of steps; none when `root` does not exist.
 ///
 /// # Errors
 /// [`Error::Io`] when `root` exists but cannot be listed.
-pub fn latest_checkpoint(root: &Path) -> Result<Option<Checkpoint>> {
+pub fn checkpoints(root: &Path) -> Result<Vec<(usize, Checkpoint)>> {
     let entries = match std::fs::read_dir(root) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(root, e)),
     };
-    let mut best: Option<(usize, PathBuf)> = None;
+    let mut found = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| Error::io(root, e))?.path();
         let step = path
@@ -209,10 +229,19 @@ pub fn latest_checkpoint(root: &Path) -> Result<Option<Checkpoint>> {
             .and_then(|n| n.parse::<usize>().ok());
         if let Some(step) = step
             && path.join("state.json").is_file()
-            && best.as_ref().is_none_or(|(s, _)| step > *s)
         {
-            best = Some((step, path));
+            found.push((step, Checkpoint { dir: path }));
         }
     }
-    best.map(|(_, dir)| Checkpoint::open(dir)).transpose()
+    found.sort_by_key(|(step, _)| *step);
+    Ok(found)
+}
+
+/// The complete checkpoint of `root` with the most steps, if any (the last of
+/// [`checkpoints`]).
+///
+/// # Errors
+/// [`Error::Io`] when `root` exists but cannot be listed.
+pub fn latest_checkpoint(root: &Path) -> Result<Option<Checkpoint>> {
+    Ok(checkpoints(root)?.pop().map(|(_, checkpoint)| checkpoint))
 }

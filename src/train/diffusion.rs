@@ -16,7 +16,7 @@ use super::optim::{adamw, update};
 use super::parallel::{split, summed_gradients};
 use crate::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
 use crate::core::noise::{SeededNoise, noise_tensor};
-use crate::core::{Error, Result};
+use crate::core::Result;
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
 use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -133,10 +133,7 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
     /// # Errors
     /// Unreadable or mismatched checkpoint files.
     pub fn resume(checkpoint: &Checkpoint, device: &B::Device) -> Result<Self> {
-        let state = checkpoint.state()?;
-        if state.stage != STAGE {
-            return Err(wrong_stage(checkpoint, STAGE, &state.stage));
-        }
+        let state = checkpoint.state_for(STAGE)?;
         let config = ScenesModelConfig {
             text_encoder: checkpoint.config::<CLIPTextConfig>("text_encoder")?,
             unet: checkpoint.config::<UNet2DConditionConfig>("unet")?,
@@ -351,15 +348,4 @@ impl<B: AutodiffBackend> Part<B> {
         let prediction = model.forward(Tensor::from_inner(noisy), timesteps, ids)?;
         Ok((prediction - Tensor::from_inner(eps)).square().mean() * self.share)
     }
-}
-
-/// The error of a checkpoint from the wrong stage.
-pub(super) fn wrong_stage(checkpoint: &Checkpoint, expected: &str, found: &str) -> Error {
-    Error::invalid_input(
-        "checkpoint",
-        format!(
-            "{} is a `{found}` checkpoint, `{expected}` expected",
-            checkpoint.dir().display()
-        ),
-    )
 }

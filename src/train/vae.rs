@@ -81,14 +81,7 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
     /// # Errors
     /// Unreadable or mismatched checkpoint files.
     pub fn resume(checkpoint: &Checkpoint, device: &B::Device) -> Result<Self> {
-        let state = checkpoint.state()?;
-        if state.stage != STAGE {
-            return Err(super::diffusion::wrong_stage(
-                checkpoint,
-                STAGE,
-                &state.stage,
-            ));
-        }
+        let state = checkpoint.state_for(STAGE)?;
         let config: AutoencoderKLConfig = checkpoint.config("vae")?;
         let vae = checkpoint.load_module(AutoencoderKL::new(&config, device), "vae", device)?;
         let optimizer = checkpoint.load_optimizer(adamw(&state.train), device)?;
