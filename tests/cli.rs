@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use crate::common::{
-    assert_cli_fails as assert_fails, assert_cli_succeeds as assert_succeeds, assert_usage_error,
-    copy_dir, fixtures, restore_args, run_cli, words, write_f32_safetensors,
+    B, DEVICE, assert_cli_fails as assert_fails, assert_cli_succeeds as assert_succeeds,
+    assert_usage_error, copy_dir, fixtures, restore_args, run_cli, words, write_f32_safetensors,
 };
 
 fn tiny() -> String {
@@ -321,7 +321,6 @@ fn command_line_mistakes_print_clap_in_full_and_help_has_examples() {
 
 #[test]
 fn vae_tiling_and_slicing_reach_the_vae_and_match_the_library() {
-    use prompt_diffusion::backends::{NdArray, NdArrayDevice};
     use prompt_diffusion::core::progress::NoProgress;
     use prompt_diffusion::vae::{VaeOptions, VaeTiling};
     use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
@@ -350,8 +349,8 @@ fn vae_tiling_and_slicing_reach_the_vae_and_match_the_library() {
         .with_tiling(VaeTiling::default().with_tile_sample_size(64))
         .with_slicing(true);
     let options = ModelOptions::default().with_vae(vae);
-    let device = NdArrayDevice::Cpu;
-    let sd = StableDiffusion::<NdArray>::from_pretrained(tiny(), &options, &device).unwrap();
+    let device = DEVICE;
+    let sd = StableDiffusion::<B>::from_pretrained(tiny(), &options, &device).unwrap();
     assert_eq!(sd.components.vae.options(), vae);
     let generation = Generation::new("a fox")
         .with_steps(2)

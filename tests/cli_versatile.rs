@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
 use prompt_diffusion::Generation;
 use prompt_diffusion::core::progress::NoProgress;
@@ -17,7 +16,7 @@ use prompt_diffusion::versatile::{OptimusConfig, OptimusFiles};
 use safetensors::SafeTensors;
 
 use crate::common::{
-    assert_cli_succeeds, assert_one_line_error, fixture, run_cli, write_f32_safetensors,
+    B, DEVICE, assert_cli_succeeds, assert_one_line_error, fixture, run_cli, write_f32_safetensors,
 };
 
 /// The tiny model: the diffusers folder with tiny-sd's VAE and tokenizer, and Optimus.
@@ -188,7 +187,7 @@ fn every_flow_writes_its_output_and_a_seed_repeats_it() {
 }
 
 /// The library pipeline with the tiny model.
-fn library_model() -> VersatileDiffusion<NdArray<f32>> {
+fn library_model() -> VersatileDiffusion<B> {
     let vd = PathBuf::from(fixture("versatile"));
     let optimus = OptimusFiles::new(vd.join("optimus/optimus-vae.pth"), vd.join("optimus/vocab"))
         .with_config(OptimusConfig::from_file(vd.join("optimus/config.json")).unwrap());
@@ -196,7 +195,7 @@ fn library_model() -> VersatileDiffusion<NdArray<f32>> {
         .with_optimus(optimus)
         .with_vae(fixture("tiny-sd/vae"))
         .with_tokenizer(fixture("tiny-sd/tokenizer"));
-    VersatileDiffusion::from_pretrained(vd.join("vd"), &options, &NdArrayDevice::Cpu).unwrap()
+    VersatileDiffusion::from_pretrained(vd.join("vd"), &options, &DEVICE).unwrap()
 }
 
 #[test]

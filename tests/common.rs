@@ -6,7 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use image::RgbImage;
+use prompt_diffusion::core::testing::{TestBackend, TestDevice};
 use prompt_diffusion::core::weights::TensorSource;
+use prompt_diffusion::{ModelOptions, StableDiffusion, StableDiffusionControlNet};
+
+/// The backend of the facade's CPU tests: every crate's [`TestBackend`].
+pub type B = TestBackend;
+
+/// The device of [`B`].
+pub const DEVICE: TestDevice = TestDevice::Cpu;
 
 /// The repository's `fixtures/` folder.
 pub fn fixtures() -> PathBuf {
@@ -16,6 +24,15 @@ pub fn fixtures() -> PathBuf {
 /// A path under `fixtures/`, as a program argument.
 pub fn fixture(path: &str) -> String {
     fixtures().join(path).display().to_string()
+}
+
+/// `sd` with the standard ControlNet of the Prompt Diffusion fixtures.
+pub fn standard_controlnet(sd: StableDiffusion<B>) -> StableDiffusionControlNet<B> {
+    let dir = fixtures().join("prompt_diffusion/controlnet-standard");
+    let options = ModelOptions::default();
+    let controlnet =
+        StableDiffusionControlNet::<B>::load_controlnet(dir, None, &options, &DEVICE).unwrap();
+    StableDiffusionControlNet::new(sd, controlnet)
 }
 
 /// Copies the folder `from` (recursively) into `to`, creating it.

@@ -6,7 +6,6 @@
 #[path = "../examples/compose.rs"]
 mod example;
 
-use burn_ndarray::{NdArray, NdArrayDevice};
 use example::{Chain, Models, Stages, Systems, load, run_chain};
 use image::RgbImage;
 use prompt_diffusion::core::image::{load_rgb, resize};
@@ -14,13 +13,15 @@ use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::pipelines::diff_plugin::WorkingSize;
 use prompt_diffusion::pipelines::in_context_size;
 
+use crate::common::{B, DEVICE};
+
 const INPUT: &str = "fixtures/diff_plugin/input.png";
 
-fn systems() -> Systems<NdArray> {
-    load(&Models::tiny(), &NdArrayDevice::Cpu).unwrap()
+fn systems() -> Systems<B> {
+    load(&Models::tiny(), &DEVICE).unwrap()
 }
 
-fn run(systems: &Systems<NdArray>, seed: u64) -> (RgbImage, Stages) {
+fn run(systems: &Systems<B>, seed: u64) -> (RgbImage, Stages) {
     let degraded = load_rgb(INPUT).unwrap();
     let chain = Chain::fixtures(true, seed).unwrap();
     let stages = run_chain(systems, &degraded, &chain, &mut NoProgress).unwrap();

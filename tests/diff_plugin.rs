@@ -5,7 +5,6 @@
 use std::ops::ControlFlow;
 
 use burn::prelude::*;
-use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
 use prompt_diffusion::core::Error;
 use prompt_diffusion::core::image::load_rgb;
@@ -17,15 +16,13 @@ use prompt_diffusion::diff_plugin::Task;
 use prompt_diffusion::pipelines::diff_plugin::{DiffPlugin, Restore, WorkingSize};
 use prompt_diffusion::{ModelOptions, StableDiffusion};
 
-use crate::common::{assert_images_close, fixtures};
-
-type B = NdArray<f32>;
+use crate::common::{B, DEVICE, assert_images_close, fixtures};
 
 fn pipeline() -> DiffPlugin<B> {
     let sd = StableDiffusion::from_pretrained(
         fixtures().join("tiny-sd"),
         &ModelOptions::default(),
-        &NdArrayDevice::Cpu,
+        &DEVICE,
     )
     .unwrap();
     let dir = fixtures().join("diff_plugin");
@@ -67,9 +64,7 @@ fn single_task_restores_match_the_reference() {
     let io = reference();
     let image = input();
     let tokens = pipe.clip_tokens(&image).unwrap();
-    let expected_tokens: Tensor<B, 3> = io
-        .tensor("clip.last_hidden_state", &NdArrayDevice::Cpu, None)
-        .unwrap();
+    let expected_tokens: Tensor<B, 3> = io.tensor("clip.last_hidden_state", &DEVICE, None).unwrap();
     assert_close("CLIP tokens of input.png", tokens, expected_tokens, 1e-4);
     for task in [Task::Derain, Task::Lowlight] {
         let request = Restore::task(task).with_size(WorkingSize::Native);
@@ -143,7 +138,7 @@ fn errors_name_the_problem() {
     let sd = StableDiffusion::from_pretrained(
         fixtures().join("tiny-sd"),
         &ModelOptions::default(),
-        &NdArrayDevice::Cpu,
+        &DEVICE,
     )
     .unwrap();
     let pipe =

@@ -8,7 +8,6 @@ mod server;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
 use prompt_diffusion::core::Error;
 use prompt_diffusion::core::hub::{HubOptions, Wanted, snapshot_holds};
@@ -17,10 +16,9 @@ use prompt_diffusion::core::weights::{LoadOptions, Pretrained};
 use prompt_diffusion::unet::UNet2DConditionModel;
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
-use crate::common::fixtures;
 use server::Hub;
 
-type B = NdArray<f32>;
+use crate::common::{B, DEVICE, fixtures};
 
 const REPO: &str = "tiny/sd";
 const COMMIT: &str = "3d1b9f3b2c6e4a5f8e7d6c5b4a39281706f5e4d3";
@@ -31,7 +29,7 @@ fn tiny_sd() -> PathBuf {
 
 /// The images `model` generates with `options` (two steps, a fixed seed).
 fn generate(model: impl AsRef<Path>, options: &ModelOptions) -> Result<Vec<RgbImage>, Error> {
-    let sd = StableDiffusion::<B>::from_pretrained(model, options, &NdArrayDevice::Cpu)?;
+    let sd = StableDiffusion::<B>::from_pretrained(model, options, &DEVICE)?;
     let generation = Generation::new("a fox in the snow")
         .with_steps(2)
         .with_seed(7);
@@ -213,7 +211,7 @@ fn a_component_downloads_its_subfolder_alone() {
     let load = LoadOptions::default()
         .with_hub(settings)
         .with_subfolder("unet");
-    let device = NdArrayDevice::Cpu;
+    let device = DEVICE;
     UNet2DConditionModel::<B>::from_pretrained(REPO, &load, &device).unwrap();
     let requests = hub.requests();
     let files: Vec<&String> = requests

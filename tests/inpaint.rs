@@ -4,10 +4,11 @@
 //! inpainting UNet (9 channels) and for an ordinary one (mask blending); Prompt Diffusion with
 //! the same blending against the reference loop of the fixture script.
 
-use crate::common::{assert_images_close, copy_dir, expected, fixtures};
+use crate::common::{
+    B, DEVICE, assert_images_close, copy_dir, expected, fixtures, standard_controlnet,
+};
 use prompt_diffusion::core::weights::Pretrained;
 
-use burn_ndarray::{NdArray, NdArrayDevice};
 use image::{GrayImage, RgbImage};
 use prompt_diffusion::core::Error;
 use prompt_diffusion::core::image::load_rgb;
@@ -19,11 +20,7 @@ use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::unet::UNet2DConditionModel;
 use prompt_diffusion::{
     Generation, InContextOptions, Inpaint, ModelOptions, PromptDiffusion, StableDiffusion,
-    StableDiffusionControlNet,
 };
-
-type B = NdArray<f32>;
-const DEVICE: NdArrayDevice = NdArrayDevice::Cpu;
 
 fn reference() -> TensorSource {
     TensorSource::open(fixtures().join("inpaint/reference.safetensors")).unwrap()
@@ -100,14 +97,7 @@ fn controlnet_inpainting_matches_diffusers() {
     let (image, mask, hint) = (png("image.png"), mask("mask.png"), png("hint.png"));
     let options = ControlNetOptions::default().with_conditioning_scale(0.8);
     for (inpainting, name) in [(false, "controlnet.four"), (true, "controlnet.nine")] {
-        let controlnet = StableDiffusionControlNet::<B>::load_controlnet(
-            fixtures().join("prompt_diffusion/controlnet-standard"),
-            None,
-            &ModelOptions::default(),
-            &DEVICE,
-        )
-        .unwrap();
-        let pipe = StableDiffusionControlNet::new(model(inpainting), controlnet);
+        let pipe = standard_controlnet(model(inpainting));
         let mut noise = replay(&io, name);
         let inpaint = Inpaint::new(&image, &mask);
         let generation = generation(SchedulerKind::Ddim);
@@ -256,14 +246,7 @@ fn the_cli_inpaints_as_the_library_does() {
     ));
     let written = image::open(&out).unwrap().to_rgb8();
     let sd = model(false);
-    let controlnet = StableDiffusionControlNet::<B>::load_controlnet(
-        fixtures().join("prompt_diffusion/controlnet-standard"),
-        None,
-        &ModelOptions::default(),
-        &DEVICE,
-    )
-    .unwrap();
-    let pipe = StableDiffusionControlNet::new(sd, controlnet);
+    let pipe = standard_controlnet(sd);
     let expected = pipe
         .inpaint(
             &png("hint.png"),

@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
 use prompt_diffusion::core::Error;
 use prompt_diffusion::core::progress::NoProgress;
@@ -15,14 +14,13 @@ use prompt_diffusion::core::testing::max_abs_diff;
 use prompt_diffusion::core::weights::TensorSource;
 use prompt_diffusion::pipelines::{ControlNetOptions, LoraSpec};
 use prompt_diffusion::schedulers::SchedulerKind;
-use prompt_diffusion::{Generation, ModelOptions, StableDiffusion, StableDiffusionControlNet};
+use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
 use crate::common::{
-    assert_cli_fails, assert_cli_succeeds, assert_images_close, expected, fixtures, words,
+    B, DEVICE, assert_cli_fails, assert_cli_succeeds, assert_images_close, expected, fixtures,
+    standard_controlnet, words,
 };
 
-type B = NdArray<f32>;
-const DEVICE: NdArrayDevice = NdArrayDevice::Cpu;
 const PROMPT: &str = "a watercolor painting of a fox in the snow";
 const NEGATIVE: &str = "blurry, low quality";
 
@@ -198,14 +196,7 @@ fn controlnet_pipeline_with_loras_matches_diffusers() {
     let hints =
         TensorSource::open(fixtures().join("prompt_diffusion/reference.safetensors")).unwrap();
     let sd = with_both(model(&ModelOptions::default()));
-    let controlnet = StableDiffusionControlNet::<B>::load_controlnet(
-        fixtures().join("prompt_diffusion/controlnet-standard"),
-        None,
-        &ModelOptions::default(),
-        &DEVICE,
-    )
-    .unwrap();
-    let pipe = StableDiffusionControlNet::new(sd, controlnet);
+    let pipe = standard_controlnet(sd);
     let generation = Generation::new("a watercolor painting of a house")
         .with_negative_prompt(NEGATIVE)
         .with_steps(8)
@@ -223,6 +214,42 @@ fn controlnet_pipeline_with_loras_matches_diffusers() {
         "controlnet with two LoRAs",
         &images,
         &expected(&io, "controlnet.image"),
+    );
+}
+
+#[test]
+fn prompt_diffusion_with_loras_matches_the_reference() {
+    use prompt_diffusion::controlnet::PromptDiffusionControlNet;
+    use prompt_diffusion::core::weights::Pretrained;
+    use prompt_diffusion::{InContextOptions, PromptDiffusion};
+
+    let io = reference();
+    let pd_io =
+        TensorSource::open(fixtures().join("prompt_diffusion/reference.safetensors")).unwrap();
+    let controlnet = PromptDiffusionControlNet::<B>::from_pretrained(
+        fixtures().join("controlnet/prompt-diffusion"),
+        &Default::default(),
+        &DEVICE,
+    )
+    .unwrap();
+    let pd = PromptDiffusion::new(with_both(model(&ModelOptions::default())), controlnet);
+    let options = InContextOptions::notebook()
+        .with_steps(8)
+        .with_scheduler(SchedulerKind::Ddim)
+        .with_resolution(64)
+        .with_latents(pd_io.data("latents").unwrap());
+    let [source, target, query] = ["source", "target", "query"].map(|name| {
+        let path = fixtures().join(format!("prompt_diffusion/{name}.png"));
+        prompt_diffusion::core::image::load_rgb(path).unwrap()
+    });
+    let prompt = "a turtle stands on the beach";
+    let images = pd
+        .generate(&source, &target, &query, prompt, &options, &mut NoProgress)
+        .unwrap();
+    assert_images_close(
+        "Prompt Diffusion with two LoRAs",
+        &images,
+        &expected(&io, "in_context.image"),
     );
 }
 

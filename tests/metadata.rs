@@ -5,8 +5,8 @@
 use std::io::BufWriter;
 use std::path::Path;
 
-use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
+use prompt_diffusion::StableDiffusion;
 use prompt_diffusion::core::Error;
 use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::core::progress::NoProgress;
@@ -16,12 +16,11 @@ use prompt_diffusion::metadata::{
 };
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{Generation, InContextOptions, ModelOptions, PromptDiffusion};
-use prompt_diffusion::{StableDiffusion, StableDiffusionControlNet};
 
-use crate::common::{assert_cli_fails, assert_cli_succeeds, copy_dir, fixture, fixtures};
-
-type B = NdArray<f32>;
-const DEVICE: NdArrayDevice = NdArrayDevice::Cpu;
+use crate::common::{
+    B, DEVICE, assert_cli_fails, assert_cli_succeeds, copy_dir, fixture, fixtures,
+    standard_controlnet,
+};
 
 fn gradient() -> RgbImage {
     RgbImage::from_fn(24, 16, |x, y| image::Rgb([x as u8 * 10, y as u8 * 15, 7]))
@@ -204,14 +203,7 @@ fn image_i_of_a_batch_is_seed_plus_i_alone_in_img2img_and_controlled_pipelines()
     let batch = run(base.clone().with_num_images(2).with_seed(5));
     assert!(batch[1] == run(base.clone().with_seed(6))[0], "img2img");
 
-    let controlnet = StableDiffusionControlNet::<B>::load_controlnet(
-        fixtures().join("prompt_diffusion/controlnet-standard"),
-        None,
-        &ModelOptions::default(),
-        &DEVICE,
-    )
-    .unwrap();
-    let pipe = StableDiffusionControlNet::new(sd, controlnet);
+    let pipe = standard_controlnet(sd);
     let hint = load_rgb(fixtures().join("prompt_diffusion/query.png")).unwrap();
     let options = prompt_diffusion::pipelines::ControlNetOptions::default();
     let run = |g: Generation| pipe.generate(&hint, &g, &options, &mut NoProgress).unwrap();

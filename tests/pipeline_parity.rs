@@ -2,10 +2,8 @@
 //! with diffusers' initial latents (and, for stochastic steps, its noise replayed), every pixel
 //! is within 2/255 of diffusers' image.
 
-use crate::common::{assert_images_close, expected, fixtures};
 use std::ops::ControlFlow;
 
-use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
 use prompt_diffusion::core::Error;
 use prompt_diffusion::core::noise::ReplayNoise;
@@ -14,13 +12,13 @@ use prompt_diffusion::core::weights::TensorSource;
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
-type B = NdArray<f32>;
+use crate::common::{B, DEVICE, assert_images_close, expected, fixtures};
 
 fn model() -> StableDiffusion<B> {
     StableDiffusion::from_pretrained(
         fixtures().join("tiny-sd"),
         &ModelOptions::default(),
-        &NdArrayDevice::Cpu,
+        &DEVICE,
     )
     .unwrap()
 }
@@ -116,12 +114,8 @@ fn single_file_checkpoints_generate_the_same_image() {
     let folder = model().text_to_image(&generation, &mut NoProgress).unwrap();
     for file in ["tiny-sd.safetensors", "tiny-sd.ckpt"] {
         let options = ModelOptions::default().with_config(fixtures().join("tiny-sd"));
-        let sd = StableDiffusion::<B>::from_single_file(
-            fixtures().join(file),
-            &options,
-            &NdArrayDevice::Cpu,
-        )
-        .unwrap();
+        let sd = StableDiffusion::<B>::from_single_file(fixtures().join(file), &options, &DEVICE)
+            .unwrap();
         let images = sd.text_to_image(&generation, &mut NoProgress).unwrap();
         assert_eq!(images, folder, "{file}");
     }

@@ -3,11 +3,12 @@
 //! pixel is within 2/255 of the reference image, from the diffusers-converted layout and from
 //! the original single checkpoint.
 
-use crate::common::{assert_images_close, copy_dir, expected, fixtures};
+use crate::common::{
+    B, DEVICE, assert_images_close, copy_dir, expected, fixtures, standard_controlnet,
+};
 use prompt_diffusion::core::weights::Pretrained;
 use std::path::{Path, PathBuf};
 
-use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
 use prompt_diffusion::controlnet::ControlScales;
 use prompt_diffusion::core::Error;
@@ -18,11 +19,7 @@ use prompt_diffusion::pipelines::ControlNetOptions;
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{
     Generation, InContextOptions, ModelOptions, PromptDiffusion, StableDiffusion,
-    StableDiffusionControlNet,
 };
-
-type B = NdArray<f32>;
-const DEVICE: NdArrayDevice = NdArrayDevice::Cpu;
 
 fn reference() -> TensorSource {
     TensorSource::open(fixtures().join("prompt_diffusion/reference.safetensors")).unwrap()
@@ -149,14 +146,7 @@ fn standard_controlnet_pipeline_matches_diffusers() {
         &DEVICE,
     )
     .unwrap();
-    let controlnet = StableDiffusionControlNet::<B>::load_controlnet(
-        fixtures().join("prompt_diffusion/controlnet-standard"),
-        None,
-        &ModelOptions::default(),
-        &DEVICE,
-    )
-    .unwrap();
-    let pipe = StableDiffusionControlNet::new(sd, controlnet);
+    let pipe = standard_controlnet(sd);
     let generation = Generation::new("a watercolor painting of a house")
         .with_negative_prompt("blurry, low quality")
         .with_steps(8)

@@ -11,9 +11,7 @@ use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 use serde_json::{Value, json};
 
-use crate::common::{assert_one_line_error, copy_dir, fixtures, run_cli};
-
-type B = burn_ndarray::NdArray<f32>;
+use crate::common::{B, assert_one_line_error, copy_dir, fixtures, run_cli};
 
 /// A copy of `fixtures/tiny-sd` in a temporary folder.
 fn tiny_sd_copy() -> (tempfile::TempDir, PathBuf) {

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
-use burn_ndarray::{NdArray, NdArrayDevice};
 use prompt_diffusion::core::Error;
 use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::core::testing::max_abs_diff;
@@ -19,10 +18,8 @@ use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 use serde_json::Value;
 
 use crate::common::{
-    assert_cli_fails, assert_cli_succeeds, assert_images_close, expected, fixtures,
+    B, DEVICE, assert_cli_fails, assert_cli_succeeds, assert_images_close, expected, fixtures,
 };
-
-type B = NdArray<f32>;
 
 const TOL: f32 = 1e-4;
 
@@ -44,7 +41,7 @@ fn reference(name: &str) -> TensorSource {
 }
 
 fn tensor(io: &TensorSource, key: &str) -> Tensor<B, 3> {
-    io.tensor::<B, 3>(key, &NdArrayDevice::Cpu, None).unwrap()
+    io.tensor::<B, 3>(key, &DEVICE, None).unwrap()
 }
 
 fn close(what: &str, actual: Tensor<B, 3>, expected: Tensor<B, 3>) {
@@ -63,7 +60,7 @@ fn model_with_embeddings() -> StableDiffusion<B> {
     let options = ModelOptions::default()
         .with_textual_inversion(embedding("learned_embeds.safetensors"), None)
         .with_textual_inversion(embedding("cat_toy.bin"), None);
-    let mut sd = StableDiffusion::from_pretrained(tiny(), &options, &NdArrayDevice::Cpu).unwrap();
+    let mut sd = StableDiffusion::from_pretrained(tiny(), &options, &DEVICE).unwrap();
     let token = sd
         .load_textual_inversion(embedding("charcoal.pt"), None)
         .unwrap();
@@ -77,7 +74,7 @@ fn model_with_embeddings() -> StableDiffusion<B> {
 }
 
 fn plain_model() -> StableDiffusion<B> {
-    StableDiffusion::from_pretrained(tiny(), &ModelOptions::default(), &NdArrayDevice::Cpu).unwrap()
+    StableDiffusion::from_pretrained(tiny(), &ModelOptions::default(), &DEVICE).unwrap()
 }
 
 #[test]
@@ -172,8 +169,7 @@ fn embedding_errors_name_the_file_and_leave_the_model_usable() {
     assert!(matches!(err, Error::Shape { .. }), "{err}");
     let options =
         ModelOptions::default().with_textual_inversion(embedding("empty.safetensors"), None);
-    let err =
-        StableDiffusion::<B>::from_pretrained(tiny(), &options, &NdArrayDevice::Cpu).unwrap_err();
+    let err = StableDiffusion::<B>::from_pretrained(tiny(), &options, &DEVICE).unwrap_err();
     assert!(err.to_string().contains("empty.safetensors"), "{err}");
     let token = sd
         .load_textual_inversion(embedding("cat_toy.bin"), None)
@@ -213,7 +209,7 @@ fn cli_embeddings_and_weighting_match_the_library() {
     let sd = {
         let options = ModelOptions::default()
             .with_textual_inversion(embedding("cat_toy.bin"), Some("<toy>".into()));
-        StableDiffusion::<B>::from_pretrained(&tiny, &options, &NdArrayDevice::Cpu).unwrap()
+        StableDiffusion::<B>::from_pretrained(&tiny, &options, &DEVICE).unwrap()
     };
     for (name, weighting) in [("weighted.png", true), ("plain.png", false)] {
         let out = dir.path().join(name).display().to_string();

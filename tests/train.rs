@@ -4,7 +4,6 @@
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::DType;
-use prompt_diffusion::backends::{NdArray, NdArrayDevice};
 use prompt_diffusion::core::Error;
 use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::core::weights::TensorSource;
@@ -15,8 +14,9 @@ use prompt_diffusion::train::{
 };
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
-type B = Autodiff<NdArray>;
-const DEVICE: NdArrayDevice = NdArrayDevice::Cpu;
+use crate::common::{B as Inner, DEVICE};
+
+type B = Autodiff<Inner>;
 /// The seed of the fixed validation batch.
 const VALIDATION: u64 = 0xfeed;
 
@@ -192,7 +192,7 @@ fn the_exported_folder_loads_with_the_trained_weights() {
     vae.set_scaling_factor(scaling);
     let mut trainer = TextToImageTrainer::<B>::new(tiny(), vae, train_settings(), &DEVICE).unwrap();
     trainer.step().unwrap();
-    let model: TextToImageModel<NdArray> = trainer.model().valid();
+    let model: TextToImageModel<Inner> = trainer.model().valid();
     let tokenizer = std::path::Path::new("fixtures/tiny-sd/tokenizer");
     let f32_dir = dir.path().join("f32");
     export_pipeline(
@@ -205,18 +205,16 @@ fn the_exported_folder_loads_with_the_trained_weights() {
     )
     .unwrap();
 
-    let sd =
-        StableDiffusion::<NdArray>::from_pretrained(&f32_dir, &ModelOptions::default(), &DEVICE)
-            .unwrap();
+    let sd = StableDiffusion::<Inner>::from_pretrained(&f32_dir, &ModelOptions::default(), &DEVICE)
+        .unwrap();
     assert_eq!(sd.components.vae.scaling_factor(), scaling);
     assert_eq!(scaling, (scaling * 1e5).round() / 1e5);
     assert_eq!(sd.native_size(), 64);
     // The same weights: the UNet's output on one input is identical.
-    let sample = Tensor::<NdArray, 4>::ones([1, 4, 16, 16], &DEVICE) * 0.3;
-    let t = Tensor::<NdArray, 1>::from_floats([500.0], &DEVICE);
+    let sample = Tensor::<Inner, 4>::ones([1, 4, 16, 16], &DEVICE) * 0.3;
+    let t = Tensor::<Inner, 1>::from_floats([500.0], &DEVICE);
     let ids = sd.components.tokenizer.encode("a red circle").unwrap();
-    let ids =
-        prompt_diffusion::clip::ClipTokenizer::ids_tensor::<NdArray>(&[ids], &DEVICE).unwrap();
+    let ids = prompt_diffusion::clip::ClipTokenizer::ids_tensor::<Inner>(&[ids], &DEVICE).unwrap();
     let expected = model
         .forward(sample.clone(), t.clone(), ids.clone())
         .unwrap();
@@ -249,9 +247,8 @@ fn the_exported_folder_loads_with_the_trained_weights() {
             "{file}"
         );
     }
-    let sd =
-        StableDiffusion::<NdArray>::from_pretrained(&f16_dir, &ModelOptions::default(), &DEVICE)
-            .unwrap();
+    let sd = StableDiffusion::<Inner>::from_pretrained(&f16_dir, &ModelOptions::default(), &DEVICE)
+        .unwrap();
     let generation = Generation::new("a red circle on a blue background").with_steps(2);
     let images = sd.text_to_image(&generation, &mut NoProgress).unwrap();
     assert_eq!(images[0].dimensions(), (64, 64));
@@ -259,7 +256,7 @@ fn the_exported_folder_loads_with_the_trained_weights() {
 
 #[test]
 fn ema_warms_up_like_diffusers() {
-    let model = TextToImageModel::<NdArray>::new(&tiny(), &DEVICE).unwrap();
+    let model = TextToImageModel::<Inner>::new(&tiny(), &DEVICE).unwrap();
     let mut ema = Ema::new(model, 0.999);
     assert!((ema.current_decay() - 0.1).abs() < 1e-12);
     ema.updates = 90;

@@ -3,9 +3,8 @@
 //! images are reproduced within 2/255; the text flows reproduce the reference's final latents
 //! and Optimus' greedy tokens.
 
-use crate::common::{assert_images_close, expected, fixtures};
+use crate::common::{B, DEVICE, assert_images_close, expected, fixtures};
 
-use burn_ndarray::{NdArray, NdArrayDevice};
 use image::RgbImage;
 use prompt_diffusion::Generation;
 use prompt_diffusion::core::progress::NoProgress;
@@ -17,8 +16,6 @@ use prompt_diffusion::pipelines::{
 use prompt_diffusion::versatile::{Flow, OptimusFiles};
 use prompt_diffusion::versatile::{OptimusConfig, TextDecoding, UncondImage};
 
-type B = NdArray<f32>;
-
 fn model() -> VersatileDiffusion<B> {
     let vd = fixtures().join("versatile");
     let optimus = OptimusFiles::new(vd.join("optimus/optimus-vae.pth"), vd.join("optimus/vocab"))
@@ -27,7 +24,7 @@ fn model() -> VersatileDiffusion<B> {
         .with_optimus(optimus)
         .with_vae(fixtures().join("tiny-sd/vae"))
         .with_tokenizer(fixtures().join("tiny-sd/tokenizer"));
-    VersatileDiffusion::from_pretrained(vd.join("vd"), &options, &NdArrayDevice::Cpu).unwrap()
+    VersatileDiffusion::from_pretrained(vd.join("vd"), &options, &DEVICE).unwrap()
 }
 
 fn reference() -> TensorSource {
@@ -124,7 +121,7 @@ fn text_flows_match_the_reference_loop_and_greedy_decoding() {
             .latents(flow, prompt, &g, &greedy, &mut NoProgress)
             .unwrap();
         let reference = io.data(&format!("{name}.final")).unwrap();
-        let reference = burn::tensor::Tensor::<B, 4>::from_data(reference, &NdArrayDevice::Cpu);
+        let reference = burn::tensor::Tensor::<B, 4>::from_data(reference, &DEVICE);
         assert_close(&format!("{name} latents"), latents.clone(), reference, 1e-4);
         let optimus = vd.components.optimus.as_ref().unwrap();
         let ids = optimus

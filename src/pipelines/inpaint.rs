@@ -61,16 +61,7 @@ impl<'a> Inpaint<'a> {
     /// # Errors
     /// [`Error::InvalidInput`] when the image is smaller than 8 pixels.
     pub fn size(&self, generation: &Generation) -> Result<(usize, usize)> {
-        let (w, h) = (self.image.width() as usize, self.image.height() as usize);
-        let width = generation.width.unwrap_or(w / 8 * 8);
-        let height = generation.height.unwrap_or(h / 8 * 8);
-        if width == 0 || height == 0 {
-            return Err(Error::invalid_input(
-                "image",
-                format!("{w}x{h} is smaller than 8 pixels"),
-            ));
-        }
-        Ok((width, height))
+        super::stable_diffusion::img2img_size(self.image, generation)
     }
 }
 

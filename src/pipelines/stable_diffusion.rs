@@ -291,7 +291,7 @@ impl<B: Backend> StableDiffusion<B> {
 }
 
 /// The size img2img works at: the requested one, or the image's own floored to a multiple of 8.
-fn img2img_size(image: &RgbImage, generation: &Generation) -> Result<(usize, usize)> {
+pub(crate) fn img2img_size(image: &RgbImage, generation: &Generation) -> Result<(usize, usize)> {
     let (w, h) = (image.width() as usize, image.height() as usize);
     let width = generation.width.unwrap_or(w / 8 * 8);
     let height = generation.height.unwrap_or(h / 8 * 8);
