@@ -15,8 +15,8 @@ use super::model::{ScenesModelConfig, TrainConfig, materialize, scene_batch, ste
 use super::optim::{adamw, update};
 use super::parallel::{split, summed_gradients};
 use crate::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
-use crate::core::noise::{SeededNoise, noise_tensor};
 use crate::core::Result;
+use crate::core::noise::{SeededNoise, noise_tensor};
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
 use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
