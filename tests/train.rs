@@ -20,7 +20,8 @@ type B = Autodiff<Inner>;
 /// The seed of the fixed validation batch.
 const VALIDATION: u64 = 0xfeed;
 
-/// The scenes model's layout (4× VAE, two-level UNet, CLIP vocabulary), narrower.
+/// The scenes model's layout (4× VAE, two-level UNet, CLIP vocabulary), narrower and on 32²
+/// pictures.
 fn tiny() -> ScenesModelConfig {
     let mut config = ScenesModelConfig::scenes();
     let text = &mut config.text_encoder;
@@ -35,8 +36,10 @@ fn tiny() -> ScenesModelConfig {
     unet.norm_num_groups = Some(8);
     unet.cross_attention_dim = prompt_diffusion::core::config::OneOrMany::One(16);
     unet.attention_head_dim = prompt_diffusion::core::config::OneOrMany::One(2);
+    config.unet.sample_size = Some(prompt_diffusion::core::config::OneOrMany::One(8));
     config.vae.block_out_channels = vec![8, 8, 8];
     config.vae.norm_num_groups = 4;
+    config.vae.sample_size = 32;
     config
 }
 
@@ -45,7 +48,7 @@ fn train_settings() -> TrainConfig {
         .with_batch_size(4)
         .with_learning_rate(3e-3)
         .with_warmup_steps(1)
-        .with_crop(32)
+        .with_crop(16)
         .with_seed(7)
 }
 
@@ -70,6 +73,7 @@ fn vae_training_lowers_the_validation_loss() {
         assert!(loss.is_finite());
     }
     let after = value(trainer.validation_loss(VALIDATION).unwrap());
+    eprintln!("VAE validation loss {before} → {after}");
     assert!(after < 0.8 * before, "VAE loss {before} → {after}");
 }
 
@@ -83,6 +87,7 @@ fn text_to_image_training_lowers_the_validation_loss() {
         trainer.step().unwrap();
     }
     let after = value(trainer.validation_loss(VALIDATION).unwrap());
+    eprintln!("diffusion validation loss {before} → {after}");
     assert!(after < 0.8 * before, "diffusion loss {before} → {after}");
     assert_eq!(trainer.ema().updates, 30);
 }
@@ -209,7 +214,7 @@ fn the_exported_folder_loads_with_the_trained_weights() {
         .unwrap();
     assert_eq!(sd.components.vae.scaling_factor(), scaling);
     assert_eq!(scaling, (scaling * 1e5).round() / 1e5);
-    assert_eq!(sd.native_size(), 64);
+    assert_eq!(sd.native_size(), 32);
     // The same weights: the UNet's output on one input is identical.
     let sample = Tensor::<Inner, 4>::ones([1, 4, 16, 16], &DEVICE) * 0.3;
     let t = Tensor::<Inner, 1>::from_floats([500.0], &DEVICE);
@@ -251,7 +256,7 @@ fn the_exported_folder_loads_with_the_trained_weights() {
         .unwrap();
     let generation = Generation::new("a red circle on a blue background").with_steps(2);
     let images = sd.text_to_image(&generation, &mut NoProgress).unwrap();
-    assert_eq!(images[0].dimensions(), (64, 64));
+    assert_eq!(images[0].dimensions(), (32, 32));
 }
 
 #[test]
