@@ -176,7 +176,20 @@ fn checker_gives_low_marks_to_wrong_pictures() {
     let mismatched = accuracy(&held_out, |i, _| {
         held_out[(i + 1) % held_out.len()].render(64).unwrap()
     });
-    for (name, a) in [("uniform grey", uniform), ("mismatched", mismatched)] {
+    // Smooth coloured noise, as a random-weight model draws: blobs of every colour everywhere.
+    let noise = accuracy(&held_out, |i, _| {
+        let mut state = (i as u32).wrapping_mul(2_654_435_761) | 1;
+        let coarse = RgbImage::from_fn(8, 8, |_, _| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            Colour::ALL[(state >> 24) as usize % Colour::ALL.len()].rgb()
+        });
+        imageops::resize(&coarse, 64, 64, FilterType::Triangle)
+    });
+    for (name, a) in [
+        ("uniform grey", uniform),
+        ("mismatched", mismatched),
+        ("coloured noise", noise),
+    ] {
         println!("{name}: {a}");
         assert!(
             a.background() <= 0.3 && a.shape_colour_at_position() <= 0.3,

@@ -9,8 +9,11 @@
 //! * **A shape's colour at its position**: in the named cell, the largest 8-connected cluster
 //!   of pixels of the named colour must cover between [`CheckOptions::min_fraction`] (3 %) and
 //!   [`CheckOptions::max_fraction`] (90 %) of the cell — a clear blob, not a few stray pixels,
-//!   and not a cell filled with the colour. The smallest shape (a small star) covers about
-//!   12 % of its cell at 64 × 64.
+//!   and not a cell filled with the colour — and the background colour and the named colour
+//!   together at least [`CheckOptions::min_purity`] (70 %) of the cell: a shape on the
+//!   background, not a patch in a quilt of colours (a picture of coloured noise has blobs of
+//!   every colour). The smallest shape (a small star) covers about 12 % of its cell at 64 × 64;
+//!   shapes stay inside their cell.
 //!
 //! The rules are independent of the image's size, and the nearest-colour reading and the
 //! cluster threshold make them robust to blur, resampling and mild noise.
@@ -30,6 +33,9 @@ pub struct CheckOptions {
     pub min_fraction: f32,
     /// The largest share of its cell a shape's cluster may cover (default 0.9).
     pub max_fraction: f32,
+    /// The smallest share of a shape's cell that the background colour and the shape's colour
+    /// must cover together (default 0.7).
+    pub min_purity: f32,
 }
 
 impl Default for CheckOptions {
@@ -37,6 +43,7 @@ impl Default for CheckOptions {
         CheckOptions {
             min_fraction: 0.03,
             max_fraction: 0.9,
+            min_purity: 0.7,
         }
     }
 }
@@ -79,7 +86,10 @@ pub struct ShapeCheck {
     pub shape: Shape,
     /// The share of the shape's cell covered by the largest cluster of its colour.
     pub fraction: f32,
-    /// Whether that share is within the options' bounds: the colour is at the position.
+    /// The share of the shape's cell that has the background colour read from the picture or
+    /// the shape's colour.
+    pub purity: f32,
+    /// Whether both shares are within the options' bounds: the colour is at the position.
     pub correct: bool,
 }
 
@@ -124,10 +134,15 @@ pub fn check_with(image: &RgbImage, scene: &Scene, options: &CheckOptions) -> Ch
             let fraction = classes
                 .largest_cluster(shape.position, |c| c == shape.colour)
                 .1;
+            let purity = classes.share(shape.position, |c| {
+                c == shape.colour || Some(c) == reading.background
+            });
             ShapeCheck {
                 shape,
                 fraction,
-                correct: (options.min_fraction..=options.max_fraction).contains(&fraction),
+                purity,
+                correct: (options.min_fraction..=options.max_fraction).contains(&fraction)
+                    && purity >= options.min_purity,
             }
         })
         .collect();
@@ -210,6 +225,20 @@ impl Classes {
             },
             cells,
         }
+    }
+
+    /// The share of the pixels of the cell at `position` whose colour `wanted` accepts.
+    fn share(&self, position: Position, wanted: impl Fn(Colour) -> bool) -> f32 {
+        let (x0, x1, y0, y1) = self.cell(position);
+        let total = (x1 - x0) * (y1 - y0);
+        if total == 0 {
+            return 0.0;
+        }
+        let count = (y0..y1)
+            .flat_map(|y| &self.colours[y * self.width + x0..y * self.width + x1])
+            .filter(|&&c| wanted(c))
+            .count();
+        count as f32 / total as f32
     }
 
     /// The colour and cell share of the largest 8-connected cluster of same-colour pixels
