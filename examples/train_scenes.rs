@@ -16,8 +16,10 @@
 //! Each stage resumes from its latest checkpoint and stops at `--steps` steps in all (a later
 //! call with more steps goes on), so the run can be split over several sessions with the same
 //! result. Options: `--batch N`, `--lr X`, `--warmup N`, `--seed N` (a fresh run only),
-//! `--crop N` (VAE crop side, default 32), `--workers N` (threads per
-//! batch), `--latent-channels N`, `--vae-channels A,B,C`, `--unet-channels A,B` (sizes other
+//! `--crop N` (VAE crop side, default 32), `--latent-noise X` (VAE decoder's latent noise,
+//! default 0.3), `--snr-gamma X` (Min-SNR-γ, default 5; 0 off), `--workers N` (threads per
+//! batch), `--from DIR` (text-to-image without a checkpoint in the run: continue from an
+//! exported folder, such as the committed `models/scenes`), `--latent-channels N`, `--vae-channels A,B,C`, `--unet-channels A,B` (sizes other
 //! than the committed model's),
 //! `--every N` (checkpoint interval, default 250), `--keep N` (checkpoints kept, default 2),
 //! `--minutes M` (stop after a checkpoint once M minutes have passed). The recipe and the
@@ -36,7 +38,8 @@ use prompt_diffusion::scenes::{Accuracy, SceneGenerator, Split, check};
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::train::{
     Autodiff, ScenesModelConfig, TextToImageTrainer, TrainConfig, TrainingStage, VaeTrainer,
-    checkpoints, export_pipeline, fit_scaling_factor, latest_checkpoint,
+    checkpoints, export_pipeline, fit_scaling_factor, latest_checkpoint, read_training_state,
+    save_training_state,
 };
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
@@ -101,6 +104,8 @@ fn train_config(
         .with_warmup_steps(get(options, "warmup", defaults.warmup_steps)?)
         .with_seed(get(options, "seed", defaults.seed)?)
         .with_crop(get(options, "crop", defaults.crop)?)
+        .with_latent_noise(get(options, "latent-noise", defaults.latent_noise)?)
+        .with_snr_gamma(get(options, "snr-gamma", defaults.snr_gamma)?)
         .with_workers(get(options, "workers", defaults.workers)?))
 }
 
@@ -170,7 +175,8 @@ fn train_vae(
                 .with_batch_size(16)
                 .with_learning_rate(1e-3)
                 .with_warmup_steps(100)
-                .with_crop(32);
+                .with_crop(32)
+                .with_latent_noise(0.3);
             let mut config = ScenesModelConfig::scenes().vae;
             config.latent_channels = get(options, "latent-channels", config.latent_channels)?;
             if let Some(channels) = options.get("vae-channels") {
@@ -200,12 +206,26 @@ fn train_text_to_image(
     device: &FlexDevice,
 ) -> anyhow::Result<()> {
     let root = run.join("text-to-image");
-    let mut trainer = match latest_checkpoint(&root)? {
-        Some(checkpoint) => {
+    let mut trainer = match (latest_checkpoint(&root)?, options.get("from")) {
+        (Some(checkpoint), _) => {
             println!("resuming {}", checkpoint.dir().display());
             TextToImageTrainer::<B>::resume(&checkpoint, device)?
         }
-        None => {
+        (None, Some(folder)) => {
+            // A run carried over in an exported folder: fresh optimiser moments, a short
+            // warm-up again, the folder's settings otherwise.
+            let folder = Path::new(folder);
+            let saved = read_training_state(folder)?.train.with_warmup_steps(100);
+            let train = train_config(options, saved)?;
+            let trainer = TextToImageTrainer::<B>::from_pipeline(folder, train, device)?;
+            println!(
+                "continuing {} from step {}",
+                folder.display(),
+                trainer.steps()
+            );
+            trainer
+        }
+        (None, None) => {
             let Some(vae_checkpoint) = latest_checkpoint(&run.join("vae"))? else {
                 anyhow::bail!(
                     "no VAE checkpoint in {}: train the VAE first",
@@ -219,8 +239,9 @@ fn train_text_to_image(
             vae.set_scaling_factor(scaling);
             let defaults = TrainConfig::default()
                 .with_batch_size(32)
-                .with_learning_rate(5e-4)
-                .with_warmup_steps(500);
+                .with_learning_rate(1e-3)
+                .with_warmup_steps(300)
+                .with_snr_gamma(5.0);
             let mut config = ScenesModelConfig::scenes();
             if let Some(channels) = options.get("unet-channels") {
                 let channels: Vec<usize> = channels
@@ -271,6 +292,9 @@ fn export(
         &to,
         dtype,
     )?;
+    if weights == "ema" {
+        save_training_state(&to, &trainer.state())?;
+    }
     println!(
         "wrote {} ({} weights of step {})",
         to.display(),

@@ -27,8 +27,10 @@ mod vae;
 
 pub use burn_autodiff::Autodiff;
 pub use checkpoint::{Checkpoint, TrainState, TrainingStage, checkpoints, latest_checkpoint};
-pub use diffusion::{TextToImageModel, TextToImageTrainer};
+pub use diffusion::{TRAINING_STATE, TextToImageModel, TextToImageTrainer};
 pub use ema::Ema;
-pub use export::{export_pipeline, export_vae, fit_scaling_factor};
+pub use export::{
+    export_pipeline, export_vae, fit_scaling_factor, read_training_state, save_training_state,
+};
 pub use model::{ScenesModelConfig, TrainConfig, materialize, scene_batch, step_seed};
 pub use vae::VaeTrainer;

@@ -8,9 +8,10 @@ use prompt_diffusion::core::Error;
 use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::core::weights::TensorSource;
 use prompt_diffusion::train::{
-    Autodiff, Checkpoint, Ema, ScenesModelConfig, TextToImageModel, TextToImageTrainer,
-    TrainConfig, TrainingStage, VaeTrainer, checkpoints, export_pipeline, fit_scaling_factor,
-    latest_checkpoint, step_seed,
+    Autodiff, Checkpoint, Ema, ScenesModelConfig, TRAINING_STATE, TextToImageModel,
+    TextToImageTrainer, TrainConfig, TrainState, TrainingStage, VaeTrainer, checkpoints,
+    export_pipeline, fit_scaling_factor, latest_checkpoint, read_training_state,
+    save_training_state, step_seed,
 };
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
@@ -280,4 +281,142 @@ fn steps_draw_distinct_reproducible_seeds_and_the_rate_warms_up() {
         .with_warmup_steps(4);
     let rates: Vec<f64> = (0..6).map(|s| train.learning_rate_at(s)).collect();
     assert_eq!(rates, [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3]);
+    // A run continued at step 10 with fresh optimiser moments warms up again from there.
+    let continued = train.with_warmup_from(10);
+    let rates: Vec<f64> = (9..15).map(|s| continued.learning_rate_at(s)).collect();
+    assert_eq!(rates, [2.5e-4, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3]);
+}
+
+#[test]
+fn the_vae_with_latent_noise_learns_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = train_settings().with_latent_noise(0.3);
+    let mut trainer = VaeTrainer::<B>::new(&tiny().vae, train, &DEVICE);
+    let before = value(trainer.validation_loss(VALIDATION).unwrap());
+    for _ in 0..30 {
+        assert!(trainer.step().unwrap().is_finite());
+    }
+    let after = value(trainer.validation_loss(VALIDATION).unwrap());
+    eprintln!("VAE (latent noise 0.3) validation loss {before} → {after}");
+    assert!(after < 0.8 * before, "VAE loss {before} → {after}");
+
+    trainer.save(dir.path()).unwrap();
+    let straight = trainer.step().unwrap();
+    let checkpoint = latest_checkpoint(dir.path()).unwrap().unwrap();
+    assert_eq!(checkpoint.state().unwrap().train.latent_noise, 0.3);
+    let mut resumed = VaeTrainer::<B>::resume(&checkpoint, &DEVICE).unwrap();
+    assert_eq!(straight, resumed.step().unwrap());
+}
+
+#[test]
+fn min_snr_weighting_down_weights_only_the_low_noise_timesteps() {
+    let dir = tempfile::tempdir().unwrap();
+    let vae = trained_vae(1).into_vae();
+    // A batch large enough to hold timesteps on both sides of SNR = γ (t ≈ 150 for γ = 5).
+    let settings = train_settings().with_batch_size(16);
+    let plain = TextToImageTrainer::<B>::new(tiny(), vae, settings, &DEVICE).unwrap();
+    let saved = plain.save(dir.path()).unwrap();
+    // The same weights with another γ.
+    let with_gamma = |gamma: f64| {
+        let mut state = saved.state().unwrap();
+        state.train.snr_gamma = gamma;
+        saved.save_state(&state).unwrap();
+        let trainer = TextToImageTrainer::<B>::resume(&saved, &DEVICE).unwrap();
+        value(trainer.validation_loss(VALIDATION).unwrap())
+    };
+    let a = value(plain.validation_loss(VALIDATION).unwrap());
+    let b = with_gamma(5.0);
+    eprintln!("validation loss {a} plain, {b} with Min-SNR-5");
+    assert!(b.is_finite() && b > 0.0 && b < a, "{a} → {b}");
+    // A γ above every timestep's SNR leaves the loss as it is.
+    let c = with_gamma(1e9);
+    assert!((a - c).abs() <= 1e-6 * a, "{a} vs {c}");
+}
+
+#[test]
+fn a_run_continues_from_its_exported_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vae = trained_vae(1).into_vae();
+    vae.set_scaling_factor(fit_scaling_factor(&vae, 1, 4, &DEVICE).unwrap());
+    let train = train_settings().with_snr_gamma(5.0);
+    let mut trainer = TextToImageTrainer::<B>::new(tiny(), vae, train.clone(), &DEVICE).unwrap();
+    for _ in 0..3 {
+        trainer.step().unwrap();
+    }
+    let folder = dir.path().join("model");
+    let tokenizer = std::path::Path::new("fixtures/tiny-sd/tokenizer");
+    let ema = &trainer.ema().module;
+    export_pipeline(
+        ema,
+        trainer.vae(),
+        trainer.config(),
+        tokenizer,
+        &folder,
+        DType::F32,
+    )
+    .unwrap();
+
+    // Without the training state the folder is only a model.
+    let missing = TextToImageTrainer::<B>::from_pipeline(&folder, train.clone(), &DEVICE);
+    assert!(
+        matches!(missing, Err(Error::Io { .. })),
+        "{:?}",
+        missing.err()
+    );
+    let vae_state = TrainState {
+        stage: "vae".into(),
+        step: 3,
+        train: train.clone(),
+    };
+    save_training_state(&folder, &vae_state).unwrap();
+    let wrong = TextToImageTrainer::<B>::from_pipeline(&folder, train.clone(), &DEVICE);
+    assert!(
+        matches!(wrong, Err(Error::InvalidInput { .. })),
+        "{:?}",
+        wrong.err()
+    );
+
+    save_training_state(&folder, &trainer.state()).unwrap();
+    assert!(folder.join(TRAINING_STATE).is_file());
+    let state = read_training_state(&folder).unwrap();
+    assert_eq!(state, trainer.state());
+    let mut continued =
+        TextToImageTrainer::<B>::from_pipeline(&folder, state.train, &DEVICE).unwrap();
+    assert_eq!(continued.steps(), 3);
+    assert_eq!(continued.ema().updates, 3);
+    assert_eq!(continued.state().train.warmup_from, 3);
+    assert_eq!(
+        continued.vae().scaling_factor(),
+        trainer.vae().scaling_factor()
+    );
+
+    // The continued weights are the exported average, and training moves them.
+    let sample = Tensor::<Inner, 4>::ones([1, 4, 8, 8], &DEVICE) * 0.3;
+    let t = Tensor::<Inner, 1>::from_floats([500.0], &DEVICE);
+    let tokenizer = prompt_diffusion::clip::ClipTokenizer::openai_clip().unwrap();
+    let ids = tokenizer.encode("a red circle").unwrap();
+    let ids = prompt_diffusion::clip::ClipTokenizer::ids_tensor::<Inner>(&[ids], &DEVICE).unwrap();
+    let output = |model: &TextToImageModel<Inner>| {
+        model
+            .forward(sample.clone(), t.clone(), ids.clone())
+            .unwrap()
+    };
+    let exported = output(&trainer.ema().module);
+    let start = output(&continued.model().valid());
+    assert_eq!(
+        (exported.clone() - start.clone()).abs().max().into_scalar(),
+        0.0
+    );
+    assert!(continued.step().unwrap().is_finite());
+    assert_eq!(continued.steps(), 4);
+    let moved = (output(&continued.model().valid()) - start)
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(moved > 0.0, "the continued model did not train");
+    let averaged = (output(&continued.ema().module) - exported)
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(averaged > 0.0, "the average did not move");
 }

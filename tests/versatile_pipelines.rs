@@ -183,6 +183,30 @@ fn bad_options_are_errors() {
     assert!(vd.text_to_image(&wrong, &mut NoProgress).is_err());
 }
 
+#[test]
+fn image_flows_take_their_size_from_initial_latents() {
+    let vd = model();
+    // Latents of 3 × 2 latent pixels and no width or height: a 24 × 16 picture (8× VAE).
+    let g = Generation::new("a red car in the sun")
+        .with_steps(1)
+        .with_latents(burn::tensor::TensorData::new(
+            vec![0.5f32; 4 * 6],
+            [1, 4, 2, 3],
+        ));
+    let images = vd.text_to_image(&g, &mut NoProgress).unwrap();
+    assert_eq!(images[0].dimensions(), (24, 16));
+    // A size given wins, and must then fit the latents.
+    let sized = g.clone().with_size(24, 16);
+    assert_eq!(
+        vd.text_to_image(&sized, &mut NoProgress).unwrap()[0].dimensions(),
+        (24, 16)
+    );
+    assert!(
+        vd.text_to_image(&g.with_size(32, 32), &mut NoProgress)
+            .is_err()
+    );
+}
+
 /// The flows in half precision (burn-flex on the CPU): every layer group loads and runs in f16
 /// and the image stays close to the f32 reference.
 #[test]

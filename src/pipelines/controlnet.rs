@@ -187,10 +187,7 @@ impl<B: Backend> StableDiffusionControlNet<B> {
             Some(inpaint) => ("image", inpaint.image.dimensions()),
             None => ("hint", hint.dimensions()),
         };
-        let size = (
-            generation.width.unwrap_or(w as usize / 8 * 8),
-            generation.height.unwrap_or(h as usize / 8 * 8),
-        );
+        let size = generation.image_size((w, h));
         if size.0 == 0 || size.1 == 0 || size.0.max(size.1) > MAX_IMAGE_SIDE as usize {
             return Err(Error::invalid_input(
                 key,

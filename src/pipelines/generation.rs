@@ -189,14 +189,30 @@ impl Generation {
     /// The output size: the width and height given, else the initial latents' size times the
     /// VAE's downsampling `factor`, else `native` pixels.
     pub(crate) fn size(&self, native: usize, factor: usize) -> (usize, usize) {
+        let (width, height) = self.requested_size(factor);
+        (width.unwrap_or(native), height.unwrap_or(native))
+    }
+
+    /// The width and height given, else the initial latents' size times the VAE's
+    /// downsampling `factor`, else `None`.
+    pub(crate) fn requested_size(&self, factor: usize) -> (Option<usize>, Option<usize>) {
         let from_latents = |axis: usize| {
             (self.latents.as_ref())
                 .and_then(|l| l.shape.get(axis))
                 .map(|&n| n * factor)
         };
         (
-            self.width.or(from_latents(3)).unwrap_or(native),
-            self.height.or(from_latents(2)).unwrap_or(native),
+            self.width.or(from_latents(3)),
+            self.height.or(from_latents(2)),
+        )
+    }
+
+    /// The size an image-to-image run works at: the width and height given, else the input
+    /// image's `(width, height)` rounded down to a multiple of 8 (diffusers' image processor).
+    pub(crate) fn image_size(&self, (width, height): (u32, u32)) -> (usize, usize) {
+        (
+            self.width.unwrap_or(width as usize / 8 * 8),
+            self.height.unwrap_or(height as usize / 8 * 8),
         )
     }
 }

@@ -269,10 +269,7 @@ pub fn check_folder<B: Backend>(
     }
     let (width, height) = match init_size {
         None => generation.size(native_size(&unet, &vae), vae.downsampling_factor()),
-        Some((w, h)) => (
-            generation.width.unwrap_or(w / 8 * 8),
-            generation.height.unwrap_or(h / 8 * 8),
-        ),
+        Some((w, h)) => generation.image_size((w as u32, h as u32)),
     };
     let shape = RunShape {
         width,

@@ -292,9 +292,8 @@ impl<B: Backend> StableDiffusion<B> {
 
 /// The size img2img works at: the requested one, or the image's own floored to a multiple of 8.
 pub(crate) fn img2img_size(image: &RgbImage, generation: &Generation) -> Result<(usize, usize)> {
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    let width = generation.width.unwrap_or(w / 8 * 8);
-    let height = generation.height.unwrap_or(h / 8 * 8);
+    let (w, h) = image.dimensions();
+    let (width, height) = generation.image_size((w, h));
     if width == 0 || height == 0 {
         return Err(Error::invalid_input(
             "image",

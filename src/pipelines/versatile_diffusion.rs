@@ -24,7 +24,9 @@ use prompt_diffusion_schedulers::{Sampler, SchedulerConfig};
 pub use prompt_diffusion_versatile_flows::{
     Flow, ImagePrompt, OfficialFiles, OptimusFiles, TextDecoding, UncondImage,
 };
-use prompt_diffusion_versatile_flows::{FlowInputs, VersatileComponents, VersatileFolders};
+use prompt_diffusion_versatile_flows::{
+    FlowInputs, Modality, VersatileComponents, VersatileFolders,
+};
 
 use super::generation::Generation;
 
@@ -315,8 +317,14 @@ impl<B: Backend> VersatileDiffusion<B> {
         let conditions = components.conditions(flow, &inputs, denoiser.dtype())?;
         let (kind, eta, steps) = (generation.scheduler, generation.eta, generation.steps);
         let mut sampler = Sampler::from_config(&self.scheduler, kind, eta, steps, &self.device)?;
-        let (n, width, height) = (generation.num_images, generation.width, generation.height);
-        let shape = components.latent_shape(flow.output(), n, width, height)?;
+        // Image flows take their size from initial latents given without one.
+        let (width, height) = match flow.output() {
+            Modality::Image => {
+                generation.requested_size(components.vae()?.config().downsampling_factor())
+            }
+            Modality::Text => (generation.width, generation.height),
+        };
+        let shape = components.latent_shape(flow.output(), generation.num_images, width, height)?;
         let noise = &mut *generation.noise();
         let given = generation.latents.as_ref();
         let latents = sampler.initial_latents(shape, given, noise, &self.device)?;

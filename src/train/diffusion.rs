@@ -1,6 +1,8 @@
 //! Stage 2: the text encoder and the UNet learn Stable Diffusion's objective on scene latents.
 
-use burn::module::{AutodiffModule, Module};
+use std::path::Path;
+
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::optim::AdamW;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::prelude::*;
@@ -15,14 +17,28 @@ use super::model::{ScenesModelConfig, TrainConfig, materialize, scene_batch, ste
 use super::optim::{adamw, update};
 use super::parallel::{split, summed_gradients};
 use crate::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
-use crate::core::Result;
 use crate::core::noise::{SeededNoise, noise_tensor};
+use crate::core::weights::{LoadOptions, Pretrained};
+use crate::core::{Error, Result};
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
 use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
 
 /// The stage name in a checkpoint's state.
 const STAGE: &str = "text-to-image";
+
+/// The file of an exported pipeline folder that records the training step and settings it
+/// was exported at, from which [`TextToImageTrainer::from_pipeline`] continues.
+pub const TRAINING_STATE: &str = "training.json";
+
+/// Marks every float parameter of a loaded model as trained (a leaf that collects gradients).
+struct Trainable;
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Trainable {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.map(|tensor| tensor.detach().require_grad())
+    }
+}
 
 /// The trained part of a Stable Diffusion model: the text encoder and the UNet.
 #[derive(Module, Debug)]
@@ -151,6 +167,61 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
         Self::from_parts(config, model, ema, vae, optimizer, state.train, device)
     }
 
+    /// Continues training from a pipeline folder written by
+    /// [`export_pipeline`](super::export_pipeline) with its [`TRAINING_STATE`] file
+    /// ([`read_training_state`](super::read_training_state)): the text encoder, the UNet and
+    /// the VAE of `dir` in float32 (whatever dtype the folder holds), from the recorded step,
+    /// with the settings `train` (usually the recorded ones, see
+    /// [`read_training_state`](super::read_training_state)). The weights and their moving
+    /// average both start from the folder's (the average that was exported), the optimiser's
+    /// moments from zero, and the learning rate warms up again from this step
+    /// ([`TrainConfig::warmup_from`]). Where checkpoints do not travel (a fresh machine), this
+    /// carries a run over in the committed model folder; the run then differs from an
+    /// uninterrupted one by the reset moments and the rounding of the folder's weights.
+    ///
+    /// # Errors
+    /// A folder without a text-to-image `training.json`, or with unreadable components.
+    pub fn from_pipeline(dir: &Path, train: TrainConfig, device: &B::Device) -> Result<Self> {
+        let state = super::read_training_state(dir)?;
+        if state.stage != STAGE {
+            return Err(Error::invalid_input(
+                dir.join(TRAINING_STATE).display().to_string(),
+                format!("stage `{}`, expected `{STAGE}`", state.stage),
+            ));
+        }
+        let options = LoadOptions::default().with_dtype(DType::F32);
+        let config = ScenesModelConfig {
+            text_encoder: CLIPTextConfig::from_file(dir.join("text_encoder/config.json"))?,
+            unet: UNet2DConditionConfig::from_file(dir.join("unet/config.json"))?,
+            vae: AutoencoderKLConfig::from_file(dir.join("vae/config.json"))?,
+            scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
+        };
+        let model = TextToImageModel {
+            text_encoder: CLIPTextModel::from_pretrained(
+                dir.join("text_encoder"),
+                &options,
+                device,
+            )?,
+            unet: UNet2DConditionModel::from_pretrained(dir.join("unet"), &options, device)?,
+        }
+        .map(&mut Trainable);
+        let vae = AutoencoderKL::from_pretrained(dir.join("vae"), &options, device)?;
+        let train = train.with_warmup_from(state.step);
+        let mut ema = Ema::new(model.valid(), train.ema_decay);
+        ema.updates = state.step;
+        Self::from_parts(config, model, ema, vae, adamw(&train), train, device)
+    }
+
+    /// The stage's step and settings, as a checkpoint's `state.json` and an exported
+    /// folder's [`TRAINING_STATE`] record them.
+    pub fn state(&self) -> TrainState {
+        TrainState {
+            stage: STAGE.into(),
+            step: self.steps,
+            train: self.train.clone(),
+        }
+    }
+
     /// The model being trained.
     pub fn model(&self) -> &TextToImageModel<B> {
         &self.model
@@ -209,6 +280,19 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
         let t: Vec<usize> = (0..batch).map(|_| (rng.next_u64() % n) as usize).collect();
         let coefficients =
             |f: fn(f32) -> f32| t.iter().map(|&i| f(self.alphas_cumprod[i])).collect();
+        let gamma = self.train.snr_gamma;
+        let weights = t
+            .iter()
+            .map(|&i| {
+                let a = f64::from(self.alphas_cumprod[i]);
+                let snr = a / (1.0 - a);
+                if gamma > 0.0 {
+                    (snr.min(gamma) / snr) as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
         Ok(Batch {
             images,
             draw,
@@ -216,6 +300,7 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
             signal: coefficients(f32::sqrt),
             noise: coefficients(|a| (1.0 - a).sqrt()),
             timesteps: t.iter().map(|&i| i as f32).collect(),
+            weights,
             ids,
             device,
         })
@@ -270,11 +355,7 @@ impl<B: AutodiffBackend> TrainingStage for TextToImageTrainer<B> {
         checkpoint.save_module(&self.ema.module, "ema")?;
         checkpoint.save_module(&self.vae, "vae")?;
         checkpoint.save_optimizer(&self.optimizer)?;
-        checkpoint.save_state(&TrainState {
-            stage: STAGE.into(),
-            step: self.steps,
-            train: self.train.clone(),
-        })?;
+        checkpoint.save_state(&self.state())?;
         Ok(checkpoint)
     }
 }
@@ -288,6 +369,8 @@ struct Batch<B: AutodiffBackend> {
     signal: Vec<f32>,
     noise: Vec<f32>,
     timesteps: Vec<f32>,
+    /// Each scene's loss weight (Min-SNR-γ, or 1).
+    weights: Vec<f32>,
     ids: Vec<Vec<u32>>,
     device: B::Device,
 }
@@ -310,6 +393,7 @@ impl<B: AutodiffBackend> Batch<B> {
                 signal: self.signal[range.clone()].to_vec(),
                 noise: self.noise[range.clone()].to_vec(),
                 timesteps: self.timesteps[range.clone()].to_vec(),
+                weights: self.weights[range.clone()].to_vec(),
                 ids: self.ids[range].to_vec(),
                 device: self.device.clone(),
             },
@@ -319,8 +403,8 @@ impl<B: AutodiffBackend> Batch<B> {
 }
 
 impl<B: AutodiffBackend> Part<B> {
-    /// `share · mean((ε̂(√ᾱ z₀ + √(1 − ᾱ) ε) − ε)²)` over the part, `z₀` the scaled posterior
-    /// sample of its scenes.
+    /// `share · mean_i(w_i · mean((ε̂(√ᾱ z₀ + √(1 − ᾱ) ε) − ε)²))` over the part's scenes
+    /// `i`, `z₀` the scaled posterior sample of its scenes and `w_i` their loss weights.
     fn loss(
         self,
         model: &TextToImageModel<B>,
@@ -333,6 +417,7 @@ impl<B: AutodiffBackend> Part<B> {
             signal,
             noise,
             timesteps,
+            weights,
             ids,
             device,
         } = self.batch;
@@ -346,6 +431,12 @@ impl<B: AutodiffBackend> Part<B> {
         let timesteps = Tensor::<B, 1>::from_data(TensorData::new(timesteps, [n]), &device);
         let ids = ClipTokenizer::ids_tensor::<B>(&ids, &device)?;
         let prediction = model.forward(Tensor::from_inner(noisy), timesteps, ids)?;
-        Ok((prediction - Tensor::from_inner(eps)).square().mean() * self.share)
+        let per_scene = (prediction - Tensor::from_inner(eps))
+            .square()
+            .reshape([n as i32, -1])
+            .mean_dim(1)
+            .reshape([n]);
+        let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [n]), &device);
+        Ok((per_scene * weights).mean() * self.share)
     }
 }

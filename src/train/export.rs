@@ -6,6 +6,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use serde_json::json;
 
+use super::checkpoint::TrainState;
 use super::diffusion::TextToImageModel;
 use super::model::{ScenesModelConfig, scene_batch};
 use crate::core::noise::{SeededNoise, noise_tensor};
@@ -143,6 +144,27 @@ pub fn export_pipeline<B: Backend>(
         dtype,
     )?;
     export_vae(vae, &dir.join("vae"), dtype)
+}
+
+/// Writes `dir/`[`TRAINING_STATE`](super::TRAINING_STATE): the step and settings a folder
+/// was exported at, from which
+/// [`TextToImageTrainer::from_pipeline`](super::TextToImageTrainer::from_pipeline) continues.
+///
+/// # Errors
+/// An unwritable file.
+pub fn save_training_state(dir: &Path, state: &TrainState) -> Result<()> {
+    save_config_json(&dir.join(super::TRAINING_STATE), state, &[])
+}
+
+/// Reads `dir/`[`TRAINING_STATE`](super::TRAINING_STATE) (see [`save_training_state`]).
+///
+/// # Errors
+/// A missing or invalid file, named.
+pub fn read_training_state(dir: &Path) -> Result<TrainState> {
+    let path = dir.join(super::TRAINING_STATE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::invalid_input(path.display().to_string(), e.to_string()))
 }
 
 fn dtype_name(dtype: DType) -> &'static str {

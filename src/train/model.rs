@@ -138,6 +138,18 @@ pub struct TrainConfig {
     /// Threads a batch is split over (data parallelism on one device; the gradients are
     /// summed, so the result depends on this number only by float rounding).
     pub workers: usize,
+    /// VAE stage: the decoder also learns from latents with added Gaussian noise, of a
+    /// standard deviation drawn per scene from `U(0, latent_noise)` times the scene's latent
+    /// standard deviation (0: off). A decoder trained so turns the small errors a diffusion
+    /// model leaves in its latents into flat colour rather than texture.
+    pub latent_noise: f64,
+    /// Diffusion stage: the Min-SNR-γ loss weight `min(SNR(t), γ) / SNR(t)` of each
+    /// timestep (Hang et al. 2023; diffusers' `--snr_gamma`), 0 for the plain mean.
+    pub snr_gamma: f64,
+    /// The step the learning-rate warm-up counts from: 0, or the step a run was continued
+    /// at with fresh optimiser moments
+    /// ([`TextToImageTrainer::from_pipeline`](super::TextToImageTrainer::from_pipeline)).
+    pub warmup_from: usize,
 }
 
 impl Default for TrainConfig {
@@ -154,6 +166,9 @@ impl Default for TrainConfig {
             kl_weight: 1e-6,
             crop: 0,
             workers: 1,
+            latent_noise: 0.0,
+            snr_gamma: 0.0,
+            warmup_from: 0,
         }
     }
 }
@@ -182,10 +197,18 @@ impl TrainConfig {
         with_crop(crop: usize);
         /// Sets the threads a batch is split over.
         with_workers(workers: usize);
+        /// Sets the VAE decoder's latent noise bound.
+        with_latent_noise(latent_noise: f64);
+        /// Sets the Min-SNR-γ (0: off).
+        with_snr_gamma(snr_gamma: f64);
+        /// Sets the step the warm-up counts from.
+        with_warmup_from(warmup_from: usize);
     }
 
-    /// The learning rate at `step` (0-based): linear warm-up, then constant.
+    /// The learning rate at `step` (0-based): linear warm-up from `warmup_from`, then
+    /// constant.
     pub fn learning_rate_at(&self, step: usize) -> f64 {
+        let step = step.saturating_sub(self.warmup_from);
         if step < self.warmup_steps {
             self.learning_rate * (step + 1) as f64 / self.warmup_steps as f64
         } else {

@@ -6,6 +6,8 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 
 use super::checkpoint::{Checkpoint, TrainState, TrainingStage};
 use super::model::{TrainConfig, materialize, scene_batch, step_seed};
@@ -15,15 +17,34 @@ use crate::core::Result;
 use crate::core::noise::{SeededNoise, noise_tensor};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
 
-/// `mean((decode(μ + σ·draw) − x)²) + kl_weight · ½ mean(μ² + σ² − 1 − log σ²)`.
+/// A uniform draw in [0, 1) from 64 random bits.
+fn unit(bits: u64) -> f64 {
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// `mean((decode(z + std(z)·jitter) − x)²) + kl_weight · ½ mean(μ² + σ² − 1 − log σ²)`
+/// with `z = μ + σ·draw` and `std(z)` each scene's latent standard deviation (not
+/// differentiated); `jitter` is [`TrainConfig::latent_noise`]'s scaled noise, or none.
 fn loss<B: Backend>(
     vae: &AutoencoderKL<B>,
     images: Tensor<B, 4>,
     draw: Tensor<B, 4>,
+    jitter: Option<Tensor<B, 4>>,
     kl_weight: f64,
 ) -> Tensor<B, 1> {
     let posterior = vae.encode(images.clone());
-    let z = posterior.mean.clone() + posterior.std() * draw;
+    let mut z = posterior.mean.clone() + posterior.std() * draw;
+    if let Some(jitter) = jitter {
+        let [n, c, h, w] = z.dims();
+        let std = z
+            .clone()
+            .detach()
+            .reshape([n, c * h * w])
+            .var(1)
+            .sqrt()
+            .reshape([n, 1, 1, 1]);
+        z = z + jitter * std;
+    }
     let reconstruction = vae.decode(z);
     let mse = (reconstruction - images).square().mean();
     let kl = (posterior.mean.square() + posterior.logvar.clone().exp() - posterior.logvar - 1.0)
@@ -105,12 +126,14 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
     /// # Errors
     /// A failed rendering.
     pub fn validation_loss(&self, seed: u64) -> Result<Tensor<B, 1>> {
-        let (images, draw) = self.batch(seed)?;
-        Ok(loss(&self.vae, images, draw, self.config.kl_weight))
+        let (images, draw, jitter) = self.batch(seed)?;
+        Ok(loss(&self.vae, images, draw, jitter, self.config.kl_weight))
     }
 
-    /// The (cropped) scenes and the posterior noise of the batch drawn from `seed`.
-    fn batch(&self, seed: u64) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
+    /// The (cropped) scenes, the posterior noise and the decoder's latent jitter (when
+    /// [`TrainConfig::latent_noise`] is set) of the batch drawn from `seed`.
+    #[allow(clippy::type_complexity)]
+    fn batch(&self, seed: u64) -> Result<(Tensor<B, 4>, Tensor<B, 4>, Option<Tensor<B, 4>>)> {
         let side = self.vae.config().sample_size;
         let (mut images, _) = scene_batch::<B>(seed, self.config.batch_size, side, &self.device)?;
         let crop = self.config.crop;
@@ -126,7 +149,18 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
         let shape = [n, self.vae.config().latent_channels, h / factor, w / factor];
         let mut noise = SeededNoise::new(seed ^ 0x7a65);
         let draw = noise_tensor::<B, 4>(&mut noise, shape, &self.device, DType::F32)?;
-        Ok((images, draw))
+        let jitter = if self.config.latent_noise > 0.0 {
+            let jitter = noise_tensor::<B, 4>(&mut noise, shape, &self.device, DType::F32)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6a69);
+            let scales: Vec<f32> = (0..n)
+                .map(|_| (self.config.latent_noise * unit(rng.next_u64())) as f32)
+                .collect();
+            let scales = Tensor::<B, 1>::from_data(TensorData::new(scales, [n]), &self.device);
+            Some(jitter * scales.reshape([n, 1, 1, 1]))
+        } else {
+            None
+        };
+        Ok((images, draw, jitter))
     }
 
     /// The trained VAE, without autodiff.
@@ -143,7 +177,7 @@ impl<B: AutodiffBackend> TrainingStage for VaeTrainer<B> {
     /// A failed scene rendering.
     fn step(&mut self) -> Result<f32> {
         let seed = step_seed(self.config.seed, self.steps);
-        let (images, draw) = self.batch(seed)?;
+        let (images, draw, jitter) = self.batch(seed)?;
         let n = self.config.batch_size;
         let parts = split(n, self.config.workers)
             .into_iter()
@@ -153,15 +187,18 @@ impl<B: AutodiffBackend> TrainingStage for VaeTrainer<B> {
                 (
                     images.clone().narrow(0, start, len),
                     draw.clone().narrow(0, start, len),
+                    jitter.clone().map(|j| j.narrow(0, start, len)),
                     share,
                 )
             })
             .collect();
         let kl_weight = self.config.kl_weight;
-        let (value, grads) =
-            summed_gradients(&self.vae, parts, &self.device, |vae, (x, draw, share)| {
-                Ok(loss(vae, x, draw, kl_weight) * share)
-            })?;
+        let (value, grads) = summed_gradients(
+            &self.vae,
+            parts,
+            &self.device,
+            |vae, (x, draw, jitter, share)| Ok(loss(vae, x, draw, jitter, kl_weight) * share),
+        )?;
         self.vae = update(
             &self.vae,
             &mut self.optimizer,

@@ -173,18 +173,25 @@ pub struct HubSettings {
     pub progress: bool,
 }
 
-impl std::fmt::Debug for HubOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HubOptions")
-            .field("revision", &self.revision)
-            .field("token", &self.token.as_ref().map(|_| "…"))
-            .field("endpoint", &self.endpoint)
-            .field("cache_dir", &self.cache_dir)
-            .field("offline", &self.offline)
-            .field("progress", &self.progress)
-            .finish()
-    }
+/// `Debug` for the hub option types, with the token redacted.
+macro_rules! debug_without_token {
+    ($($ty:ident),*) => {$(
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("revision", &self.revision)
+                    .field("token", &self.token.as_ref().map(|_| "…"))
+                    .field("endpoint", &self.endpoint)
+                    .field("cache_dir", &self.cache_dir)
+                    .field("offline", &self.offline)
+                    .field("progress", &self.progress)
+                    .finish()
+            }
+        }
+    )*};
 }
+
+debug_without_token!(HubOptions, HubSettings);
 
 impl HubSettings {
     /// [`Error::Hub`] for `repo` at this revision.
@@ -200,19 +207,6 @@ impl HubSettings {
             reason,
             source,
         }
-    }
-}
-
-impl std::fmt::Debug for HubSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HubSettings")
-            .field("revision", &self.revision)
-            .field("token", &self.token.as_ref().map(|_| "…"))
-            .field("endpoint", &self.endpoint)
-            .field("cache_dir", &self.cache_dir)
-            .field("offline", &self.offline)
-            .field("progress", &self.progress)
-            .finish()
     }
 }
 

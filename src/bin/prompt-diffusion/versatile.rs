@@ -425,11 +425,6 @@ impl VersatileRun {
             OutputArgs::Images(out) => {
                 let size = Some(out.size.get());
                 read_latents_into(&mut generation, latents, out.num_images, size)?;
-                // Versatile Diffusion's image VAE downsamples 8×.
-                if let Some(shape) = generation.latents.as_ref().map(|l| l.shape.clone()) {
-                    generation.width = generation.width.or(Some(shape[3] * 8));
-                    generation.height = generation.height.or(Some(shape[2] * 8));
-                }
                 Output::Images(out.output.clone(), out.metadata)
             }
             OutputArgs::Texts(out) => {

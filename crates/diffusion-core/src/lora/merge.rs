@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::{DType, Shape, TensorPrimitive};
 
 use super::LoraLayer;
+use crate::nn::path::{MapAt, ModulePath, Tracked, VisitAt};
 use crate::{Error, Result};
 
 /// The kind of layer whose weight a LoRA updates.
@@ -41,10 +42,10 @@ pub struct LoraTargets {
 impl LoraTargets {
     /// Every `Linear` and `Conv2d` of `module`.
     pub fn of<B: Backend, M: Module<B>>(module: &M) -> Self {
-        let mut collect = Collect::default();
+        let mut collect = Tracked::new(Collect::default());
         module.visit(&mut collect);
         Self {
-            modules: collect.found,
+            modules: collect.inner.found,
             aliases: HashMap::new(),
         }
     }
@@ -88,13 +89,11 @@ impl LoraTargets {
 /// Finds the `weight` of every `Linear` and `Conv2d`.
 #[derive(Default)]
 struct Collect {
-    /// `(field, container type)` of the modules entered so far.
-    path: Vec<(String, String)>,
     found: BTreeMap<String, LoraTarget>,
 }
 
 /// The module path of a parameter path, without enum variants and the parameter's own name.
-fn module_path(path: &[(String, String)]) -> String {
+fn module_path(path: &ModulePath) -> String {
     let Some((_, parents)) = path.split_last() else {
         return String::new();
     };
@@ -107,7 +106,7 @@ fn module_path(path: &[(String, String)]) -> String {
 }
 
 /// The kind of layer a parameter path ends in, when it is a `Linear`/`Conv2d` weight.
-fn weight_kind(path: &[(String, String)]) -> Option<LoraLayerKind> {
+fn weight_kind(path: &ModulePath) -> Option<LoraLayerKind> {
     match path.last() {
         Some((name, container)) if name == "weight" => match container.as_str() {
             "Struct:Linear" => Some(LoraLayerKind::Linear),
@@ -118,21 +117,12 @@ fn weight_kind(path: &[(String, String)]) -> Option<LoraLayerKind> {
     }
 }
 
-impl<B: Backend> ModuleVisitor<B> for Collect {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path
-            .push((name.to_string(), container_type.to_string()));
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(kind) = weight_kind(&self.path) {
+impl<B: Backend> VisitAt<B> for Collect {
+    fn visit_at<const D: usize>(&mut self, path: &ModulePath, param: &Param<Tensor<B, D>>) {
+        if let Some(kind) = weight_kind(path) {
             let shape = param.lazy_shape().to_vec();
             self.found
-                .insert(module_path(&self.path), LoraTarget { kind, shape });
+                .insert(module_path(path), LoraTarget { kind, shape });
         }
     }
 }
@@ -287,11 +277,10 @@ impl<B: Backend> MergedWeights<B> {
                     .push((scale, update));
             }
         }
-        let mut merge = Merge {
-            path: Vec::new(),
+        let mut merge = Tracked::new(Merge {
             plan,
             originals: &mut self.originals,
-        };
+        });
         let module = module.map(&mut merge);
         crate::nn::channels_last_conv_weights(module)
     }
@@ -315,26 +304,20 @@ impl<B: Backend> MergedWeights<B> {
 
 /// Rewrites the weights of the planned layers.
 struct Merge<'a, B: Backend> {
-    path: Vec<(String, String)>,
     plan: HashMap<&'a str, Vec<(f32, &'a LoraUpdate<B>)>>,
     originals: &'a mut HashMap<String, TensorPrimitive<B>>,
 }
 
-impl<B: Backend> ModuleMapper<B> for Merge<'_, B> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path
-            .push((name.to_string(), container_type.to_string()));
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        if weight_kind(&self.path).is_none() {
+impl<B: Backend> MapAt<B> for Merge<'_, B> {
+    fn map_at<const D: usize>(
+        &mut self,
+        path: &ModulePath,
+        param: Param<Tensor<B, D>>,
+    ) -> Param<Tensor<B, D>> {
+        if weight_kind(path).is_none() {
             return param;
         }
-        let module = module_path(&self.path);
+        let module = module_path(path);
         if let Some(updates) = self.plan.get(module.as_str()) {
             let original = self
                 .originals

@@ -8,6 +8,7 @@ mod attention_processor;
 mod fused;
 mod layout;
 mod norm;
+pub(crate) mod path;
 mod resnet;
 mod sampling;
 
