@@ -17,7 +17,8 @@
 //! call with more steps goes on), so the run can be split over several sessions with the same
 //! result. Options: `--batch N`, `--lr X`, `--warmup N`, `--seed N` (a fresh run only),
 //! `--crop N` (VAE crop side, default 32), `--latent-noise X` (VAE decoder's latent noise,
-//! default 0.3), `--snr-gamma X` (Min-SNR-γ, default 5; 0 off), `--workers N` (threads per
+//! default 0.3), `--snr-gamma X` (Min-SNR-γ, default 5; 0 off), `--x0-weight-floor X`
+//! (default 0.25), `--offset-noise X` (default 0.1), `--workers N` (threads per
 //! batch), `--from DIR` (text-to-image without a checkpoint in the run: continue from an
 //! exported folder, such as the committed `models/scenes`), `--latent-channels N`, `--vae-channels A,B,C`, `--unet-channels A,B` (sizes other
 //! than the committed model's),
@@ -106,6 +107,8 @@ fn train_config(
         .with_crop(get(options, "crop", defaults.crop)?)
         .with_latent_noise(get(options, "latent-noise", defaults.latent_noise)?)
         .with_snr_gamma(get(options, "snr-gamma", defaults.snr_gamma)?)
+        .with_x0_weight_floor(get(options, "x0-weight-floor", defaults.x0_weight_floor)?)
+        .with_offset_noise(get(options, "offset-noise", defaults.offset_noise)?)
         .with_workers(get(options, "workers", defaults.workers)?))
 }
 
@@ -241,7 +244,9 @@ fn train_text_to_image(
                 .with_batch_size(32)
                 .with_learning_rate(1e-3)
                 .with_warmup_steps(300)
-                .with_snr_gamma(5.0);
+                .with_snr_gamma(5.0)
+                .with_x0_weight_floor(0.25)
+                .with_offset_noise(0.1);
             let mut config = ScenesModelConfig::scenes();
             if let Some(channels) = options.get("unet-channels") {
                 let channels: Vec<usize> = channels

@@ -331,6 +331,37 @@ fn min_snr_weighting_down_weights_only_the_low_noise_timesteps() {
     // A γ above every timestep's SNR leaves the loss as it is.
     let c = with_gamma(1e9);
     assert!((a - c).abs() <= 1e-6 * a, "{a} vs {c}");
+    // A floor under the clean-latent error's weight raises every weight, the noisiest most.
+    let mut state = saved.state().unwrap();
+    (state.train.snr_gamma, state.train.x0_weight_floor) = (5.0, 0.25);
+    saved.save_state(&state).unwrap();
+    let floored = TextToImageTrainer::<B>::resume(&saved, &DEVICE).unwrap();
+    let d = value(floored.validation_loss(VALIDATION).unwrap());
+    eprintln!("validation loss {d} with Min-SNR-5 and an x0 weight floor of 0.25");
+    assert!(d.is_finite() && d > b, "{b} → {d}");
+}
+
+#[test]
+fn offset_noise_trains_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let vae = trained_vae(1).into_vae();
+    let train = train_settings().with_offset_noise(0.1);
+    let mut trainer = TextToImageTrainer::<B>::new(tiny(), vae, train, &DEVICE).unwrap();
+    trainer.step().unwrap();
+    trainer.save(dir.path()).unwrap();
+    let straight: Vec<f32> = (0..2).map(|_| trainer.step().unwrap()).collect();
+    assert!(straight.iter().all(|l| l.is_finite()));
+    let checkpoint = latest_checkpoint(dir.path()).unwrap().unwrap();
+    let mut state = checkpoint.state().unwrap();
+    assert_eq!(state.train.offset_noise, 0.1);
+    let mut resumed = TextToImageTrainer::<B>::resume(&checkpoint, &DEVICE).unwrap();
+    let again: Vec<f32> = (0..2).map(|_| resumed.step().unwrap()).collect();
+    assert_eq!(straight, again);
+    // The offset changes the noise, so the loss.
+    state.train.offset_noise = 0.0;
+    checkpoint.save_state(&state).unwrap();
+    let mut plain = TextToImageTrainer::<B>::resume(&checkpoint, &DEVICE).unwrap();
+    assert_ne!(plain.step().unwrap(), straight[0]);
 }
 
 #[test]

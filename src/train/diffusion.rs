@@ -275,23 +275,20 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
         let latent = self.config.vae.latent_channels;
         let shape = [batch, latent, side / factor, side / factor];
         let draw = noise_tensor::<B::InnerBackend, 4>(&mut noise, shape, &device, DType::F32)?;
-        let eps = noise_tensor::<B::InnerBackend, 4>(&mut noise, shape, &device, DType::F32)?;
+        let mut eps = noise_tensor::<B::InnerBackend, 4>(&mut noise, shape, &device, DType::F32)?;
+        if self.train.offset_noise > 0.0 {
+            let offset = [batch, latent, 1, 1];
+            let offset =
+                noise_tensor::<B::InnerBackend, 4>(&mut noise, offset, &device, DType::F32)?;
+            eps = eps + offset * self.train.offset_noise;
+        }
         let n = self.alphas_cumprod.len() as u64;
         let t: Vec<usize> = (0..batch).map(|_| (rng.next_u64() % n) as usize).collect();
         let coefficients =
             |f: fn(f32) -> f32| t.iter().map(|&i| f(self.alphas_cumprod[i])).collect();
-        let gamma = self.train.snr_gamma;
         let weights = t
             .iter()
-            .map(|&i| {
-                let a = f64::from(self.alphas_cumprod[i]);
-                let snr = a / (1.0 - a);
-                if gamma > 0.0 {
-                    (snr.min(gamma) / snr) as f32
-                } else {
-                    1.0
-                }
-            })
+            .map(|&i| loss_weight(f64::from(self.alphas_cumprod[i]), &self.train))
             .collect();
         Ok(Batch {
             images,
@@ -358,6 +355,19 @@ impl<B: AutodiffBackend> TrainingStage for TextToImageTrainer<B> {
         checkpoint.save_state(&self.state())?;
         Ok(checkpoint)
     }
+}
+
+/// The loss weight of a scene at a timestep with `ᾱ = alpha_cumprod`:
+/// `(min(SNR, γ) + c) / SNR` with `SNR = ᾱ / (1 − ᾱ)`, γ = [`TrainConfig::snr_gamma`] (∞ when
+/// 0) and c = [`TrainConfig::x0_weight_floor`]; 1 when neither is set.
+fn loss_weight(alpha_cumprod: f64, train: &TrainConfig) -> f32 {
+    let snr = alpha_cumprod / (1.0 - alpha_cumprod);
+    let capped = if train.snr_gamma > 0.0 {
+        snr.min(train.snr_gamma)
+    } else {
+        snr
+    };
+    ((capped + train.x0_weight_floor) / snr) as f32
 }
 
 /// A batch's scenes, noise, timesteps and token ids, to be split into parts (each part

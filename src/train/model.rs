@@ -146,6 +146,19 @@ pub struct TrainConfig {
     /// Diffusion stage: the Min-SNR-γ loss weight `min(SNR(t), γ) / SNR(t)` of each
     /// timestep (Hang et al. 2023; diffusers' `--snr_gamma`), 0 for the plain mean.
     pub snr_gamma: f64,
+    /// Diffusion stage: a floor `c` under the weight of the clean-latent error, so each
+    /// timestep's loss weight is `(min(SNR(t), γ) + c) / SNR(t)` (`(SNR + c) / SNR` without γ;
+    /// `c = 1` is v-prediction's weighting), 0 for none. The ε-loss weighs the error of the
+    /// predicted clean latents by `SNR(t)`, next to nothing at the noisiest timesteps, where
+    /// only the caption can tell the picture's colours; the floor makes them count.
+    pub x0_weight_floor: f64,
+    /// Diffusion stage: the standard deviation of "offset noise" (Guttenberg 2023), a
+    /// Gaussian constant per scene and latent channel added to the noise, 0 for none. Stable
+    /// Diffusion's schedule leaves √ᾱ ≈ 0.07 of the latents at its last timestep, and the
+    /// mean of 16 × 16 latents reveals the background colour through the noise: a model
+    /// trained so reads the colour from the noise instead of the caption, and draws the
+    /// random colour of pure noise's mean. The offset hides it.
+    pub offset_noise: f64,
     /// The step the learning-rate warm-up counts from: 0, or the step a run was continued
     /// at with fresh optimiser moments
     /// ([`TextToImageTrainer::from_pipeline`](super::TextToImageTrainer::from_pipeline)).
@@ -168,6 +181,8 @@ impl Default for TrainConfig {
             workers: 1,
             latent_noise: 0.0,
             snr_gamma: 0.0,
+            x0_weight_floor: 0.0,
+            offset_noise: 0.0,
             warmup_from: 0,
         }
     }
@@ -201,6 +216,10 @@ impl TrainConfig {
         with_latent_noise(latent_noise: f64);
         /// Sets the Min-SNR-γ (0: off).
         with_snr_gamma(snr_gamma: f64);
+        /// Sets the floor of the clean-latent error's weight (0: off).
+        with_x0_weight_floor(x0_weight_floor: f64);
+        /// Sets the offset noise's standard deviation (0: off).
+        with_offset_noise(offset_noise: f64);
         /// Sets the step the warm-up counts from.
         with_warmup_from(warmup_from: usize);
     }
