@@ -379,7 +379,7 @@ struct Batch<B: AutodiffBackend> {
     signal: Vec<f32>,
     noise: Vec<f32>,
     timesteps: Vec<f32>,
-    /// Each scene's loss weight (Min-SNR-γ, or 1).
+    /// Each scene's loss weight ([`loss_weight`]).
     weights: Vec<f32>,
     ids: Vec<Vec<u32>>,
     device: B::Device,
