@@ -35,7 +35,7 @@ use regex::Regex;
 
 use crate::pipelines::Generation;
 
-pub use hash::{file_sha256, model_hash, model_name, short_hash};
+pub use hash::{file_sha256, lora_hash, model_hash, model_name, short_hash};
 pub use png::{
     PARAMETERS_KEYWORD, encode_png, read_parameters, read_parameters_text, save_png_with_parameters,
 };
@@ -176,15 +176,23 @@ impl GenerationParameters {
             .transpose()
     }
 
+    /// The prompt without its `<lora:…>` tags, as A1111 gives it to the text encoder (the
+    /// spaces around a tag stay; the tokenizer folds them).
+    pub fn prompt_without_loras(&self) -> String {
+        LORA_TAG.replace_all(&self.prompt, "").into_owned()
+    }
+
     /// Sets in `generation` every option these parameters give: the prompts, steps, scheduler,
     /// guidance scale, seed, size and DDIM's η (`Eta DDIM`). Options they leave out keep their
-    /// value.
+    /// value. The prompt loses its `<lora:…>` tags ([`prompt_without_loras`](Self::prompt_without_loras)),
+    /// which A1111 reads as instructions and never gives the text encoder; the LoRAs themselves
+    /// are files the caller loads ([`loras`](Self::loras) names them).
     ///
     /// # Errors
     /// [`Error::Unsupported`] for a sampler this crate has no scheduler for;
     /// [`Error::InvalidInput`] for an `Eta DDIM` that is not a number.
     pub fn apply_to(&self, generation: &mut Generation) -> Result<()> {
-        generation.prompt = self.prompt.clone();
+        generation.prompt = self.prompt_without_loras();
         generation.negative_prompt =
             (!self.negative_prompt.is_empty()).then(|| self.negative_prompt.clone());
         if let Some(steps) = self.steps {

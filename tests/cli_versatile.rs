@@ -451,3 +451,53 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
         &["no-model"],
     );
 }
+
+#[test]
+fn vae_tiling_and_slicing_reach_the_vae_and_match_the_library() {
+    use prompt_diffusion::versatile::Flow;
+    use prompt_diffusion::vae::{VaeOptions, VaeTiling};
+
+    // 32-px tiles make the 64 × 40 decode run in overlapping tiles.
+    let dir = tempfile::tempdir().unwrap();
+    let out = path(dir.path(), "tiled.png");
+    let switches = ["--vae-tiling", "--vae-tile-size", "32", "--vae-slicing"];
+    let extra = [
+        &SMALL[..],
+        &["--prompt", "a red car"],
+        &switches[..],
+        &["--output", out.as_str()],
+    ]
+    .concat();
+    succeed("text-to-image", &model_args(), &extra);
+
+    let vae = VaeOptions::default()
+        .with_tiling(VaeTiling::default().with_tile_sample_size(32))
+        .with_slicing(true);
+    let options = VersatileModelOptions::default()
+        .with_flows([Flow::TextToImage])
+        .with_vae(fixture("tiny-sd/vae"))
+        .with_tokenizer(fixture("tiny-sd/tokenizer"))
+        .with_vae_options(vae);
+    let vd = VersatileDiffusion::<B>::from_pretrained(fixture("versatile/vd"), &options, &DEVICE)
+        .unwrap();
+    assert_eq!(vd.components.vae.as_ref().unwrap().options(), vae);
+    let g = Generation::new("a red car")
+        .with_steps(2)
+        .with_seed(3)
+        .with_size(64, 40);
+    let expected = vd.text_to_image(&g, &mut NoProgress).unwrap();
+    assert_eq!(rgb(&out).as_raw(), expected[0].as_raw(), "CLI ≠ library");
+
+    // A tile smaller than the VAE's downsampling is refused before the model runs.
+    let extra = [
+        &SMALL[..],
+        &["--prompt", "x", "--vae-tiling", "--vae-tile-size", "2"],
+    ]
+    .concat();
+    assert_fails(
+        "text-to-image",
+        &model_args(),
+        &extra,
+        &["2", "downsampling factor"],
+    );
+}

@@ -414,6 +414,54 @@ fn the_program_merges_lora_options() {
     assert_cli_succeeds(words("txt2img", &[&args]));
     let image: RgbImage = image::open(&out).unwrap().to_rgb8();
     assert_images_close("--lora", &[image], &expected(&io, "txt2img.image"));
+    // The PNG names the LoRAs as A1111 does: `<lora:stem:scale>` and the "addnet" hash, the
+    // SHA-256 of a safetensors file's bytes after its header.
+    let recorded = prompt_diffusion::metadata::read_parameters(&out)
+        .unwrap()
+        .expect("the PNG records its parameters");
+    let addnet_hash = |name: &str| {
+        use sha2::{Digest, Sha256};
+        let bytes = std::fs::read(lora(name)).unwrap();
+        let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let digest = Sha256::digest(&bytes[8 + header..]);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Some(hex[..12].to_string())
+    };
+    let names: Vec<_> = recorded
+        .loras
+        .iter()
+        .map(|l| (l.name.as_str(), l.scale, l.hash.clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("peft", 0.7, addnet_hash("peft")),
+            ("kohya", 0.5, addnet_hash("kohya"))
+        ]
+    );
+    assert_eq!(recorded.prompt_without_loras().trim_end(), PROMPT);
+    // `--from` gives the text encoder the prompt without the tags: the same image again.
+    let again = dir.path().join("again.png").display().to_string();
+    let from = [
+        "--model",
+        &tiny,
+        "--from",
+        &out,
+        "--latents",
+        &latents,
+        "--lora",
+        &peft,
+        "--lora",
+        &kohya,
+        "--backend",
+        "ndarray",
+        "--output",
+        &again,
+    ];
+    assert_cli_succeeds(words("txt2img", &[&from]));
+    let first: RgbImage = image::open(&out).unwrap().to_rgb8();
+    let second: RgbImage = image::open(&again).unwrap().to_rgb8();
+    assert!(first == second, "--from with the LoRAs made another image");
 
     let base = [
         "--model",

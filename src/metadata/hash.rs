@@ -15,21 +15,7 @@ use sha2::{Digest, Sha256};
 pub fn file_sha256(path: impl AsRef<Path>) -> Result<String> {
     let path = path.as_ref();
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = reader.read(&mut buffer).map_err(|e| Error::io(path, e))?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    sha256_hex(BufReader::with_capacity(1 << 20, file)).map_err(|e| Error::io(path, e))
 }
 
 /// A1111's short hash of a checkpoint: the first 10 hex digits of the file's SHA-256 (the
@@ -41,6 +27,61 @@ pub fn short_hash(path: impl AsRef<Path>) -> Result<String> {
     let mut hash = file_sha256(path)?;
     hash.truncate(10);
     Ok(hash)
+}
+
+/// A1111's short hash of a LoRA file, its `Lora hashes` entry: the first 12 hex digits of the
+/// SHA-256 of the tensor data of a `.safetensors` file (the bytes after its header, the
+/// "addnet hash" that stays the same when only the metadata changes), or of the whole file in
+/// any other format.
+///
+/// # Errors
+/// [`Error::Io`] naming the file when it cannot be read; [`Error::Format`] when a
+/// `.safetensors` file is shorter than its header says.
+pub fn lora_hash(path: impl AsRef<Path>) -> Result<String> {
+    let path = path.as_ref();
+    let safetensors = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let mut hash = if safetensors {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut length = [0u8; 8];
+        reader
+            .read_exact(&mut length)
+            .map_err(|_| Error::format(path, "shorter than a safetensors header"))?;
+        let header = u64::from_le_bytes(length);
+        let skipped = std::io::copy(&mut reader.by_ref().take(header), &mut std::io::sink())
+            .map_err(|e| Error::io(path, e))?;
+        if skipped < header {
+            return Err(Error::format(
+                path,
+                format!("the header of {header} bytes is cut off after {skipped}"),
+            ));
+        }
+        sha256_hex(reader).map_err(|e| Error::io(path, e))?
+    } else {
+        file_sha256(path)?
+    };
+    hash.truncate(12);
+    Ok(hash)
+}
+
+/// The SHA-256 of what `reader` gives, in lower-case hex.
+fn sha256_hex(mut reader: impl Read) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = reader.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// The `Model hash` of a model: for a single file, its [`short_hash`]; for a diffusers folder,

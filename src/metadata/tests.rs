@@ -232,3 +232,29 @@ fn generations_become_parameters_and_back() {
     assert_eq!((back.width, back.height), (Some(64), Some(96)));
     assert_eq!((back.scheduler, back.eta), (Some(SchedulerKind::Ddim), 0.5));
 }
+
+#[test]
+fn loras_are_recorded_and_their_tags_never_reach_the_prompt() {
+    let mut p = GenerationParameters::from_generation(
+        &Generation::new("a fox, ink"),
+        (64, 64),
+        SchedulerKind::Ddim,
+    );
+    p.loras.push(LoraReference {
+        name: "ink".into(),
+        scale: 0.8,
+        hash: Some("4f2a9c81d0e3".into()),
+    });
+    let text = p.to_a1111_string();
+    assert!(text.starts_with("a fox, ink <lora:ink:0.8>\n"), "{text}");
+    assert!(
+        text.contains("Lora hashes: \"ink: 4f2a9c81d0e3\""),
+        "{text}"
+    );
+    let read = GenerationParameters::parse(&text).unwrap();
+    assert_eq!(read.loras, p.loras);
+    assert_eq!(read.prompt_without_loras(), "a fox, ink ");
+    let mut back = Generation::default();
+    read.apply_to(&mut back).unwrap();
+    assert_eq!(back.prompt, "a fox, ink ");
+}

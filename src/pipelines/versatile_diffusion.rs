@@ -21,6 +21,7 @@ use prompt_diffusion_core::hub::{HubOptions, Wanted};
 use prompt_diffusion_core::progress::StepCallback;
 use prompt_diffusion_core::weights::LoadOptions;
 use prompt_diffusion_schedulers::{Sampler, SchedulerConfig};
+use prompt_diffusion_vae::VaeOptions;
 pub use prompt_diffusion_versatile_flows::{
     Flow, ImagePrompt, OfficialFiles, OptimusFiles, TextDecoding, UncondImage,
 };
@@ -84,6 +85,8 @@ pub struct VersatileModelOptions {
     pub vae: Option<PathBuf>,
     /// Another tokenizer folder than the model's `tokenizer/`.
     pub tokenizer: Option<PathBuf>,
+    /// How the VAE runs (tiles, slices), as [`ModelOptions::vae`](super::ModelOptions::vae).
+    pub vae_options: VaeOptions,
     /// Where a model named by Hugging Face repository id (`shi-labs/versatile-diffusion`) is
     /// found and downloaded (as [`ModelOptions::hub`](super::ModelOptions::hub)).
     pub hub: HubOptions,
@@ -97,6 +100,7 @@ impl Default for VersatileModelOptions {
             optimus: None,
             vae: None,
             tokenizer: None,
+            vae_options: VaeOptions::default(),
             hub: HubOptions::default(),
         }
     }
@@ -114,6 +118,8 @@ impl VersatileModelOptions {
         with_vae(vae: impl Into<PathBuf>) = Some(vae.into());
         /// Uses another tokenizer folder.
         with_tokenizer(tokenizer: impl Into<PathBuf>) = Some(tokenizer.into());
+        /// Runs the VAE with these options (tiling, slicing).
+        with_vae_options(vae_options: VaeOptions);
         /// Finds models named by repository id with these hub options.
         with_hub(hub: HubOptions);
     }
@@ -178,7 +184,7 @@ impl<B: Backend> VersatileDiffusion<B> {
         let components =
             VersatileComponents::from_folders(&folders, optimus, &options.flows, &load, device)?;
         let scheduler = SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?;
-        Ok(Self::new(components, scheduler, device))
+        Self::new(components, scheduler, device).with_vae_running(options.vae_options)
     }
 
     /// Loads the official checkpoints (`vd-four-flow-v1-0.pth`, `kl-f8.pth`, CLIP ViT-L/14) with
@@ -194,11 +200,16 @@ impl<B: Backend> VersatileDiffusion<B> {
         let (optimus, load) = (options.optimus.as_ref(), LoadOptions::default());
         let components =
             VersatileComponents::from_official(files, optimus, &options.flows, &load, device)?;
-        Ok(Self::new(
-            components,
-            SchedulerConfig::from_json(SCHEDULER)?,
-            device,
-        ))
+        Self::new(components, SchedulerConfig::from_json(SCHEDULER)?, device)
+            .with_vae_running(options.vae_options)
+    }
+
+    /// The model with its VAE (when loaded) set to run with `options`.
+    fn with_vae_running(mut self, options: VaeOptions) -> Result<Self> {
+        if let Some(vae) = &mut self.components.vae {
+            vae.set_options(options)?;
+        }
+        Ok(self)
     }
 
     /// Wraps loaded components.

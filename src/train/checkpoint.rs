@@ -27,6 +27,24 @@ pub struct TrainState {
     pub train: TrainConfig,
 }
 
+impl TrainState {
+    /// The state itself when it was written by `stage`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `source` (the file or folder the state was read from) when
+    /// another stage wrote it.
+    pub fn expect_stage(self, stage: &str, source: &Path) -> Result<Self> {
+        if self.stage == stage {
+            Ok(self)
+        } else {
+            Err(Error::invalid_input(
+                source.display().to_string(),
+                format!("a `{}` state, `{stage}` expected", self.stage),
+            ))
+        }
+    }
+}
+
 /// A resumable training stage ([`VaeTrainer`](super::VaeTrainer),
 /// [`TextToImageTrainer`](super::TextToImageTrainer)): what a training loop drives.
 pub trait TrainingStage {
@@ -193,18 +211,7 @@ impl Checkpoint {
     /// As [`state`](Self::state); [`Error::InvalidInput`] naming the folder when the checkpoint
     /// was written by another stage.
     pub fn state_for(&self, stage: &str) -> Result<TrainState> {
-        let state = self.state()?;
-        if state.stage != stage {
-            return Err(Error::invalid_input(
-                "checkpoint",
-                format!(
-                    "{} is a `{}` checkpoint, `{stage}` expected",
-                    self.dir.display(),
-                    state.stage
-                ),
-            ));
-        }
-        Ok(state)
+        self.state()?.expect_stage(stage, &self.dir)
     }
 }
 

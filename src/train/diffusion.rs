@@ -17,9 +17,9 @@ use super::model::{ScenesModelConfig, TrainConfig, materialize, scene_batch, ste
 use super::optim::{adamw, update};
 use super::parallel::{split, summed_gradients};
 use crate::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
+use crate::core::Result;
 use crate::core::noise::{SeededNoise, noise_tensor};
 use crate::core::weights::{LoadOptions, Pretrained};
-use crate::core::{Error, Result};
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
 use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -182,13 +182,8 @@ impl<B: AutodiffBackend> TextToImageTrainer<B> {
     /// # Errors
     /// A folder without a text-to-image `training.json`, or with unreadable components.
     pub fn from_pipeline(dir: &Path, train: TrainConfig, device: &B::Device) -> Result<Self> {
-        let state = super::read_training_state(dir)?;
-        if state.stage != STAGE {
-            return Err(Error::invalid_input(
-                dir.join(TRAINING_STATE).display().to_string(),
-                format!("stage `{}`, expected `{STAGE}`", state.stage),
-            ));
-        }
+        let state =
+            super::read_training_state(dir)?.expect_stage(STAGE, &dir.join(TRAINING_STATE))?;
         let options = LoadOptions::default().with_dtype(DType::F32);
         let config = ScenesModelConfig {
             text_encoder: CLIPTextConfig::from_file(dir.join("text_encoder/config.json"))?,

@@ -77,16 +77,9 @@ pub struct ModelArgs {
     /// $HF_TOKEN, else the token file `hf auth login` writes).
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
-    /// Run the VAE in overlapping tiles, so large images decode in bounded memory (diffusers'
-    /// enable_vae_tiling).
-    #[arg(long)]
-    pub vae_tiling: bool,
-    /// With --vae-tiling: the tile side in pixels (default: the VAE's sample_size, 512 for SD1.5).
-    #[arg(long, value_name = "PIXELS", requires = "vae_tiling")]
-    pub vae_tile_size: Option<usize>,
-    /// Run the VAE on one image of a batch at a time (diffusers' enable_vae_slicing).
-    #[arg(long)]
-    pub vae_slicing: bool,
+    /// How the VAE runs.
+    #[command(flatten)]
+    pub vae: VaeArgs,
     /// A LoRA file (PEFT/diffusers or kohya-ss layout) merged into the UNet and the text
     /// encoder at SCALE (default 1); repeat for several, e.g. --lora ink.safetensors:0.8.
     #[arg(long, value_name = "FILE[:SCALE]", value_parser = lora_arg)]
@@ -98,6 +91,36 @@ pub struct ModelArgs {
     pub embedding: Vec<EmbeddingSpec>,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// How the VAE runs: tiles and slices (diffusers' `enable_vae_tiling`/`enable_vae_slicing`).
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct VaeArgs {
+    /// Run the VAE in overlapping tiles, so large images decode in bounded memory (diffusers'
+    /// enable_vae_tiling).
+    #[arg(long)]
+    pub vae_tiling: bool,
+    /// With --vae-tiling: the tile side in pixels (default: the VAE's sample_size, 512 for SD1.5).
+    #[arg(long, value_name = "PIXELS", requires = "vae_tiling")]
+    pub vae_tile_size: Option<usize>,
+    /// Run the VAE on one image of a batch at a time (diffusers' enable_vae_slicing).
+    #[arg(long)]
+    pub vae_slicing: bool,
+}
+
+impl VaeArgs {
+    /// `--vae-tiling`, `--vae-tile-size` and `--vae-slicing`.
+    pub fn options(&self) -> VaeOptions {
+        let vae = VaeOptions::default().with_slicing(self.vae_slicing);
+        if !self.vae_tiling {
+            return vae;
+        }
+        let tiling = match self.vae_tile_size {
+            Some(size) => VaeTiling::default().with_tile_sample_size(size),
+            None => VaeTiling::default(),
+        };
+        vae.with_tiling(tiling)
+    }
 }
 
 /// Where the work runs and in which float type.
@@ -126,20 +149,7 @@ impl ModelArgs {
         options.config.clone_from(&self.config);
         options.loras.clone_from(&self.lora);
         options.textual_inversions.clone_from(&self.embedding);
-        options.with_vae(self.vae_options())
-    }
-
-    /// `--vae-tiling`, `--vae-tile-size` and `--vae-slicing`.
-    pub fn vae_options(&self) -> VaeOptions {
-        let vae = VaeOptions::default().with_slicing(self.vae_slicing);
-        if !self.vae_tiling {
-            return vae;
-        }
-        let tiling = match self.vae_tile_size {
-            Some(size) => VaeTiling::default().with_tile_sample_size(size),
-            None => VaeTiling::default(),
-        };
-        vae.with_tiling(tiling)
+        options.with_vae(self.vae.options())
     }
 
     /// Where models named by repository id are found and downloaded: `--revision`, `--token`,

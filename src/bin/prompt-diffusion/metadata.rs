@@ -8,8 +8,10 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 use prompt_diffusion::Generation;
 use prompt_diffusion::metadata::{
-    GenerationParameters, model_hash, model_name, read_parameters, read_parameters_text,
+    GenerationParameters, LoraReference, lora_hash, model_hash, model_name, read_parameters,
+    read_parameters_text,
 };
+use prompt_diffusion::pipelines::LoraSpec;
 use prompt_diffusion::schedulers::{SchedulerConfig, SchedulerKind};
 
 use crate::args::{GenerationArgs, ModelArgs, path_arg};
@@ -95,6 +97,18 @@ pub fn apply_from(
     parameters
         .apply_to(generation)
         .with_context(|| format!("--from {}", image.display()))?;
+    if !parameters.loras.is_empty() {
+        let loras: Vec<String> = parameters
+            .loras
+            .iter()
+            .map(|l| format!("{}:{}", l.name, l.scale))
+            .collect();
+        tracing::warn!(
+            "{} was made with the LoRAs {}; give the same files with --lora to make it again",
+            image.display(),
+            loras.join(", ")
+        );
+    }
     if let Some(file) = parameters.extra(LATENTS) {
         tracing::warn!(
             "{} was made from initial latents ({file}); give --latents FILE to make it again",
@@ -107,34 +121,76 @@ pub fn apply_from(
 /// The extra key naming a run's `--latents` file.
 const LATENTS: &str = "Latents";
 
-/// A model's `Model` and `Model hash`; the hash (a SHA-256 of gigabytes) is computed on a
-/// thread while the model loads and runs.
+/// A model's `Model` and `Model hash`, and its LoRAs with their `Lora hashes`; the hashes
+/// (SHA-256s of gigabytes) are computed on a thread while the model loads and runs.
 pub struct ModelStamp {
     name: String,
-    hash: Option<JoinHandle<Option<String>>>,
+    loras: Vec<LoraReference>,
+    hashes: Option<JoinHandle<Hashes>>,
 }
+
+/// The model's hash and the LoRAs' hashes, when they could be computed.
+type Hashes = (Option<String>, Vec<Option<String>>);
 
 impl ModelStamp {
     /// Starts hashing `path` (a checkpoint or a diffusers folder; a repository id gets no
-    /// hash) unless the parameters are not written.
-    pub fn start(path: Option<&Path>, variant: Option<&str>, metadata: MetadataArgs) -> Self {
+    /// hash) and the `loras` files unless the parameters are not written.
+    pub fn start(
+        path: Option<&Path>,
+        variant: Option<&str>,
+        loras: &[LoraSpec],
+        metadata: MetadataArgs,
+    ) -> Self {
         let name = path.map(model_name).unwrap_or_default();
-        let local = path.filter(|p| !metadata.no_metadata && p.exists());
-        let hash = local.map(|path| {
-            let (path, variant) = (path.to_path_buf(), variant.map(str::to_string));
+        let references = loras
+            .iter()
+            .map(|spec| LoraReference {
+                name: model_name(&spec.path),
+                // The scale as typed (0.7, not 0.699999988…).
+                scale: spec
+                    .scale
+                    .to_string()
+                    .parse()
+                    .unwrap_or(f64::from(spec.scale)),
+                hash: None,
+            })
+            .collect();
+        let hashes = (!metadata.no_metadata).then(|| {
+            let model = path.filter(|p| p.exists()).map(Path::to_path_buf);
+            let variant = variant.map(str::to_string);
+            let files: Vec<PathBuf> = loras.iter().map(|l| l.path.clone()).collect();
             std::thread::spawn(move || {
-                model_hash(&path, variant.as_deref())
-                    .inspect_err(|e| tracing::warn!("no model hash: {e}"))
-                    .ok()
+                let model = model.and_then(|path| {
+                    model_hash(&path, variant.as_deref())
+                        .inspect_err(|e| tracing::warn!("no model hash: {e}"))
+                        .ok()
+                });
+                let loras = files
+                    .iter()
+                    .map(|file| {
+                        lora_hash(file)
+                            .inspect_err(|e| tracing::warn!("no LoRA hash: {e}"))
+                            .ok()
+                    })
+                    .collect();
+                (model, loras)
             })
         });
-        Self { name, hash }
+        Self {
+            name,
+            loras: references,
+            hashes,
+        }
     }
 
-    /// The name and the hash (waiting for it).
-    fn finish(self) -> (String, Option<String>) {
-        let hash = self.hash.and_then(|h| h.join().ok().flatten());
-        (self.name, hash)
+    /// The name, the hash and the LoRAs (waiting for the hashes).
+    fn finish(self) -> (String, Option<String>, Vec<LoraReference>) {
+        let (hash, lora_hashes) = self.hashes.and_then(|h| h.join().ok()).unwrap_or_default();
+        let mut loras = self.loras;
+        for (lora, hash) in loras.iter_mut().zip(lora_hashes) {
+            lora.hash = hash;
+        }
+        (self.name, hash, loras)
     }
 }
 
@@ -178,8 +234,9 @@ impl Record {
         if kind.is_none() {
             parameters.sampler = None;
         }
-        let (name, hash) = stamp.finish();
+        let (name, hash, loras) = stamp.finish();
         let mut parameters = parameters.with_model(name, hash);
+        parameters.loras = loras;
         if let Some(file) = &options.latents {
             parameters.set_extra(LATENTS, file_name(file));
         }
@@ -230,11 +287,11 @@ pub fn image_size(images: &[image::RgbImage]) -> (usize, usize) {
 }
 
 impl ModelArgs {
-    /// The `Model` and `Model hash` of `--model` or `--checkpoint`, hashed in the background
-    /// unless `metadata` turns the parameters off.
+    /// The `Model` and `Model hash` of `--model` or `--checkpoint` and the `--lora` files,
+    /// hashed in the background unless `metadata` turns the parameters off.
     pub fn stamp(&self, metadata: MetadataArgs) -> ModelStamp {
         let path = self.model.as_deref().or(self.checkpoint.as_deref());
-        ModelStamp::start(path, self.variant.as_deref(), metadata)
+        ModelStamp::start(path, self.variant.as_deref(), &self.lora, metadata)
     }
 }
 
@@ -243,7 +300,7 @@ impl crate::versatile::VdModelArgs {
     /// The `Model` and `Model hash` of `--model` or `--checkpoint` (see [`ModelArgs::stamp`]).
     pub fn stamp(&self, metadata: MetadataArgs) -> ModelStamp {
         let path = self.model.as_deref().or(self.checkpoint.as_deref());
-        ModelStamp::start(path, self.variant.as_deref(), metadata)
+        ModelStamp::start(path, self.variant.as_deref(), &[], metadata)
     }
 }
 

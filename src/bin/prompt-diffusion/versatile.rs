@@ -21,7 +21,9 @@ use prompt_diffusion::versatile::{
     Flow, Modality, OfficialFiles, OptimusConfig, OptimusFiles, TextDecoding, UncondImage,
 };
 
-use crate::args::{DenoiseArgs, DeviceArgs, SizeArgs, load_timed, read_latents_into, resolve_seed};
+use crate::args::{
+    DenoiseArgs, DeviceArgs, SizeArgs, VaeArgs, load_timed, read_latents_into, resolve_seed,
+};
 use crate::metadata::{MetadataArgs, Record, image_size};
 use crate::output::{Progress, check_output, read_tensor, save_images, save_texts};
 
@@ -81,6 +83,9 @@ pub struct VdModelArgs {
     /// With --model: weight-file variant to prefer (e.g. fp16).
     #[arg(long)]
     pub variant: Option<String>,
+    /// How the VAE runs.
+    #[command(flatten)]
+    pub vae_options: VaeArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -504,7 +509,7 @@ impl VdModelArgs {
         options.optimus = self.optimus.files(flow)?;
         options.vae.clone_from(&self.vae);
         options.tokenizer.clone_from(&self.tokenizer);
-        Ok(options)
+        Ok(options.with_vae_options(self.vae_options.options()))
     }
 
     /// The official files: `checkpoint`, --checkpoint-vae, --clip and the overrides.
