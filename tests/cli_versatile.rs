@@ -454,8 +454,8 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
 
 #[test]
 fn vae_tiling_and_slicing_reach_the_vae_and_match_the_library() {
-    use prompt_diffusion::versatile::Flow;
     use prompt_diffusion::vae::{VaeOptions, VaeTiling};
+    use prompt_diffusion::versatile::Flow;
 
     // 32-px tiles make the 64 × 40 decode run in overlapping tiles.
     let dir = tempfile::tempdir().unwrap();

@@ -400,6 +400,8 @@ fn the_program_merges_lora_options() {
         "7.5",
         "--scheduler",
         "ddim",
+    ];
+    let shared = [
         "--latents",
         &latents,
         "--lora",
@@ -408,10 +410,8 @@ fn the_program_merges_lora_options() {
         &kohya,
         "--backend",
         "ndarray",
-        "--output",
-        &out,
     ];
-    assert_cli_succeeds(words("txt2img", &[&args]));
+    assert_cli_succeeds(words("txt2img", &[&args, &shared, &["--output", &out]]));
     let image: RgbImage = image::open(&out).unwrap().to_rgb8();
     assert_images_close("--lora", &[image], &expected(&io, "txt2img.image"));
     // The PNG names the LoRAs as A1111 does: `<lora:stem:scale>` and the "addnet" hash, the
@@ -442,23 +442,8 @@ fn the_program_merges_lora_options() {
     assert_eq!(recorded.prompt_without_loras().trim_end(), PROMPT);
     // `--from` gives the text encoder the prompt without the tags: the same image again.
     let again = dir.path().join("again.png").display().to_string();
-    let from = [
-        "--model",
-        &tiny,
-        "--from",
-        &out,
-        "--latents",
-        &latents,
-        "--lora",
-        &peft,
-        "--lora",
-        &kohya,
-        "--backend",
-        "ndarray",
-        "--output",
-        &again,
-    ];
-    assert_cli_succeeds(words("txt2img", &[&from]));
+    let from = ["--model", &tiny, "--from", &out];
+    assert_cli_succeeds(words("txt2img", &[&from, &shared, &["--output", &again]]));
     let first: RgbImage = image::open(&out).unwrap().to_rgb8();
     let second: RgbImage = image::open(&again).unwrap().to_rgb8();
     assert!(first == second, "--from with the LoRAs made another image");
