@@ -258,3 +258,42 @@ fn loras_are_recorded_and_their_tags_never_reach_the_prompt() {
     read.apply_to(&mut back).unwrap();
     assert_eq!(back.prompt, "a fox, ink ");
 }
+
+#[test]
+fn lora_hashes_skip_the_safetensors_header_and_refuse_cut_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    // Only the bytes after the header count: another header, the same data, the same hash.
+    let data = b"tensor bytes";
+    let file = |header: &[u8]| {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(data);
+        bytes
+    };
+    let a = lora_hash(write("a.safetensors", &file(b"{}"))).unwrap();
+    let b = lora_hash(write("b.safetensors", &file(br#"{"__metadata__":{}}"#))).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 12);
+    // Other formats hash the whole file, as A1111 does.
+    let whole = write("c.pt", data);
+    assert_eq!(
+        lora_hash(&whole).unwrap(),
+        file_sha256(&whole).unwrap()[..12]
+    );
+    // Cut files and a header length past the end are format errors naming the file, and
+    // nothing of the claimed size is allocated.
+    for (name, bytes) in [
+        ("short.safetensors", vec![1u8, 2, 3]),
+        ("huge.safetensors", u64::MAX.to_le_bytes().to_vec()),
+    ] {
+        match lora_hash(write(name, &bytes)) {
+            Err(Error::Format { path, .. }) => assert!(path.ends_with(name), "{path:?}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
