@@ -198,7 +198,7 @@ impl Chain {
         };
         let mut in_context = InContextOptions::notebook();
         if tiny {
-            (in_context.steps, in_context.resolution) = (10, Some(128));
+            (in_context.generation.steps, in_context.resolution) = (10, Some(128));
         }
         Ok(Self {
             restore: Restore::task(Task::Derain)
@@ -388,7 +388,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(steps) = get("steps") {
         let steps = steps.parse()?;
         chain.restore.steps = steps;
-        (chain.in_context.steps, chain.variation.steps) = (steps, steps);
+        (chain.in_context.generation.steps, chain.variation.steps) = (steps, steps);
     }
     let task = Compose {
         models,

@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     let mut options = InContextOptions::notebook().with_seed(1);
     let pd = if checkpoint.is_empty() {
         // The tiny model: tiny-sd with the tiny Prompt Diffusion ControlNet, 64-pixel images.
-        options.steps = 10;
+        options.generation.steps = 10;
         options.resolution = Some(64);
         let sd = StableDiffusion::<B>::from_pretrained(
             "fixtures/tiny-sd",

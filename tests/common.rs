@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use image::RgbImage;
+use prompt_diffusion::core::noise::ReplayNoise;
 use prompt_diffusion::core::testing::{TestBackend, TestDevice};
 use prompt_diffusion::core::weights::TensorSource;
 use prompt_diffusion::{ModelOptions, StableDiffusion, StableDiffusionControlNet};
@@ -24,6 +25,31 @@ pub fn fixtures() -> PathBuf {
 /// A path under `fixtures/`, as a program argument.
 pub fn fixture(path: &str) -> String {
     fixtures().join(path).display().to_string()
+}
+
+/// The tiny Stable Diffusion model of `fixtures/tiny-sd`, loaded with `options`.
+pub fn tiny_sd_with(options: &ModelOptions) -> StableDiffusion<B> {
+    StableDiffusion::from_pretrained(fixtures().join("tiny-sd"), options, &DEVICE).unwrap()
+}
+
+/// [`tiny_sd_with`] the default options.
+pub fn tiny_sd() -> StableDiffusion<B> {
+    tiny_sd_with(&ModelOptions::default())
+}
+
+/// The reference's noise draws `{prefix}0`, `{prefix}1`, … in order, to be replayed.
+pub fn replay(io: &TensorSource, prefix: &str) -> ReplayNoise {
+    let draws = (0..)
+        .map_while(|i| io.data(&format!("{prefix}{i}")).ok())
+        .collect::<Vec<_>>();
+    ReplayNoise::new(draws)
+}
+
+/// Asserts that a run took every draw of the reference's `noise` and made the images stored
+/// under `{name}.image` (within 2/255, [`assert_images_close`]).
+pub fn assert_replayed(name: &str, images: &[RgbImage], noise: &ReplayNoise, io: &TensorSource) {
+    assert_eq!(noise.remaining(), 0, "{name}: unused reference noise");
+    assert_images_close(name, images, &expected(io, &format!("{name}.image")));
 }
 
 /// `sd` with the standard ControlNet of the Prompt Diffusion fixtures.

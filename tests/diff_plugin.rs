@@ -14,17 +14,11 @@ use prompt_diffusion::core::testing::assert_close;
 use prompt_diffusion::core::weights::TensorSource;
 use prompt_diffusion::diff_plugin::Task;
 use prompt_diffusion::pipelines::diff_plugin::{DiffPlugin, Restore, WorkingSize};
-use prompt_diffusion::{ModelOptions, StableDiffusion};
 
-use crate::common::{B, DEVICE, assert_images_close, fixtures};
+use crate::common::{B, DEVICE, assert_images_close, fixtures, tiny_sd};
 
 fn pipeline() -> DiffPlugin<B> {
-    let sd = StableDiffusion::from_pretrained(
-        fixtures().join("tiny-sd"),
-        &ModelOptions::default(),
-        &DEVICE,
-    )
-    .unwrap();
+    let sd = tiny_sd();
     let dir = fixtures().join("diff_plugin");
     DiffPlugin::new(sd, dir.join("clip-vision"), dir.join("pre-trained")).unwrap()
 }
@@ -135,12 +129,7 @@ fn errors_name_the_problem() {
     assert!(matches!(err, Error::Cancelled { step: 0 }), "{err}");
     // A plugins folder without the task's files names the missing file.
     let empty = tempfile::tempdir().unwrap();
-    let sd = StableDiffusion::from_pretrained(
-        fixtures().join("tiny-sd"),
-        &ModelOptions::default(),
-        &DEVICE,
-    )
-    .unwrap();
+    let sd = tiny_sd();
     let pipe =
         DiffPlugin::<B>::new(sd, fixtures().join("diff_plugin/clip-vision"), empty.path()).unwrap();
     let err = pipe

@@ -5,14 +5,14 @@
 //! the same blending against the reference loop of the fixture script.
 
 use crate::common::{
-    B, DEVICE, assert_images_close, copy_dir, expected, fixtures, standard_controlnet,
+    B, DEVICE, assert_images_close, assert_replayed, copy_dir, expected, fixtures, replay,
+    standard_controlnet, tiny_sd,
 };
 use prompt_diffusion::core::weights::Pretrained;
 
 use image::{GrayImage, RgbImage};
 use prompt_diffusion::core::Error;
 use prompt_diffusion::core::image::load_rgb;
-use prompt_diffusion::core::noise::ReplayNoise;
 use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::core::weights::{LoadOptions, TensorSource};
 use prompt_diffusion::pipelines::{ControlNetOptions, mask_from_rgb};
@@ -34,18 +34,9 @@ fn mask(name: &str) -> GrayImage {
     mask_from_rgb(&png(name))
 }
 
-fn replay(io: &TensorSource, prefix: &str) -> ReplayNoise {
-    let draws = (0..)
-        .map_while(|i| io.data(&format!("{prefix}.noise.{i}")).ok())
-        .collect::<Vec<_>>();
-    ReplayNoise::new(draws)
-}
-
 /// tiny-sd, with its ordinary UNet or the tiny inpainting UNet.
 fn model(inpainting: bool) -> StableDiffusion<B> {
-    let options = ModelOptions::default();
-    let mut sd =
-        StableDiffusion::from_pretrained(fixtures().join("tiny-sd"), &options, &DEVICE).unwrap();
+    let mut sd = tiny_sd();
     if inpainting {
         let dir = fixtures().join("inpaint/unet");
         sd.components.unet =
@@ -81,13 +72,12 @@ fn inpainting_matches_diffusers_with_both_kinds_of_unet() {
     ] {
         let sd = model(inpainting);
         assert_eq!(sd.inpainting_unet().unwrap(), inpainting);
-        let mut noise = replay(&io, name);
+        let mut noise = replay(&io, &format!("{name}.noise."));
         let inpaint = Inpaint::new(&image, &mask).with_strength(strength);
         let images = sd
             .inpaint_with_noise(&generation, &inpaint, &mut noise, &mut NoProgress)
             .unwrap();
-        assert_eq!(noise.remaining(), 0, "{name}: unused reference noise");
-        assert_images_close(name, &images, &expected(&io, &format!("{name}.image")));
+        assert_replayed(name, &images, &noise, &io);
     }
 }
 
@@ -98,7 +88,7 @@ fn controlnet_inpainting_matches_diffusers() {
     let options = ControlNetOptions::default().with_conditioning_scale(0.8);
     for (inpainting, name) in [(false, "controlnet.four"), (true, "controlnet.nine")] {
         let pipe = standard_controlnet(model(inpainting));
-        let mut noise = replay(&io, name);
+        let mut noise = replay(&io, &format!("{name}.noise."));
         let inpaint = Inpaint::new(&image, &mask);
         let generation = generation(SchedulerKind::Ddim);
         let images = pipe
@@ -111,8 +101,7 @@ fn controlnet_inpainting_matches_diffusers() {
                 &mut NoProgress,
             )
             .unwrap();
-        assert_eq!(noise.remaining(), 0, "{name}: unused reference noise");
-        assert_images_close(name, &images, &expected(&io, &format!("{name}.image")));
+        assert_replayed(name, &images, &noise, &io);
     }
 }
 
@@ -135,7 +124,7 @@ fn prompt_diffusion_inpaints_with_the_blend_of_diffusers() {
         .with_scheduler(SchedulerKind::Ddim)
         .with_resolution(64)
         .with_latents(io.data("prompt_diffusion.latents").unwrap());
-    let mut noise = replay(&io, "prompt_diffusion");
+    let mut noise = replay(&io, "prompt_diffusion.noise.");
     let images = pd
         .inpaint_with_noise(
             [&source, &target, &query],

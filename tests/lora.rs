@@ -18,15 +18,11 @@ use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
 use crate::common::{
     B, DEVICE, assert_cli_fails, assert_cli_succeeds, assert_images_close, expected, fixtures,
-    standard_controlnet, words,
+    standard_controlnet, tiny_sd_with, words,
 };
 
 const PROMPT: &str = "a watercolor painting of a fox in the snow";
 const NEGATIVE: &str = "blurry, low quality";
-
-fn model(options: &ModelOptions) -> StableDiffusion<B> {
-    StableDiffusion::from_pretrained(fixtures().join("tiny-sd"), options, &DEVICE).unwrap()
-}
 
 fn lora(name: &str) -> PathBuf {
     fixtures().join(format!("lora/{name}.safetensors"))
@@ -74,7 +70,7 @@ fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 #[test]
 fn two_loras_match_diffusers_set_adapters() {
     let io = reference();
-    let sd = with_both(model(&ModelOptions::default()));
+    let sd = with_both(tiny_sd_with(&ModelOptions::default()));
     let unet = max_abs_diff(
         unet_out(&sd, &io),
         io.tensor("unet.out", &DEVICE, None).unwrap(),
@@ -126,7 +122,7 @@ fn layer_counts(name: &str, down: &str, unet: &str) -> (usize, usize) {
 #[test]
 fn scales_unloading_and_fusing_keep_to_the_original_weights() {
     let io = reference();
-    let mut sd = model(&ModelOptions::default());
+    let mut sd = tiny_sd_with(&ModelOptions::default());
     let (unet0, text0) = (values(unet_out(&sd, &io)), values(text_embeds(&sd)));
     let generation = generation(&io).with_steps(2);
     let image0 = sd.text_to_image(&generation, &mut NoProgress).unwrap();
@@ -136,14 +132,14 @@ fn scales_unloading_and_fusing_keep_to_the_original_weights() {
     assert_ne!(values(unet_out(&sd, &io)), unet0);
     // Scales are merged from the originals: setting them equals loading at them.
     sd.set_lora_scales(&[("peft", 0.7), ("k", 0.5)]).unwrap();
-    let both = with_both(model(&ModelOptions::default()));
+    let both = with_both(tiny_sd_with(&ModelOptions::default()));
     assert_eq!(values(unet_out(&sd, &io)), values(unet_out(&both, &io)));
     assert_eq!(values(text_embeds(&sd)), values(text_embeds(&both)));
     // The options' LoRAs are fused at load: the same weights.
     let options = ModelOptions::default()
         .with_lora(lora("peft"), 0.7)
         .with_lora(lora("kohya"), 0.5);
-    let fused = model(&options);
+    let fused = tiny_sd_with(&options);
     assert!(fused.loras().is_empty());
     assert_eq!(values(unet_out(&fused, &io)), values(unet_out(&both, &io)));
 
@@ -176,9 +172,9 @@ fn scales_unloading_and_fusing_keep_to_the_original_weights() {
 #[test]
 fn the_older_diffusers_layout_equals_peft() {
     let io = reference();
-    let mut old = model(&ModelOptions::default());
+    let mut old = tiny_sd_with(&ModelOptions::default());
     old.load_lora(lora("old"), 1.0).unwrap();
-    let mut peft = model(&ModelOptions::default());
+    let mut peft = tiny_sd_with(&ModelOptions::default());
     peft.load_lora(lora("peft"), 1.0).unwrap();
     let counts = |sd: &StableDiffusion<B>| {
         let info = &sd.loras()[0];
@@ -195,7 +191,7 @@ fn controlnet_pipeline_with_loras_matches_diffusers() {
     let io = reference();
     let hints =
         TensorSource::open(fixtures().join("prompt_diffusion/reference.safetensors")).unwrap();
-    let sd = with_both(model(&ModelOptions::default()));
+    let sd = with_both(tiny_sd_with(&ModelOptions::default()));
     let pipe = standard_controlnet(sd);
     let generation = Generation::new("a watercolor painting of a house")
         .with_negative_prompt(NEGATIVE)
@@ -232,7 +228,10 @@ fn prompt_diffusion_with_loras_matches_the_reference() {
         &DEVICE,
     )
     .unwrap();
-    let pd = PromptDiffusion::new(with_both(model(&ModelOptions::default())), controlnet);
+    let pd = PromptDiffusion::new(
+        with_both(tiny_sd_with(&ModelOptions::default())),
+        controlnet,
+    );
     let options = InContextOptions::notebook()
         .with_steps(8)
         .with_scheduler(SchedulerKind::Ddim)
@@ -282,7 +281,7 @@ fn lora_file(dir: &std::path::Path, name: &str, tensors: &[(&str, Vec<usize>)]) 
 #[test]
 fn bad_lora_files_and_requests_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sd = model(&ModelOptions::default());
+    let mut sd = tiny_sd_with(&ModelOptions::default());
     let q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
     let a = |m: &str| format!("{m}.lora_A.weight");
     let b = |m: &str| format!("{m}.lora_B.weight");

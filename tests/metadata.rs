@@ -6,7 +6,6 @@ use std::io::BufWriter;
 use std::path::Path;
 
 use image::RgbImage;
-use prompt_diffusion::StableDiffusion;
 use prompt_diffusion::core::Error;
 use prompt_diffusion::core::image::load_rgb;
 use prompt_diffusion::core::progress::NoProgress;
@@ -19,7 +18,7 @@ use prompt_diffusion::{Generation, InContextOptions, ModelOptions, PromptDiffusi
 
 use crate::common::{
     B, DEVICE, assert_cli_fails, assert_cli_succeeds, copy_dir, fixture, fixtures,
-    standard_controlnet,
+    standard_controlnet, tiny_sd,
 };
 
 fn gradient() -> RgbImage {
@@ -152,11 +151,6 @@ fn model_hashes_and_names() {
     assert_eq!(model_name("someone/some-model"), "someone/some-model");
     let err = model_hash(dir.path(), None).unwrap_err().to_string();
     assert!(err.contains("unet"), "{err}");
-}
-
-fn tiny_sd() -> StableDiffusion<B> {
-    let dir = fixtures().join("tiny-sd");
-    StableDiffusion::from_pretrained(dir, &ModelOptions::default(), &DEVICE).unwrap()
 }
 
 /// Image 2 of a batch of 3 seeded 10 is the image of a batch of one seeded 12.

@@ -6,22 +6,14 @@ use std::ops::ControlFlow;
 
 use image::RgbImage;
 use prompt_diffusion::core::Error;
-use prompt_diffusion::core::noise::ReplayNoise;
 use prompt_diffusion::core::progress::{NoProgress, StepInfo};
 use prompt_diffusion::core::weights::TensorSource;
 use prompt_diffusion::schedulers::SchedulerKind;
 use prompt_diffusion::{Generation, ModelOptions, StableDiffusion};
 
-use crate::common::{B, DEVICE, assert_images_close, expected, fixtures};
-
-fn model() -> StableDiffusion<B> {
-    StableDiffusion::from_pretrained(
-        fixtures().join("tiny-sd"),
-        &ModelOptions::default(),
-        &DEVICE,
-    )
-    .unwrap()
-}
+use crate::common::{
+    B, DEVICE, assert_images_close, assert_replayed, expected, fixtures, replay, tiny_sd,
+};
 
 fn reference() -> TensorSource {
     TensorSource::open(fixtures().join("pipeline/txt2img.safetensors")).unwrap()
@@ -35,16 +27,9 @@ fn generation(io: &TensorSource, latents: &str) -> Generation {
         .with_latents(io.data(latents).unwrap())
 }
 
-fn replay(io: &TensorSource, prefix: &str) -> ReplayNoise {
-    let draws = (0..)
-        .map_while(|i| io.data(&format!("{prefix}{i}")).ok())
-        .collect::<Vec<_>>();
-    ReplayNoise::new(draws)
-}
-
 #[test]
 fn txt2img_matches_diffusers_for_every_scheduler() {
-    let sd = model();
+    let sd = tiny_sd();
     let io = reference();
     for (name, kind) in [
         ("ddim", SchedulerKind::Ddim),
@@ -61,14 +46,13 @@ fn txt2img_matches_diffusers_for_every_scheduler() {
         let images = sd
             .text_to_image_with_noise(&generation, &mut noise, &mut NoProgress)
             .unwrap();
-        assert_eq!(noise.remaining(), 0, "{name}: unused reference noise");
-        assert_images_close(name, &images, &expected(&io, &format!("{name}.image")));
+        assert_replayed(name, &images, &noise, &io);
     }
 }
 
 #[test]
 fn batches_and_unguided_runs_match_diffusers() {
-    let sd = model();
+    let sd = tiny_sd();
     let io = reference();
     let generation = generation(&io, "latents_batch2")
         .with_scheduler(SchedulerKind::Ddim)
@@ -91,7 +75,7 @@ fn batches_and_unguided_runs_match_diffusers() {
 
 #[test]
 fn img2img_matches_diffusers() {
-    let sd = model();
+    let sd = tiny_sd();
     let io = TensorSource::open(fixtures().join("pipeline/img2img.safetensors")).unwrap();
     let init =
         prompt_diffusion::core::image::load_rgb(fixtures().join("pipeline/init.png")).unwrap();
@@ -111,7 +95,9 @@ fn img2img_matches_diffusers() {
 fn single_file_checkpoints_generate_the_same_image() {
     let io = reference();
     let generation = generation(&io, "latents").with_scheduler(SchedulerKind::Ddim);
-    let folder = model().text_to_image(&generation, &mut NoProgress).unwrap();
+    let folder = tiny_sd()
+        .text_to_image(&generation, &mut NoProgress)
+        .unwrap();
     for file in ["tiny-sd.safetensors", "tiny-sd.ckpt"] {
         let options = ModelOptions::default().with_config(fixtures().join("tiny-sd"));
         let sd = StableDiffusion::<B>::from_single_file(fixtures().join(file), &options, &DEVICE)
@@ -123,7 +109,7 @@ fn single_file_checkpoints_generate_the_same_image() {
 
 #[test]
 fn same_seed_same_image_and_callbacks_can_cancel() {
-    let sd = model();
+    let sd = tiny_sd();
     let generation = Generation::new("a fox")
         .with_steps(3)
         .with_seed(7)
@@ -154,7 +140,7 @@ fn same_seed_same_image_and_callbacks_can_cancel() {
 
 #[test]
 fn invalid_requests_are_typed_errors() {
-    let sd = model();
+    let sd = tiny_sd();
     let base = Generation::new("a fox").with_steps(2);
     let cases = [
         base.clone().with_size(100, 128),

@@ -4,7 +4,7 @@
 //! the original single checkpoint.
 
 use crate::common::{
-    B, DEVICE, assert_images_close, copy_dir, expected, fixtures, standard_controlnet,
+    B, DEVICE, assert_images_close, copy_dir, expected, fixtures, standard_controlnet, tiny_sd,
 };
 use prompt_diffusion::core::weights::Pretrained;
 use std::path::{Path, PathBuf};
@@ -17,9 +17,7 @@ use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::core::weights::TensorSource;
 use prompt_diffusion::pipelines::ControlNetOptions;
 use prompt_diffusion::schedulers::SchedulerKind;
-use prompt_diffusion::{
-    Generation, InContextOptions, ModelOptions, PromptDiffusion, StableDiffusion,
-};
+use prompt_diffusion::{Generation, InContextOptions, ModelOptions, PromptDiffusion};
 
 fn reference() -> TensorSource {
     TensorSource::open(fixtures().join("prompt_diffusion/reference.safetensors")).unwrap()
@@ -67,6 +65,21 @@ fn run(pd: &PromptDiffusion<B>, options: &InContextOptions) -> Vec<RgbImage> {
         .unwrap()
 }
 
+/// Asserts that `pd` makes the reference's `{prefix}.{scheduler}.image` with DDIM and UniPC.
+fn assert_schedulers_match(what: &str, pd: &PromptDiffusion<B>, io: &TensorSource, prefix: &str) {
+    for (name, kind) in [
+        ("ddim", SchedulerKind::Ddim),
+        ("unipc", SchedulerKind::UniPc),
+    ] {
+        let images = run(pd, &options(io, kind));
+        assert_images_close(
+            &format!("{what}, {name}"),
+            &images,
+            &expected(io, &format!("{prefix}.{name}.image")),
+        );
+    }
+}
+
 #[test]
 fn in_context_matches_the_reference_from_the_diffusers_layout() {
     let io = reference();
@@ -74,17 +87,7 @@ fn in_context_matches_the_reference_from_the_diffusers_layout() {
     let root = diffusers_layout(dir.path(), false);
     let pd =
         PromptDiffusion::<B>::from_pretrained(&root, &ModelOptions::default(), &DEVICE).unwrap();
-    for (name, kind) in [
-        ("ddim", SchedulerKind::Ddim),
-        ("unipc", SchedulerKind::UniPc),
-    ] {
-        let images = run(&pd, &options(&io, kind));
-        assert_images_close(
-            &format!("diffusers layout, {name}"),
-            &images,
-            &expected(&io, &format!("diffusers.{name}.image")),
-        );
-    }
+    assert_schedulers_match("diffusers layout", &pd, &io, "diffusers");
     let zero_one = options(&io, SchedulerKind::Ddim).with_hint_range(PixelRange::ZeroToOne);
     assert_images_close(
         "hints in [0, 1]",
@@ -124,28 +127,13 @@ fn in_context_matches_the_reference_from_the_original_checkpoint() {
         &DEVICE,
     )
     .unwrap();
-    for (name, kind) in [
-        ("ddim", SchedulerKind::Ddim),
-        ("unipc", SchedulerKind::UniPc),
-    ] {
-        let images = run(&pd, &options(&io, kind));
-        assert_images_close(
-            &format!("single checkpoint, {name}"),
-            &images,
-            &expected(&io, &format!("single.{name}.image")),
-        );
-    }
+    assert_schedulers_match("single checkpoint", &pd, &io, "single");
 }
 
 #[test]
 fn standard_controlnet_pipeline_matches_diffusers() {
     let io = reference();
-    let sd = StableDiffusion::<B>::from_pretrained(
-        fixtures().join("tiny-sd"),
-        &ModelOptions::default(),
-        &DEVICE,
-    )
-    .unwrap();
+    let sd = tiny_sd();
     let pipe = standard_controlnet(sd);
     let generation = Generation::new("a watercolor painting of a house")
         .with_negative_prompt("blurry, low quality")
@@ -180,12 +168,7 @@ fn standard_controlnet_pipeline_matches_diffusers() {
 }
 
 fn tiny_pd() -> PromptDiffusion<B> {
-    let sd = StableDiffusion::from_pretrained(
-        fixtures().join("tiny-sd"),
-        &ModelOptions::default(),
-        &DEVICE,
-    )
-    .unwrap();
+    let sd = tiny_sd();
     let controlnet = prompt_diffusion::controlnet::PromptDiffusionControlNet::from_pretrained(
         fixtures().join("controlnet/prompt-diffusion"),
         &Default::default(),

@@ -45,38 +45,23 @@ pub const NOTEBOOK_PROMPT_SUFFIX: &str = "best quality, extremely detailed";
 /// The official notebook's `n_prompt`.
 pub const NOTEBOOK_NEGATIVE_PROMPT: &str = "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality";
 
-/// Options of an in-context generation. [`Default`] is DDIM, 50 steps, guidance 7.5, no prompt
-/// suffix or negative prompt and hints in [-1, 1]; [`notebook`](Self::notebook) is the
-/// official notebook's settings.
+/// Options of an in-context generation: the txt2img options of the run and what only in-context
+/// generation has. [`Default`] is DDIM, 50 steps, guidance 7.5, no prompt suffix or negative
+/// prompt and hints in [-1, 1]; [`notebook`](Self::notebook) is the official notebook's
+/// settings.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct InContextOptions {
-    /// What to steer away from; `None` means the empty prompt.
-    pub negative_prompt: Option<String>,
+    /// Steps, guidance, negative prompt, seed, batch size, initial latents and η, as for
+    /// txt2img. Its `prompt` is replaced by the one given to the run, its `scheduler` `None`
+    /// is DDIM (built from the model's scheduler config), and its `width`/`height`, when set,
+    /// override [`resolution`](Self::resolution).
+    pub generation: Generation,
     /// Text appended to the prompt after `", "` (the notebook's `a_prompt`).
     pub prompt_suffix: Option<String>,
-    /// Denoising steps (default 50).
-    pub steps: usize,
-    /// Classifier-free guidance scale; off at ≤ 1 (default 7.5).
-    pub guidance_scale: f64,
-    /// The scheduler; `None` is DDIM (built from the model's scheduler config).
-    pub scheduler: Option<SchedulerKind>,
     /// Short side of the output; the other side keeps the query's aspect ratio and both are
     /// rounded to multiples of 64. `None` is the model's native size (512 for SD 1.5).
     pub resolution: Option<usize>,
-    /// Output width (a multiple of 8), overriding `resolution`.
-    pub width: Option<usize>,
-    /// Output height (a multiple of 8), overriding `resolution`.
-    pub height: Option<usize>,
-    /// Images generated (default 1).
-    pub num_images: usize,
-    /// Seed of the run (default 0): image `i` is drawn from `seed + i`, as in
-    /// [`Generation::seed`].
-    pub seed: u64,
-    /// Initial latents `[n, 4, h/8, w/8]`, replacing the seeded draw (as in txt2img).
-    pub latents: Option<TensorData>,
-    /// DDIM's η (default 0).
-    pub eta: f64,
     /// Value range of the hints: [-1, 1] as in training and the notebook (default), or [0, 1]
     /// as in the diffusers port.
     pub hint_range: PixelRange,
@@ -87,90 +72,77 @@ pub struct InContextOptions {
 
 impl Default for InContextOptions {
     fn default() -> Self {
-        let g = Generation::default();
-        Self {
-            negative_prompt: None,
-            prompt_suffix: None,
-            steps: g.steps,
-            guidance_scale: g.guidance_scale,
-            scheduler: None,
-            resolution: None,
-            width: None,
-            height: None,
-            num_images: g.num_images,
-            seed: g.seed,
-            latents: None,
-            eta: g.eta,
-            hint_range: PixelRange::MinusOneToOne,
-            control_scales: ControlScales::Uniform(1.0),
-        }
+        Self::new(Generation::default())
     }
 }
 
 impl InContextOptions {
-    /// The official notebook: DDIM with 100 steps, guidance 9, [`NOTEBOOK_PROMPT_SUFFIX`] and
-    /// [`NOTEBOOK_NEGATIVE_PROMPT`], hints in [-1, 1], short side 512 (native).
-    pub fn notebook() -> Self {
+    /// The options of a run with `generation`'s txt2img options and the in-context defaults
+    /// (no prompt suffix, native resolution, hints in [-1, 1], residual scale 1).
+    pub fn new(generation: Generation) -> Self {
         Self {
-            negative_prompt: Some(NOTEBOOK_NEGATIVE_PROMPT.into()),
-            prompt_suffix: Some(NOTEBOOK_PROMPT_SUFFIX.into()),
-            steps: 100,
-            guidance_scale: 9.0,
-            scheduler: Some(SchedulerKind::Ddim),
-            ..Self::default()
+            generation,
+            prompt_suffix: None,
+            resolution: None,
+            hint_range: PixelRange::MinusOneToOne,
+            control_scales: ControlScales::Uniform(1.0),
         }
     }
 
+    /// The official notebook: DDIM with 100 steps, guidance 9, [`NOTEBOOK_PROMPT_SUFFIX`] and
+    /// [`NOTEBOOK_NEGATIVE_PROMPT`], hints in [-1, 1], short side 512 (native).
+    pub fn notebook() -> Self {
+        let generation = Generation::default()
+            .with_negative_prompt(NOTEBOOK_NEGATIVE_PROMPT)
+            .with_steps(100)
+            .with_guidance_scale(9.0)
+            .with_scheduler(SchedulerKind::Ddim);
+        Self::new(generation).with_prompt_suffix(NOTEBOOK_PROMPT_SUFFIX)
+    }
+
     prompt_diffusion_core::setters! {
-        /// Sets the negative prompt.
-        with_negative_prompt(negative_prompt: impl Into<String>) = Some(negative_prompt.into());
         /// Sets the text appended to the prompt.
         with_prompt_suffix(prompt_suffix: impl Into<String>) = Some(prompt_suffix.into());
-        /// Sets the number of steps.
-        with_steps(steps: usize);
-        /// Sets the guidance scale.
-        with_guidance_scale(guidance_scale: f64);
-        /// Chooses the scheduler.
-        with_scheduler(scheduler: SchedulerKind) = Some(scheduler);
         /// Sets the short side of the output.
         with_resolution(resolution: usize) = Some(resolution);
-        /// Sets the output width.
-        with_width(width: usize) = Some(width);
-        /// Sets the output height.
-        with_height(height: usize) = Some(height);
-        /// Sets the number of images.
-        with_num_images(num_images: usize);
-        /// Sets the seed.
-        with_seed(seed: u64);
-        /// Gives the initial latents.
-        with_latents(latents: TensorData) = Some(latents);
-        /// Sets DDIM's η.
-        with_eta(eta: f64);
         /// Sets the value range of the hints.
         with_hint_range(hint_range: PixelRange);
         /// Sets the scales of the ControlNet residuals.
         with_control_scales(control_scales: ControlScales);
+        /// Sets the negative prompt.
+        with_negative_prompt(negative_prompt: impl Into<String>) in generation
+            = Some(negative_prompt.into());
+        /// Sets the number of steps.
+        with_steps(steps: usize) in generation;
+        /// Sets the guidance scale.
+        with_guidance_scale(guidance_scale: f64) in generation;
+        /// Chooses the scheduler.
+        with_scheduler(scheduler: SchedulerKind) in generation = Some(scheduler);
+        /// Sets the output width, overriding the resolution.
+        with_width(width: usize) in generation = Some(width);
+        /// Sets the output height, overriding the resolution.
+        with_height(height: usize) in generation = Some(height);
+        /// Sets the number of images.
+        with_num_images(num_images: usize) in generation;
+        /// Sets the seed.
+        with_seed(seed: u64) in generation;
+        /// Gives the initial latents.
+        with_latents(latents: TensorData) in generation = Some(latents);
+        /// Sets DDIM's η.
+        with_eta(eta: f64) in generation;
     }
 
     /// The txt2img options of the run for `prompt` (suffix appended, DDIM by default).
     pub fn generation(&self, prompt: &str) -> Generation {
-        Generation {
-            prompt: match &self.prompt_suffix {
-                Some(suffix) => format!("{prompt}, {suffix}"),
-                None => prompt.to_string(),
-            },
-            negative_prompt: self.negative_prompt.clone(),
-            steps: self.steps,
-            guidance_scale: self.guidance_scale,
-            scheduler: Some(self.scheduler.unwrap_or(SchedulerKind::Ddim)),
-            width: self.width,
-            height: self.height,
-            num_images: self.num_images,
-            seed: self.seed,
-            latents: self.latents.clone(),
-            eta: self.eta,
-            ..Generation::default()
-        }
+        let prompt = match &self.prompt_suffix {
+            Some(suffix) => format!("{prompt}, {suffix}"),
+            None => prompt.to_string(),
+        };
+        let scheduler = self.generation.scheduler.unwrap_or(SchedulerKind::Ddim);
+        self.generation
+            .clone()
+            .with_prompt(prompt)
+            .with_scheduler(scheduler)
     }
 }
 

@@ -232,9 +232,8 @@ impl<B: Backend> VersatileDiffusion<B> {
         generation: &Generation,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
-        let options = VersatileOptions::default();
-        let latents = self.latents(Flow::TextToImage, None, generation, &options, callback)?;
-        self.components.decode_images(latents)
+        let options = &VersatileOptions::default();
+        self.images(Flow::TextToImage, None, generation, options, callback)
     }
 
     /// Variations of an image (`generation.prompt` is not used).
@@ -245,14 +244,8 @@ impl<B: Backend> VersatileDiffusion<B> {
         options: &VersatileOptions,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
-        let latents = self.latents(
-            Flow::ImageVariation,
-            Some(image),
-            generation,
-            options,
-            callback,
-        )?;
-        self.components.decode_images(latents)
+        let flow = Flow::ImageVariation;
+        self.images(flow, Some(image), generation, options, callback)
     }
 
     /// Images guided by `generation.prompt` and an image, mixed by `options.mix`.
@@ -263,8 +256,8 @@ impl<B: Backend> VersatileDiffusion<B> {
         options: &VersatileOptions,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
-        let latents = self.latents(Flow::DualGuided, Some(image), generation, options, callback)?;
-        self.components.decode_images(latents)
+        let flow = Flow::DualGuided;
+        self.images(flow, Some(image), generation, options, callback)
     }
 
     /// Captions of an image (`generation.num_images` of them).
@@ -275,15 +268,8 @@ impl<B: Backend> VersatileDiffusion<B> {
         options: &VersatileOptions,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<String>> {
-        let latents = self.latents(
-            Flow::ImageToText,
-            Some(image),
-            generation,
-            options,
-            callback,
-        )?;
-        self.components
-            .decode_texts(latents, options.decoding, generation.seed)
+        let flow = Flow::ImageToText;
+        self.texts(flow, Some(image), generation, options, callback)
     }
 
     /// Variations of `generation.prompt`.
@@ -293,9 +279,35 @@ impl<B: Backend> VersatileDiffusion<B> {
         options: &VersatileOptions,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<String>> {
-        let latents = self.latents(Flow::TextVariation, None, generation, options, callback)?;
+        self.texts(Flow::TextVariation, None, generation, options, callback)
+    }
+
+    /// The decoded images of an image flow.
+    fn images(
+        &self,
+        flow: Flow,
+        image: Option<&ImagePrompt>,
+        generation: &Generation,
+        options: &VersatileOptions,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<RgbImage>> {
+        let latents = self.latents(flow, image, generation, options, callback)?;
+        self.components.decode_images(latents)
+    }
+
+    /// The decoded texts of a text flow.
+    fn texts(
+        &self,
+        flow: Flow,
+        image: Option<&ImagePrompt>,
+        generation: &Generation,
+        options: &VersatileOptions,
+        callback: &mut dyn StepCallback,
+    ) -> Result<Vec<String>> {
+        let latents = self.latents(flow, image, generation, options, callback)?;
+        let decoding = options.decoding;
         self.components
-            .decode_texts(latents, options.decoding, generation.seed)
+            .decode_texts(latents, decoding, generation.seed)
     }
 
     /// The denoised latents of any flow (`[n, 4, h/8, w/8]` for images, `[n, 768, 1, 1]` for

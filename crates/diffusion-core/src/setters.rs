@@ -3,8 +3,9 @@
 /// Writes builder methods that set one field each and return `self`, inside an `impl` block.
 ///
 /// `with_steps(steps: usize);` sets `self.steps = steps`; `with_variant(variant: impl
-/// Into<String>) = Some(variant.into());` sets `self.variant` to the expression. Doc comments
-/// before an entry document the method.
+/// Into<String>) = Some(variant.into());` sets `self.variant` to the expression, and
+/// `with_seed(seed: u64) in generation;` sets `self.generation.seed` (an option struct that
+/// embeds another). Doc comments before an entry document the method.
 ///
 /// ```
 /// #[derive(Default)]
@@ -24,18 +25,32 @@
 ///
 /// let options = Options::default().with_steps(20).with_variant("fp16");
 /// assert_eq!((options.steps, options.variant.as_deref()), (20, Some("fp16")));
+///
+/// #[derive(Default)]
+/// pub struct Outer {
+///     inner: Options,
+/// }
+///
+/// impl Outer {
+///     prompt_diffusion_core::setters! {
+///         /// Sets the number of steps of the inner options.
+///         with_steps(steps: usize) in inner;
+///     }
+/// }
+///
+/// assert_eq!(Outer::default().with_steps(3).inner.steps, 3);
 /// ```
 #[macro_export]
 macro_rules! setters {
     ($(
         $(#[$doc:meta])*
-        $name:ident($field:ident: $ty:ty) $(= $value:expr)?;
+        $name:ident($field:ident: $ty:ty) $(in $parent:ident)? $(= $value:expr)?;
     )*) => {
         $(
             $(#[$doc])*
             #[must_use]
             pub fn $name(mut self, $field: $ty) -> Self {
-                self.$field = $crate::setters!(@value $field $(, $value)?);
+                self $(.$parent)? .$field = $crate::setters!(@value $field $(, $value)?);
                 self
             }
         )*

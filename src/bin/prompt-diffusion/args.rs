@@ -367,12 +367,25 @@ impl ModelArgs {
     }
 }
 
-/// Checks that `--conditioning-scale` is a finite number.
-pub(crate) fn check_conditioning_scale(scale: f32) -> anyhow::Result<()> {
-    if !scale.is_finite() {
-        anyhow::bail!("--conditioning-scale must be a finite number");
+/// The strength of a ControlNet's guidance, shared by `controlnet` and `in-context`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ControlArgs {
+    /// Multiplier of the ControlNet's residuals.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub conditioning_scale: f32,
+    /// Guess mode: the residuals grow from the first skip to the mid block.
+    #[arg(long)]
+    pub guess_mode: bool,
+}
+
+impl ControlArgs {
+    /// Checks that `--conditioning-scale` is a finite number.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !self.conditioning_scale.is_finite() {
+            anyhow::bail!("--conditioning-scale must be a finite number");
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A `--seed` value.

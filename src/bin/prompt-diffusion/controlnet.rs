@@ -13,13 +13,14 @@ use prompt_diffusion::metadata::model_name;
 use prompt_diffusion::pipelines::ControlNetOptions;
 use prompt_diffusion::{Generation, Inpaint, StableDiffusionControlNet};
 
-use crate::args::{GenerationArgs, ModelArgs, check_conditioning_scale};
+use crate::args::{ControlArgs, GenerationArgs, ModelArgs};
 use crate::metadata::{Record, image_size};
 use crate::output::{Progress, save_images};
 use crate::sd::{Init, MaskArgs, load_model};
 
 /// Arguments of `controlnet`.
 #[derive(Debug, Clone, Args)]
+#[command(mut_arg("guess_mode", |a| a.help("diffusers' guess mode: the ControlNet sees the conditional half only, residuals scaled from 0.1 (first skip) to 1 (mid block)")))]
 pub struct ControlNetArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -38,13 +39,8 @@ pub struct ControlNetArgs {
     /// size, rounded down to a multiple of 8, unless --width/--height are given.
     #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub hint: PathBuf,
-    /// Multiplier of the ControlNet's residuals.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub conditioning_scale: f32,
-    /// diffusers' guess mode: the ControlNet sees the conditional half only, residuals scaled
-    /// from 0.1 (first skip) to 1 (mid block).
-    #[arg(long)]
-    pub guess_mode: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
     #[command(flatten)]
     pub inpaint: MaskArgs,
 }
@@ -60,7 +56,7 @@ pub struct ControlNetRun {
 impl ControlNetRun {
     /// Reads the hint and checks everything that can be checked without the model.
     pub fn new(args: &ControlNetArgs) -> anyhow::Result<Self> {
-        check_conditioning_scale(args.conditioning_scale)?;
+        args.control.check()?;
         let name = args.controlnet.to_str();
         let repo_id = name.is_some_and(|name| RepoId::parse(name).is_ok());
         if !args.controlnet.exists() && !repo_id {
@@ -93,8 +89,8 @@ impl BackendTask for ControlNetRun {
         )?;
         let pipe = StableDiffusionControlNet::new(sd, controlnet);
         let options = ControlNetOptions::default()
-            .with_conditioning_scale(args.conditioning_scale)
-            .with_guess_mode(args.guess_mode);
+            .with_conditioning_scale(args.control.conditioning_scale)
+            .with_guess_mode(args.control.guess_mode);
         let mut progress = Progress::new("denoising");
         let (hint, g) = (&self.hint, &self.generation);
         let images = match &self.inpaint {
@@ -106,14 +102,14 @@ impl BackendTask for ControlNetRun {
         };
         progress.finish();
         // The sd-webui-controlnet extension's record of a unit.
-        let mode = match args.guess_mode {
+        let mode = match args.control.guess_mode {
             true => "ControlNet is more important",
             false => "Balanced",
         };
         let unit = format!(
             "Module: none, Model: {}, Weight: {}, Control Mode: {mode}",
             model_name(&args.controlnet),
-            args.conditioning_scale
+            args.control.conditioning_scale
         );
         let (g, size) = (&self.generation, image_size(&images));
         let scheduler = (g.scheduler, &pipe.sd.components.scheduler);

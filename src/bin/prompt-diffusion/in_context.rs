@@ -12,7 +12,7 @@ use prompt_diffusion::core::image::{PixelRange, load_rgb};
 use prompt_diffusion::pipelines::{NOTEBOOK_NEGATIVE_PROMPT, NOTEBOOK_PROMPT_SUFFIX};
 use prompt_diffusion::{InContextOptions, Inpaint, PromptDiffusion};
 
-use crate::args::{GenerationArgs, ModelArgs, check_conditioning_scale};
+use crate::args::{ControlArgs, GenerationArgs, ModelArgs};
 use crate::metadata::{Record, RecordOptions, file_name, image_size};
 use crate::output::{Progress, save_images};
 use crate::sd::{Init, MaskArgs};
@@ -34,6 +34,7 @@ pub enum HintRange {
     mut_arg("scheduler", |a| a.help("Scheduler: ddim, ddpm, pndm, euler, euler-ancestral, dpm++2m, dpm++2m-karras, unipc, lms (default: ddim)")),
     mut_arg("width", |a| a.help("Image width in pixels, a multiple of 8 (default: from --resolution and the query)")),
     mut_arg("height", |a| a.help("Image height in pixels, a multiple of 8 (default: from --resolution and the query)")),
+    mut_arg("guess_mode", |a| a.help("The original guess mode: residuals scaled by 0.825^(12−i) · scale")),
 )]
 pub struct InContextArgs {
     #[command(flatten)]
@@ -61,12 +62,8 @@ pub struct InContextArgs {
     /// --steps 100 --guidance 9 (DDIM, the default here).
     #[arg(long)]
     pub notebook_prompts: bool,
-    /// Multiplier of the ControlNet's residuals.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub conditioning_scale: f32,
-    /// The original guess mode: residuals scaled by 0.825^(12−i) · scale.
-    #[arg(long)]
-    pub guess_mode: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
     #[command(flatten)]
     pub inpaint: MaskArgs,
 }
@@ -86,37 +83,29 @@ pub struct InContextRun {
 impl InContextRun {
     /// Reads the images and checks everything that can be checked without the model.
     pub fn new(args: &InContextArgs) -> anyhow::Result<Self> {
-        check_conditioning_scale(args.conditioning_scale)?;
-        let g = args.generation.generation()?;
+        args.control.check()?;
+        let generation = args.generation.generation()?;
+        let prompt = generation.prompt.clone();
         let images = [
             load_rgb(&args.example_source)?,
             load_rgb(&args.example_target)?,
             load_rgb(&args.query)?,
         ];
-        let mut options = InContextOptions::default()
-            .with_steps(g.steps)
-            .with_guidance_scale(g.guidance_scale)
-            .with_num_images(g.num_images)
-            .with_seed(g.seed)
-            .with_eta(g.eta)
+        let mut options = InContextOptions::new(generation)
             .with_hint_range(match args.hint_range {
                 HintRange::Training => PixelRange::MinusOneToOne,
                 HintRange::Diffusers => PixelRange::ZeroToOne,
             })
-            .with_control_scales(if args.guess_mode {
-                ControlScales::LdmGuessMode(args.conditioning_scale)
+            .with_control_scales(if args.control.guess_mode {
+                ControlScales::LdmGuessMode(args.control.conditioning_scale)
             } else {
-                ControlScales::Uniform(args.conditioning_scale)
+                ControlScales::Uniform(args.control.conditioning_scale)
             });
-        options.negative_prompt = g.negative_prompt;
-        options.scheduler = g.scheduler;
         options.resolution = args.resolution;
-        options.width = g.width;
-        options.height = g.height;
-        options.latents = g.latents;
         if args.notebook_prompts {
             options.prompt_suffix = Some(NOTEBOOK_PROMPT_SUFFIX.into());
             options
+                .generation
                 .negative_prompt
                 .get_or_insert_with(|| NOTEBOOK_NEGATIVE_PROMPT.into());
         }
@@ -132,15 +121,18 @@ impl InContextRun {
             ("Example target", file_name(&args.example_target)),
             ("Query", file_name(&args.query)),
             ("Hint range", hint_range.to_string()),
-            ("Conditioning scale", args.conditioning_scale.to_string()),
-            ("Guess mode", args.guess_mode.to_string()),
+            (
+                "Conditioning scale",
+                args.control.conditioning_scale.to_string(),
+            ),
+            ("Guess mode", args.control.guess_mode.to_string()),
         ];
         let inpaint = args.inpaint.load(&args.generation)?;
         Ok(Self {
             inpaint,
             model: args.model.clone(),
             images,
-            prompt: g.prompt,
+            prompt,
             options,
             output: args.generation.output.clone(),
             record: args.generation.record_options(extra),

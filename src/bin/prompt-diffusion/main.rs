@@ -85,8 +85,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Txt2img(args) => run_task(args.model.device, sd::SdRun::txt2img(&args)?),
-        Command::Img2img(args) => run_task(args.model.device, sd::SdRun::img2img(&args)?),
-        Command::Inpaint(args) => run_task(args.model.device, sd::SdRun::inpaint(&args)?),
+        Command::Img2img(args) => run_task(args.txt2img.model.device, sd::SdRun::img2img(&args)?),
+        Command::Inpaint(args) => run_task(
+            args.img2img.txt2img.model.device,
+            sd::SdRun::inpaint(&args)?,
+        ),
         Command::InContext(args) => {
             run_task(args.model.device, in_context::InContextRun::new(&args)?)
         }

@@ -23,13 +23,11 @@ pub struct Txt2ImgArgs {
     pub generation: GenerationArgs,
 }
 
-/// Arguments of `img2img`.
+/// Arguments of `img2img`: txt2img's and the image to start from.
 #[derive(Debug, Clone, Args)]
 pub struct Img2ImgArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub generation: GenerationArgs,
+    pub txt2img: Txt2ImgArgs,
     /// The image to transform.
     #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub init_image: PathBuf,
@@ -39,23 +37,18 @@ pub struct Img2ImgArgs {
     pub strength: Option<f64>,
 }
 
-/// Arguments of `inpaint`.
+/// Arguments of `inpaint`: img2img's and the mask.
 #[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("init_image", |a| a.help("The image whose masked region is regenerated")),
+    mut_arg("strength", |a| a.help("How much of the schedule runs, in [0, 1] (default 1: the masked region starts from noise; or the `Denoising strength` of --from)")),
+)]
 pub struct InpaintArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub generation: GenerationArgs,
-    /// The image whose masked region is regenerated.
-    #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
-    pub init_image: PathBuf,
+    pub img2img: Img2ImgArgs,
     /// The mask: white (luma ≥ 128) is regenerated, black is kept; resized to the output.
     #[arg(long, value_name = "FILE", value_parser = crate::args::path_arg())]
     pub mask: PathBuf,
-    /// How much of the schedule runs, in [0, 1] (default 1: the masked region starts from
-    /// noise; or the `Denoising strength` of --from).
-    #[arg(long, allow_negative_numbers = true)]
-    pub strength: Option<f64>,
 }
 
 /// `--init-image` and `--mask` of the ControlNet pipelines: inpainting instead of text→image.
@@ -163,32 +156,31 @@ impl SdRun {
 
     /// Checks everything that can be checked without the model.
     pub fn img2img(args: &Img2ImgArgs) -> anyhow::Result<Self> {
-        let strength = strength(&args.generation, args.strength, 0.8)?;
-        if args.generation.latents.is_some() {
+        let generation = &args.txt2img.generation;
+        let strength = strength(generation, args.strength, 0.8)?;
+        if generation.latents.is_some() {
             anyhow::bail!("--latents applies to txt2img and inpaint only");
         }
         let image = load_rgb(&args.init_image)?;
-        Self::with_init(&args.model, &args.generation, Init::Image(image, strength))
+        Self::with_init(&args.txt2img, Init::Image(image, strength))
     }
 
     /// Checks everything that can be checked without the model.
     pub fn inpaint(args: &InpaintArgs) -> anyhow::Result<Self> {
-        let strength = strength(&args.generation, args.strength, 1.0)?;
-        let (image, mask) = (load_rgb(&args.init_image)?, load_mask(&args.mask)?);
-        Self::with_init(
-            &args.model,
-            &args.generation,
-            Init::Inpaint(image, mask, strength),
-        )
+        let Img2ImgArgs {
+            txt2img,
+            init_image,
+            strength: given,
+        } = &args.img2img;
+        let strength = strength(&txt2img.generation, *given, 1.0)?;
+        let (image, mask) = (load_rgb(init_image)?, load_mask(&args.mask)?);
+        Self::with_init(txt2img, Init::Inpaint(image, mask, strength))
     }
 
-    fn with_init(model: &ModelArgs, args: &GenerationArgs, init: Init) -> anyhow::Result<Self> {
+    fn with_init(args: &Txt2ImgArgs, init: Init) -> anyhow::Result<Self> {
         Ok(Self {
-            model: model.or_default_model()?,
-            generation: args.generation()?,
-            output: args.output.clone(),
             init: Some(init),
-            record: args.record_options(Vec::new()),
+            ..Self::txt2img(args)?
         })
     }
 }
