@@ -11,12 +11,17 @@ use prompt_diffusion_core::image::load_rgb;
 use prompt_diffusion_core::testing::max_abs_diff;
 use prompt_diffusion_core::weights::Pretrained;
 
-#[test]
-fn with_projection_outputs_and_hidden_states() {
-    let model = load_fixture(
+/// The vision tower with its projection, from the fixture folder `vision_proj`.
+fn vision_proj() -> CLIPVisionModelWithProjection<B> {
+    load_fixture(
         "vision_proj",
         CLIPVisionModelWithProjection::<B>::from_pretrained,
-    );
+    )
+}
+
+#[test]
+fn with_projection_outputs_and_hidden_states() {
+    let model = vision_proj();
     let r = Reference::open(clip_fixture("vision_io.safetensors"));
     let pixels = r.float::<4>("pixel_values");
     model
@@ -46,11 +51,7 @@ fn with_projection_outputs_and_hidden_states() {
 
 #[test]
 fn wrong_pixel_shape_is_reported() {
-    let model = load_fixture(
-        "vision_proj",
-        CLIPVisionModelWithProjection::<B>::from_pretrained,
-    );
-    let err = model
+    let err = vision_proj()
         .vision_model
         .check_pixel_values([1, 3, 224, 224])
         .unwrap_err();

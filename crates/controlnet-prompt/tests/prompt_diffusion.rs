@@ -8,7 +8,7 @@ use prompt_diffusion_controlnet_prompt::{
     ControlNetConfig, ControlScales, PromptDiffusionControlNet, PromptDiffusionDenoiser,
 };
 use prompt_diffusion_core::Error;
-use prompt_diffusion_core::testing::{assert_close, max_abs_diff};
+use prompt_diffusion_core::testing::{TestDevice, assert_close, max_abs_diff};
 use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource};
 use prompt_diffusion_unet::UNet2DConditionModel;
 
@@ -27,21 +27,51 @@ fn folder_config() -> ControlNetConfig {
     ControlNetConfig::from_file(controlnet_fixture("prompt-diffusion/config.json")).unwrap()
 }
 
+/// A model `load`ed (a `from_single_file`) from `checkpoint` with the folder's config and the
+/// default options.
+fn from_single_file<M>(
+    load: impl FnOnce(
+        &ControlNetConfig,
+        &TensorSource,
+        &LoadOptions,
+        &TestDevice,
+    ) -> prompt_diffusion_core::Result<M>,
+    checkpoint: &TensorSource,
+) -> prompt_diffusion_core::Result<M> {
+    load(
+        &folder_config(),
+        checkpoint,
+        &LoadOptions::default(),
+        &Default::default(),
+    )
+}
+
+/// `forward` (the ControlNet's or the denoiser's) of `model` on the fixture's inputs.
+fn forward_on<M, T>(
+    forward: impl FnOnce(
+        &M,
+        Tensor<B, 4>,
+        Tensor<B, 1>,
+        Tensor<B, 3>,
+        Tensor<B, 4>,
+        Tensor<B, 4>,
+        &ControlScales,
+    ) -> prompt_diffusion_core::Result<T>,
+    model: &M,
+    io: &Io,
+    scales: &ControlScales,
+) -> T {
+    let (sample, timestep, context) = (io.t("sample"), io.t("timestep"), io.t("context"));
+    let (pair, query) = (io.t("pair"), io.t("query"));
+    forward(model, sample, timestep, context, pair, query, scales).unwrap()
+}
+
 fn residuals(
     model: &PromptDiffusionControlNet<B>,
     io: &Io,
     scales: &ControlScales,
 ) -> prompt_diffusion_controlnet_prompt::UNetResiduals<B> {
-    model
-        .forward(
-            io.t("sample"),
-            io.t("timestep"),
-            io.t("context"),
-            io.t("pair"),
-            io.t("query"),
-            scales,
-        )
-        .unwrap()
+    forward_on(PromptDiffusionControlNet::forward, model, io, scales)
 }
 
 #[test]
@@ -76,20 +106,14 @@ fn guess_mode_matches_diffusers_logspace_scaling() {
 fn original_single_files_match_the_reference() {
     let io = Io::open(controlnet_fixture(IO));
     let reference = residuals(&folder_model(), &io, &ControlScales::Uniform(1.0));
-    // Original files carry no config: the tiny architecture comes from the folder's.
-    let config = folder_config();
     for file in [
         "tiny-prompt-diffusion.safetensors",
         "tiny-prompt-diffusion.ckpt",
     ] {
         let source = TensorSource::open(controlnet_fixture(file)).unwrap();
-        let model = PromptDiffusionControlNet::<B>::from_single_file(
-            &config,
-            &source,
-            &LoadOptions::default(),
-            &io.device,
-        )
-        .unwrap();
+        // Original files carry no config: the tiny architecture comes from the folder's.
+        let model =
+            from_single_file(PromptDiffusionControlNet::<B>::from_single_file, &source).unwrap();
         let out = residuals(&model, &io, &ControlScales::Uniform(1.0));
         io.assert_residuals(file, "", &out, 1e-4);
         for (a, b) in out.down.iter().zip(&reference.down) {
@@ -107,23 +131,10 @@ fn denoiser_uses_the_fine_tuned_unet_of_the_single_file() {
     let io = Io::open(controlnet_fixture(IO));
     let source =
         TensorSource::open(controlnet_fixture("tiny-prompt-diffusion.safetensors")).unwrap();
-    let denoiser = PromptDiffusionDenoiser::<B>::from_single_file(
-        &folder_config(),
-        &source,
-        &LoadOptions::default(),
-        &io.device,
-    )
-    .unwrap();
-    let out = denoiser
-        .forward(
-            io.t("sample"),
-            io.t("timestep"),
-            io.t("context"),
-            io.t("pair"),
-            io.t("query"),
-            &ControlScales::Uniform(1.0),
-        )
-        .unwrap();
+    let denoiser =
+        from_single_file(PromptDiffusionDenoiser::<B>::from_single_file, &source).unwrap();
+    let uniform = ControlScales::Uniform(1.0);
+    let out = forward_on(PromptDiffusionDenoiser::forward, &denoiser, &io, &uniform);
     assert_close(
         "unet with prompt diffusion residuals",
         out.clone(),
@@ -138,7 +149,7 @@ fn denoiser_uses_the_fine_tuned_unet_of_the_single_file() {
         &io.device,
     )
     .unwrap();
-    let residuals = residuals(&denoiser.controlnet, &io, &ControlScales::Uniform(1.0));
+    let residuals = residuals(&denoiser.controlnet, &io, &uniform);
     let stock_out = stock
         .forward_with_residuals(
             io.t("sample"),
@@ -152,29 +163,16 @@ fn denoiser_uses_the_fine_tuned_unet_of_the_single_file() {
 
 #[test]
 fn single_file_helpers_require_their_prefixes() {
-    let config = folder_config();
     // tiny-sd has no ControlNet.
     let sd = TensorSource::open(fixtures().join("tiny-sd.safetensors")).unwrap();
-    let err = PromptDiffusionControlNet::<B>::from_single_file(
-        &config,
-        &sd,
-        &LoadOptions::default(),
-        &Default::default(),
-    )
-    .unwrap_err();
+    let err = from_single_file(PromptDiffusionControlNet::<B>::from_single_file, &sd).unwrap_err();
     assert!(
         matches!(err, Error::Format { .. }) && err.to_string().contains("control_model"),
         "{err}"
     );
     // The pickle holds the ControlNet only: the denoiser refuses to go without its UNet.
     let ckpt = TensorSource::open(controlnet_fixture("tiny-prompt-diffusion.ckpt")).unwrap();
-    let err = PromptDiffusionDenoiser::<B>::from_single_file(
-        &config,
-        &ckpt,
-        &LoadOptions::default(),
-        &Default::default(),
-    )
-    .unwrap_err();
+    let err = from_single_file(PromptDiffusionDenoiser::<B>::from_single_file, &ckpt).unwrap_err();
     assert!(err.to_string().contains("model.diffusion_model"), "{err}");
 }
 

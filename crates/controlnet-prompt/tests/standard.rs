@@ -44,6 +44,20 @@ fn run(model: &ControlNetModel<B>, io: &Io, scales: ControlScales) -> UNetResidu
         .unwrap()
 }
 
+/// The residuals of `model` at `scales`, asserted within 1e-4 of the fixture's
+/// `{prefix}down.{i}` and `{prefix}mid` (reported as `what`).
+fn run_checked(
+    model: &ControlNetModel<B>,
+    io: &Io,
+    scales: ControlScales,
+    what: &str,
+    prefix: &str,
+) -> UNetResiduals<B> {
+    let out = run(model, io, scales);
+    io.assert_residuals(what, prefix, &out, 1e-4);
+    out
+}
+
 #[test]
 fn diffusers_folder_matches_the_reference() {
     let io = Io::open(controlnet_fixture(IO));
@@ -54,18 +68,9 @@ fn diffusers_folder_matches_the_reference() {
     )
     .unwrap();
     assert!(model.config().use_linear_projection);
-    io.assert_residuals(
-        "controlnet",
-        "",
-        &run(&model, &io, ControlScales::Uniform(0.8)),
-        1e-4,
-    );
-    io.assert_residuals(
-        "controlnet guess mode",
-        "guess.",
-        &run(&model, &io, ControlScales::GuessMode(0.7)),
-        1e-4,
-    );
+    run_checked(&model, &io, ControlScales::Uniform(0.8), "controlnet", "");
+    let guess = ControlScales::GuessMode(0.7);
+    run_checked(&model, &io, guess, "controlnet guess mode", "guess.");
 }
 
 #[test]
@@ -74,8 +79,8 @@ fn original_layout_matches_the_reference() {
     let config = config();
     let reference = run(&folder_model(&config), &io, ControlScales::Uniform(0.8));
     let model = load(&config, "standard-ldm.safetensors");
-    let out = run(&model, &io, ControlScales::Uniform(0.8));
-    io.assert_residuals("controlnet (original layout)", "", &out, 1e-4);
+    let what = "controlnet (original layout)";
+    let out = run_checked(&model, &io, ControlScales::Uniform(0.8), what, "");
     let mid = |r: &UNetResiduals<B>| r.mid.clone().unwrap();
     assert_eq!(max_abs_diff(mid(&out), mid(&reference)), 0.0);
 }
@@ -86,11 +91,12 @@ fn bgr_hints_are_flipped() {
     let mut config = config();
     config.controlnet_conditioning_channel_order = ChannelOrder::Bgr;
     let model = folder_model(&config);
-    io.assert_residuals(
+    run_checked(
+        &model,
+        &io,
+        ControlScales::Uniform(1.0),
         "controlnet bgr",
         "bgr.",
-        &run(&model, &io, ControlScales::Uniform(1.0)),
-        1e-4,
     );
 }
 

@@ -22,41 +22,60 @@ fn unet_fixture(name: &str) -> Fixture {
     Fixture::open(fixtures().join("unet").join(name))
 }
 
-fn tiny_sd_unet() -> UNet2DConditionModel<B> {
+/// The UNet of the diffusers folder `fixtures/{folder}`.
+fn folder_unet(folder: &str) -> UNet2DConditionModel<B> {
     UNet2DConditionModel::from_pretrained(
-        fixtures().join("tiny-sd/unet"),
+        fixtures().join(folder),
         &LoadOptions::default(),
         &Default::default(),
     )
     .unwrap()
 }
 
+/// The tiny SD UNet and its fixture `fixtures/unet/sd1.safetensors`.
+fn sd1() -> (Fixture, UNet2DConditionModel<B>) {
+    (unet_fixture("sd1.safetensors"), folder_unet("tiny-sd/unet"))
+}
+
+/// The config and weights of the tiny SD UNet's folder.
+fn tiny_sd_source() -> (UNet2DConditionConfig, TensorSource) {
+    folder_source(&fixtures().join("tiny-sd/unet"))
+}
+
+/// The fixture's `sample`, `timestep` and `context`.
+fn inputs(io: &Fixture) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) {
+    (io.t("sample"), io.t("timestep"), io.t("context"))
+}
+
+/// The UNet's output for the fixture's [`inputs`], through `forward_with_residuals` when
+/// `residuals` are given and `forward` otherwise.
+fn predict(
+    unet: &UNet2DConditionModel<B>,
+    io: &Fixture,
+    residuals: Option<&UNetResiduals<B>>,
+) -> Tensor<B, 4> {
+    let (sample, timestep, context) = inputs(io);
+    match residuals {
+        Some(residuals) => unet.forward_with_residuals(sample, timestep, context, residuals),
+        None => unet.forward(sample, timestep, context),
+    }
+    .unwrap()
+}
+
 #[test]
 fn sd1_unet_matches_diffusers() {
-    let io = unet_fixture("sd1.safetensors");
-    let unet = tiny_sd_unet();
-    let out = unet
-        .forward(io.t("sample"), io.t("timestep"), io.t("context"))
-        .unwrap();
-    assert_close("sd1 unet", out, io.t("out"), 1e-4);
+    let (io, unet) = sd1();
+    assert_close("sd1 unet", predict(&unet, &io, None), io.t("out"), 1e-4);
 }
 
 #[test]
 fn sd1_unet_with_residuals_matches_diffusers() {
-    let io = unet_fixture("sd1.safetensors");
-    let unet = tiny_sd_unet();
+    let (io, unet) = sd1();
     let skips = unet.config().num_skips();
     assert_eq!(skips, 9);
     let down = (0..skips).map(|i| io.t(&format!("down.{i}"))).collect();
     let residuals = UNetResiduals::new(down, io.t("mid"));
-    let out = unet
-        .forward_with_residuals(
-            io.t("sample"),
-            io.t("timestep"),
-            io.t("context"),
-            &residuals,
-        )
-        .unwrap();
+    let out = predict(&unet, &io, Some(&residuals));
     assert_close(
         "sd1 unet + residuals",
         out.clone(),
@@ -70,75 +89,48 @@ fn sd1_unet_with_residuals_matches_diffusers() {
 #[test]
 fn sd2_unet_matches_diffusers() {
     let io = unet_fixture("sd2.safetensors");
-    let unet = UNet2DConditionModel::<B>::from_pretrained(
-        fixtures().join("unet/sd2"),
-        &LoadOptions::default(),
-        &io.device,
-    )
-    .unwrap();
+    let unet = folder_unet("unet/sd2");
     assert!(unet.config().use_linear_projection);
-    let out = unet
-        .forward(io.t("sample"), io.t("timestep"), io.t("context"))
-        .unwrap();
-    assert_close("sd2 unet", out, io.t("out"), 1e-4);
+    assert_close("sd2 unet", predict(&unet, &io, None), io.t("out"), 1e-4);
 }
 
 #[test]
 fn single_file_checkpoints_give_identical_outputs() {
-    let io = unet_fixture("sd1.safetensors");
-    let reference = tiny_sd_unet()
-        .forward(io.t("sample"), io.t("timestep"), io.t("context"))
-        .unwrap();
-    let config =
-        UNet2DConditionConfig::from_file(fixtures().join("tiny-sd/unet/config.json")).unwrap();
+    let (io, from_folder) = sd1();
+    let reference = predict(&from_folder, &io, None);
+    let (config, _) = tiny_sd_source();
     for file in ["tiny-sd.safetensors", "tiny-sd.ckpt"] {
         let source = TensorSource::open(fixtures().join(file))
             .unwrap()
             .strip_prefix("model.diffusion_model.");
         let unet = load_default::<UNet2DConditionModel<B>>(&config, &source).unwrap();
-        let out = unet
-            .forward(io.t("sample"), io.t("timestep"), io.t("context"))
-            .unwrap();
+        let out = predict(&unet, &io, None);
         assert_eq!(max_abs_diff(out, reference.clone()), 0.0, "{file}");
     }
-}
-
-fn tiny_sd_source() -> (UNet2DConditionConfig, TensorSource) {
-    folder_source(&fixtures().join("tiny-sd/unet"))
-}
-
-fn load_error(config: &UNet2DConditionConfig, source: &TensorSource) -> String {
-    weights_error::<UNet2DConditionModel<B>>(config, source)
 }
 
 #[test]
 fn missing_unexpected_and_misshaped_tensors_are_named() {
     let (config, source) = tiny_sd_source();
     let key = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight";
+    let bogus = "down_blocks.9.bogus.weight";
 
     let mut missing = source.clone();
     assert!(missing.remove(key));
-    let msg = load_error(&config, &missing);
-    assert!(msg.contains("missing") && msg.contains(key), "{msg}");
-
     let mut extra = source.clone();
-    extra.insert_data(
-        "down_blocks.9.bogus.weight",
-        TensorData::new(vec![0f32; 2], [2]),
-    );
-    let msg = load_error(&config, &extra);
-    assert!(
-        msg.contains("unexpected") && msg.contains("down_blocks.9.bogus.weight"),
-        "{msg}"
-    );
-
+    extra.insert_data(bogus, TensorData::new(vec![0f32; 2], [2]));
     let mut wrong = config.clone();
     wrong.cross_attention_dim = prompt_diffusion_core::config::OneOrMany::One(8);
-    let msg = load_error(&wrong, &source);
-    assert!(
-        msg.contains("wrong shape") && msg.contains("attn2.to_k.weight"),
-        "{msg}"
-    );
+
+    // Each damage, with the kind of mismatch and the tensor the message must name.
+    for (config, source, kind, tensor) in [
+        (&config, &missing, "missing", key),
+        (&config, &extra, "unexpected", bogus),
+        (&wrong, &source, "wrong shape", "attn2.to_k.weight"),
+    ] {
+        let msg = weights_error::<UNet2DConditionModel<B>>(config, source);
+        assert!(msg.contains(kind) && msg.contains(tensor), "{msg}");
+    }
 }
 
 #[test]
@@ -167,11 +159,8 @@ fn invalid_configs_name_the_field() {
 
 #[test]
 fn bad_inputs_are_errors_not_panics() {
-    let io = unet_fixture("sd1.safetensors");
-    let unet = tiny_sd_unet();
-    let sample: Tensor<B, 4> = io.t("sample");
-    let t: Tensor<B, 1> = io.t("timestep");
-    let ctx: Tensor<B, 3> = io.t("context");
+    let (io, unet) = sd1();
+    let (sample, t, ctx) = inputs(&io);
 
     let wrong_channels = Tensor::<B, 4>::zeros([2, 3, 16, 16], &io.device);
     assert!(matches!(
@@ -204,13 +193,12 @@ fn bad_inputs_are_errors_not_panics() {
 
 #[test]
 fn one_timestep_broadcasts_over_the_batch() {
-    let io = unet_fixture("sd1.safetensors");
-    let unet = tiny_sd_unet();
-    let sample: Tensor<B, 4> = io.t("sample");
-    let ctx: Tensor<B, 3> = io.t("context");
-    let t = Tensor::<B, 1>::from_floats([981.0], &io.device);
-    let both = Tensor::<B, 1>::from_floats([981.0, 981.0], &io.device);
-    let a = unet.forward(sample.clone(), t, ctx.clone()).unwrap();
-    let b = unet.forward(sample, both, ctx).unwrap();
-    assert_eq!(max_abs_diff(a, b), 0.0);
+    let (io, unet) = sd1();
+    let (sample, _, ctx) = inputs(&io);
+    let forward = |timesteps: &[f32]| {
+        let t = Tensor::<B, 1>::from_floats(timesteps, &io.device);
+        unet.forward(sample.clone(), t, ctx.clone()).unwrap()
+    };
+    let (one, both) = (forward(&[981.0]), forward(&[981.0, 981.0]));
+    assert_eq!(max_abs_diff(one, both), 0.0);
 }

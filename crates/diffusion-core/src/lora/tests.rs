@@ -53,6 +53,23 @@ fn layer(key: &str, down: &[usize], up: &[usize], factor: f32) -> LoraLayer {
     }
 }
 
+/// The updates of `linear` to `proj` and `conv` to `convs.0` (read from `test.safetensors`) of
+/// the model with `targets`, on `device`.
+fn updates<D: Backend>(
+    targets: &LoraTargets,
+    linear: &LoraLayer,
+    conv: &LoraLayer,
+    device: &D::Device,
+) -> Vec<LoraUpdate<D>> {
+    let file = Path::new("test.safetensors");
+    [(linear, "proj"), (conv, "convs.0")]
+        .into_iter()
+        .map(|(layer, module)| {
+            LoraUpdate::new(layer, module, targets.get(module).unwrap(), file, device).unwrap()
+        })
+        .collect()
+}
+
 fn data<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().to_vec().unwrap()
 }
@@ -96,20 +113,9 @@ fn merged_weights_follow_the_formula_and_come_back_exactly() {
     let model = tiny();
     let device = Default::default();
     let targets = LoraTargets::of::<B, _>(&model);
-    let file = Path::new("test.safetensors");
     let linear = layer("proj", &[2, 3], &[5, 2], 0.5);
     let conv = layer("conv", &[2, 3, 3, 3], &[4, 2, 1, 1], 1.5);
-    let updates = vec![
-        LoraUpdate::new(&linear, "proj", targets.get("proj").unwrap(), file, &device).unwrap(),
-        LoraUpdate::new(
-            &conv,
-            "convs.0",
-            targets.get("convs.0").unwrap(),
-            file,
-            &device,
-        )
-        .unwrap(),
-    ];
+    let updates = updates::<B>(&targets, &linear, &conv, &device);
     let (w, c) = (
         data(model.proj.weight.val()),
         data(model.convs[0].weight.val()),
@@ -223,35 +229,10 @@ mod wgpu {
     fn merging_on_wgpu_matches_ndarray_in_every_dtype() {
         let device = WgpuDevice::default();
         let model = tiny();
-        let file = Path::new("test.safetensors");
         let linear = layer("proj", &[2, 3], &[5, 2], 0.5);
         let conv = layer("conv", &[2, 3, 3, 3], &[4, 2, 1, 1], 1.5);
         let targets = LoraTargets::of::<B, _>(&model);
-        let updates = |d: &WgpuDevice| -> Vec<LoraUpdate<Wgpu>> {
-            vec![
-                LoraUpdate::new(&linear, "proj", targets.get("proj").unwrap(), file, d).unwrap(),
-                LoraUpdate::new(&conv, "convs.0", targets.get("convs.0").unwrap(), file, d)
-                    .unwrap(),
-            ]
-        };
-        let reference_updates = vec![
-            LoraUpdate::<B>::new(
-                &linear,
-                "proj",
-                targets.get("proj").unwrap(),
-                file,
-                &Default::default(),
-            )
-            .unwrap(),
-            LoraUpdate::<B>::new(
-                &conv,
-                "convs.0",
-                targets.get("convs.0").unwrap(),
-                file,
-                &Default::default(),
-            )
-            .unwrap(),
-        ];
+        let reference_updates = updates::<B>(&targets, &linear, &conv, &Default::default());
         let reference = MergedWeights::default().apply(model.clone(), &[(0.7, &reference_updates)]);
         let x = Tensor::<B, 4>::from_data(
             TensorData::new(values(3 * 36, 3.0), [1, 3, 6, 6]),
@@ -269,7 +250,7 @@ mod wgpu {
                 read(original.proj.weight.val()),
                 read(original.convs[0].weight.val()),
             );
-            let updates = updates(&device);
+            let updates = updates::<Wgpu>(&targets, &linear, &conv, &device);
             let mut merged = MergedWeights::default();
             let lora = merged.apply(original, &[(0.7, &updates)]);
             assert_eq!(lora.convs[0].weight.val().dtype(), dtype);

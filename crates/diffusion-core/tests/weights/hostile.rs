@@ -46,6 +46,17 @@ fn copy_to(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
+/// The [`open_err`] message of `flat.ckpt` rewritten by `edit` (see [`rezip`]) into `name`.
+fn rezipped_flat_err(
+    name: &str,
+    edit: impl FnMut(&str, Vec<u8>) -> Option<(Vec<u8>, CompressionMethod)>,
+) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    rezip(&fixture("flat.ckpt"), &path, edit);
+    open_err(&path)
+}
+
 #[test]
 fn truncated_checkpoints_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,12 +81,9 @@ fn truncated_checkpoints_are_refused() {
 
 #[test]
 fn a_missing_storage_entry_is_refused_naming_the_tensor() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("missing.ckpt");
-    rezip(&fixture("flat.ckpt"), &path, |name, bytes| {
+    let message = rezipped_flat_err("missing.ckpt", |name, bytes| {
         (name != "flat/data/6").then_some((bytes, CompressionMethod::Stored))
     });
-    let message = open_err(&path);
     assert!(message.contains("flat/data/6"), "{message}");
     assert!(message.contains("tensor `"), "{message}");
     assert!(message.contains("missing"), "{message}");
@@ -83,15 +91,12 @@ fn a_missing_storage_entry_is_refused_naming_the_tensor() {
 
 #[test]
 fn a_short_storage_entry_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("short.ckpt");
-    rezip(&fixture("flat.ckpt"), &path, |name, mut bytes| {
+    let message = rezipped_flat_err("short.ckpt", |name, mut bytes| {
         if name == "flat/data/4" {
             bytes.truncate(40);
         }
         Some((bytes, CompressionMethod::Stored))
     });
-    let message = open_err(&path);
     assert!(
         message.contains("flat/data/4: the zip entry holds 40 bytes"),
         "{message}"
@@ -123,9 +128,7 @@ fn lying_zip_size_fields_are_refused() {
 #[test]
 fn compressed_storages_cannot_inflate() {
     // torch.save stores storages uncompressed; a deflated entry is how a zip bomb hides.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bomb.ckpt");
-    rezip(&fixture("flat.ckpt"), &path, |name, bytes| {
+    let message = rezipped_flat_err("bomb.ckpt", |name, bytes| {
         let method = if name.contains("/data/") {
             CompressionMethod::Deflated
         } else {
@@ -133,7 +136,6 @@ fn compressed_storages_cannot_inflate() {
         };
         Some((bytes, method))
     });
-    let message = open_err(&path);
     assert!(message.contains("is compressed"), "{message}");
 }
 
