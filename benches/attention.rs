@@ -1,5 +1,7 @@
-//! Scaled-dot-product attention at the shapes of an SD1.5 UNet step, through the workspace's one
-//! entry point (`prompt_diffusion::core::nn::attention`).
+//! Scaled-dot-product attention at the shapes of an SD1.5 UNet step, through the workspace's
+//! entry points: `attention` (heads split, `[batch, heads, tokens, d]`) and
+//! `multi_head_attention` (the projections' `[batch, tokens, heads·d]`, as the UNet calls it;
+//! the host kernel on the CPU backends).
 //!
 //! ```text
 //! cargo bench --bench attention                                  # tiny shapes, ndarray, f32
@@ -16,7 +18,7 @@ use burn::prelude::*;
 use common::{AttentionShape, BenchEnv, CriterionBench, bench_id, randn, sync};
 use criterion::Criterion;
 use prompt_diffusion::core::Result;
-use prompt_diffusion::core::nn::{AttentionOptions, attention};
+use prompt_diffusion::core::nn::{AttentionOptions, attention, multi_head_attention};
 
 /// Attention at every shape of the environment's size.
 struct Attention;
@@ -43,6 +45,30 @@ impl CriterionBench for Attention {
             run(); // compile kernels and autotune before timing
             let id = bench_id::<B>("attention", &device, &env, &shape.label());
             group.bench_function(id.trim_start_matches("attention/"), |b| b.iter(&mut run));
+        }
+        group.finish();
+        let mut group = criterion.benchmark_group("multi_head_attention");
+        for shape in common::attention_shapes(env.size) {
+            let AttentionShape {
+                batch,
+                heads,
+                seq_q,
+                seq_k,
+                dim,
+            } = shape;
+            let q = randn::<B, 3>([batch, seq_q, heads * dim], &device);
+            let k = randn::<B, 3>([batch, seq_k, heads * dim], &device);
+            let v = randn::<B, 3>([batch, seq_k, heads * dim], &device);
+            let options = AttentionOptions::default();
+            let mut run = || {
+                let out = multi_head_attention(q.clone(), k.clone(), v.clone(), heads, options);
+                sync::<B>(&device);
+                out
+            };
+            run();
+            let id = bench_id::<B>("multi_head_attention", &device, &env, &shape.label());
+            let id = id.trim_start_matches("multi_head_attention/");
+            group.bench_function(id, |b| b.iter(&mut run));
         }
         group.finish();
         Ok(())

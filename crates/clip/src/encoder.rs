@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::nn::{
-    Activation, AttentionOptions, LayerNorm, LayerNormConfig, attention,
+    Activation, AttentionOptions, LayerNorm, LayerNormConfig, multi_head_attention,
 };
 
 /// Hyper-parameters of a [`CLIPEncoder`], taken from a text or vision config.
@@ -87,16 +87,11 @@ impl<B: Backend> CLIPAttention<B> {
     /// # Shapes
     /// `[batch, seq, D]` → `[batch, seq, D]`.
     pub fn forward(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
-        let [batch, seq, width] = x.dims();
-        let heads = self.num_heads;
-        let head_dim = width / heads;
-        let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
-        let out = attention(q, k, v, AttentionOptions { causal });
-        self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([batch, seq, width]))
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        let out = multi_head_attention(q, k, v, self.num_heads, AttentionOptions { causal });
+        self.out_proj.forward(out)
     }
 }
 

@@ -2,8 +2,7 @@
 
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
-use prompt_diffusion_core::nn::{Attention, AttentionConfig, LayerNorm, LayerNormConfig};
+use prompt_diffusion_core::nn::{Attention, AttentionConfig, LayerNorm, LayerNormConfig, geglu};
 
 /// `value · gelu(gate)` where `[value ‖ gate] = proj(x)` (exact, erf-based GELU).
 #[derive(Module, Debug)]
@@ -16,12 +15,7 @@ impl<B: Backend> GEGLU<B> {
     /// # Shapes
     /// `[batch, n, dim]` → `[batch, n, inner]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = self.proj.forward(x);
-        let [b, n, two_inner] = h.dims();
-        let inner = two_inner / 2;
-        let value = h.clone().slice([0..b, 0..n, 0..inner]);
-        let gate = h.slice([0..b, 0..n, inner..two_inner]);
-        value * gelu(gate)
+        geglu(self.proj.forward(x))
     }
 }
 

@@ -10,14 +10,20 @@
 //!   dimensions up to [`FUSED_ATTENTION_MAX_HEAD_DIM`] (SD's 40, 64, 80, 160; CLIP-vision's 64)
 //!   and any sequence lengths. [`fused_attention_available`] says whether a backend has it,
 //!   [`fused_attention_launches`] counts the calls it served.
-//! * **Reference**: everything else — other backends (ndarray, flex, autodiff), causal masks
+//! * **Host kernel** (burn-ndarray, and burn-flex with the crate feature `flex`): f32
+//!   [`multi_head_attention`] reads each head in place from the projections' `[batch, tokens,
+//!   heads·d]` layout, runs blocks of query rows in parallel with `gemm` products and a
+//!   vectorised softmax, and writes the output in the same layout, so the CPU backends never
+//!   copy the heads apart and back (`host/attention.rs`).
+//! * **Reference**: everything else — other backends (autodiff included), causal masks
 //!   (CLIP's text encoder, Optimus), head dimensions above 256 (the VAE's 512-channel
 //!   single-head attention) — runs `burn::tensor::module::attention` with the default scale
 //!   `1/√head_dim`; half-precision inputs are computed in f32 and cast back, so the softmax never
 //!   runs in f16.
 //!
-//! Both paths compute the same function; the kernel is tested against the reference on wgpu
-//! (`tests/fused_kernels_wgpu/attention.rs`, ≤ 1e-4 in f32 and ≤ 2e-3 in f16).
+//! Every path computes the same function; the fused kernel is tested against the reference on
+//! wgpu (`tests/fused_kernels_wgpu/attention.rs`, ≤ 1e-4 in f32 and ≤ 2e-3 in f16), the host
+//! kernel on ndarray (below, ≤ 1e-5).
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -62,6 +68,33 @@ pub fn attention<B: Backend>(
         Ok(out) => out,
         Err((q, k, v)) => reference_attention(q, k, v, options),
     }
+}
+
+/// Multi-head attention of projected tokens: splits `heads` heads, runs [`attention`] and
+/// merges the heads back — or, on the CPU backends in f32, the host kernel, which does all
+/// three without moving the heads apart (see the module docs).
+///
+/// # Shapes
+/// `q: [batch, seq_q, heads·d]`, `k: [batch, seq_k, heads·d]`, `v: [batch, seq_k, heads·d_v]`
+/// → `[batch, seq_q, heads·d_v]`.
+pub fn multi_head_attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+    options: AttentionOptions,
+) -> Tensor<B, 3> {
+    let f32_inputs = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32);
+    if f32_inputs && k.dims()[1] > 0 && super::host::host_backend::<B>() {
+        return super::host::attention(q, k, v, heads, options.causal);
+    }
+    let split = |x: Tensor<B, 3>| {
+        let [b, n, inner] = x.dims();
+        x.reshape([b, n, heads, inner / heads]).swap_dims(1, 2)
+    };
+    let out = attention(split(q), split(k), split(v), options);
+    let [b, h, n, d] = out.dims();
+    out.swap_dims(1, 2).reshape([b, n, h * d])
 }
 
 /// burn's `module::attention`, in f32 for half-precision inputs.
@@ -138,5 +171,78 @@ mod tests {
         assert_eq!(fused_attention_launches(), before);
         let burns = module::attention(q, k, v, None, None, AttentionModuleOptions::default());
         ours.into_data().assert_eq(&burns.into_data(), true);
+    }
+
+    /// `[batch, tokens, heads·d]` inputs of a deterministic pattern.
+    fn tokens(shape: [usize; 3], shift: f32) -> Tensor<B, 3> {
+        let n = shape.iter().product();
+        let values = (0..n)
+            .map(|i| (i as f32 * 0.37 + shift).sin() * 3.0)
+            .collect();
+        Tensor::from_data(
+            burn::tensor::TensorData::new(values, shape),
+            &Default::default(),
+        )
+    }
+
+    /// burn's op on the heads split apart and merged back: the reference of the host kernel.
+    fn split_reference(
+        q: Tensor<B, 3>,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+        heads: usize,
+        causal: bool,
+    ) -> Tensor<B, 3> {
+        let split = |x: Tensor<B, 3>| {
+            let [b, n, inner] = x.dims();
+            x.reshape([b, n, heads, inner / heads]).swap_dims(1, 2)
+        };
+        let opts = AttentionModuleOptions {
+            is_causal: causal,
+            ..Default::default()
+        };
+        let out = module::attention(split(q), split(k), split(v), None, None, opts);
+        let [b, h, n, d] = out.dims();
+        out.swap_dims(1, 2).reshape([b, n, h * d])
+    }
+
+    #[test]
+    fn host_kernel_matches_burns_op() {
+        assert!(super::super::host::host_backend::<B>());
+        // Self- and cross-attention, several query blocks with a partial last one, a value
+        // width other than the key width, one head of 512 (the VAE), causal text attention
+        // with fewer queries than keys.
+        let cases = [
+            ([2, 70, 40], [2, 70, 40], 20, 5, false),
+            ([2, 65, 64], [2, 77, 64], 48, 2, false),
+            ([1, 33, 512], [1, 33, 512], 512, 1, false),
+            ([2, 77, 64], [2, 77, 64], 64, 4, true),
+            ([1, 5, 16], [1, 9, 16], 16, 2, true),
+        ];
+        for (q_shape, k_shape, dv, heads, causal) in cases {
+            let (q, k) = (tokens(q_shape, 0.0), tokens(k_shape, 1.0));
+            let v = tokens([k_shape[0], k_shape[1], dv * heads], 2.0);
+            let options = AttentionOptions { causal };
+            let ours = multi_head_attention(q.clone(), k.clone(), v.clone(), heads, options);
+            let reference = split_reference(q, k, v, heads, causal);
+            assert_eq!(ours.dims(), reference.dims());
+            let diff = (ours - reference).abs().max().into_scalar();
+            assert!(
+                diff <= 1e-5,
+                "{q_shape:?} {k_shape:?} causal {causal}: {diff}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_kernel_keeps_nan() {
+        let q = tokens([1, 4, 8], 0.0);
+        let k = tokens([1, 4, 8], 1.0).slice_assign(
+            [0..1, 1..2, 0..1],
+            Tensor::from_floats([[[f32::NAN]]], &Default::default()),
+        );
+        let out = multi_head_attention(q, k.clone(), k, 2, AttentionOptions::default());
+        let values: Vec<f32> = out.into_data().to_vec().unwrap();
+        assert!(values.iter().any(|x| x.is_nan()));
     }
 }

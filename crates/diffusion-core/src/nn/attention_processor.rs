@@ -2,14 +2,14 @@
 //! used by the UNet's transformer blocks (self- and cross-attention) and the VAE's mid block.
 //!
 //! The weights are `to_q`, `to_k`, `to_v` and `to_out.0` (diffusers' names); the computation is
-//! [`attention`](super::attention), so a faster kernel applies to every caller. Softmax runs in
+//! [`multi_head_attention`](super::multi_head_attention), so a faster kernel applies to every caller. Softmax runs in
 //! f32 for half-precision inputs, which covers diffusers' `upcast_attention` and
 //! `upcast_softmax` options.
 
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
-use super::{AttentionOptions, GroupNorm, GroupNormConfig, attention};
+use super::{AttentionOptions, GroupNorm, GroupNormConfig, multi_head_attention};
 
 /// Configuration of an [`Attention`] layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,14 +105,7 @@ impl<B: Backend> Attention<B> {
         let kv_source = context.unwrap_or(x);
         let k = self.to_k.forward(kv_source.clone());
         let v = self.to_v.forward(kv_source);
-        let out = attention(
-            self.split_heads(q),
-            self.split_heads(k),
-            self.split_heads(v),
-            AttentionOptions::default(),
-        );
-        let [b, h, n, d] = out.dims();
-        let out = out.swap_dims(1, 2).reshape([b, n, h * d]);
+        let out = multi_head_attention(q, k, v, self.heads, AttentionOptions::default());
         self.to_out
             .iter()
             .fold(out, |out, linear| linear.forward(out))
@@ -132,13 +125,6 @@ impl<B: Backend> Attention<B> {
         let tokens = normed.reshape([b, c, h * w]).swap_dims(1, 2);
         let out = self.forward(tokens, None);
         out.swap_dims(1, 2).reshape([b, c, h, w]) + x
-    }
-
-    /// `[b, n, heads·d]` → `[b, heads, n, d]`.
-    fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
-        let [b, n, inner] = x.dims();
-        x.reshape([b, n, self.heads, inner / self.heads])
-            .swap_dims(1, 2)
     }
 
     /// Number of heads.

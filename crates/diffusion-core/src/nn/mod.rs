@@ -6,16 +6,17 @@ mod activation;
 mod attention;
 mod attention_processor;
 mod fused;
+mod host;
 mod layout;
 mod norm;
 pub(crate) mod path;
 mod resnet;
 mod sampling;
 
-pub use activation::Activation;
+pub use activation::{Activation, geglu};
 pub use attention::{
     AttentionOptions, FUSED_ATTENTION_MAX_HEAD_DIM, attention, fused_attention_available,
-    fused_attention_launches,
+    fused_attention_launches, multi_head_attention,
 };
 pub use attention_processor::{Attention, AttentionConfig};
 pub use fused::{fused_kernels_available, fused_norm_launches};

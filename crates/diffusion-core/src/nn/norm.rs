@@ -6,15 +6,33 @@
 //!
 //! On burn-wgpu and burn-cuda (crate features `wgpu` / `cuda`) both run as one fused CubeCL
 //! kernel — statistics, affine transform and, for [`GroupNorm::forward_activated`] with SiLU,
-//! the activation — instead of four or more launches; other backends compute the same function
-//! with burn's tensor operations. `tests/fused_kernels_wgpu.rs` compares the two.
+//! the activation — instead of four or more launches. On the CPU backends in f32 a host kernel
+//! does the same in one parallel pass per segment (`host/norm.rs`). Other backends and dtypes
+//! compute the same function with burn's tensor operations. `tests/fused_kernels_wgpu.rs`
+//! compares the fused kernel with them, the tests below the host kernel.
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::DType;
 
 use super::Activation;
-use super::fused::{NormLayout, try_norm};
+use super::{fused, host};
+use fused::NormLayout;
+
+/// The fused GPU kernel or the host kernel, when either takes `x` (see the module docs).
+fn try_kernels<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    (weight, bias): (&Param<Tensor<B, 1>>, &Param<Tensor<B, 1>>),
+    layout: NormLayout,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let (weight, bias) = (weight.val(), bias.val());
+    match fused::try_norm(x, weight.clone(), bias.clone(), layout, eps, silu) {
+        Ok(out) => Ok(out),
+        Err(x) => host::try_norm(x, weight, bias, layout, eps, silu),
+    }
+}
 
 /// Configuration of a [`GroupNorm`] (`torch.nn.GroupNorm`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -114,14 +132,7 @@ impl<B: Backend> GroupNorm<B> {
             inner: shape[2..].iter().product(),
             channels,
         };
-        try_norm(
-            x,
-            self.weight.val(),
-            self.bias.val(),
-            layout,
-            self.eps,
-            silu,
-        )
+        try_kernels(x, (&self.weight, &self.bias), layout, self.eps, silu)
     }
 
     /// The normalisation with burn's tensor operations, statistics in f32.
@@ -198,14 +209,7 @@ impl<B: Backend> LayerNorm<B> {
                 inner: 1,
                 channels: dim,
             };
-            match try_norm(
-                x,
-                self.weight.val(),
-                self.bias.val(),
-                layout,
-                self.eps,
-                false,
-            ) {
+            match try_kernels(x, (&self.weight, &self.bias), layout, self.eps, false) {
                 Ok(out) => out,
                 Err(x) => self.reference(x),
             }
@@ -273,5 +277,77 @@ mod tests {
         let y: Vec<f32> = ln.forward(x).into_data().to_vec().unwrap();
         let sd = 3.5f32.sqrt();
         assert!((y[3] - 3.0 / sd).abs() < 1e-6);
+    }
+
+    /// A deterministic pattern of `n` values around `offset`.
+    fn pattern(n: usize, offset: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (i as f32 * 0.61).sin() * 2.0 + offset)
+            .collect()
+    }
+
+    fn tensor<const D: usize>(shape: [usize; D], offset: f32) -> Tensor<B, D> {
+        let data = TensorData::new(pattern(shape.iter().product(), offset), shape);
+        Tensor::from_data(data, &Default::default())
+    }
+
+    fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    /// GroupNorm of `[batch, channels, spatial]` values by its definition, in f64.
+    fn group_norm_f64(
+        x: &[f32],
+        [b, c, n]: [usize; 3],
+        groups: usize,
+        w: &[f32],
+        bias: &[f32],
+    ) -> Vec<f32> {
+        let segment = c / groups * n;
+        let mut out = Vec::with_capacity(x.len());
+        for (s, values) in x.chunks(segment).enumerate() {
+            let values: Vec<f64> = values.iter().map(|v| f64::from(*v)).collect();
+            let mean = values.iter().sum::<f64>() / segment as f64;
+            let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / segment as f64;
+            for (i, v) in values.iter().enumerate() {
+                let ch = (s % groups) * (c / groups) + i / n;
+                let y = (v - mean) / (var + 1e-5).sqrt() * f64::from(w[ch]) + f64::from(bias[ch]);
+                out.push(y as f32);
+            }
+        }
+        assert_eq!(out.len(), b * c * n);
+        out
+    }
+
+    #[test]
+    fn host_kernels_match_the_definition_and_the_tensor_operations() {
+        let device = Default::default();
+        let mut gn = GroupNormConfig::new(4, 12).init::<B>(&device);
+        let (w, bias) = (pattern(12, 1.0), pattern(12, 0.0));
+        gn.weight = Param::from_tensor(Tensor::from_floats(w.as_slice(), &device));
+        gn.bias = Param::from_tensor(Tensor::from_floats(bias.as_slice(), &device));
+        // A permuted (channels-last) input, and a large mean over a small spread.
+        for x in [
+            tensor([2, 5, 7, 12], 0.0).permute([0, 3, 1, 2]),
+            tensor([1, 12, 3, 3], 100.0),
+        ] {
+            let [b, c, h, wd] = x.dims();
+            let values: Vec<f32> = x.clone().into_data().to_vec().unwrap();
+            let definition = group_norm_f64(&values, [b, c, h * wd], 4, &w, &bias);
+            let definition = Tensor::<B, 1>::from_floats(definition.as_slice(), &device);
+            let ours = gn.forward(x.clone());
+            let diff = max_diff(ours.clone().flatten(0, 3), definition);
+            assert!(diff < 2e-6, "definition: {diff}");
+            // The tensor operations' f32 statistics are less exact at a large mean.
+            let reference = gn.reference(x.clone());
+            assert!(max_diff(ours, reference.clone()) < 1e-4);
+            let activated = gn.forward_activated(x, Activation::Silu);
+            assert!(max_diff(activated, Activation::Silu.forward(reference)) < 1e-4);
+        }
+        let mut ln = LayerNormConfig::new(24).init::<B>(&device);
+        ln.weight = Param::from_tensor(tensor([24], 1.0));
+        ln.bias = Param::from_tensor(tensor([24], -1.0));
+        let x = tensor([2, 3, 24], 5.0);
+        assert!(max_diff(ln.forward(x.clone()), ln.reference(x)) < 1e-5);
     }
 }
