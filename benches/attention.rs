@@ -34,41 +34,29 @@ impl CriterionBench for Attention {
                 seq_k,
                 dim,
             } = shape;
-            let q = randn::<B, 4>([batch, heads, seq_q, dim], &device);
-            let k = randn::<B, 4>([batch, heads, seq_k, dim], &device);
-            let v = randn::<B, 4>([batch, heads, seq_k, dim], &device);
+            let options = AttentionOptions::default();
+            let split =
+                [seq_q, seq_k, seq_k].map(|n| randn::<B, 4>([batch, heads, n, dim], &device));
+            let tokens =
+                [seq_q, seq_k, seq_k].map(|n| randn::<B, 3>([batch, n, heads * dim], &device));
+            let id = bench_id::<B>("attention", &device, &env, &shape.label());
+            let id = id.trim_start_matches("attention/");
             let mut run = || {
-                let out = attention(q.clone(), k.clone(), v.clone(), AttentionOptions::default());
+                let [q, k, v] = split.clone();
+                let out = attention(q, k, v, options);
                 sync::<B>(&device);
                 out
             };
             run(); // compile kernels and autotune before timing
-            let id = bench_id::<B>("attention", &device, &env, &shape.label());
-            group.bench_function(id.trim_start_matches("attention/"), |b| b.iter(&mut run));
-        }
-        group.finish();
-        let mut group = criterion.benchmark_group("multi_head_attention");
-        for shape in common::attention_shapes(env.size) {
-            let AttentionShape {
-                batch,
-                heads,
-                seq_q,
-                seq_k,
-                dim,
-            } = shape;
-            let q = randn::<B, 3>([batch, seq_q, heads * dim], &device);
-            let k = randn::<B, 3>([batch, seq_k, heads * dim], &device);
-            let v = randn::<B, 3>([batch, seq_k, heads * dim], &device);
-            let options = AttentionOptions::default();
+            group.bench_function(id, |b| b.iter(&mut run));
             let mut run = || {
-                let out = multi_head_attention(q.clone(), k.clone(), v.clone(), heads, options);
+                let [q, k, v] = tokens.clone();
+                let out = multi_head_attention(q, k, v, heads, options);
                 sync::<B>(&device);
                 out
             };
             run();
-            let id = bench_id::<B>("multi_head_attention", &device, &env, &shape.label());
-            let id = id.trim_start_matches("multi_head_attention/");
-            group.bench_function(id, |b| b.iter(&mut run));
+            group.bench_function(format!("multi_head-{id}"), |b| b.iter(&mut run));
         }
         group.finish();
         Ok(())

@@ -233,7 +233,8 @@ impl<B: Backend> VersatileDiffusion<B> {
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
         let options = &VersatileOptions::default();
-        self.images(Flow::TextToImage, None, generation, options, callback)
+        let latents = self.latents(Flow::TextToImage, None, generation, options, callback)?;
+        self.components.decode_images(latents)
     }
 
     /// Variations of an image (`generation.prompt` is not used).
@@ -245,7 +246,8 @@ impl<B: Backend> VersatileDiffusion<B> {
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
         let flow = Flow::ImageVariation;
-        self.images(flow, Some(image), generation, options, callback)
+        let latents = self.latents(flow, Some(image), generation, options, callback)?;
+        self.components.decode_images(latents)
     }
 
     /// Images guided by `generation.prompt` and an image, mixed by `options.mix`.
@@ -257,7 +259,8 @@ impl<B: Backend> VersatileDiffusion<B> {
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<RgbImage>> {
         let flow = Flow::DualGuided;
-        self.images(flow, Some(image), generation, options, callback)
+        let latents = self.latents(flow, Some(image), generation, options, callback)?;
+        self.components.decode_images(latents)
     }
 
     /// Captions of an image (`generation.num_images` of them).
@@ -268,8 +271,16 @@ impl<B: Backend> VersatileDiffusion<B> {
         options: &VersatileOptions,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<String>> {
-        let flow = Flow::ImageToText;
-        self.texts(flow, Some(image), generation, options, callback)
+        let latents = self.latents(
+            Flow::ImageToText,
+            Some(image),
+            generation,
+            options,
+            callback,
+        )?;
+        let decoding = options.decoding;
+        self.components
+            .decode_texts(latents, decoding, generation.seed)
     }
 
     /// Variations of `generation.prompt`.
@@ -279,32 +290,7 @@ impl<B: Backend> VersatileDiffusion<B> {
         options: &VersatileOptions,
         callback: &mut dyn StepCallback,
     ) -> Result<Vec<String>> {
-        self.texts(Flow::TextVariation, None, generation, options, callback)
-    }
-
-    /// The decoded images of an image flow.
-    fn images(
-        &self,
-        flow: Flow,
-        image: Option<&ImagePrompt>,
-        generation: &Generation,
-        options: &VersatileOptions,
-        callback: &mut dyn StepCallback,
-    ) -> Result<Vec<RgbImage>> {
-        let latents = self.latents(flow, image, generation, options, callback)?;
-        self.components.decode_images(latents)
-    }
-
-    /// The decoded texts of a text flow.
-    fn texts(
-        &self,
-        flow: Flow,
-        image: Option<&ImagePrompt>,
-        generation: &Generation,
-        options: &VersatileOptions,
-        callback: &mut dyn StepCallback,
-    ) -> Result<Vec<String>> {
-        let latents = self.latents(flow, image, generation, options, callback)?;
+        let latents = self.latents(Flow::TextVariation, None, generation, options, callback)?;
         let decoding = options.decoding;
         self.components
             .decode_texts(latents, decoding, generation.seed)

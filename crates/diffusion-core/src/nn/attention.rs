@@ -86,7 +86,7 @@ pub fn multi_head_attention<B: Backend>(
 ) -> Tensor<B, 3> {
     let f32_inputs = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32);
     if f32_inputs && k.dims()[1] > 0 && super::host::host_backend::<B>() {
-        return super::host::attention(q, k, v, heads, options.causal);
+        return super::host::attention([q, k, v], heads, options.causal);
     }
     let split = |x: Tensor<B, 3>| {
         let [b, n, inner] = x.dims();
@@ -186,13 +186,8 @@ mod tests {
     }
 
     /// burn's op on the heads split apart and merged back: the reference of the host kernel.
-    fn split_reference(
-        q: Tensor<B, 3>,
-        k: Tensor<B, 3>,
-        v: Tensor<B, 3>,
-        heads: usize,
-        causal: bool,
-    ) -> Tensor<B, 3> {
+    fn split_reference(qkv: [Tensor<B, 3>; 3], heads: usize, causal: bool) -> Tensor<B, 3> {
+        let [q, k, v] = qkv;
         let split = |x: Tensor<B, 3>| {
             let [b, n, inner] = x.dims();
             x.reshape([b, n, heads, inner / heads]).swap_dims(1, 2)
@@ -224,7 +219,7 @@ mod tests {
             let v = tokens([k_shape[0], k_shape[1], dv * heads], 2.0);
             let options = AttentionOptions { causal };
             let ours = multi_head_attention(q.clone(), k.clone(), v.clone(), heads, options);
-            let reference = split_reference(q, k, v, heads, causal);
+            let reference = split_reference([q, k, v], heads, causal);
             assert_eq!(ours.dims(), reference.dims());
             let diff = (ours - reference).abs().max().into_scalar();
             assert!(

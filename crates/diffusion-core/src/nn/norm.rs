@@ -30,7 +30,7 @@ fn try_kernels<B: Backend, const D: usize>(
     let (weight, bias) = (weight.val(), bias.val());
     match fused::try_norm(x, weight.clone(), bias.clone(), layout, eps, silu) {
         Ok(out) => Ok(out),
-        Err(x) => host::try_norm(x, weight, bias, layout, eps, silu),
+        Err(x) => host::try_norm(x, [weight, bias], layout, (eps, silu)),
     }
 }
 

@@ -38,9 +38,7 @@ struct Dims {
 /// → `[batch, seq_q, heads·d_v]`; `causal` masks key `j` for query `i` when
 /// `j > i + seq_k − seq_q`.
 pub(in crate::nn) fn attention<B: Backend>(
-    q: Tensor<B, 3>,
-    k: Tensor<B, 3>,
-    v: Tensor<B, 3>,
+    [q, k, v]: [Tensor<B, 3>; 3],
     heads: usize,
     causal: bool,
 ) -> Tensor<B, 3> {

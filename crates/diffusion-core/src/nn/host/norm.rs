@@ -14,14 +14,12 @@ use crate::nn::fused::NormLayout;
 
 /// Normalises `x` on the host (affine transform and, with `silu`, SiLU included) when the
 /// backend is a CPU one, every tensor is f32 and the layout divides `x`; gives `x` back
-/// otherwise. Same contract as the fused kernel's `try_norm`.
+/// otherwise. The fused kernel's `try_norm`, with `[weight, bias]` and `(eps, silu)`.
 pub(in crate::nn) fn try_norm<B: Backend, const D: usize>(
     x: Tensor<B, D>,
-    weight: Tensor<B, 1>,
-    bias: Tensor<B, 1>,
+    [weight, bias]: [Tensor<B, 1>; 2],
     layout: NormLayout,
-    eps: f64,
-    silu: bool,
+    (eps, silu): (f64, bool),
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
     let len = x.shape().num_elements();
     let NormLayout {
