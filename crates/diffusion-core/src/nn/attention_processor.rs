@@ -2,9 +2,9 @@
 //! used by the UNet's transformer blocks (self- and cross-attention) and the VAE's mid block.
 //!
 //! The weights are `to_q`, `to_k`, `to_v` and `to_out.0` (diffusers' names); the computation is
-//! [`multi_head_attention`](super::multi_head_attention), so a faster kernel applies to every caller. Softmax runs in
-//! f32 for half-precision inputs, which covers diffusers' `upcast_attention` and
-//! `upcast_softmax` options.
+//! [`multi_head_attention`](super::multi_head_attention), so a faster kernel applies to every
+//! caller. Softmax runs in f32 for half-precision inputs, which covers diffusers'
+//! `upcast_attention` and `upcast_softmax` options.
 
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;

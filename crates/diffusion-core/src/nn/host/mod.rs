@@ -6,8 +6,8 @@
 //! passes — the heads of an attention split apart, a softmax, merged back; a norm's mean,
 //! centring, variance, scaling, shift and activation; GEGLU's slices, GELU and product — these
 //! kernels read the input once, compute the same function in one or two passes per segment, in
-//! parallel, and hand back one contiguous tensor. They take f32 inputs only; other dtypes, other backends and autodiff
-//! take the tensor-operation path.
+//! parallel, and hand back one contiguous tensor. They take f32 inputs only; other dtypes,
+//! other backends and autodiff take the tensor-operation path.
 
 mod activation;
 mod attention;
