@@ -17,7 +17,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
-use prompt_diffusion_core::nn::{LayerNorm, LayerNormConfig};
+use prompt_diffusion_core::nn::{LayerNorm, LayerNormConfig, conv2d};
 use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
 
 use crate::CLIPImageProcessor;
@@ -40,7 +40,7 @@ impl<B: Backend> CLIPVisionEmbeddings<B> {
     /// # Shapes
     /// `[batch, channels, image_size, image_size]` → `[batch, 1 + patches, D]`.
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
-        let patches = self.patch_embedding.forward(pixel_values);
+        let patches = conv2d(&self.patch_embedding, pixel_values);
         let [batch, width, gh, gw] = patches.dims();
         let patches = patches.reshape([batch, width, gh * gw]).swap_dims(1, 2);
         let class = self

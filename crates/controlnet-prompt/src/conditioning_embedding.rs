@@ -11,6 +11,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
+use prompt_diffusion_core::nn::conv2d;
 
 /// The hint encoder of a ControlNet.
 #[derive(Module, Debug)]
@@ -71,12 +72,12 @@ impl<B: Backend> ControlNetConditioningEmbedding<B> {
     /// `[batch, conditioning_channels, H, W]` → `[batch, embedding_channels, ⌈H/f⌉, ⌈W/f⌉]`
     /// with `f` = [`downscale_factor`](Self::downscale_factor).
     pub fn forward(&self, hint: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = silu(self.conv_in.forward(hint));
+        let h = silu(conv2d(&self.conv_in, hint));
         let h = self
             .blocks
             .iter()
-            .fold(h, |h, block| silu(block.forward(h)));
-        self.conv_out.forward(h)
+            .fold(h, |h, block| silu(conv2d(block, h)));
+        conv2d(&self.conv_out, h)
     }
 }
 

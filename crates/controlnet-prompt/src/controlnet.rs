@@ -10,6 +10,7 @@
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
+use prompt_diffusion_core::nn::conv2d;
 use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
 use prompt_diffusion_unet::embeddings::TimestepEmbedding;
 use prompt_diffusion_unet::unet_2d_blocks::{
@@ -243,7 +244,7 @@ impl<B: Backend> ControlNetModel<B> {
 
         let h = embeddings
             .into_iter()
-            .fold(self.conv_in.forward(sample), |h, e| h + e);
+            .fold(conv2d(&self.conv_in, sample), |h, e| h + e);
         let mut slots = AttentionSlots::new(context);
         let (h, skips) = run_down_blocks(&self.down_blocks, h, &temb, &mut slots);
         let h = self.mid_block.forward(h, &temb, &mut slots);
@@ -262,9 +263,9 @@ impl<B: Backend> ControlNetModel<B> {
             .into_iter()
             .zip(&self.controlnet_down_blocks)
             .zip(&scales)
-            .map(|((skip, zero_conv), &s)| Some(finish(zero_conv.forward(skip), s)))
+            .map(|((skip, zero_conv), &s)| Some(finish(conv2d(zero_conv, skip), s)))
             .collect();
-        let mid = finish(self.controlnet_mid_block.forward(h), scales[n - 1]);
+        let mid = finish(conv2d(&self.controlnet_mid_block, h), scales[n - 1]);
         Ok(UNetResiduals {
             down,
             mid: Some(mid),

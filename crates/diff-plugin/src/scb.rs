@@ -13,6 +13,7 @@ use burn::nn::Initializer;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
+use prompt_diffusion_core::nn::conv2d;
 use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
 use prompt_diffusion_unet::embeddings::TimestepEmbedding;
 use prompt_diffusion_unet::unet_2d_blocks::{
@@ -135,12 +136,12 @@ impl<B: Backend> SCBNet<B> {
 
         let context = ContextTokens(prompt.cast(dtype));
         let mut slots = AttentionSlots::new(&context);
-        let h = self.controlnet_cond_embedding.forward(condition);
+        let h = conv2d(&self.controlnet_cond_embedding, condition);
         let (_, skips) = run_down_blocks(&self.down_blocks, h, &temb, &mut slots);
         Ok(skips
             .into_iter()
             .zip(&self.controlnet_down_blocks)
-            .map(|(skip, zero_conv)| zero_conv.forward(skip))
+            .map(|(skip, zero_conv)| conv2d(zero_conv, skip))
             .collect())
     }
 

@@ -10,7 +10,7 @@
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use prompt_diffusion_core::nn::{Downsample2D, ResnetBlock2D, Upsample2D};
+use prompt_diffusion_core::nn::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d};
 use prompt_diffusion_core::{Error, Result};
 use serde_json::Value;
 
@@ -140,7 +140,7 @@ impl<B: Backend> DataProjection<B> {
     /// `[batch, *out_shape]`).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
-            Self::Conv(layer) => layer.forward(x),
+            Self::Conv(layer) => conv2d(layer, x),
             Self::Flat(layer) => layer.forward(x),
         }
     }

@@ -3,6 +3,7 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
+use prompt_diffusion_core::nn::conv2d;
 use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
 
 use crate::vae::{Decoder, Encoder};
@@ -150,7 +151,7 @@ impl<B: Backend> AutoencoderKL<B> {
     pub(crate) fn encode_tile(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
         let moments = self.encoder.forward(images);
         match &self.quant_conv {
-            Some(conv) => conv.forward(moments),
+            Some(conv) => conv2d(conv, moments),
             None => moments,
         }
     }
@@ -158,7 +159,7 @@ impl<B: Backend> AutoencoderKL<B> {
     /// The images of latents in one piece: `post_quant_conv` and the decoder.
     pub(crate) fn decode_tile(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
         let z = match &self.post_quant_conv {
-            Some(conv) => conv.forward(latents),
+            Some(conv) => conv2d(conv, latents),
             None => latents,
         };
         self.decoder.forward(z)

@@ -8,7 +8,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::nn::{
     Activation, Attention, AttentionConfig, Downsample2D, DownsamplePadding, GroupNorm,
-    GroupNormConfig, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D,
+    GroupNormConfig, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D, conv2d,
 };
 
 use crate::AutoencoderKLConfig;
@@ -152,11 +152,11 @@ impl<B: Backend> Encoder<B> {
     /// # Shapes
     /// `[batch, in_channels, H, W]` → `[batch, 2·latent_channels, H/f, W/f]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.conv_in.forward(x);
+        let x = conv2d(&self.conv_in, x);
         let x = self.down_blocks.iter().fold(x, |x, b| b.forward(x));
         let x = self.mid_block.forward(x);
         let x = self.conv_norm_out.forward_activated(x, self.act);
-        self.conv_out.forward(x)
+        conv2d(&self.conv_out, x)
     }
 }
 
@@ -212,10 +212,10 @@ impl<B: Backend> Decoder<B> {
     /// # Shapes
     /// `[batch, latent_channels, h, w]` → `[batch, out_channels, h·f, w·f]`.
     pub fn forward(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.conv_in.forward(z);
+        let x = conv2d(&self.conv_in, z);
         let x = self.mid_block.forward(x);
         let x = self.up_blocks.iter().fold(x, |x, b| b.forward(x));
         let x = self.conv_norm_out.forward_activated(x, self.act);
-        self.conv_out.forward(x)
+        conv2d(&self.conv_out, x)
     }
 }

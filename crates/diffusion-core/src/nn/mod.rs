@@ -5,6 +5,7 @@
 mod activation;
 mod attention;
 mod attention_processor;
+mod conv;
 mod fused;
 mod host;
 mod layout;
@@ -19,6 +20,7 @@ pub use attention::{
     fused_attention_launches, multi_head_attention,
 };
 pub use attention_processor::{Attention, AttentionConfig};
+pub use conv::conv2d;
 pub use fused::{fused_kernels_available, fused_norm_launches};
 pub use layout::channels_last_conv_weights;
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};

@@ -9,7 +9,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 
-use super::{Activation, GroupNorm, GroupNormConfig};
+use super::{Activation, GroupNorm, GroupNormConfig, conv2d};
 
 /// Configuration of a [`ResnetBlock2D`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -123,16 +123,16 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// `[batch, out_channels, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
         let h = self.norm1.forward_activated(x.clone(), self.act);
-        let mut h = self.conv1.forward(h);
+        let mut h = conv2d(&self.conv1, h);
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(self.act.forward(temb.clone()));
             let [b, c] = t.dims();
             h = h + t.reshape([b, c, 1, 1]);
         }
         let h = self.norm2.forward_activated(h, self.act);
-        let h = self.conv2.forward(h);
+        let h = conv2d(&self.conv2, h);
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv2d(conv, x),
             None => x,
         };
         let out = shortcut + h;

@@ -6,6 +6,8 @@ use burn::prelude::*;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
+use super::conv2d;
+
 /// How a [`Downsample2D`] pads before its stride-2 convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DownsamplePadding {
@@ -48,7 +50,7 @@ impl<B: Backend> Downsample2D<B> {
     /// # Shapes
     /// `[batch, in, h, w]` → `[batch, out, ⌈h/2⌉, ⌈w/2⌉]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.conv.forward(x)
+        conv2d(&self.conv, x)
     }
 }
 
@@ -78,7 +80,7 @@ impl<B: Backend> Upsample2D<B> {
     pub fn forward(&self, x: Tensor<B, 4>, size: Option<[usize; 2]>) -> Tensor<B, 4> {
         let [_, _, h, w] = x.dims();
         let size = size.unwrap_or([2 * h, 2 * w]);
-        self.conv.forward(upsample_nearest(x, size))
+        conv2d(&self.conv, upsample_nearest(x, size))
     }
 }
 

@@ -11,15 +11,19 @@
 
 mod activation;
 mod attention;
+mod conv;
 mod norm;
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 
 pub(super) use activation::try_geglu;
 pub(super) use attention::attention;
+pub(super) use conv::try_conv2d;
+#[cfg(test)]
+pub(super) use conv::try_conv2d_tiled;
 pub(super) use norm::try_norm;
 
 /// Whether `B` is a CPU backend whose float tensors these kernels read (burn-ndarray, and
@@ -38,6 +42,27 @@ fn values<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
     x.into_data()
         .into_vec::<f32>()
         .expect("the host kernels take f32 tensors")
+}
+
+/// Calls `f` with the values of an f32 tensor in row-major order: in place where the backend
+/// holds them contiguously (a weight is not copied at every call), else a copy.
+fn with_values<B: Backend, const D: usize, R>(x: &Tensor<B, D>, f: impl FnOnce(&[f32]) -> R) -> R {
+    let primitive = x.clone().into_primitive().tensor();
+    let primitive: &dyn Any = &primitive;
+    #[cfg(feature = "flex")]
+    if let Some(slice) = primitive
+        .downcast_ref::<burn_flex::FlexTensor>()
+        .and_then(|t| t.as_slice::<f32>())
+    {
+        return f(slice);
+    }
+    if let Some(burn_ndarray::NdArrayTensor::F32(storage)) =
+        primitive.downcast_ref::<burn_ndarray::NdArrayTensor>()
+        && let Some(slice) = storage.view().to_slice()
+    {
+        return f(slice);
+    }
+    f(&values(x.clone()))
 }
 
 /// An f32 tensor of `values`.

@@ -1,0 +1,145 @@
+//! The convolution entry point of the model crates.
+
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+
+/// Applies `conv` to `x`: burn's `Conv2d::forward`, run by the host kernel on burn-ndarray and
+/// burn-flex for f32 tensors with one group (the weight is read in place and the output written
+/// in NCHW directly), by burn's op otherwise (other backends, dtypes and autodiff).
+///
+/// # Shapes
+/// `x: [batch, in_channels, h, w]` → `[batch, out_channels, out_h, out_w]`, as burn's.
+pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    match super::host::try_conv2d(conv, x) {
+        Ok(y) => y,
+        Err(x) => conv.forward(x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Distribution;
+
+    use super::*;
+    use crate::testing::{TestBackend as B, assert_close};
+
+    /// A convolution with random weights (and bias) of the given settings.
+    fn random_conv(
+        [c_in, c_out]: [usize; 2],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        padding: PaddingConfig2d,
+        bias: bool,
+    ) -> Conv2d<B> {
+        let device = Default::default();
+        let mut conv = Conv2dConfig::new([c_in, c_out], kernel)
+            .with_stride(stride)
+            .with_dilation(dilation)
+            .with_padding(padding)
+            .with_bias(bias)
+            .init::<B>(&device);
+        // burn's init draws small uniform weights; a bias of the same order shows misplacement.
+        conv.bias = conv
+            .bias
+            .map(|b| b.map(|b| Tensor::random(b.dims(), Distribution::Normal(0.0, 1.0), &device)));
+        conv
+    }
+
+    #[test]
+    fn host_kernel_matches_burns_op() {
+        assert!(super::super::host::host_backend::<B>());
+        // SD's 3×3 with padding 1; the VAE's downsampler (stride 2, padded right and below
+        // only); 1×1 without bias; a dilated, rectangular, strided kernel with padding larger
+        // than the kernel's reach; `Same` padding; an input smaller than the kernel.
+        let cases = [
+            (
+                [5, 7],
+                [3, 3],
+                [1, 1],
+                [1, 1],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+                true,
+                [9, 6],
+            ),
+            (
+                [4, 6],
+                [3, 3],
+                [2, 2],
+                [1, 1],
+                PaddingConfig2d::Explicit(0, 0, 1, 1),
+                true,
+                [9, 8],
+            ),
+            (
+                [6, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                PaddingConfig2d::Valid,
+                false,
+                [5, 7],
+            ),
+            (
+                [3, 4],
+                [3, 2],
+                [1, 2],
+                [2, 1],
+                PaddingConfig2d::Explicit(2, 3, 1, 4),
+                true,
+                [7, 9],
+            ),
+            (
+                [3, 5],
+                [3, 3],
+                [1, 1],
+                [1, 1],
+                PaddingConfig2d::Same,
+                true,
+                [4, 5],
+            ),
+            (
+                [2, 3],
+                [3, 3],
+                [1, 1],
+                [1, 1],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+                true,
+                [1, 2],
+            ),
+        ];
+        for (channels, kernel, stride, dilation, padding, bias, [h, w]) in cases {
+            let conv = random_conv(channels, kernel, stride, dilation, padding.clone(), bias);
+            let x = Tensor::<B, 4>::random(
+                [2, channels[0], h, w],
+                Distribution::Normal(0.0, 1.0),
+                &Default::default(),
+            );
+            let what = format!("{channels:?} {kernel:?} stride {stride:?} {padding:?}");
+            assert_close(&what, conv2d(&conv, x.clone()), conv.forward(x), 1e-5);
+        }
+    }
+
+    #[test]
+    fn column_tiles_give_the_whole_product() {
+        let conv = random_conv(
+            [3, 4],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            PaddingConfig2d::Explicit(1, 1, 1, 1),
+            true,
+        );
+        let x = Tensor::<B, 4>::random(
+            [1, 3, 5, 7],
+            Distribution::Normal(0.0, 1.0),
+            &Default::default(),
+        );
+        let whole = conv2d(&conv, x.clone());
+        // Tiles of 4 pixels (27 values per pixel) split output rows of 7 across tiles.
+        let tiled = super::super::host::try_conv2d_tiled(&conv, x, 27 * 4).unwrap();
+        assert_close("tiled", tiled, whole, 0.0);
+    }
+}
