@@ -142,4 +142,66 @@ mod tests {
         let tiled = super::super::host::try_conv2d_tiled(&conv, x, 27 * 4).unwrap();
         assert_close("tiled", tiled, whole, 0.0);
     }
+
+    #[test]
+    fn winograd_blocks_match_burns_op() {
+        // At least 64 blocks of 2×2 per image: partial blocks at the right and bottom,
+        // symmetric and one-sided padding, several chunks (a budget of five blocks).
+        let cases = [
+            (
+                [16, 12],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+                [22, 23],
+                1 << 22,
+            ),
+            (
+                [5, 7],
+                PaddingConfig2d::Explicit(0, 2, 2, 1),
+                [13, 30],
+                1 << 22,
+            ),
+            (
+                [9, 4],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+                [16, 16],
+                9 * 16 * 5,
+            ),
+        ];
+        for (channels, padding, [h, w], budget) in cases {
+            let conv = random_conv(channels, [3, 3], [1, 1], [1, 1], padding.clone(), true);
+            let x = Tensor::<B, 4>::random(
+                [2, channels[0], h, w],
+                Distribution::Normal(0.0, 1.0),
+                &Default::default(),
+            );
+            let ours = super::super::host::try_conv2d_tiled(&conv, x.clone(), budget).unwrap();
+            let what = format!("winograd {channels:?} {padding:?} {h}×{w} budget {budget}");
+            assert_close(&what, ours, conv.forward(x), 5e-6);
+        }
+    }
+
+    #[test]
+    fn an_image_convolves_the_same_alone_and_in_a_batch() {
+        // 16×16 blocks per image (Winograd) and 6×6 blocks (unfolded products).
+        for side in [32, 12] {
+            let conv = random_conv(
+                [6, 5],
+                [3, 3],
+                [1, 1],
+                [1, 1],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+                true,
+            );
+            let x = Tensor::<B, 4>::random(
+                [3, 6, side, side],
+                Distribution::Normal(0.0, 1.0),
+                &Default::default(),
+            );
+            let batch = conv2d(&conv, x.clone());
+            for i in 0..3 {
+                let alone = conv2d(&conv, x.clone().slice(i..i + 1));
+                assert_close("alone", alone, batch.clone().slice(i..i + 1), 0.0);
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::{exp, lanes_fold, tensor, values};
+use super::{Out, exp, lanes_fold, tensor, values};
 
 /// Query rows per task: the score block is `ROWS × tokens` f32 values.
 const ROWS: usize = 32;
@@ -54,25 +54,6 @@ pub(in crate::nn) fn attention<B: Backend>(
     };
     let out = compute(&values(q), &values(k), &values(v), dims, causal);
     tensor(out, [batch, seq_q, inner_v], &device)
-}
-
-/// A raw pointer handed to the tasks; each task writes rows no other task writes.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-
-// SAFETY: the tasks of `compute` write disjoint elements of the output (see there).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The pointer `offset` elements further (a method, so that closures capture the `Out`).
-    ///
-    /// # Safety
-    /// As [`pointer::add`].
-    unsafe fn add(self, offset: usize) -> *mut f32 {
-        // SAFETY: forwarded to the caller.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 /// The attention of host buffers (see [`attention`]).

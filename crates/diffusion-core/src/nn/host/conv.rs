@@ -19,10 +19,11 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::{host_backend, tensor, with_values};
+use super::{host_backend, tensor, winograd, with_values};
 
-/// Most f32 values of one unfolded tile (8 MiB): larger inputs are unfolded in column tiles.
-const TILE_VALUES: usize = 1 << 21;
+/// Most f32 values of one unfolded tile, or of one chunk of Winograd-transformed inputs
+/// (16 MiB): larger inputs are processed in parts.
+const TILE_VALUES: usize = 1 << 22;
 
 thread_local! {
     /// The unfolded tile, kept between calls so that its pages are not faulted in again.
@@ -31,19 +32,19 @@ thread_local! {
 
 /// The sizes of one call.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct ConvDims {
-    batch: usize,
-    channels_in: usize,
-    height: usize,
-    width: usize,
-    channels_out: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
+pub(super) struct ConvDims {
+    pub(super) batch: usize,
+    pub(super) channels_in: usize,
+    pub(super) height: usize,
+    pub(super) width: usize,
+    pub(super) channels_out: usize,
+    pub(super) kernel: [usize; 2],
+    pub(super) stride: [usize; 2],
+    pub(super) dilation: [usize; 2],
     /// Zero rows above and columns left of the input (those below and right only change the
     /// output size).
-    padding: [usize; 2],
-    out: [usize; 2],
+    pub(super) padding: [usize; 2],
+    pub(super) out: [usize; 2],
 }
 
 impl ConvDims {
@@ -161,6 +162,10 @@ fn compute(
         }
     }
     if pixels == 0 || depth == 0 {
+        return out;
+    }
+    if winograd::applies(&dims) {
+        winograd::accumulate(x, weight, dims, &mut out, tile_values);
         return out;
     }
     let tile = (tile_values / depth).clamp(1, pixels);

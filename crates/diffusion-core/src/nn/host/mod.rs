@@ -13,6 +13,7 @@ mod activation;
 mod attention;
 mod conv;
 mod norm;
+mod winograd;
 
 use std::any::{Any, TypeId};
 
@@ -72,6 +73,26 @@ fn tensor<B: Backend, const D: usize>(
     device: &B::Device,
 ) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values, shape), (device, DType::F32))
+}
+
+/// A raw pointer to an output buffer handed to parallel tasks, each of which writes elements
+/// no other task writes.
+#[derive(Clone, Copy)]
+pub(super) struct Out(*mut f32);
+
+// SAFETY: every user's tasks write disjoint elements of the buffer (see each use).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer `offset` elements further (a method, so that closures capture the `Out`).
+    ///
+    /// # Safety
+    /// As [`pointer::add`].
+    pub(super) unsafe fn add(self, offset: usize) -> *mut f32 {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.0.add(offset) }
+    }
 }
 
 /// `x·σ(x)` through [`exp`] of a non-positive argument, so that loops over it vectorise.

@@ -1,0 +1,251 @@
+//! 3×3 convolutions (stride 1) by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016).
+//!
+//! Each 2×2 block of output pixels of one output channel is `Aᵀ[Σ_c (G g Gᵀ) ⊙ (Bᵀ d B)]A`,
+//! where `g` is the 3×3 kernel of channel `c` and `d` the 4×4 input patch under the block.
+//! The sum over channels at each of the 16 transformed points is a matrix product, `[out, in] ·
+//! [in, blocks]`, with 16 multiplications per block and channel pair where the direct
+//! convolution takes 36. The transforms use the points 0, ±1 and ∞: their entries are 0, ±1
+//! and ±½, so the result stays within about twice the direct convolution's rounding error
+//! (the larger F(4×4, 3×3) saves more products but loses a decimal digit at SD's channel
+//! counts). The kernels are transformed in f64 at every call (the weights are not cached, so
+//! memory stays as it was); blocks are processed per image, in chunks whose transformed inputs
+//! and products stay within a few MiB.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::Out;
+use super::conv::ConvDims;
+
+/// Output pixels per block side.
+const BLOCK: usize = 2;
+
+/// Input pixels per patch side (`BLOCK` + 2).
+const PATCH: usize = BLOCK + 2;
+
+/// Transformed points per block.
+const POINTS: usize = PATCH * PATCH;
+
+/// At least this many output blocks per image (a 16×16 output): below it the kernels' transform
+/// costs more than the products save. Counted per image, and chunks never span two images, so that an
+/// image's output does not depend on the batch it is in.
+pub(super) const MIN_BLOCKS: usize = 64;
+
+thread_local! {
+    /// Transformed inputs and products of one chunk, kept between calls.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Whether the convolution is one F(2×2, 3×3) computes and has enough blocks to gain.
+pub(super) fn applies(dims: &ConvDims) -> bool {
+    dims.kernel == [3, 3]
+        && dims.stride == [1, 1]
+        && dims.dilation == [1, 1]
+        && dims.channels_in > 0
+        && per_image(dims) >= MIN_BLOCKS
+}
+
+/// Block rows and columns per image.
+fn blocks(dims: &ConvDims) -> (usize, usize) {
+    let [rows, cols] = dims.out.map(|n| n.div_ceil(BLOCK));
+    (rows, cols)
+}
+
+/// Blocks per image.
+fn per_image(dims: &ConvDims) -> usize {
+    let (rows, cols) = blocks(dims);
+    rows * cols
+}
+
+/// Adds the convolution of `x` by `weight` to `out` (`[batch, out, out_h, out_w]`, holding the
+/// bias), with at most `chunk_values` transformed inputs (and products) at a time; the sizes are
+/// checked by the caller.
+pub(super) fn accumulate(
+    x: &[f32],
+    weight: &[f32],
+    dims: ConvDims,
+    out: &mut [f32],
+    chunk_values: usize,
+) {
+    let (channels_in, channels_out) = (dims.channels_in, dims.channels_out);
+    let per_image = per_image(&dims);
+    let chunk = (chunk_values / (POINTS * channels_in.max(channels_out))).clamp(1, per_image);
+    let spans = (0..dims.batch).flat_map(|image| {
+        (0..per_image).step_by(chunk).map(move |start| {
+            image * per_image + start..image * per_image + (start + chunk).min(per_image)
+        })
+    });
+    let kernels = transform_kernels(weight, channels_out, channels_in);
+    let out = Out(out.as_mut_ptr());
+    SCRATCH.with_borrow_mut(|(inputs, products)| {
+        for span in spans {
+            let len = span.len();
+            inputs.resize(inputs.len().max(channels_in * POINTS * len), 0.0);
+            products.resize(products.len().max(channels_out * POINTS * len), 0.0);
+            let inputs = &mut inputs[..channels_in * POINTS * len];
+            let products = &mut products[..channels_out * POINTS * len];
+            transform_inputs(x, dims, span.clone(), inputs);
+            multiply(&kernels, inputs, products, [channels_out, channels_in, len]);
+            // SAFETY: `out` holds the whole output (the caller's contract).
+            unsafe { transform_outputs(products, dims, span, out) };
+        }
+    });
+}
+
+/// `G g Gᵀ` of every kernel, as `[out, POINTS, in]`.
+fn transform_kernels(weight: &[f32], channels_out: usize, channels_in: usize) -> Vec<f32> {
+    let mut kernels = vec![0f32; channels_out * POINTS * channels_in];
+    kernels
+        .par_chunks_mut(POINTS * channels_in)
+        .zip(weight.par_chunks(channels_in * 9))
+        .for_each(|(transformed, weights)| {
+            for (c, g) in weights.chunks_exact(9).enumerate() {
+                let g: [f64; 9] = std::array::from_fn(|i| f64::from(g[i]));
+                // G g (PATCH × 3), then (G g) Gᵀ (PATCH × PATCH).
+                let columns: [[f64; PATCH]; 3] =
+                    std::array::from_fn(|j| kernel_g([g[j], g[3 + j], g[6 + j]]));
+                for i in 0..PATCH {
+                    let row = kernel_g([columns[0][i], columns[1][i], columns[2][i]]);
+                    for (k, value) in row.into_iter().enumerate() {
+                        transformed[(i * PATCH + k) * channels_in + c] = value as f32;
+                    }
+                }
+            }
+        });
+    kernels
+}
+
+/// `G · [a, b, c]`.
+fn kernel_g([a, b, c]: [f64; 3]) -> [f64; PATCH] {
+    [a, (a + b + c) / 2.0, (a - b + c) / 2.0, c]
+}
+
+/// `Bᵀ · d`.
+#[inline(always)]
+fn input_b([d0, d1, d2, d3]: [f32; PATCH]) -> [f32; PATCH] {
+    [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+}
+
+/// `Aᵀ · m`.
+#[inline(always)]
+fn output_a([m0, m1, m2, m3]: [f32; PATCH]) -> [f32; BLOCK] {
+    [m0 + m1 + m2, m1 - m2 - m3]
+}
+
+/// The image, block row and block column of block `index`.
+fn block_at(dims: &ConvDims, index: usize) -> (usize, usize, usize) {
+    let (rows, cols) = blocks(dims);
+    (index / (rows * cols), index / cols % rows, index % cols)
+}
+
+/// `Bᵀ d B` of every input channel's patch under blocks `span`, as `[in, POINTS, span]`.
+fn transform_inputs(x: &[f32], dims: ConvDims, span: std::ops::Range<usize>, inputs: &mut [f32]) {
+    let (height, width, len) = (dims.height, dims.width, span.len());
+    let [top, left] = dims.padding;
+    inputs
+        .par_chunks_mut(POINTS * len)
+        .enumerate()
+        .for_each(|(c, transformed)| {
+            for (n, index) in span.clone().enumerate() {
+                let (image, row, col) = block_at(&dims, index);
+                let plane = &x[(image * dims.channels_in + c) * height * width..][..height * width];
+                // The patch, zero outside the input (rows and columns in the padding wrap).
+                let patch: [[f32; PATCH]; PATCH] = std::array::from_fn(|r| {
+                    let y = (row * BLOCK + r).wrapping_sub(top);
+                    std::array::from_fn(|s| {
+                        let x = (col * BLOCK + s).wrapping_sub(left);
+                        if y < height && x < width {
+                            plane[y * width + x]
+                        } else {
+                            0.0
+                        }
+                    })
+                });
+                // Bᵀ d (transform the columns), then (Bᵀ d) B (the rows).
+                let columns: [[f32; PATCH]; PATCH] =
+                    std::array::from_fn(|s| input_b(std::array::from_fn(|r| patch[r][s])));
+                for i in 0..PATCH {
+                    let row = input_b(std::array::from_fn(|s| columns[s][i]));
+                    for (k, value) in row.into_iter().enumerate() {
+                        transformed[(i * PATCH + k) * len + n] = value;
+                    }
+                }
+            }
+        });
+}
+
+/// `products[o, p, n] = Σ_c kernels[o, p, c] · inputs[c, p, n]` for each point `p`, the points
+/// in parallel.
+fn multiply(
+    kernels: &[f32],
+    inputs: &[f32],
+    products: &mut [f32],
+    [channels_out, channels_in, len]: [usize; 3],
+) {
+    let dst = Out(products.as_mut_ptr());
+    (0..POINTS).into_par_iter().for_each(|p| {
+        // SAFETY: point `p`'s product writes `products[o, p, ..len]` for every `o`, which no
+        // other point writes; every operand index lies inside the three `[_, POINTS, _]` buffers.
+        unsafe {
+            gemm::gemm(
+                channels_out,
+                len,
+                channels_in,
+                dst.add(p * len),
+                1,
+                (POINTS * len) as isize,
+                false,
+                kernels.as_ptr().add(p * channels_in),
+                1,
+                (POINTS * channels_in) as isize,
+                inputs.as_ptr().add(p * len),
+                1,
+                (POINTS * len) as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+}
+
+/// Adds `Aᵀ m A` of every output channel's products to its blocks `span` of `out`.
+///
+/// # Safety
+/// `out` must point to the whole `[batch, out, out_h, out_w]` output.
+unsafe fn transform_outputs(
+    products: &[f32],
+    dims: ConvDims,
+    span: std::ops::Range<usize>,
+    out: Out,
+) {
+    let [out_h, out_w] = dims.out;
+    let len = span.len();
+    products
+        .par_chunks(POINTS * len)
+        .enumerate()
+        .for_each(|(o, m)| {
+            for (n, index) in span.clone().enumerate() {
+                let (image, row, col) = block_at(&dims, index);
+                // Aᵀ m (the columns), then (Aᵀ m) A (the rows).
+                let columns: [[f32; BLOCK]; PATCH] = std::array::from_fn(|k| {
+                    output_a(std::array::from_fn(|i| m[(i * PATCH + k) * len + n]))
+                });
+                let plane = (image * dims.channels_out + o) * out_h * out_w;
+                for i in 0..BLOCK.min(out_h - row * BLOCK) {
+                    let y = output_a(std::array::from_fn(|k| columns[k][i]));
+                    let line = plane + (row * BLOCK + i) * out_w + col * BLOCK;
+                    for (j, value) in y.into_iter().take(out_w - col * BLOCK).enumerate() {
+                        // SAFETY: channel `o`'s task alone writes plane `(image, o)`; the
+                        // pixel lies inside it.
+                        unsafe { *out.add(line + j) += value };
+                    }
+                }
+            }
+        });
+}
