@@ -27,7 +27,9 @@ use common::{ControlNetStep, Size, StepInputs, context_width, median_ms, randn};
 use prompt_diffusion::Generation;
 use prompt_diffusion::backends::{BackendTask, device_memory, run_on};
 use prompt_diffusion::clip::CLIPTextModel;
-use prompt_diffusion::core::nn::{AttentionOptions, attention, channels_last_conv_weights};
+use prompt_diffusion::core::nn::{
+    AttentionOptions, attention, channels_last_conv_weights, multi_head_attention,
+};
 use prompt_diffusion::core::progress::NoProgress;
 use prompt_diffusion::unet::UNet2DConditionModel;
 use prompt_diffusion::vae::AutoencoderKL;
@@ -163,6 +165,22 @@ impl BackendTask for Bench {
             });
             peak.sample::<B>(&device);
             report("attention_ms", &format!("attention [{b},{h},{n},{d}]"), ms);
+            // The same heads as the UNet's layers hand them over: `[b, n, h·d]` projections.
+            let tokens = || randn::<B, 3>([b, n, h * d], &device);
+            let (q, k, v) = (tokens(), tokens(), tokens());
+            let ms = median_ms(runs.max(10), || {
+                multi_head_attention(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    h,
+                    AttentionOptions::default(),
+                );
+                sync();
+            });
+            peak.sample::<B>(&device);
+            let what = format!("multi-head attention [{b},{n},{h}·{d}]");
+            report("multi_head_attention_ms", &what, ms);
         }
 
         if self.steps > 0 && self.wants("pipeline") {

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::{Out, exp, lanes_fold, tensor, values};
 
 /// Query rows per task: the score block is `ROWS × tokens` f32 values.
-const ROWS: usize = 32;
+const ROWS: usize = 128;
 
 /// The sizes of one call.
 #[derive(Debug, Clone, Copy)]
