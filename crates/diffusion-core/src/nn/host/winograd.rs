@@ -236,9 +236,10 @@ unsafe fn transform_outputs(
                 let columns: [[f32; BLOCK]; PATCH] = std::array::from_fn(|k| {
                     output_a(std::array::from_fn(|i| m[(i * PATCH + k) * len + n]))
                 });
+                let block: [[f32; BLOCK]; BLOCK] =
+                    std::array::from_fn(|i| output_a(std::array::from_fn(|k| columns[k][i])));
                 let plane = (image * dims.channels_out + o) * out_h * out_w;
-                for i in 0..BLOCK.min(out_h - row * BLOCK) {
-                    let y = output_a(std::array::from_fn(|k| columns[k][i]));
+                for (i, y) in block.into_iter().take(out_h - row * BLOCK).enumerate() {
                     let line = plane + (row * BLOCK + i) * out_w + col * BLOCK;
                     for (j, value) in y.into_iter().take(out_w - col * BLOCK).enumerate() {
                         // SAFETY: channel `o`'s task alone writes plane `(image, o)`; the
