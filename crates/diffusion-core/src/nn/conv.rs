@@ -48,6 +48,17 @@ mod tests {
         conv
     }
 
+    /// A 3×3 convolution with padding 1 (SD's), with bias.
+    fn padded_3x3(channels: [usize; 2]) -> Conv2d<B> {
+        let padding = PaddingConfig2d::Explicit(1, 1, 1, 1);
+        random_conv(channels, [3, 3], [1, 1], [1, 1], padding, true)
+    }
+
+    /// Standard normal values of `shape`.
+    fn randn(shape: [usize; 4]) -> Tensor<B, 4> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+    }
+
     #[test]
     fn host_kernel_matches_burns_op() {
         assert!(super::super::host::host_backend::<B>());
@@ -112,11 +123,7 @@ mod tests {
         ];
         for (channels, kernel, stride, dilation, padding, bias, [h, w]) in cases {
             let conv = random_conv(channels, kernel, stride, dilation, padding.clone(), bias);
-            let x = Tensor::<B, 4>::random(
-                [2, channels[0], h, w],
-                Distribution::Normal(0.0, 1.0),
-                &Default::default(),
-            );
+            let x = randn([2, channels[0], h, w]);
             let what = format!("{channels:?} {kernel:?} stride {stride:?} {padding:?}");
             assert_close(&what, conv2d(&conv, x.clone()), conv.forward(x), 1e-5);
         }
@@ -124,19 +131,8 @@ mod tests {
 
     #[test]
     fn column_tiles_give_the_whole_product() {
-        let conv = random_conv(
-            [3, 4],
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            PaddingConfig2d::Explicit(1, 1, 1, 1),
-            true,
-        );
-        let x = Tensor::<B, 4>::random(
-            [1, 3, 5, 7],
-            Distribution::Normal(0.0, 1.0),
-            &Default::default(),
-        );
+        let conv = padded_3x3([3, 4]);
+        let x = randn([1, 3, 5, 7]);
         let whole = conv2d(&conv, x.clone());
         // Tiles of 4 pixels (27 values per pixel) split output rows of 7 across tiles.
         let tiled = super::super::host::try_conv2d_tiled(&conv, x, 27 * 4).unwrap();
@@ -169,11 +165,7 @@ mod tests {
         ];
         for (channels, padding, [h, w], budget) in cases {
             let conv = random_conv(channels, [3, 3], [1, 1], [1, 1], padding.clone(), true);
-            let x = Tensor::<B, 4>::random(
-                [2, channels[0], h, w],
-                Distribution::Normal(0.0, 1.0),
-                &Default::default(),
-            );
+            let x = randn([2, channels[0], h, w]);
             let ours = super::super::host::try_conv2d_tiled(&conv, x.clone(), budget).unwrap();
             let what = format!("winograd {channels:?} {padding:?} {h}×{w} budget {budget}");
             assert_close(&what, ours, conv.forward(x), 5e-6);
@@ -184,19 +176,8 @@ mod tests {
     fn an_image_convolves_the_same_alone_and_in_a_batch() {
         // 16×16 blocks per image (Winograd) and 6×6 blocks (unfolded products).
         for side in [32, 12] {
-            let conv = random_conv(
-                [6, 5],
-                [3, 3],
-                [1, 1],
-                [1, 1],
-                PaddingConfig2d::Explicit(1, 1, 1, 1),
-                true,
-            );
-            let x = Tensor::<B, 4>::random(
-                [3, 6, side, side],
-                Distribution::Normal(0.0, 1.0),
-                &Default::default(),
-            );
+            let conv = padded_3x3([6, 5]);
+            let x = randn([3, 6, side, side]);
             let batch = conv2d(&conv, x.clone());
             for i in 0..3 {
                 let alone = conv2d(&conv, x.clone().slice(i..i + 1));
