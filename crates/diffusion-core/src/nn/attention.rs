@@ -12,8 +12,8 @@
 //!   [`fused_attention_launches`] counts the calls it served.
 //! * **Host kernel** (burn-ndarray, and burn-flex with the crate feature `flex`): f32
 //!   [`multi_head_attention`] reads each head in place from the projections' `[batch, tokens,
-//!   heads·d]` layout, runs blocks of query rows in parallel with `gemm` products and a
-//!   vectorised softmax, and writes the output in the same layout, so the CPU backends never
+//!   heads·d]` layout, runs blocks of query rows in parallel, walks the keys in blocks with a
+//!   running softmax maximum (`gemm` products, a vectorised exponential), and writes the output in the same layout, so the CPU backends never
 //!   copy the heads apart and back (`host/attention.rs`).
 //! * **Reference**: everything else — other backends (autodiff included), causal masks
 //!   (CLIP's text encoder, Optimus), head dimensions above 256 (the VAE's 512-channel
@@ -213,6 +213,11 @@ mod tests {
             ([1, 33, 512], [1, 33, 512], 512, 1, false),
             ([2, 77, 64], [2, 77, 64], 64, 4, true),
             ([1, 5, 16], [1, 9, 16], 16, 2, true),
+            // Several key blocks with a partial last one, with and without the causal mask
+            // (which leaves later blocks empty for the first rows).
+            ([1, 300, 16], [1, 1100, 16], 8, 2, false),
+            ([2, 600, 8], [2, 600, 8], 8, 1, true),
+            ([1, 200, 8], [1, 1030, 8], 8, 1, true),
         ];
         for (q_shape, k_shape, dv, heads, causal) in cases {
             let (q, k) = (tokens(q_shape, 0.0), tokens(k_shape, 1.0));

@@ -142,7 +142,9 @@ mod tests {
     #[test]
     fn winograd_blocks_match_burns_op() {
         // At least 64 blocks of 2×2 per image: partial blocks at the right and bottom,
-        // symmetric and one-sided padding, several chunks (a budget of five blocks).
+        // symmetric and one-sided padding, several chunks (a budget of five blocks), block
+        // rows longer than the transforms' runs of 64 blocks, and chunks of 50 blocks that
+        // start and end inside block rows.
         let cases = [
             (
                 [16, 12],
@@ -161,6 +163,18 @@ mod tests {
                 PaddingConfig2d::Explicit(1, 1, 1, 1),
                 [16, 16],
                 9 * 16 * 5,
+            ),
+            (
+                [3, 2],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+                [5, 261],
+                1 << 22,
+            ),
+            (
+                [3, 2],
+                PaddingConfig2d::Explicit(1, 1, 1, 1),
+                [5, 261],
+                3 * 16 * 50,
             ),
         ];
         for (channels, padding, [h, w], budget) in cases {

@@ -32,18 +32,20 @@ pub(in crate::nn) fn try_geglu<B: Backend, const D: usize>(
     let mut out = vec![0f32; input.len() / 2];
     out.par_chunks_mut(ROWS * inner)
         .zip(input.par_chunks(ROWS * two_inner))
-        .for_each(|(out, input)| {
-            for (out, row) in out
-                .chunks_exact_mut(inner)
-                .zip(input.chunks_exact(two_inner))
-            {
-                let (value, gate) = row.split_at(inner);
-                for ((o, v), g) in out.iter_mut().zip(value).zip(gate) {
-                    *o = v * gelu(*g);
-                }
-            }
-        });
+        .for_each(|(out, input)| gate_rows(out, input, inner));
     Ok(tensor(out, shape, &device))
+}
+
+multiversion! {
+    /// `value · gelu(gate)` for rows of `inner` outputs from rows of `[value, gate]` inputs.
+    fn gate_rows(out: &mut [f32], input: &[f32], inner: usize) {
+        for (out, row) in out.chunks_exact_mut(inner).zip(input.chunks_exact(2 * inner)) {
+            let (value, gate) = row.split_at(inner);
+            for ((o, v), g) in out.iter_mut().zip(value).zip(gate) {
+                *o = v * gelu(*g);
+            }
+        }
+    }
 }
 
 /// The exact GELU, `x · Φ(x) = ½x(1 + erf(x/√2))`.

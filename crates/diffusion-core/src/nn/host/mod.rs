@@ -9,6 +9,38 @@
 //! parallel, and hand back one contiguous tensor. They take f32 inputs only; other dtypes,
 //! other backends and autodiff take the tensor-operation path.
 
+/// Defines `fn $name` whose body is compiled three times — for AVX-512F, for AVX2 and for the
+/// baseline target — and run in the widest form the CPU has (detected at run time, cached by
+/// the standard library). The crates build for baseline x86-64, whose 4-lane SSE2 vectors
+/// would otherwise run the element-wise loops of these kernels (exponentials, norms); the
+/// result is the same in every form, since without fast-math the compiler keeps the order of
+/// every operation and contracts no product into a fused multiply-add.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 mod activation;
 mod attention;
 mod conv;
@@ -108,6 +140,7 @@ fn silu(x: f32) -> f32 {
 }
 
 /// A fold over eight interleaved lanes (so that it vectorises), then over the lanes.
+#[inline(always)]
 pub(super) fn lanes_fold(values: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut lanes = [init; 8];
     let chunks = values.chunks_exact(8);

@@ -52,44 +52,48 @@ pub(in crate::nn) fn try_norm<B: Backend, const D: usize>(
     Ok(tensor(data, shape, &device))
 }
 
-/// Normalises one segment in place: runs of `inner` values share a channel, the first run's
-/// being `first`.
-fn normalise(
-    segment: &mut [f32],
-    (weight, bias): (&[f32], &[f32]),
-    first: usize,
-    inner: usize,
-    eps: f64,
-    activate: bool,
-) {
-    let n = segment.len() as f64;
-    let mean = sum_f64(segment, |x| x) / n;
-    let var = sum_f64(segment, |x| (x - mean) * (x - mean)) / n;
-    let rstd = 1.0 / (var + eps).sqrt();
-    let channels = weight.len();
-    // Centred in f64: an f32 mean would be off by half an ulp of the values themselves.
-    let finish = |x: f32, scale: f64, shift: f32| {
-        let y = ((f64::from(x) - mean) * scale) as f32 + shift;
-        if activate { silu(y) } else { y }
-    };
-    if inner == 1 {
-        // LayerNorm: one channel per value.
-        let affine = weight.iter().zip(bias).cycle().skip(first);
-        for (x, (w, b)) in segment.iter_mut().zip(affine) {
-            *x = finish(*x, rstd * f64::from(*w), *b);
+multiversion! {
+    /// Normalises one segment in place: runs of `inner` values share a channel, the first run's
+    /// being `first`.
+    fn normalise(
+        segment: &mut [f32],
+        affine: (&[f32], &[f32]),
+        first: usize,
+        inner: usize,
+        eps: f64,
+        activate: bool,
+    ) {
+        let (weight, bias) = affine;
+        let n = segment.len() as f64;
+        let mean = sum_f64(segment, |x| x) / n;
+        let var = sum_f64(segment, |x| (x - mean) * (x - mean)) / n;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let channels = weight.len();
+        // Centred in f64: an f32 mean would be off by half an ulp of the values themselves.
+        let finish = |x: f32, scale: f64, shift: f32| {
+            let y = ((f64::from(x) - mean) * scale) as f32 + shift;
+            if activate { silu(y) } else { y }
+        };
+        if inner == 1 {
+            // LayerNorm: one channel per value.
+            let affine = weight.iter().zip(bias).cycle().skip(first);
+            for (x, (w, b)) in segment.iter_mut().zip(affine) {
+                *x = finish(*x, rstd * f64::from(*w), *b);
+            }
+            return;
         }
-        return;
-    }
-    for (run, values) in segment.chunks_exact_mut(inner).enumerate() {
-        let c = (first + run) % channels;
-        let scale = rstd * f64::from(weight[c]);
-        for x in values.iter_mut() {
-            *x = finish(*x, scale, bias[c]);
+        for (run, values) in segment.chunks_exact_mut(inner).enumerate() {
+            let c = (first + run) % channels;
+            let scale = rstd * f64::from(weight[c]);
+            for x in values.iter_mut() {
+                *x = finish(*x, scale, bias[c]);
+            }
         }
     }
 }
 
 /// `Σ f(x)` in f64 over eight interleaved lanes (so that it vectorises).
+#[inline(always)]
 fn sum_f64(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     let mut lanes = [0f64; 8];
     let chunks = values.chunks_exact(8);

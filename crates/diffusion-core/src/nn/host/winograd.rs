@@ -140,40 +140,91 @@ fn block_at(dims: &ConvDims, index: usize) -> (usize, usize, usize) {
     (index / (rows * cols), index / cols % rows, index % cols)
 }
 
+/// Blocks of one block row handled together by the transforms (their rows are assembled on
+/// the stack).
+const RUN: usize = 64;
+
+/// The runs of consecutive blocks of `span` that lie in one block row, at most [`RUN`] long:
+/// `(offset in span, image, block row, first block column, blocks)`.
+fn runs(
+    dims: &ConvDims,
+    span: std::ops::Range<usize>,
+) -> impl Iterator<Item = (usize, usize, usize, usize, usize)> {
+    let (_, cols) = blocks(dims);
+    let dims = *dims;
+    let mut index = span.start;
+    std::iter::from_fn(move || {
+        (index < span.end).then(|| {
+            let (image, row, col) = block_at(&dims, index);
+            let len = (cols - col).min(span.end - index).min(RUN);
+            let run = (index - span.start, image, row, col, len);
+            index += len;
+            run
+        })
+    })
+}
+
 /// `Bᵀ d B` of every input channel's patch under blocks `span`, as `[in, POINTS, span]`.
 fn transform_inputs(x: &[f32], dims: ConvDims, span: std::ops::Range<usize>, inputs: &mut [f32]) {
     let (height, width, len) = (dims.height, dims.width, span.len());
-    let [top, left] = dims.padding;
     inputs
         .par_chunks_mut(POINTS * len)
         .enumerate()
         .for_each(|(c, transformed)| {
-            for (n, index) in span.clone().enumerate() {
-                let (image, row, col) = block_at(&dims, index);
+            for (n, image, row, col, blocks) in runs(&dims, span.clone()) {
                 let plane = &x[(image * dims.channels_in + c) * height * width..][..height * width];
-                // The patch, zero outside the input (rows and columns in the padding wrap).
-                let patch: [[f32; PATCH]; PATCH] = std::array::from_fn(|r| {
+                let [top, left] = dims.padding;
+                // The PATCH input rows under the run, zero outside the input.
+                let mut lines = [[0f32; BLOCK * RUN + 2]; PATCH];
+                for (r, line) in lines.iter_mut().enumerate() {
                     let y = (row * BLOCK + r).wrapping_sub(top);
-                    std::array::from_fn(|s| {
+                    if y >= height {
+                        continue;
+                    }
+                    for (s, value) in line[..BLOCK * blocks + 2].iter_mut().enumerate() {
                         let x = (col * BLOCK + s).wrapping_sub(left);
-                        if y < height && x < width {
-                            plane[y * width + x]
-                        } else {
-                            0.0
+                        if x < width {
+                            *value = plane[y * width + x];
                         }
-                    })
-                });
-                // Bᵀ d (transform the columns), then (Bᵀ d) B (the rows).
-                let columns: [[f32; PATCH]; PATCH] =
-                    std::array::from_fn(|s| input_b(std::array::from_fn(|r| patch[r][s])));
-                for i in 0..PATCH {
-                    let row = input_b(std::array::from_fn(|s| columns[s][i]));
-                    for (k, value) in row.into_iter().enumerate() {
-                        transformed[(i * PATCH + k) * len + n] = value;
                     }
                 }
+                columns_then_rows(&lines, blocks, &mut |point, values| {
+                    transformed[point * len + n..][..blocks].copy_from_slice(values);
+                });
             }
         });
+}
+
+multiversion! {
+    /// `Bᵀ d B` of `blocks` consecutive patches of the input rows `lines`: `Bᵀ d` combines the
+    /// rows at every column, then `(Bᵀ d) B` the columns of each patch; hands each point's
+    /// values of the run to `emit`.
+    fn columns_then_rows(
+        lines: &[[f32; BLOCK * RUN + 2]; PATCH],
+        blocks: usize,
+        emit: &mut dyn FnMut(usize, &[f32]),
+    ) {
+        let width = BLOCK * blocks + 2;
+        let mut combined = [[0f32; BLOCK * RUN + 2]; PATCH];
+        for s in 0..width {
+            let column = input_b(std::array::from_fn(|r| lines[r][s]));
+            for (i, value) in column.into_iter().enumerate() {
+                combined[i][s] = value;
+            }
+        }
+        let mut values = [[0f32; RUN]; PATCH];
+        for (i, line) in combined.iter().enumerate() {
+            for (j, patch) in line.windows(PATCH).step_by(BLOCK).take(blocks).enumerate() {
+                let row = input_b([patch[0], patch[1], patch[2], patch[3]]);
+                for (k, value) in row.into_iter().enumerate() {
+                    values[k][j] = value;
+                }
+            }
+            for (k, values) in values.iter().enumerate() {
+                emit(i * PATCH + k, &values[..blocks]);
+            }
+        }
+    }
 }
 
 /// `products[o, p, n] = Σ_c kernels[o, p, c] · inputs[c, p, n]` for each point `p`, the points
@@ -230,23 +281,38 @@ unsafe fn transform_outputs(
         .par_chunks(POINTS * len)
         .enumerate()
         .for_each(|(o, m)| {
-            for (n, index) in span.clone().enumerate() {
-                let (image, row, col) = block_at(&dims, index);
-                // Aᵀ m (the columns), then (Aᵀ m) A (the rows).
-                let columns: [[f32; BLOCK]; PATCH] = std::array::from_fn(|k| {
-                    output_a(std::array::from_fn(|i| m[(i * PATCH + k) * len + n]))
-                });
-                let block: [[f32; BLOCK]; BLOCK] =
-                    std::array::from_fn(|i| output_a(std::array::from_fn(|k| columns[k][i])));
+            for (n, image, row, col, blocks) in runs(&dims, span.clone()) {
+                let points: [&[f32]; POINTS] = std::array::from_fn(|p| &m[p * len + n..][..blocks]);
+                let lines = rows_then_columns(&points, blocks);
                 let plane = (image * dims.channels_out + o) * out_h * out_w;
-                for (i, y) in block.into_iter().take(out_h - row * BLOCK).enumerate() {
-                    let line = plane + (row * BLOCK + i) * out_w + col * BLOCK;
-                    for (j, value) in y.into_iter().take(out_w - col * BLOCK).enumerate() {
-                        // SAFETY: channel `o`'s task alone writes plane `(image, o)`; the
-                        // pixel lies inside it.
-                        unsafe { *out.add(line + j) += value };
-                    }
+                let x = col * BLOCK;
+                let width = (BLOCK * blocks).min(out_w - x);
+                for (i, line) in lines.iter().take(out_h - row * BLOCK).enumerate() {
+                    let start = plane + (row * BLOCK + i) * out_w + x;
+                    // SAFETY: channel `o`'s task alone writes plane `(image, o)`; the pixels lie
+                    // inside its row `row·BLOCK + i`.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.add(start), width) };
+                    dst.iter_mut().zip(line).for_each(|(d, v)| *d += v);
                 }
             }
         });
+}
+
+multiversion! {
+    /// `Aᵀ m A` of `blocks` consecutive blocks, from each point's values of the run: `Aᵀ m`
+    /// combines the point rows, then `(Aᵀ m) A` the point columns; the `BLOCK` output rows of
+    /// the run.
+    fn rows_then_columns(points: &[&[f32]; POINTS], blocks: usize) -> [[f32; BLOCK * RUN]; BLOCK] {
+        let mut lines = [[0f32; BLOCK * RUN]; BLOCK];
+        for j in 0..blocks {
+            let columns: [[f32; BLOCK]; PATCH] = std::array::from_fn(|k| {
+                output_a(std::array::from_fn(|i| points[i * PATCH + k][j]))
+            });
+            for (a, line) in lines.iter_mut().enumerate() {
+                let pixels = output_a(std::array::from_fn(|k| columns[k][a]));
+                line[j * BLOCK..][..BLOCK].copy_from_slice(&pixels);
+            }
+        }
+        lines
+    }
 }
