@@ -76,6 +76,12 @@ run() {
             "$bundle/$b.xz" "$bin/$b"
         chmod +x "$bin/$b"
     done
+    if [ "$backend" = wgpu ] && ! ls /usr/share/vulkan/icd.d/*.json > /dev/null 2>&1; then
+        # No Vulkan driver: Mesa's lavapipe runs wgpu on the CPU (as .ci/run installs it).
+        local sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo=sudo
+        $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends mesa-vulkan-drivers
+    fi
     mkdir -p "$out"
     out="$(cd "$out" && pwd)"
     local size=sd15 latent=64 steps=25

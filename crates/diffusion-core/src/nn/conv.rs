@@ -2,18 +2,33 @@
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
+use burn::tensor::DType;
 
 /// Applies `conv` to `x`: burn's `Conv2d::forward`, run by the host kernel on burn-ndarray and
 /// burn-flex for f32 tensors with one group (the weight is read in place and the output written
 /// in NCHW directly), by burn's op otherwise (other backends, dtypes and autodiff).
 ///
+/// On burn-wgpu and burn-cuda, f16 and bf16 convolutions are computed in f32 and cast back:
+/// burn-cubecl's direct convolution kernel (autotune's only 3×3 choice where the device has no
+/// matrix units, such as Mesa's lavapipe) sums its products in the input dtype, which put the
+/// tiny-sd and Prompt Diffusion f16 parity images 24/255 and 32/255 from diffusers' on lavapipe
+/// (5/255 and 5/255 with f32 sums; diffusers' own f16 image is 6/255 from its f32 one).
+///
 /// # Shapes
 /// `x: [batch, in_channels, h, w]` → `[batch, out_channels, out_h, out_w]`, as burn's.
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    match super::host::try_conv2d(conv, x) {
-        Ok(y) => y,
-        Err(x) => conv.forward(x),
+    let x = match super::host::try_conv2d(conv, x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    let dtype = x.dtype();
+    if !(matches!(dtype, DType::F16 | DType::BF16) && super::fused_kernels_available::<B>()) {
+        return conv.forward(x);
     }
+    let mut wide = conv.clone();
+    wide.weight = wide.weight.map(|w| w.cast(DType::F32));
+    wide.bias = wide.bias.map(|b| b.map(|b| b.cast(DType::F32)));
+    wide.forward(x.cast(DType::F32)).cast(dtype)
 }
 
 #[cfg(test)]
@@ -145,37 +160,16 @@ mod tests {
         // symmetric and one-sided padding, several chunks (a budget of five blocks), block
         // rows longer than the transforms' runs of 64 blocks, and chunks of 50 blocks that
         // start and end inside block rows.
+        let (one, uneven) = (
+            PaddingConfig2d::Explicit(1, 1, 1, 1),
+            PaddingConfig2d::Explicit(0, 2, 2, 1),
+        );
         let cases = [
-            (
-                [16, 12],
-                PaddingConfig2d::Explicit(1, 1, 1, 1),
-                [22, 23],
-                1 << 22,
-            ),
-            (
-                [5, 7],
-                PaddingConfig2d::Explicit(0, 2, 2, 1),
-                [13, 30],
-                1 << 22,
-            ),
-            (
-                [9, 4],
-                PaddingConfig2d::Explicit(1, 1, 1, 1),
-                [16, 16],
-                9 * 16 * 5,
-            ),
-            (
-                [3, 2],
-                PaddingConfig2d::Explicit(1, 1, 1, 1),
-                [5, 261],
-                1 << 22,
-            ),
-            (
-                [3, 2],
-                PaddingConfig2d::Explicit(1, 1, 1, 1),
-                [5, 261],
-                3 * 16 * 50,
-            ),
+            ([16, 12], one.clone(), [22, 23], 1 << 22),
+            ([5, 7], uneven, [13, 30], 1 << 22),
+            ([9, 4], one.clone(), [16, 16], 9 * 16 * 5),
+            ([3, 2], one.clone(), [5, 261], 1 << 22),
+            ([3, 2], one, [5, 261], 3 * 16 * 50),
         ];
         for (channels, padding, [h, w], budget) in cases {
             let conv = random_conv(channels, [3, 3], [1, 1], [1, 1], padding.clone(), true);

@@ -6,6 +6,7 @@
 #![cfg(feature = "wgpu")]
 
 mod attention;
+mod conv;
 mod layout;
 mod norm;
 
