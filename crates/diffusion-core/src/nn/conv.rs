@@ -1,5 +1,6 @@
 //! The convolution entry point of the model crates.
 
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -22,18 +23,35 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         Err(x) => x,
     };
     let dtype = x.dtype();
+    let padding = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
+        PaddingConfig2d::Valid => [0; 4],
+        PaddingConfig2d::Same => return conv.forward(x),
+    };
     if !(matches!(dtype, DType::F16 | DType::BF16) && super::fused_kernels_available::<B>()) {
         return conv.forward(x);
     }
+    // Padded here, into f32 zeros: burn pads asymmetric inputs with a tensor of the device's
+    // default float type, which an f16 device makes f16.
+    let [top, left, bottom, right] = padding;
+    let [n, c, h, w] = x.dims();
+    let x = Tensor::zeros(
+        [n, c, h + top + bottom, w + left + right],
+        (&x.device(), DType::F32),
+    )
+    .slice_assign(
+        [0..n, 0..c, top..top + h, left..left + w],
+        x.cast(DType::F32),
+    );
     let mut wide = conv.clone();
+    wide.padding = PaddingConfig2d::Valid;
     wide.weight = wide.weight.map(|w| w.cast(DType::F32));
     wide.bias = wide.bias.map(|b| b.map(|b| b.cast(DType::F32)));
-    wide.forward(x.cast(DType::F32)).cast(dtype)
+    wide.forward(x).cast(dtype)
 }
 
 #[cfg(test)]
 mod tests {
-    use burn::nn::PaddingConfig2d;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::Distribution;
 
