@@ -23,17 +23,16 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         Err(x) => x,
     };
     let dtype = x.dtype();
-    let padding = match conv.padding {
-        PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
-        PaddingConfig2d::Valid => [0; 4],
-        PaddingConfig2d::Same => return conv.forward(x),
-    };
     if !(matches!(dtype, DType::F16 | DType::BF16) && super::fused_kernels_available::<B>()) {
         return conv.forward(x);
     }
     // Padded here, into f32 zeros: burn pads asymmetric inputs with a tensor of the device's
     // default float type, which an f16 device makes f16.
-    let [top, left, bottom, right] = padding;
+    let [top, left, bottom, right] = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
+        PaddingConfig2d::Valid => [0; 4],
+        PaddingConfig2d::Same => return conv.forward(x),
+    };
     let [n, c, h, w] = x.dims();
     let x = Tensor::zeros(
         [n, c, h + top + bottom, w + left + right],
