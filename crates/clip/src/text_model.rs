@@ -273,13 +273,9 @@ tower::loaders! {
     /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) listing missing, unexpected
     /// and mis-shaped tensors.
     fn from_pretrained;
-    /// Loads weights named as in transformers (`text_model.*`, or the same without the
-    /// `text_model.` level) into a model built from `config`. Tolerates `position_ids`.
-    ///
-    /// # Errors
-    /// [`Error::Config`](prompt_diffusion_core::Error::Config) when `config` is invalid,
-    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) when the tensors do not match.
-    fn from_source;
+    /// Takes weights named as in transformers (`text_model.*`, or the same without the
+    /// `text_model.` level).
+    fn module_tensors;
 }
 
 /// Outputs of [`CLIPTextModelWithProjection`].
@@ -348,8 +344,8 @@ tower::loaders! {
     prefixes: &crate::weights::SD1_TEXT_PREFIXES, ignore: [],
     /// As [`CLIPTextModel::from_pretrained`].
     fn from_pretrained;
-    /// As [`CLIPTextModel::from_source`], with `text_projection.weight` as well.
-    fn from_source;
+    /// As [`CLIPTextModel`]'s, with `text_projection.weight` as well.
+    fn module_tensors;
 }
 
 #[cfg(test)]

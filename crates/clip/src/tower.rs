@@ -4,12 +4,8 @@
 
 use std::path::Path;
 
-use burn::module::Module;
-use burn::prelude::*;
 use prompt_diffusion_core::Result;
-use prompt_diffusion_core::weights::{
-    LoadOptions, TensorSource, load_module, open_component_weights,
-};
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource, open_component_weights};
 use serde::de::DeserializeOwned;
 
 use crate::config::{Tower, parse_tower, read_tower};
@@ -136,28 +132,25 @@ pub(crate) fn open_folder<C: TowerConfig>(
     Ok((config, source))
 }
 
-/// Validates `config`, names `source`'s keys as the tower's, checks them against the config
-/// and loads them strictly into `init(config)` (`position_ids` buffers tolerated).
-pub(crate) fn load<B: Backend, C: TowerConfig, M: Module<B>>(
+/// Validates `config`, names `source`'s keys as the tower's and checks them against the
+/// config (`projection`: whether the model has the tower's projection).
+pub(crate) fn module_tensors<C: TowerConfig>(
     config: &C,
     source: &TensorSource,
     projection: bool,
-    options: &LoadOptions,
-    what: &str,
-    init: impl FnOnce(&C) -> M,
-) -> Result<M> {
+) -> Result<TensorSource> {
     config.check()?;
     let source = C::with_level(source)?;
     config.check_weights(&source, projection)?;
-    let options = weights::tolerate_buffers(options);
-    load_module(init(config), &source, what, &options)
+    Ok(source)
 }
 
 /// Implements [`Pretrained`](prompt_diffusion_core::weights::Pretrained) for a tower model
 /// `$model<B>` built by its `init` from a `$config`: `projection` says whether the model has the
 /// tower's projection, `prefixes` are its single-file prefixes, `ignore` lists the patterns of
-/// tensors a folder may hold that the model does not use. The doc comments of both methods are
-/// given before `fn from_pretrained;` and `fn from_source;`.
+/// tensors a folder may hold that the model does not use. The doc comments of the two methods
+/// are given before `fn from_pretrained;` and `fn module_tensors;`. Loading tolerates the
+/// `position_ids` buffers transformers saves.
 macro_rules! loaders {
     (
         $model:ident, $config:ty, projection: $projection:expr, prefixes: $prefixes:expr,
@@ -165,12 +158,26 @@ macro_rules! loaders {
         $(#[$folder_doc:meta])*
         fn from_pretrained;
         $(#[$source_doc:meta])*
-        fn from_source;
+        fn module_tensors;
     ) => {
         impl<B: Backend> prompt_diffusion_core::weights::Pretrained<B> for $model<B> {
             type Config = $config;
             const CLASS_NAME: &'static str = stringify!($model);
             const SINGLE_FILE_PREFIXES: &'static [&'static str] = $prefixes;
+
+            fn from_config(config: &$config, device: &B::Device) -> Result<Self> {
+                config.validate()?;
+                Ok(Self::init(config, device))
+            }
+
+            $(#[$source_doc])*
+            fn module_tensors(config: &$config, source: &TensorSource) -> Result<TensorSource> {
+                $crate::tower::module_tensors(config, source, $projection)
+            }
+
+            fn load_options(options: &LoadOptions) -> LoadOptions {
+                $crate::weights::tolerate_buffers(options)
+            }
 
             $(#[$folder_doc])*
             fn from_pretrained(
@@ -181,18 +188,6 @@ macro_rules! loaders {
                 let (config, source) = $crate::tower::open_folder(dir.as_ref(), options)?;
                 let options = options.clone()$(.ignore($ignore))*;
                 Self::from_source(&config, &source, &options, device)
-            }
-
-            $(#[$source_doc])*
-            fn from_source(
-                config: &$config,
-                source: &TensorSource,
-                options: &LoadOptions,
-                device: &B::Device,
-            ) -> Result<Self> {
-                let init = |config: &$config| Self::init(config, device);
-                let name = stringify!($model);
-                $crate::tower::load(config, source, $projection, options, name, init)
             }
         }
     };

@@ -208,8 +208,8 @@ tower::loaders! {
     /// As [`CLIPVisionModelWithProjection::from_pretrained`]; a `visual_projection` in the file is
     /// ignored.
     fn from_pretrained;
-    /// As [`CLIPVisionModelWithProjection::from_source`], without the projection.
-    fn from_source;
+    /// As [`CLIPVisionModelWithProjection`]'s, without the projection.
+    fn module_tensors;
 }
 
 /// Outputs of [`CLIPVisionModelWithProjection`].
@@ -294,11 +294,7 @@ tower::loaders! {
     /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) listing missing, unexpected
     /// and mis-shaped tensors.
     fn from_pretrained;
-    /// Loads weights named as in transformers (`vision_model.*` + `visual_projection.weight`;
-    /// the `vision_model.` level may be absent) into a model built from `config`.
-    ///
-    /// # Errors
-    /// [`Error::Config`](prompt_diffusion_core::Error::Config) when `config` is invalid,
-    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) when the tensors do not match.
-    fn from_source;
+    /// Takes weights named as in transformers (`vision_model.*` + `visual_projection.weight`;
+    /// the `vision_model.` level may be absent).
+    fn module_tensors;
 }

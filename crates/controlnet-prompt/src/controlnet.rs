@@ -11,7 +11,7 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::nn::conv2d;
-use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
+use prompt_diffusion_core::weights::{Pretrained, TensorSource};
 use prompt_diffusion_unet::embeddings::TimestepEmbedding;
 use prompt_diffusion_unet::unet_2d_blocks::{
     AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn, conv2d_same as conv,
@@ -52,26 +52,15 @@ impl<B: Backend> Pretrained<B> for ControlNetModel<B> {
     const CLASS_NAME: &'static str = "ControlNetModel";
     const SINGLE_FILE_PREFIXES: &'static [&'static str] = &["control_model."];
 
-    /// Loads weights in diffusers or original naming (detected from the keys). Tensors under
-    /// `control_model.` (an original single file such as lllyasviel's `control_sd15_*.pth`) are
-    /// taken with the prefix removed and the rest of such a file is ignored.
-    ///
-    /// # Errors
-    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) naming every missing,
-    /// unexpected or mis-shaped tensor.
-    fn from_source(
-        config: &ControlNetConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let source = diffusers_source(config, source, HintEncoders::Single, "ControlNetModel")?;
-        load_module(
-            Self::new(config, device)?,
-            &source,
-            "ControlNetModel",
-            options,
-        )
+    fn from_config(config: &ControlNetConfig, device: &B::Device) -> Result<Self> {
+        Self::new(config, device)
+    }
+
+    /// Takes diffusers or original naming (detected from the keys). Of an original single file
+    /// such as lllyasviel's `control_sd15_*.pth` the tensors under `control_model.` are taken
+    /// with the prefix removed and the rest is ignored.
+    fn module_tensors(config: &ControlNetConfig, source: &TensorSource) -> Result<TensorSource> {
+        diffusers_source(config, source, HintEncoders::Single, Self::CLASS_NAME)
     }
 }
 

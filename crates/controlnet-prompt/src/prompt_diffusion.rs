@@ -14,7 +14,7 @@
 
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
-use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
+use prompt_diffusion_core::weights::{Pretrained, TensorSource};
 use prompt_diffusion_unet::{ContextTokens, CrossAttentionContext, UNetResiduals};
 
 use crate::conditioning_embedding::ControlNetConditioningEmbedding;
@@ -41,24 +41,26 @@ impl<B: Backend> Pretrained<B> for PromptDiffusionControlNet<B> {
     const CLASS_NAME: &'static str = "PromptDiffusionControlNetModel";
     const SINGLE_FILE_PREFIXES: &'static [&'static str] = &["control_model."];
 
-    /// Loads weights in diffusers or original naming (detected from the keys). Tensors under
-    /// `control_model.` (the original single file) are taken with the prefix removed; the rest
-    /// of such a file is ignored.
-    ///
-    /// # Errors
-    /// [`Error::Weights`](prompt_diffusion_core::Error::Weights) naming, in diffusers' naming, every missing, unexpected or mis-shaped
-    /// tensor.
-    fn from_source(
-        config: &ControlNetConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let module = "PromptDiffusionControlNetModel";
-        let source = diffusers_source(config, source, HintEncoders::PairAndQuery, module)?;
-        let model = Self::new(config, device)?;
-        let source = weights::to_module_paths(&source)?;
-        load_module(model, &source, module, options).map_err(weights::diffusers_names_in_report)
+    fn from_config(config: &ControlNetConfig, device: &B::Device) -> Result<Self> {
+        Self::new(config, device)
+    }
+
+    /// Takes diffusers or original naming (detected from the keys). Of the original single
+    /// file the tensors under `control_model.` are taken with the prefix removed and the rest
+    /// is ignored.
+    fn module_tensors(config: &ControlNetConfig, source: &TensorSource) -> Result<TensorSource> {
+        let encoders = HintEncoders::PairAndQuery;
+        weights::to_module_paths(&diffusers_source(
+            config,
+            source,
+            encoders,
+            Self::CLASS_NAME,
+        )?)
+    }
+
+    /// Reports tensors in diffusers' naming (without the `controlnet.` segment of the paths).
+    fn checkpoint_names(error: prompt_diffusion_core::Error) -> prompt_diffusion_core::Error {
+        weights::diffusers_names_in_report(error)
     }
 }
 

@@ -14,7 +14,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::nn::conv2d;
-use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
+use prompt_diffusion_core::weights::{Pretrained, TensorSource};
 use prompt_diffusion_unet::embeddings::TimestepEmbedding;
 use prompt_diffusion_unet::unet_2d_blocks::{
     AttentionSlots, BlockBuilder, DownBlock2D, conv2d_same, embed_time, run_down_blocks,
@@ -43,21 +43,18 @@ impl<B: Backend> Pretrained<B> for SCBNet<B> {
     const CLASS_NAME: &'static str = "SCBNet";
     const SINGLE_FILE_PREFIXES: &'static [&'static str] = &[];
 
-    /// Loads weights under the official names (a `module.` prefix is removed).
-    ///
-    /// # Errors
-    /// As [`from_folder`](Self::from_folder).
-    fn from_source(
-        config: &SCBNetConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
+    fn from_config(config: &SCBNetConfig, device: &B::Device) -> Result<Self> {
+        Self::new(config, device)
+    }
+
+    /// Takes the official names (a `module.` prefix is removed). The branch is a UNet encoder:
+    /// its config is checked against the tensors' shapes as a UNet's.
+    fn module_tensors(config: &SCBNetConfig, source: &TensorSource) -> Result<TensorSource> {
         let source = crate::weights::strip_data_parallel(source);
-        // The branch is a UNet encoder: its config is checked against the header first.
         config.validate()?;
-        prompt_diffusion_unet::weights::check_weights(&config.to_unet_config(), &source, "SCBNet")?;
-        load_module(Self::new(config, device)?, &source, "SCBNet", options)
+        let unet = config.to_unet_config();
+        prompt_diffusion_unet::weights::check_weights(&unet, &source, Self::CLASS_NAME)?;
+        Ok(source)
     }
 }
 

@@ -61,6 +61,22 @@ pub fn check_counts(field: &str, values: &[usize], max: usize) -> Result<()> {
         .try_for_each(|(i, &v)| check_count(&format!("{field}[{i}]"), v, max))
 }
 
+/// Checks that the list `field` has one entry per resolution level (`levels`, the length of
+/// `block_out_channels`).
+///
+/// # Errors
+/// [`Error::Config`] naming `field`.
+pub fn check_per_level(field: &str, entries: usize, levels: usize) -> Result<()> {
+    if entries == levels {
+        Ok(())
+    } else {
+        Err(Error::config(
+            field,
+            format!("has {entries} entries, block_out_channels has {levels}"),
+        ))
+    }
+}
+
 /// Checks that `divisor` (already known to be positive) divides `value`.
 ///
 /// # Errors

@@ -109,9 +109,7 @@ pub fn weights_error<M: crate::weights::Pretrained<TestBackend>>(
     config: &M::Config,
     source: &crate::weights::TensorSource,
 ) -> String {
-    let err = load_default::<M>(config, source)
-        .err()
-        .expect("loading fails");
+    let err = load_default::<M>(config, source).expect_err("loading fails");
     assert!(matches!(err, crate::Error::Weights(_)), "{err}");
     err.to_string()
 }

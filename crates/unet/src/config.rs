@@ -9,7 +9,7 @@ use std::path::Path;
 
 use prompt_diffusion_core::config::{OneOrMany, parse_config};
 use prompt_diffusion_core::limits::{
-    MAX_KERNEL, MAX_SAMPLE_SIZE, MAX_WIDTH, check_count, check_counts,
+    MAX_KERNEL, MAX_SAMPLE_SIZE, MAX_WIDTH, check_count, check_counts, check_per_level,
 };
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::{Error, Result};
@@ -258,15 +258,7 @@ impl UNet2DConditionConfig {
         self.check_bounds()?;
         self.trunk.check_structure()?;
         let n = self.block_out_channels.len();
-        if self.up_block_types.len() != n {
-            return Err(Error::config(
-                "up_block_types",
-                format!(
-                    "has {} entries, block_out_channels has {n}",
-                    self.up_block_types.len()
-                ),
-            ));
-        }
+        check_per_level("up_block_types", self.up_block_types.len(), n)?;
         if let Some(kind) = &self.mid_block_type
             && *kind != MidBlockType::UNetMidBlock2DCrossAttn
         {

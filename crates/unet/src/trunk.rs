@@ -10,6 +10,7 @@
 use prompt_diffusion_core::config::OneOrMany;
 use prompt_diffusion_core::limits::{
     MAX_HEADS, MAX_KERNEL, MAX_LAYERS, MAX_LEVELS, MAX_WIDTH, check_count, check_counts,
+    check_per_level,
 };
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::{Error, Result};
@@ -375,15 +376,7 @@ impl UNetTrunkConfig {
                 format!("{} is above {MAX_KERNEL}", self.downsample_padding),
             ));
         }
-        if self.down_block_types.len() != n {
-            return Err(Error::config(
-                "down_block_types",
-                format!(
-                    "has {} entries, block_out_channels has {n}",
-                    self.down_block_types.len()
-                ),
-            ));
-        }
+        check_per_level("down_block_types", self.down_block_types.len(), n)?;
         self.check_levels()
     }
 

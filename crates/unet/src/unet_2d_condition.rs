@@ -4,7 +4,7 @@
 
 use burn::prelude::*;
 use prompt_diffusion_core::nn::{GroupNorm, GroupNormConfig};
-use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
+use prompt_diffusion_core::weights::{Pretrained, TensorSource};
 use prompt_diffusion_core::{Error, Result};
 
 use crate::UNet2DConditionConfig;
@@ -81,20 +81,19 @@ impl<B: Backend> Pretrained<B> for UNet2DConditionModel<B> {
     const CLASS_NAME: &'static str = "UNet2DConditionModel";
     const SINGLE_FILE_PREFIXES: &'static [&'static str] = &["model.diffusion_model."];
 
-    /// Loads weights in diffusers or original LDM naming (detected from the keys; for a
-    /// single-file checkpoint pass the tensors under `model.diffusion_model.` with the prefix
-    /// stripped).
-    fn from_source(
+    fn from_config(config: &UNet2DConditionConfig, device: &B::Device) -> Result<Self> {
+        Self::new(config, device)
+    }
+
+    /// Takes diffusers or original LDM naming (detected from the keys).
+    fn module_tensors(
         config: &UNet2DConditionConfig,
         source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
+    ) -> Result<TensorSource> {
         config.validate()?;
         let source = to_diffusers_names(source, UNetWeightLayout::detect(source), config)?;
-        check_weights(config, &source, "UNet2DConditionModel")?;
-        let model = Self::new(config, device)?;
-        load_module(model, &source, "UNet2DConditionModel", options)
+        check_weights(config, &source, Self::CLASS_NAME)?;
+        Ok(source)
     }
 }
 

@@ -4,7 +4,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::nn::conv2d;
-use prompt_diffusion_core::weights::{LoadOptions, Pretrained, TensorSource, load_module};
+use prompt_diffusion_core::weights::{Pretrained, TensorSource};
 
 use crate::vae::{Decoder, Encoder};
 use crate::weights::{VaeWeightLayout, check_weights, to_diffusers_names};
@@ -71,23 +71,18 @@ impl<B: Backend> Pretrained<B> for AutoencoderKL<B> {
     const CLASS_NAME: &'static str = "AutoencoderKL";
     const SINGLE_FILE_PREFIXES: &'static [&'static str] = &["first_stage_model.", "vae."];
 
-    /// Loads weights in diffusers or original LDM naming (detected from the keys; for a
-    /// single-file checkpoint pass the tensors under `first_stage_model.` with the prefix
-    /// stripped).
-    ///
-    /// # Errors
-    /// An invalid config, or any missing, unexpected or mis-shaped tensor.
-    fn from_source(
-        config: &AutoencoderKLConfig,
-        source: &TensorSource,
-        options: &LoadOptions,
-        device: &B::Device,
-    ) -> Result<Self> {
+    fn from_config(config: &AutoencoderKLConfig, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        Ok(Self::new(config, device))
+    }
+
+    /// Takes diffusers or original LDM naming (detected from the keys).
+    fn module_tensors(config: &AutoencoderKLConfig, source: &TensorSource) -> Result<TensorSource> {
         config.validate()?;
         let layout = VaeWeightLayout::detect(source);
         let source = to_diffusers_names(source, layout, config.block_out_channels.len())?;
         check_weights(config, &source)?;
-        load_module(Self::new(config, device), &source, "AutoencoderKL", options)
+        Ok(source)
     }
 }
 

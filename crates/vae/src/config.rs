@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use prompt_diffusion_core::limits::{
-    MAX_LAYERS, MAX_LEVELS, MAX_SAMPLE_SIZE, MAX_WIDTH, check_count, check_counts,
+    MAX_LAYERS, MAX_LEVELS, MAX_SAMPLE_SIZE, MAX_WIDTH, check_count, check_counts, check_per_level,
 };
 use prompt_diffusion_core::nn::Activation;
 use prompt_diffusion_core::{Error, Result, config::read_validated};
@@ -127,24 +127,8 @@ impl AutoencoderKLConfig {
         if n == 0 {
             return Err(Error::config("block_out_channels", "is empty"));
         }
-        if self.down_block_types.len() != n {
-            return Err(Error::config(
-                "down_block_types",
-                format!(
-                    "has {} entries, block_out_channels has {n}",
-                    self.down_block_types.len()
-                ),
-            ));
-        }
-        if self.up_block_types.len() != n {
-            return Err(Error::config(
-                "up_block_types",
-                format!(
-                    "has {} entries, block_out_channels has {n}",
-                    self.up_block_types.len()
-                ),
-            ));
-        }
+        check_per_level("down_block_types", self.down_block_types.len(), n)?;
+        check_per_level("up_block_types", self.up_block_types.len(), n)?;
         if n > MAX_LEVELS {
             return Err(Error::config(
                 "block_out_channels",

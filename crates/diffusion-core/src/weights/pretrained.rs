@@ -2,8 +2,10 @@
 //!
 //! A component (UNet, VAE, text encoder, ControlNet, …) has a config read from a diffusers
 //! `config.json`, a diffusers class name, weights in diffusers naming (a component folder) and
-//! a key prefix in original single-file checkpoints. It implements [`Pretrained::from_source`]
-//! — build from a config and tensors in any naming its crate's `weights.rs` knows — and gets
+//! a key prefix in original single-file checkpoints. It implements
+//! [`Pretrained::from_config`] (its constructor) and [`Pretrained::module_tensors`] (tensors in
+//! any naming its crate's `weights.rs` knows, under the module's paths) and gets
+//! [`from_source`](Pretrained::from_source),
 //! [`from_pretrained`](Pretrained::from_pretrained) (a folder, or a Hugging Face repository id)
 //! and [`from_single_file`](Pretrained::from_single_file) (its part of a checkpoint) for free.
 
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
-use super::{LoadOptions, TensorSource, open_component_weights};
+use super::{LoadOptions, TensorSource, load_module, open_component_weights};
 use crate::{Error, Result};
 
 /// A config read from a component's `config.json`.
@@ -55,7 +57,7 @@ pub fn component_folder(dir: &Path, options: &LoadOptions) -> Result<PathBuf> {
 }
 
 /// A model component loaded the same way as every other.
-pub trait Pretrained<B: Backend>: Sized {
+pub trait Pretrained<B: Backend>: Module<B> {
     /// The component's config.
     type Config: ComponentConfig;
 
@@ -67,17 +69,57 @@ pub trait Pretrained<B: Backend>: Sized {
     /// come in single files.
     const SINGLE_FILE_PREFIXES: &'static [&'static str];
 
-    /// Builds the component from `config` and tensors in diffusers naming or in the original
-    /// naming (the prefix stripped), converted by the crate's `weights.rs`.
+    /// The component for `config` with freshly initialised weights (what loading fills), as
+    /// diffusers' `ModelMixin.from_config`.
     ///
     /// # Errors
-    /// An invalid config, or any missing, unexpected or mis-shaped tensor.
+    /// An invalid config.
+    fn from_config(config: &Self::Config, device: &B::Device) -> Result<Self>;
+
+    /// `source` (tensors in diffusers naming or in the original naming, the single-file prefix
+    /// stripped) under the component's parameter paths, after checking `config` and the
+    /// tensors' shapes against it. The conversion is the crate's `weights.rs`.
+    ///
+    /// # Errors
+    /// An invalid config, tensors in no naming the component knows, or shapes that do not
+    /// fit the config.
+    fn module_tensors(config: &Self::Config, source: &TensorSource) -> Result<TensorSource>;
+
+    /// `options` as this component loads with them (by default unchanged; a component whose
+    /// files hold tensors it does not use tolerates them here).
+    fn load_options(options: &LoadOptions) -> LoadOptions {
+        options.clone()
+    }
+
+    /// A loading error with its tensor names as the checkpoint spells them, where the module's
+    /// parameter paths differ (by default unchanged).
+    fn checkpoint_names(error: Error) -> Error {
+        error
+    }
+
+    /// Builds the component from `config` and tensors in diffusers naming or in the original
+    /// naming (the prefix stripped): [`module_tensors`](Self::module_tensors) loaded strictly
+    /// into [`from_config`](Self::from_config)'s model.
+    ///
+    /// # Errors
+    /// An invalid config, or [`Error::Weights`] naming every missing, unexpected or
+    /// mis-shaped tensor.
     fn from_source(
         config: &Self::Config,
         source: &TensorSource,
         options: &LoadOptions,
         device: &B::Device,
-    ) -> Result<Self>;
+    ) -> Result<Self> {
+        let tensors = Self::module_tensors(config, source)?;
+        let model = Self::from_config(config, device)?;
+        load_module(
+            model,
+            &tensors,
+            Self::CLASS_NAME,
+            &Self::load_options(options),
+        )
+        .map_err(Self::checkpoint_names)
+    }
 
     /// Loads a diffusers component folder: `config.json` and the weights (in the variant of
     /// `options` when present). `dir` may be a Hugging Face repository id (`org/name`), found
