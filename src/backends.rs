@@ -20,9 +20,6 @@
 //! see [`cache`] for the order of precedence and the files), so only the first run on a machine
 //! pays for kernel tuning.
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::tensor::backend::Backend;
 use prompt_diffusion_core::{Error, Precision, Result};
 
@@ -86,23 +83,7 @@ impl BackendKind {
     }
 }
 
-impl FromStr for BackendKind {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let known = Self::ALL
-            .into_iter()
-            .find(|k| k.name().eq_ignore_ascii_case(s));
-        let message = || format!("`{s}` is not one of ndarray, flex, wgpu, cuda");
-        known.ok_or_else(|| Error::invalid_input("backend", message()))
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+prompt_diffusion_core::named_values!(BackendKind: "backend");
 
 /// Work that runs on whichever backend [`run_on`] picks.
 pub trait BackendTask {

@@ -50,11 +50,7 @@ impl ShapeKind {
     }
 }
 
-impl fmt::Display for ShapeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+prompt_diffusion_core::named_values!(ShapeKind: "shape");
 
 /// How large a shape is drawn. Captions say `small` and `large`; a medium shape has no size
 /// word.

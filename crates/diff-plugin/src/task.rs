@@ -1,11 +1,6 @@
 //! The eight released Task-Plugins: their names, the official execution order and how each
 //! starts its denoising (Diff-Plugin `demo.py` `--tasks`, `infer.sh`).
 
-use std::fmt;
-use std::str::FromStr;
-
-use prompt_diffusion_core::{Error, Result};
-
 /// A restoration task with a released Task-Plugin.
 ///
 /// The declaration order is the official order (`demo.py`'s `--tasks` default): the
@@ -95,37 +90,12 @@ impl Task {
     }
 }
 
-impl fmt::Display for Task {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Task {
-    type Err = Error;
-
-    /// Parses a task name (case-insensitive).
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] listing the known tasks.
-    fn from_str(s: &str) -> Result<Self> {
-        let lower = s.trim().to_ascii_lowercase();
-        Task::ALL
-            .into_iter()
-            .find(|t| t.name() == lower)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
-                Error::invalid_input(
-                    "task",
-                    format!("unknown task `{s}`; expected one of {}", known.join(", ")),
-                )
-            })
-    }
-}
+prompt_diffusion_core::named_values!(Task: "task");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prompt_diffusion_core::Error;
 
     #[test]
     fn order_names_and_start_rule() {

@@ -44,6 +44,7 @@ pub mod image;
 pub mod limits;
 pub mod lora;
 pub mod memory;
+pub mod names;
 pub mod nn;
 pub mod noise;
 pub mod progress;

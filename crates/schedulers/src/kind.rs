@@ -4,9 +4,6 @@
 //! that reads the config, fills absent keys with the class's own defaults and rejects what
 //! diffusers rejects or this crate does not implement.
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::prelude::Backend;
 use prompt_diffusion_core::{Error, Result};
 
@@ -387,31 +384,7 @@ fn prediction_type(
     Ok(p)
 }
 
-impl fmt::Display for SchedulerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for SchedulerKind {
-    type Err = Error;
-
-    /// Parses a command-line name; [`Error::InvalidInput`] listing the valid names otherwise.
-    fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                Error::invalid_input(
-                    "scheduler",
-                    format!(
-                        "unknown scheduler `{s}`; valid names: {}",
-                        Self::ALL.map(|k| k.name()).join(", ")
-                    ),
-                )
-            })
-    }
-}
+prompt_diffusion_core::named_values!(SchedulerKind: "scheduler");
 
 #[cfg(test)]
 mod tests {

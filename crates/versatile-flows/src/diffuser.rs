@@ -44,10 +44,9 @@ impl<B: Backend> Condition<B> {
         }
     }
 
-    /// Sets the mixing weight.
-    pub fn with_ratio(mut self, ratio: f64) -> Self {
-        self.ratio = ratio;
-        self
+    prompt_diffusion_core::setters! {
+        /// Sets the mixing weight.
+        with_ratio(ratio: f64);
     }
 }
 

@@ -65,16 +65,11 @@ impl VersatileFolders {
         }
     }
 
-    /// Takes the VAE from another folder.
-    pub fn with_vae(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.vae = dir.into();
-        self
-    }
-
-    /// Takes the tokenizer from another folder.
-    pub fn with_tokenizer(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.tokenizer = dir.into();
-        self
+    prompt_diffusion_core::setters! {
+        /// Takes the VAE from another folder.
+        with_vae(vae: impl Into<PathBuf>) = vae.into();
+        /// Takes the tokenizer from another folder.
+        with_tokenizer(tokenizer: impl Into<PathBuf>) = tokenizer.into();
     }
 }
 
@@ -142,10 +137,9 @@ impl OptimusFiles {
         }
     }
 
-    /// Other sizes.
-    pub fn with_config(mut self, config: OptimusConfig) -> Self {
-        self.config = config;
-        self
+    prompt_diffusion_core::setters! {
+        /// Other sizes.
+        with_config(config: OptimusConfig);
     }
 }
 

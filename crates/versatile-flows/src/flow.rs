@@ -81,11 +81,7 @@ impl Flow {
     }
 }
 
-impl fmt::Display for Flow {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.name())
-    }
-}
+prompt_diffusion_core::named_values!(Flow: "flow");
 
 /// The layer groups a set of flows needs: what to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -55,10 +55,9 @@ impl GroupNormConfig {
         }
     }
 
-    /// Sets the epsilon.
-    pub fn with_eps(mut self, eps: f64) -> Self {
-        self.eps = eps;
-        self
+    crate::setters! {
+        /// Sets the epsilon.
+        with_eps(eps: f64);
     }
 
     /// Creates the layer with unit weight and zero bias.
@@ -169,10 +168,9 @@ impl LayerNormConfig {
         Self { dim, eps: 1e-5 }
     }
 
-    /// Sets the epsilon.
-    pub fn with_eps(mut self, eps: f64) -> Self {
-        self.eps = eps;
-        self
+    crate::setters! {
+        /// Sets the epsilon.
+        with_eps(eps: f64);
     }
 
     /// Creates the layer with unit weight and zero bias.

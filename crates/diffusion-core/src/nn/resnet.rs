@@ -44,28 +44,15 @@ impl ResnetBlock2DConfig {
         }
     }
 
-    /// Sets the GroupNorm groups.
-    pub fn with_groups(mut self, groups: usize) -> Self {
-        self.groups = groups;
-        self
-    }
-
-    /// Sets the GroupNorm epsilon.
-    pub fn with_eps(mut self, eps: f64) -> Self {
-        self.eps = eps;
-        self
-    }
-
-    /// Sets the output scale factor.
-    pub fn with_output_scale_factor(mut self, factor: f64) -> Self {
-        self.output_scale_factor = factor;
-        self
-    }
-
-    /// Sets the non-linearity.
-    pub fn with_act(mut self, act: Activation) -> Self {
-        self.act = act;
-        self
+    crate::setters! {
+        /// Sets the GroupNorm groups.
+        with_groups(groups: usize);
+        /// Sets the GroupNorm epsilon.
+        with_eps(eps: f64);
+        /// Sets the output scale factor.
+        with_output_scale_factor(output_scale_factor: f64);
+        /// Sets the non-linearity.
+        with_act(act: Activation);
     }
 
     /// Creates the block (weights are filled by loading).
