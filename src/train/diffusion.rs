@@ -316,15 +316,9 @@ impl<B: AutodiffBackend> TrainingStage for TextToImageTrainer<B> {
         let (value, grads) = summed_gradients(&self.model, parts, &self.device, |m, part| {
             part.loss(m, vae)
         })?;
-        self.model = update(
-            &self.model,
-            &mut self.optimizer,
-            grads,
-            &self.train,
-            self.steps,
-        );
+        let (optimizer, train) = (&mut self.optimizer, &self.train);
+        update(&mut self.model, optimizer, grads, train, &mut self.steps);
         self.ema.update(&self.model);
-        self.steps += 1;
         Ok(value)
     }
 

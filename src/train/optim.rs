@@ -17,15 +17,17 @@ pub(super) fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(
         .init()
 }
 
-/// `model` after one optimiser step on `grads`, their global norm clipped to
-/// `max_grad_norm`, at the learning rate of step `step`.
+/// One optimiser step of `model` on `grads`, their global norm clipped to `max_grad_norm`, at
+/// the learning rate of step `steps`, which then counts it.
 pub(super) fn update<B: AutodiffBackend, M: AutodiffModule<B>>(
-    model: &M,
+    model: &mut M,
     optimizer: &mut OptimizerAdaptor<AdamW, M, B>,
     mut grads: GradientsParams,
     config: &TrainConfig,
-    step: usize,
-) -> M {
+    steps: &mut usize,
+) {
     clip_grad_norm(model, &mut grads, config.max_grad_norm);
-    optimizer.step(config.learning_rate_at(step), model.clone(), grads)
+    let rate = config.learning_rate_at(*steps);
+    *model = optimizer.step(rate, model.clone(), grads);
+    *steps += 1;
 }

@@ -199,14 +199,8 @@ impl<B: AutodiffBackend> TrainingStage for VaeTrainer<B> {
             &self.device,
             |vae, (x, draw, jitter, share)| Ok(loss(vae, x, draw, jitter, kl_weight) * share),
         )?;
-        self.vae = update(
-            &self.vae,
-            &mut self.optimizer,
-            grads,
-            &self.config,
-            self.steps,
-        );
-        self.steps += 1;
+        let (optimizer, config) = (&mut self.optimizer, &self.config);
+        update(&mut self.vae, optimizer, grads, config, &mut self.steps);
         Ok(value)
     }
 
