@@ -11,7 +11,7 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::nn::conv2d;
-use prompt_diffusion_core::weights::{Pretrained, TensorSource};
+use prompt_diffusion_core::weights::{Pretrained, TensorSource, WeightNaming};
 use prompt_diffusion_unet::embeddings::TimestepEmbedding;
 use prompt_diffusion_unet::unet_2d_blocks::{
     AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn, conv2d_same as conv,
@@ -23,7 +23,7 @@ use crate::conditioning_embedding::ControlNetConditioningEmbedding;
 use crate::config::{ChannelOrder, ControlNetConfig};
 use crate::scales::ControlScales;
 use crate::weights::{
-    ControlNetWeightLayout, HintEncoders, check_weights, controlnet_tensors, to_diffusers_names,
+    HintEncoders, ORIGINAL_ROOTS, check_weights, controlnet_tensors, to_diffusers_names,
 };
 
 /// A ControlNet: the UNet encoder copy, its hint encoder and the zero convolutions.
@@ -273,8 +273,8 @@ pub(crate) fn diffusers_source(
 ) -> Result<TensorSource> {
     config.validate()?;
     let source = controlnet_tensors(source);
-    let layout = ControlNetWeightLayout::detect(&source);
-    let source = to_diffusers_names(&source, layout, config, hints)?;
+    let naming = WeightNaming::detect(&source, &ORIGINAL_ROOTS);
+    let source = to_diffusers_names(&source, naming, config, hints)?;
     check_weights(config, &source, module)?;
     Ok(source)
 }

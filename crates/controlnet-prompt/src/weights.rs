@@ -19,7 +19,7 @@
 //!   (diffusers' `convert_controlnet_checkpoint` and Prompt Diffusion's
 //!   `convert_original_promptdiffusion_to_diffusers.py`).
 
-use prompt_diffusion_core::weights::TensorSource;
+use prompt_diffusion_core::weights::{TensorSource, WeightNaming};
 use prompt_diffusion_core::{Error, Result};
 use prompt_diffusion_unet::weights::{
     Entry, check_weights as check_unet_weights, entry, ldm_table, rename_ldm,
@@ -44,31 +44,14 @@ pub fn check_weights(config: &ControlNetConfig, source: &TensorSource, module: &
     check_unet_weights(&config.to_unet_config(), source, module)
 }
 
-/// The naming of a ControlNet weight file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ControlNetWeightLayout {
-    /// diffusers names.
-    Diffusers,
-    /// Original `cldm` names (`input_hint_block`, `zero_convs`, …), without `control_model.`.
-    Original,
-}
-
-impl ControlNetWeightLayout {
-    /// Guesses the layout from the tensor names (of the ControlNet alone, prefix removed).
-    pub fn detect(source: &TensorSource) -> Self {
-        let original = [
-            "input_hint_block.",
-            "input_blocks.",
-            "zero_convs.",
-            "time_embed.",
-        ];
-        if original.iter().any(|p| source.has_prefix(p)) {
-            Self::Original
-        } else {
-            Self::Diffusers
-        }
-    }
-}
+/// Module paths found only in original `cldm` ControlNet files, `control_model.` removed
+/// ([`WeightNaming::detect`]).
+pub const ORIGINAL_ROOTS: [&str; 4] = [
+    "input_hint_block.",
+    "input_blocks.",
+    "zero_convs.",
+    "time_embed.",
+];
 
 /// The hint encoders a model has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,13 +127,13 @@ pub fn original_table(config: &ControlNetConfig, hints: HintEncoders) -> Result<
 /// An invalid config, or two tensors mapping to the same name.
 pub fn to_diffusers_names(
     source: &TensorSource,
-    layout: ControlNetWeightLayout,
+    naming: WeightNaming,
     config: &ControlNetConfig,
     hints: HintEncoders,
 ) -> Result<TensorSource> {
-    match layout {
-        ControlNetWeightLayout::Diffusers => Ok(source.clone()),
-        ControlNetWeightLayout::Original => {
+    match naming {
+        WeightNaming::Diffusers => Ok(source.clone()),
+        WeightNaming::Original => {
             let table = original_table(config, hints)?;
             source.rename(|key| Some(rename_ldm(key, &table)))
         }

@@ -10,14 +10,12 @@ use crate::common::{B, controlnet_fixture};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use prompt_diffusion_controlnet_prompt::weights::{
-    ControlNetWeightLayout, HintEncoders, original_table,
-};
+use prompt_diffusion_controlnet_prompt::weights::{HintEncoders, ORIGINAL_ROOTS, original_table};
 use prompt_diffusion_controlnet_prompt::{
     ControlNetConfig, ControlNetModel, PromptDiffusionControlNet,
 };
 use prompt_diffusion_core::testing::{folder_source, load_default, weights_error};
-use prompt_diffusion_core::weights::TensorSource;
+use prompt_diffusion_core::weights::{TensorSource, WeightNaming};
 use prompt_diffusion_unet::weights::rename_ldm;
 
 struct Row {
@@ -197,8 +195,8 @@ fn original_layout_errors_use_diffusers_names() {
     let file = TensorSource::open(controlnet_fixture("tiny-prompt-diffusion.safetensors")).unwrap();
     let mut control = file.strip_prefix("control_model.");
     assert_eq!(
-        ControlNetWeightLayout::detect(&control),
-        ControlNetWeightLayout::Original
+        WeightNaming::detect(&control, &ORIGINAL_ROOTS),
+        WeightNaming::Original
     );
     assert!(control.remove("zero_convs.4.0.weight"));
     assert!(control.remove("input_cond_block.14.bias"));

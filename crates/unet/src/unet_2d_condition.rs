@@ -4,7 +4,7 @@
 
 use burn::prelude::*;
 use prompt_diffusion_core::nn::{GroupNorm, GroupNormConfig};
-use prompt_diffusion_core::weights::{Pretrained, TensorSource};
+use prompt_diffusion_core::weights::{Pretrained, TensorSource, WeightNaming};
 use prompt_diffusion_core::{Error, Result};
 
 use crate::UNet2DConditionConfig;
@@ -17,7 +17,7 @@ use crate::unet_2d_blocks::{
     AttentionSlots, BlockBuilder, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D, conv2d_same,
     embed_time, run_down_blocks,
 };
-use crate::weights::{UNetWeightLayout, check_weights, to_diffusers_names};
+use crate::weights::{LDM_ROOTS, check_weights, to_diffusers_names};
 
 /// Features added to the UNet's skip connections and to its mid-block output, after the
 /// encoder has run (diffusers' `down_block_additional_residuals` and
@@ -91,7 +91,7 @@ impl<B: Backend> Pretrained<B> for UNet2DConditionModel<B> {
         source: &TensorSource,
     ) -> Result<TensorSource> {
         config.validate()?;
-        let source = to_diffusers_names(source, UNetWeightLayout::detect(source), config)?;
+        let source = to_diffusers_names(source, WeightNaming::detect(source, &LDM_ROOTS), config)?;
         check_weights(config, &source, Self::CLASS_NAME)?;
         Ok(source)
     }

@@ -10,43 +10,27 @@
 
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::limits::HeaderCheck;
-use prompt_diffusion_core::weights::TensorSource;
+use prompt_diffusion_core::weights::{TensorSource, WeightNaming};
 
 use crate::UNet2DConditionConfig;
 use crate::data_layers::DataLayerKind;
 
-/// The naming of a UNet weight file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UNetWeightLayout {
-    /// diffusers names.
-    Diffusers,
-    /// Original LDM `openaimodel` names.
-    Ldm,
-}
+/// Module paths found only in original LDM `openaimodel` UNet files
+/// ([`WeightNaming::detect`]).
+pub const LDM_ROOTS: [&str; 2] = ["input_blocks.", "middle_block."];
 
-impl UNetWeightLayout {
-    /// Guesses the layout from the tensor names.
-    pub fn detect(source: &TensorSource) -> Self {
-        if source.has_prefix("input_blocks.") || source.has_prefix("middle_block.") {
-            Self::Ldm
-        } else {
-            Self::Diffusers
-        }
-    }
-}
-
-/// Renames the tensors of `source` (in `layout`) to diffusers' names for a UNet of `config`.
+/// Renames the tensors of `source` (in `naming`) to diffusers' names for a UNet of `config`.
 ///
 /// # Errors
 /// An invalid config, or two tensors mapping to the same name.
 pub fn to_diffusers_names(
     source: &TensorSource,
-    layout: UNetWeightLayout,
+    naming: WeightNaming,
     config: &UNet2DConditionConfig,
 ) -> Result<TensorSource> {
-    match layout {
-        UNetWeightLayout::Diffusers => Ok(source.clone()),
-        UNetWeightLayout::Ldm => {
+    match naming {
+        WeightNaming::Diffusers => Ok(source.clone()),
+        WeightNaming::Original => {
             let table = ldm_table(config)?;
             source.rename(|key| Some(rename_ldm(key, &table)))
         }

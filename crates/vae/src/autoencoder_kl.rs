@@ -4,10 +4,10 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::nn::conv2d;
-use prompt_diffusion_core::weights::{Pretrained, TensorSource};
+use prompt_diffusion_core::weights::{Pretrained, TensorSource, WeightNaming};
 
 use crate::vae::{Decoder, Encoder};
-use crate::weights::{VaeWeightLayout, check_weights, to_diffusers_names};
+use crate::weights::{LDM_ROOTS, check_weights, to_diffusers_names};
 use crate::{AutoencoderKLConfig, VaeOptions};
 
 /// The posterior `N(mean, exp(logvar))` an image encodes to (diffusers
@@ -79,8 +79,8 @@ impl<B: Backend> Pretrained<B> for AutoencoderKL<B> {
     /// Takes diffusers or original LDM naming (detected from the keys).
     fn module_tensors(config: &AutoencoderKLConfig, source: &TensorSource) -> Result<TensorSource> {
         config.validate()?;
-        let layout = VaeWeightLayout::detect(source);
-        let source = to_diffusers_names(source, layout, config.block_out_channels.len())?;
+        let naming = WeightNaming::detect(source, &LDM_ROOTS);
+        let source = to_diffusers_names(source, naming, config.block_out_channels.len())?;
         check_weights(config, &source)?;
         Ok(source)
     }

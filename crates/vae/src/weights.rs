@@ -13,7 +13,7 @@ use burn::tensor::DType;
 use prompt_diffusion_core::Result;
 use prompt_diffusion_core::dtype::default_float_dtype;
 use prompt_diffusion_core::limits::HeaderCheck;
-use prompt_diffusion_core::weights::{LoadOptions, TensorSource};
+use prompt_diffusion_core::weights::{LoadOptions, TensorSource, WeightNaming};
 
 use crate::AutoencoderKLConfig;
 
@@ -35,25 +35,9 @@ pub fn upcast_options<B: Backend>(
     options
 }
 
-/// The naming of a VAE weight file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VaeWeightLayout {
-    /// diffusers names (current or ≤ 0.13 attention names).
-    Diffusers,
-    /// Original LDM names.
-    Ldm,
-}
-
-impl VaeWeightLayout {
-    /// Guesses the layout from the tensor names.
-    pub fn detect(source: &TensorSource) -> Self {
-        if source.has_prefix("encoder.down.") || source.has_prefix("decoder.up.") {
-            Self::Ldm
-        } else {
-            Self::Diffusers
-        }
-    }
-}
+/// Module paths found only in original LDM KL-autoencoder files ([`WeightNaming::detect`];
+/// diffusers' names, current or ≤ 0.13 attention names, have none of them).
+pub const LDM_ROOTS: [&str; 2] = ["encoder.down.", "decoder.up."];
 
 /// Checks `config` against the header of `source` (diffusers names) before the model is
 /// allocated: the encoder's and decoder's input and output convolutions, the number of levels
@@ -107,19 +91,19 @@ pub fn check_weights(config: &AutoencoderKLConfig, source: &TensorSource) -> Res
     Ok(())
 }
 
-/// Renames the tensors of `source` (in `layout`, of a VAE with `num_blocks` resolution levels)
+/// Renames the tensors of `source` (in `naming`, of a VAE with `num_blocks` resolution levels)
 /// to the current diffusers names. LDM training leftovers (`loss.*`) are dropped.
 ///
 /// # Errors
 /// When two tensors map to the same name.
 pub fn to_diffusers_names(
     source: &TensorSource,
-    layout: VaeWeightLayout,
+    naming: WeightNaming,
     num_blocks: usize,
 ) -> Result<TensorSource> {
-    match layout {
-        VaeWeightLayout::Diffusers => source.rename(|key| Some(legacy_attention(key))),
-        VaeWeightLayout::Ldm => source.rename(|key| ldm_key(key, num_blocks)),
+    match naming {
+        WeightNaming::Diffusers => source.rename(|key| Some(legacy_attention(key))),
+        WeightNaming::Original => source.rename(|key| ldm_key(key, num_blocks)),
     }
 }
 

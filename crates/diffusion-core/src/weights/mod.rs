@@ -6,6 +6,7 @@
 //! `weights.rs`, as functions passed to [`TensorSource::rename`].
 
 mod load;
+mod naming;
 mod pickle;
 mod pretrained;
 mod save;
@@ -15,6 +16,7 @@ mod torch;
 use std::path::{Path, PathBuf};
 
 pub use load::{CastFloats, CheckedData, LoadOptions, SqueezeConv1x1, load_module};
+pub use naming::WeightNaming;
 pub use pretrained::{ComponentConfig, Pretrained, component_folder};
 pub use save::{
     NamedTensor, save_config_json, save_safetensors, state_dict, unsqueeze_conv_projections,
