@@ -79,6 +79,30 @@ impl<'a, B: Backend, C> Controlled<'a, B, C> {
     }
 }
 
+impl<B: Backend, C: UNetControl<B>> Controlled<'_, B, C> {
+    /// [`Denoiser::predict`] with the UNet reading `unet_input(latents)` while the control
+    /// model reads the plain latents (both in the UNet's dtype): how an inpainting UNet's extra
+    /// channels join.
+    ///
+    /// # Errors
+    /// The control model's, `unet_input`'s and the UNet's errors.
+    pub fn predict_with_unet_input(
+        &self,
+        latents: Tensor<B, 4>,
+        timestep: f64,
+        conditioning: &ControlledConditioning<B, C::Hint>,
+        unet_input: impl FnOnce(Tensor<B, 4>) -> Result<Tensor<B, 4>>,
+    ) -> Result<Tensor<B, 4>> {
+        let timestep = timestep_tensor(timestep, &latents.device());
+        let latents = latents.cast(self.unet.dtype());
+        let ControlledConditioning { context, hint } = conditioning;
+        let residuals =
+            (self.control).residuals(latents.clone(), timestep.clone(), context.clone(), hint)?;
+        let input = unet_input(latents)?;
+        (self.unet).forward_with_residuals(input, timestep, context.clone(), &residuals)
+    }
+}
+
 impl<B: Backend, C: UNetControl<B>> Denoiser<B> for Controlled<'_, B, C> {
     type Conditioning = ControlledConditioning<B, C::Hint>;
 
@@ -88,17 +112,7 @@ impl<B: Backend, C: UNetControl<B>> Denoiser<B> for Controlled<'_, B, C> {
         timestep: f64,
         conditioning: &Self::Conditioning,
     ) -> Result<Tensor<B, 4>> {
-        let timestep = timestep_tensor(timestep, &latents.device());
-        let latents = latents.cast(self.unet.dtype());
-        let context = conditioning.context.clone();
-        let residuals = self.control.residuals(
-            latents.clone(),
-            timestep.clone(),
-            context.clone(),
-            &conditioning.hint,
-        )?;
-        self.unet
-            .forward_with_residuals(latents, timestep, context, &residuals)
+        self.predict_with_unet_input(latents, timestep, conditioning, Ok)
     }
 
     fn dtype(&self) -> DType {

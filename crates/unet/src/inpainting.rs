@@ -10,7 +10,7 @@
 use burn::prelude::*;
 use burn::tensor::DType;
 use prompt_diffusion_core::Result;
-use prompt_diffusion_core::denoiser::{Denoiser, timestep_tensor};
+use prompt_diffusion_core::denoiser::Denoiser;
 
 use crate::{Controlled, ControlledConditioning, UNet2DConditionModel, UNetControl, shape_error};
 
@@ -86,14 +86,9 @@ impl<B: Backend, C: UNetControl<B>> Denoiser<B> for Inpainting<Controlled<'_, B,
         timestep: f64,
         conditioning: &Self::Conditioning,
     ) -> Result<Tensor<B, 4>> {
-        let Controlled { unet, control } = self.denoiser;
-        let timestep = timestep_tensor(timestep, &latents.device());
-        let latents = latents.cast(unet.dtype());
-        let ControlledConditioning { context, hint } = &conditioning.inner;
-        let residuals =
-            control.residuals(latents.clone(), timestep.clone(), context.clone(), hint)?;
-        let input = with_masked(unet, latents, &conditioning.masked)?;
-        unet.forward_with_residuals(input, timestep, context.clone(), &residuals)
+        let (unet, masked) = (self.denoiser.unet, &conditioning.masked);
+        let unet_input = |latents| with_masked(unet, latents, masked);
+        (self.denoiser).predict_with_unet_input(latents, timestep, &conditioning.inner, unet_input)
     }
 
     fn dtype(&self) -> DType {
