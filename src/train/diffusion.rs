@@ -316,8 +316,13 @@ impl<B: AutodiffBackend> TrainingStage for TextToImageTrainer<B> {
         let (value, grads) = summed_gradients(&self.model, parts, &self.device, |m, part| {
             part.loss(m, vae)
         })?;
-        let (optimizer, train) = (&mut self.optimizer, &self.train);
-        update(&mut self.model, optimizer, grads, train, &mut self.steps);
+        update(
+            &mut self.model,
+            &mut self.optimizer,
+            grads,
+            &self.train,
+            &mut self.steps,
+        );
         self.ema.update(&self.model);
         Ok(value)
     }

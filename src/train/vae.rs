@@ -199,8 +199,13 @@ impl<B: AutodiffBackend> TrainingStage for VaeTrainer<B> {
             &self.device,
             |vae, (x, draw, jitter, share)| Ok(loss(vae, x, draw, jitter, kl_weight) * share),
         )?;
-        let (optimizer, config) = (&mut self.optimizer, &self.config);
-        update(&mut self.vae, optimizer, grads, config, &mut self.steps);
+        update(
+            &mut self.vae,
+            &mut self.optimizer,
+            grads,
+            &self.config,
+            &mut self.steps,
+        );
         Ok(value)
     }
 

@@ -49,13 +49,9 @@ impl<B: Backend> Pretrained<B> for PromptDiffusionControlNet<B> {
     /// file the tensors under `control_model.` are taken with the prefix removed and the rest
     /// is ignored.
     fn module_tensors(config: &ControlNetConfig, source: &TensorSource) -> Result<TensorSource> {
-        let encoders = HintEncoders::PairAndQuery;
-        weights::to_module_paths(&diffusers_source(
-            config,
-            source,
-            encoders,
-            Self::CLASS_NAME,
-        )?)
+        let hints = HintEncoders::PairAndQuery;
+        let source = diffusers_source(config, source, hints, Self::CLASS_NAME)?;
+        weights::to_module_paths(&source)
     }
 
     /// Reports tensors in diffusers' naming (without the `controlnet.` segment of the paths).

@@ -96,10 +96,11 @@ impl<B: Backend, C: UNetControl<B>> Controlled<'_, B, C> {
         let timestep = timestep_tensor(timestep, &latents.device());
         let latents = latents.cast(self.unet.dtype());
         let ControlledConditioning { context, hint } = conditioning;
+        let (unet, control) = (self.unet, self.control);
         let residuals =
-            (self.control).residuals(latents.clone(), timestep.clone(), context.clone(), hint)?;
+            control.residuals(latents.clone(), timestep.clone(), context.clone(), hint)?;
         let input = unet_input(latents)?;
-        (self.unet).forward_with_residuals(input, timestep, context.clone(), &residuals)
+        unet.forward_with_residuals(input, timestep, context.clone(), &residuals)
     }
 }
 

@@ -88,7 +88,9 @@ impl<B: Backend, C: UNetControl<B>> Denoiser<B> for Inpainting<Controlled<'_, B,
     ) -> Result<Tensor<B, 4>> {
         let (unet, masked) = (self.denoiser.unet, &conditioning.masked);
         let unet_input = |latents| with_masked(unet, latents, masked);
-        (self.denoiser).predict_with_unet_input(latents, timestep, &conditioning.inner, unet_input)
+        let inner = &conditioning.inner;
+        self.denoiser
+            .predict_with_unet_input(latents, timestep, inner, unet_input)
     }
 
     fn dtype(&self) -> DType {

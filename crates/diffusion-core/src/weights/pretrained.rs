@@ -112,13 +112,8 @@ pub trait Pretrained<B: Backend>: Module<B> {
     ) -> Result<Self> {
         let tensors = Self::module_tensors(config, source)?;
         let model = Self::from_config(config, device)?;
-        load_module(
-            model,
-            &tensors,
-            Self::CLASS_NAME,
-            &Self::load_options(options),
-        )
-        .map_err(Self::checkpoint_names)
+        let options = Self::load_options(options);
+        load_module(model, &tensors, Self::CLASS_NAME, &options).map_err(Self::checkpoint_names)
     }
 
     /// Loads a diffusers component folder: `config.json` and the weights (in the variant of
