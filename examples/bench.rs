@@ -48,20 +48,27 @@ impl Bench {
     }
 }
 
-/// Tracks the largest device reservation seen (GPU backends).
-struct PeakDevice(u64);
-
-impl PeakDevice {
-    fn sample<B: Backend>(&mut self, device: &B::Device) {
-        if let Some(memory) = device_memory::<B>(device) {
-            self.0 = self.0.max(memory.bytes_reserved);
-        }
-    }
+/// Times components on one device and keeps the largest device reservation seen (GPU
+/// backends).
+struct Recorder<'d, B: Backend> {
+    device: &'d B::Device,
+    peak_reserved: u64,
 }
 
-fn report(key: &str, what: &str, ms: f64) {
-    println!("{what}: {ms:.1} ms");
-    println!("result {key}={ms:.3}");
+impl<B: Backend> Recorder<'_, B> {
+    /// Prints the median of `runs` calls of `f`, each followed by a device sync, as `what: … ms`
+    /// and as `result {key}=…`, then samples the device's reservation.
+    fn time(&mut self, key: &str, what: &str, runs: usize, mut f: impl FnMut()) {
+        let ms = median_ms(runs, || {
+            f();
+            common::sync::<B>(self.device);
+        });
+        if let Some(memory) = device_memory::<B>(self.device) {
+            self.peak_reserved = self.peak_reserved.max(memory.bytes_reserved);
+        }
+        println!("{what}: {ms:.1} ms");
+        println!("result {key}={ms:.3}");
+    }
 }
 
 impl BackendTask for Bench {
@@ -77,20 +84,19 @@ impl BackendTask for Bench {
             B::name(&device),
             self.size.name(),
         );
-        let sync = || common::sync::<B>(&device);
         let runs = self.runs;
-        let mut peak = PeakDevice(0);
+        let mut recorder = Recorder::<B> {
+            device: &device,
+            peak_reserved: 0,
+        };
         let width = context_width(&configs.unet);
 
         if self.wants("clip") {
             let clip = channels_last_conv_weights(CLIPTextModel::<B>::init(&configs.clip, &device));
             let ids = common::token_ids::<B>(configs.clip.vocab_size, &device);
-            let ms = median_ms(runs, || {
+            recorder.time("clip_text_ms", "clip text (2 x 77 tokens)", runs, || {
                 clip.forward(ids.clone());
-                sync();
             });
-            peak.sample::<B>(&device);
-            report("clip_text_ms", "clip text (2 x 77 tokens)", ms);
         }
 
         if self.wants("unet") || self.wants("controlnet") {
@@ -98,26 +104,17 @@ impl BackendTask for Bench {
                 channels_last_conv_weights(UNet2DConditionModel::<B>::new(&configs.unet, &device)?);
             let x = StepInputs::<B>::new(latent, width, &device);
             if self.wants("unet") {
-                let ms = median_ms(runs, || {
+                recorder.time("unet_step_ms", "unet CFG step (batch 2)", runs, || {
                     unet.forward(x.sample.clone(), x.timestep.clone(), x.context.clone())
                         .expect("unet");
-                    sync();
                 });
-                peak.sample::<B>(&device);
-                report("unet_step_ms", "unet CFG step (batch 2)", ms);
             }
             if self.wants("controlnet") {
                 let controlnet = ControlNetStep::<B>::new(&configs, latent, &device)?;
-                let ms = median_ms(runs, || {
+                let what = "controlnet + unet CFG step (batch 2)";
+                recorder.time("controlnet_unet_step_ms", what, runs, || {
                     controlnet.run(&unet, &x);
-                    sync();
                 });
-                peak.sample::<B>(&device);
-                report(
-                    "controlnet_unet_step_ms",
-                    "controlnet + unet CFG step (batch 2)",
-                    ms,
-                );
             }
         }
 
@@ -126,29 +123,17 @@ impl BackendTask for Bench {
             let vae_runs = runs.min(3);
             if self.wants("decode") {
                 let z = randn::<B, 4>([1, 4, latent, latent], &device);
-                let ms = median_ms(vae_runs, || {
+                let what = format!("vae decode ({image}x{image})");
+                recorder.time("vae_decode_ms", &what, vae_runs, || {
                     vae.decode(z.clone());
-                    sync();
                 });
-                peak.sample::<B>(&device);
-                report(
-                    "vae_decode_ms",
-                    &format!("vae decode ({image}x{image})"),
-                    ms,
-                );
             }
             if self.wants("encode") {
                 let pixels = randn::<B, 4>([1, 3, image, image], &device);
-                let ms = median_ms(vae_runs, || {
+                let what = format!("vae encode ({image}x{image})");
+                recorder.time("vae_encode_ms", &what, vae_runs, || {
                     vae.encode(pixels.clone()).mode();
-                    sync();
                 });
-                peak.sample::<B>(&device);
-                report(
-                    "vae_encode_ms",
-                    &format!("vae encode ({image}x{image})"),
-                    ms,
-                );
             }
         }
 
@@ -157,30 +142,21 @@ impl BackendTask for Bench {
             let shapes = common::attention_shapes(self.size);
             let shape = &shapes[0];
             let [b, h, n, d] = [shape.batch, shape.heads, shape.seq_q, shape.dim];
+            let attention_runs = runs.max(10);
             let qkv = || randn::<B, 4>([b, h, n, d], &device);
             let (q, k, v) = (qkv(), qkv(), qkv());
-            let ms = median_ms(runs.max(10), || {
+            let what = format!("attention [{b},{h},{n},{d}]");
+            recorder.time("attention_ms", &what, attention_runs, || {
                 attention(q.clone(), k.clone(), v.clone(), AttentionOptions::default());
-                sync();
             });
-            peak.sample::<B>(&device);
-            report("attention_ms", &format!("attention [{b},{h},{n},{d}]"), ms);
             // The same heads as the UNet's layers hand them over: `[b, n, h·d]` projections.
             let tokens = || randn::<B, 3>([b, n, h * d], &device);
             let (q, k, v) = (tokens(), tokens(), tokens());
-            let ms = median_ms(runs.max(10), || {
-                multi_head_attention(
-                    q.clone(),
-                    k.clone(),
-                    v.clone(),
-                    h,
-                    AttentionOptions::default(),
-                );
-                sync();
-            });
-            peak.sample::<B>(&device);
             let what = format!("multi-head attention [{b},{n},{h}·{d}]");
-            report("multi_head_attention_ms", &what, ms);
+            recorder.time("multi_head_attention_ms", &what, attention_runs, || {
+                let options = AttentionOptions::default();
+                multi_head_attention(q.clone(), k.clone(), v.clone(), h, options);
+            });
         }
 
         if self.steps > 0 && self.wants("pipeline") {
@@ -189,23 +165,17 @@ impl BackendTask for Bench {
                 .with_steps(self.steps)
                 .with_size(image, image)
                 .with_seed(1);
-            let ms = median_ms(runs.min(3), || {
+            let steps = self.steps;
+            let what =
+                format!("txt2img, {steps} steps with CFG, {image}x{image} (whole generation)");
+            recorder.time("pipeline_ms", &what, runs.min(3), || {
                 sd.text_to_image(&generation, &mut NoProgress)
                     .expect("pipeline");
             });
-            peak.sample::<B>(&device);
-            report(
-                "pipeline_ms",
-                &format!(
-                    "txt2img, {} steps with CFG, {image}x{image} (whole generation)",
-                    self.steps
-                ),
-                ms,
-            );
         }
 
-        if peak.0 > 0 {
-            let mib = peak.0 as f64 / (1024.0 * 1024.0);
+        if recorder.peak_reserved > 0 {
+            let mib = recorder.peak_reserved as f64 / (1024.0 * 1024.0);
             println!("peak device memory (pool reservation): {mib:.0} MiB");
             println!("result peak_device_mib={mib:.1}");
         }

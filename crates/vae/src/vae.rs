@@ -21,16 +21,40 @@ fn conv3<B: Backend>(i: usize, o: usize, device: &B::Device) -> Conv2d<B> {
         .init(device)
 }
 
-fn resnet<B: Backend>(
-    i: usize,
-    o: usize,
+/// The `count` residual blocks of a stage from `inp` to `out` channels (the first block changes
+/// the width).
+fn resnets<B: Backend>(
+    (inp, out): (usize, usize),
+    count: usize,
     config: &AutoencoderKLConfig,
     device: &B::Device,
-) -> ResnetBlock2D<B> {
-    ResnetBlock2DConfig::new(i, o, None)
-        .with_groups(config.norm_num_groups)
+) -> Vec<ResnetBlock2D<B>> {
+    (0..count)
+        .map(|j| {
+            ResnetBlock2DConfig::new(if j == 0 { inp } else { out }, out, None)
+                .with_groups(config.norm_num_groups)
+                .with_eps(EPS)
+                .with_act(config.act_fn)
+                .init(device)
+        })
+        .collect()
+}
+
+/// The `(input, output)` channels of each stage of `widths`: a stage takes the previous one's
+/// width (the first its own).
+fn stage_widths(widths: &[usize]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let inputs = widths.first().into_iter().chain(widths);
+    inputs.copied().zip(widths.iter().copied())
+}
+
+/// The output GroupNorm over `channels`.
+fn norm_out<B: Backend>(
+    channels: usize,
+    config: &AutoencoderKLConfig,
+    device: &B::Device,
+) -> GroupNorm<B> {
+    GroupNormConfig::new(config.norm_num_groups, channels)
         .with_eps(EPS)
-        .with_act(config.act_fn)
         .init(device)
 }
 
@@ -78,9 +102,7 @@ pub struct UNetMidBlock2D<B: Backend> {
 impl<B: Backend> UNetMidBlock2D<B> {
     fn new(channels: usize, config: &AutoencoderKLConfig, device: &B::Device) -> Self {
         Self {
-            resnets: (0..2)
-                .map(|_| resnet(channels, channels, config, device))
-                .collect(),
+            resnets: resnets((channels, channels), 2, config, device),
             attentions: if config.mid_block_add_attention {
                 vec![AttentionConfig::vae(channels, config.norm_num_groups, EPS).init(device)]
             } else {
@@ -119,31 +141,22 @@ impl<B: Backend> Encoder<B> {
     pub fn new(config: &AutoencoderKLConfig, device: &B::Device) -> Self {
         let boc = &config.block_out_channels;
         let last = boc.len() - 1;
-        let down_blocks = boc
-            .iter()
+        let padding = DownsamplePadding::RightBottom;
+        let down_blocks = stage_widths(boc)
             .enumerate()
-            .map(|(i, &out)| {
-                let inp = if i == 0 { boc[0] } else { boc[i - 1] };
-                DownEncoderBlock2D {
-                    resnets: (0..config.layers_per_block)
-                        .map(|j| resnet(if j == 0 { inp } else { out }, out, config, device))
-                        .collect(),
-                    downsamplers: (i < last)
-                        .then(|| {
-                            Downsample2D::new(out, out, DownsamplePadding::RightBottom, device)
-                        })
-                        .into_iter()
-                        .collect(),
-                }
+            .map(|(i, (inp, out))| DownEncoderBlock2D {
+                resnets: resnets((inp, out), config.layers_per_block, config, device),
+                downsamplers: (i < last)
+                    .then(|| Downsample2D::new(out, out, padding, device))
+                    .into_iter()
+                    .collect(),
             })
             .collect();
         Self {
             conv_in: conv3(config.in_channels, boc[0], device),
             down_blocks,
             mid_block: UNetMidBlock2D::new(boc[last], config, device),
-            conv_norm_out: GroupNormConfig::new(config.norm_num_groups, boc[last])
-                .with_eps(EPS)
-                .init(device),
+            conv_norm_out: norm_out(boc[last], config, device),
             conv_out: conv3(boc[last], 2 * config.latent_channels, device),
             act: config.act_fn,
         }
@@ -181,29 +194,21 @@ impl<B: Backend> Decoder<B> {
     pub fn new(config: &AutoencoderKLConfig, device: &B::Device) -> Self {
         let reversed: Vec<usize> = config.block_out_channels.iter().rev().copied().collect();
         let last = reversed.len() - 1;
-        let up_blocks = reversed
-            .iter()
+        let up_blocks = stage_widths(&reversed)
             .enumerate()
-            .map(|(i, &out)| {
-                let inp = if i == 0 { reversed[0] } else { reversed[i - 1] };
-                UpDecoderBlock2D {
-                    resnets: (0..=config.layers_per_block)
-                        .map(|j| resnet(if j == 0 { inp } else { out }, out, config, device))
-                        .collect(),
-                    upsamplers: (i < last)
-                        .then(|| Upsample2D::new(out, out, device))
-                        .into_iter()
-                        .collect(),
-                }
+            .map(|(i, (inp, out))| UpDecoderBlock2D {
+                resnets: resnets((inp, out), config.layers_per_block + 1, config, device),
+                upsamplers: (i < last)
+                    .then(|| Upsample2D::new(out, out, device))
+                    .into_iter()
+                    .collect(),
             })
             .collect();
         Self {
             conv_in: conv3(config.latent_channels, reversed[0], device),
             mid_block: UNetMidBlock2D::new(reversed[0], config, device),
             up_blocks,
-            conv_norm_out: GroupNormConfig::new(config.norm_num_groups, reversed[last])
-                .with_eps(EPS)
-                .init(device),
+            conv_norm_out: norm_out(reversed[last], config, device),
             conv_out: conv3(reversed[last], config.out_channels, device),
             act: config.act_fn,
         }
