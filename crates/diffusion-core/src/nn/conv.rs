@@ -26,24 +26,24 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     if !(matches!(dtype, DType::F16 | DType::BF16) && super::fused_kernels_available::<B>()) {
         return conv.forward(x);
     }
-    // Padded here, into f32 zeros: burn pads asymmetric inputs with a tensor of the device's
-    // default float type, which an f16 device makes f16.
-    let [top, left, bottom, right] = match conv.padding {
-        PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
-        PaddingConfig2d::Valid => [0; 4],
-        PaddingConfig2d::Same => return conv.forward(x),
-    };
-    let [n, c, h, w] = x.dims();
-    let x = Tensor::zeros(
-        [n, c, h + top + bottom, w + left + right],
-        (&x.device(), DType::F32),
-    )
-    .slice_assign(
-        [0..n, 0..c, top..top + h, left..left + w],
-        x.cast(DType::F32),
-    );
     let mut wide = conv.clone();
-    wide.padding = PaddingConfig2d::Valid;
+    let x = match conv.padding {
+        // burn pads one-sided inputs with a tensor of the device's default float type, which an
+        // f16 device makes f16: those are padded here, into f32 zeros. burn pads symmetric ones
+        // inside the convolution.
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top != bottom || left != right => {
+            wide.padding = PaddingConfig2d::Valid;
+            let [n, c, h, w] = x.dims();
+            let padded = [n, c, h + top + bottom, w + left + right];
+            Tensor::zeros(padded, (&x.device(), DType::F32)).slice_assign(
+                [0..n, 0..c, top..top + h, left..left + w],
+                x.cast(DType::F32),
+            )
+        }
+        // Whether `Same` is one-sided depends on the input size; burn's op as it is.
+        PaddingConfig2d::Same => return conv.forward(x),
+        PaddingConfig2d::Explicit(..) | PaddingConfig2d::Valid => x.cast(DType::F32),
+    };
     wide.weight = wide.weight.map(|w| w.cast(DType::F32));
     wide.bias = wide.bias.map(|b| b.map(|b| b.cast(DType::F32)));
     wide.forward(x).cast(dtype)
